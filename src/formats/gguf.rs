@@ -1,0 +1,1 @@
+//! GGUF reader (owned by the GGUF work).

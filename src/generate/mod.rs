@@ -1,0 +1,1 @@
+//! Sampling, streaming detokenization, stop strings.

@@ -1,0 +1,14 @@
+//! # libagentlm
+//!
+//! An embeddable runtime that loads, runs and (later) trains Llama-family agent language models
+//! (AgentLM, Agent-FLAN, SmolLM2, ...) inside host programs.
+//!
+//! Layers only look down: `formats` (files) → `config`/`tokenizer` → `engine` (burn) → `model` →
+//! `generate` → the public API re-exported here. See `docs/architecture.md`.
+
+pub mod config;
+pub mod engine;
+pub mod formats;
+pub mod generate;
+pub mod model;
+pub mod tokenizer;

@@ -1,0 +1,1 @@
+//! Tokenizers (owned by the tokenizer work).
