@@ -1,1 +1,391 @@
-//! The Llama model.
+//! The Llama decoder (`LlamaForCausalLM`) on burn.
+//!
+//! Weights are immutable once loaded and the [`Llama`] value is `Send + Sync`: share it behind an `Arc`.
+//! Per-conversation state lives in a [`KvCache`] that the caller owns and passes to [`Llama::forward`].
+
+mod rope;
+
+use crate::config::LlamaConfig;
+use crate::engine::{self, silu, softmax, Device, EngineError, Tensor};
+use crate::formats::{FormatError, WeightSource};
+
+/// An error building or running the model.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error(transparent)]
+    Format(#[from] FormatError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    /// The hyper-parameters are inconsistent (e.g. heads do not divide the hidden size).
+    #[error("invalid model configuration: {0}")]
+    Config(String),
+    /// A weight has a shape other than the configuration implies.
+    #[error("{path}: tensor {name} has shape {got:?}, expected {expected:?}")]
+    Shape { path: String, name: String, expected: Vec<usize>, got: Vec<usize> },
+    /// The tokens do not fit in the cache.
+    #[error("context full: {used} positions used, {requested} more requested, capacity {capacity}")]
+    ContextFull { used: usize, requested: usize, capacity: usize },
+    /// A token id outside the vocabulary.
+    #[error("token id {id} is outside the vocabulary (size {vocab})")]
+    BadToken { id: u32, vocab: usize },
+    /// `forward` was called with no tokens.
+    #[error("forward called with no tokens")]
+    Empty,
+}
+
+/// Which positions' logits [`Llama::forward`] returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last position: `[vocab]` (generation).
+    Last,
+    /// Every position: `[tokens * vocab]`, row-major (scoring, training).
+    All,
+}
+
+struct Layer {
+    attn_norm: Tensor<1>,
+    /// `[hidden, heads * head_dim]` (transposed from HF's `[out, in]`).
+    wq: Tensor<2>,
+    /// `[hidden, kv_heads * head_dim]`.
+    wk: Tensor<2>,
+    wv: Tensor<2>,
+    /// `[heads * head_dim, hidden]`.
+    wo: Tensor<2>,
+    mlp_norm: Tensor<1>,
+    /// `[hidden, intermediate]`.
+    w_gate: Tensor<2>,
+    w_up: Tensor<2>,
+    /// `[intermediate, hidden]`.
+    w_down: Tensor<2>,
+}
+
+/// A loaded Llama model: immutable weights on one device.
+pub struct Llama {
+    config: LlamaConfig,
+    device: Device,
+    /// `[vocab, hidden]`.
+    embed: Tensor<2>,
+    layers: Vec<Layer>,
+    norm: Tensor<1>,
+    /// `[hidden, vocab]`; `None` when tied to `embed` (then `embed` transposed is used).
+    lm_head: Option<Tensor<2>>,
+    /// `[positions, head_dim]` rotate-half tables.
+    rope_cos: Tensor<2>,
+    rope_sin: Tensor<2>,
+    rope_positions: usize,
+}
+
+/// Per-conversation attention cache: keys and values of every past position, for every layer.
+///
+/// Preallocated to `capacity` positions and written in place. Owned by one session; not shared.
+pub struct KvCache {
+    /// Per layer `[kv_heads, capacity, head_dim]`.
+    k: Vec<Tensor<3>>,
+    v: Vec<Tensor<3>>,
+    len: usize,
+    capacity: usize,
+}
+
+impl KvCache {
+    /// Positions filled so far.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+    /// Whether no position is filled.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// Maximum positions.
+    pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+    /// Forgets every position (the buffers are kept).
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+    /// Forgets positions from `len` on (rewind after a speculative continuation).
+    pub fn truncate(&mut self, len: usize) {
+        self.len = self.len.min(len);
+    }
+}
+
+impl Clone for KvCache {
+    /// A deep copy (the buffers are duplicated, not shared), for forking a conversation.
+    fn clone(&self) -> Self {
+        let deep = |t: &Tensor<3>| t.clone().add_scalar(0.0);
+        KvCache {
+            k: self.k.iter().map(deep).collect(),
+            v: self.v.iter().map(deep).collect(),
+            len: self.len,
+            capacity: self.capacity,
+        }
+    }
+}
+
+fn check_config(c: &LlamaConfig) -> Result<(), ModelError> {
+    let nonzero = [
+        ("vocab_size", c.vocab_size),
+        ("hidden_size", c.hidden_size),
+        ("intermediate_size", c.intermediate_size),
+        ("num_hidden_layers", c.num_hidden_layers),
+        ("num_attention_heads", c.num_attention_heads),
+        ("num_key_value_heads", c.num_key_value_heads),
+        ("head_dim", c.head_dim),
+    ];
+    if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
+        return Err(ModelError::Config(format!("{name} is 0")));
+    }
+    if c.num_attention_heads % c.num_key_value_heads != 0 {
+        return Err(ModelError::Config(format!(
+            "num_attention_heads {} is not a multiple of num_key_value_heads {}",
+            c.num_attention_heads, c.num_key_value_heads
+        )));
+    }
+    if c.head_dim % 2 != 0 {
+        return Err(ModelError::Config(format!("head_dim {} is odd", c.head_dim)));
+    }
+    if !(c.rms_norm_eps.is_finite() && c.rms_norm_eps > 0.0 && c.rope_theta.is_finite() && c.rope_theta > 0.0) {
+        return Err(ModelError::Config("rms_norm_eps and rope_theta must be positive".into()));
+    }
+    Ok(())
+}
+
+struct Loader<'a> {
+    source: &'a dyn WeightSource,
+    device: &'a Device,
+}
+
+impl Loader<'_> {
+    fn host(&self, name: &str, expected: &[usize]) -> Result<Vec<f32>, ModelError> {
+        let t = self.source.tensor(name)?;
+        if t.shape != expected {
+            return Err(ModelError::Shape {
+                path: self.source.path().display().to_string(),
+                name: name.to_string(),
+                expected: expected.to_vec(),
+                got: t.shape,
+            });
+        }
+        Ok(t.data)
+    }
+
+    fn vector(&self, name: &str, n: usize) -> Result<Tensor<1>, ModelError> {
+        Ok(engine::upload(self.host(name, &[n])?, [n], self.device))
+    }
+
+    fn matrix(&self, name: &str, rows: usize, cols: usize) -> Result<Tensor<2>, ModelError> {
+        Ok(engine::upload(self.host(name, &[rows, cols])?, [rows, cols], self.device))
+    }
+
+    /// A linear layer's HF `[out, in]` weight, uploaded transposed as `[in, out]`.
+    fn linear(&self, name: &str, out: usize, inp: usize) -> Result<Tensor<2>, ModelError> {
+        let w = self.host(name, &[out, inp])?;
+        let mut t = vec![0f32; w.len()];
+        for (o, row) in w.chunks_exact(inp).enumerate() {
+            for (i, &x) in row.iter().enumerate() {
+                t[i * out + o] = x;
+            }
+        }
+        Ok(engine::upload(t, [inp, out], self.device))
+    }
+}
+
+impl Llama {
+    /// Loads the weights named by `config` from `source` onto `device`.
+    ///
+    /// `max_positions` caps the RoPE tables and so the longest cache that can be made (at most
+    /// `config.max_position_embeddings` is useful; larger values are allowed for extrapolation).
+    ///
+    /// # Errors
+    /// Missing or mis-shaped tensors ([`ModelError::Shape`], [`FormatError::Tensor`]), inconsistent
+    /// configuration ([`ModelError::Config`]).
+    pub fn load(
+        source: &dyn WeightSource,
+        config: &LlamaConfig,
+        device: &Device,
+        max_positions: usize,
+    ) -> Result<Self, ModelError> {
+        check_config(config)?;
+        if max_positions == 0 {
+            return Err(ModelError::Config("max_positions is 0".into()));
+        }
+        let c = config;
+        let l = Loader { source, device };
+        let (h, hd) = (c.hidden_size, c.head_dim);
+        let (q_out, kv_out) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+        let embed = l.matrix("model.embed_tokens.weight", c.vocab_size, h)?;
+        let mut layers = Vec::with_capacity(c.num_hidden_layers);
+        for i in 0..c.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Layer {
+                attn_norm: l.vector(&format!("{p}.input_layernorm.weight"), h)?,
+                wq: l.linear(&format!("{p}.self_attn.q_proj.weight"), q_out, h)?,
+                wk: l.linear(&format!("{p}.self_attn.k_proj.weight"), kv_out, h)?,
+                wv: l.linear(&format!("{p}.self_attn.v_proj.weight"), kv_out, h)?,
+                wo: l.linear(&format!("{p}.self_attn.o_proj.weight"), h, q_out)?,
+                mlp_norm: l.vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
+                w_gate: l.linear(&format!("{p}.mlp.gate_proj.weight"), c.intermediate_size, h)?,
+                w_up: l.linear(&format!("{p}.mlp.up_proj.weight"), c.intermediate_size, h)?,
+                w_down: l.linear(&format!("{p}.mlp.down_proj.weight"), h, c.intermediate_size)?,
+            });
+        }
+        let norm = l.vector("model.norm.weight", h)?;
+        let lm_head = if source.contains("lm_head.weight") {
+            Some(l.linear("lm_head.weight", c.vocab_size, h)?)
+        } else if c.tie_word_embeddings {
+            None
+        } else {
+            return Err(FormatError::Tensor {
+                path: source.path().to_path_buf(),
+                name: "lm_head.weight".into(),
+                reason: "missing and tie_word_embeddings is false".into(),
+            }
+            .into());
+        };
+        let (cos, sin) = rope::tables(c, max_positions);
+        Ok(Llama {
+            config: c.clone(),
+            device: device.clone(),
+            embed,
+            layers,
+            norm,
+            lm_head,
+            rope_cos: engine::upload(cos, [max_positions, hd], device),
+            rope_sin: engine::upload(sin, [max_positions, hd], device),
+            rope_positions: max_positions,
+        })
+    }
+
+    /// The hyper-parameters.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.config
+    }
+
+    /// The device holding the weights.
+    pub fn device(&self) -> &Device {
+        &self.device
+    }
+
+    /// Longest cache [`Llama::new_cache`] accepts.
+    pub fn max_positions(&self) -> usize {
+        self.rope_positions
+    }
+
+    /// A zeroed cache for `capacity` positions (clamped to [`Llama::max_positions`]).
+    /// Memory: `2 * layers * kv_heads * capacity * head_dim * 4` bytes.
+    pub fn new_cache(&self, capacity: usize) -> KvCache {
+        let c = &self.config;
+        let capacity = capacity.clamp(1, self.rope_positions);
+        let shape = [c.num_key_value_heads, capacity, c.head_dim];
+        let zeros = || Tensor::<3>::zeros(shape, &self.device);
+        KvCache {
+            k: (0..c.num_hidden_layers).map(|_| zeros()).collect(),
+            v: (0..c.num_hidden_layers).map(|_| zeros()).collect(),
+            len: 0,
+            capacity,
+        }
+    }
+
+    /// Runs `tokens` (appended after the cache's positions) through the model, extends the cache and
+    /// returns logits on the host: `[vocab]` for [`Logits::Last`], `[tokens.len() * vocab]` for [`Logits::All`].
+    ///
+    /// # Errors
+    /// [`ModelError::Empty`], [`ModelError::BadToken`], [`ModelError::ContextFull`] (cache unchanged in
+    /// each case), or a device readback failure.
+    pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>, ModelError> {
+        let logits = self.forward_tensor(tokens, cache, which)?;
+        Ok(engine::readback(logits)?)
+    }
+
+    fn forward_tensor(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Tensor<2>, ModelError> {
+        let c = &self.config;
+        let t = tokens.len();
+        if t == 0 {
+            return Err(ModelError::Empty);
+        }
+        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
+            return Err(ModelError::BadToken { id, vocab: c.vocab_size });
+        }
+        let start = cache.len;
+        if start + t > cache.capacity {
+            return Err(ModelError::ContextFull { used: start, requested: t, capacity: cache.capacity });
+        }
+        let end = start + t;
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let group = nh / nkv;
+
+        let cos = self.rope_cos.clone().slice([start..end, 0..hd]).reshape([t, 1, hd]);
+        let sin = self.rope_sin.clone().slice([start..end, 0..hd]).reshape([t, 1, hd]);
+        // Additive causal mask for the query rows (g, i) -> key j: -inf where j > start + i.
+        let mask = (t > 1).then(|| {
+            let mut m = vec![0f32; group * t * end];
+            for g in 0..group {
+                for i in 0..t {
+                    let row = (g * t + i) * end;
+                    m[row + start + i + 1..row + end].fill(f32::NEG_INFINITY);
+                }
+            }
+            engine::upload(m, [1, group * t, end], &self.device)
+        });
+        let scale = 1.0 / (hd as f64).sqrt();
+
+        let mut x = self.embed.clone().select(0, engine::upload_ids(tokens, &self.device));
+        for (layer, (kc, vc)) in self.layers.iter().zip(cache.k.iter_mut().zip(cache.v.iter_mut())) {
+            let h = self.rms_norm(x.clone(), &layer.attn_norm);
+            let q = rope(h.clone().matmul(layer.wq.clone()).reshape([t, nh, hd]), &cos, &sin);
+            let k = rope(h.clone().matmul(layer.wk.clone()).reshape([t, nkv, hd]), &cos, &sin);
+            let v = h.matmul(layer.wv.clone()).reshape([t, nkv, hd]);
+            // Write this chunk's keys/values into the preallocated cache, in place.
+            kc.inplace(|kc| kc.slice_assign([0..nkv, start..end, 0..hd], k.swap_dims(0, 1)));
+            vc.inplace(|vc| vc.slice_assign([0..nkv, start..end, 0..hd], v.swap_dims(0, 1)));
+            let keys = kc.clone().slice([0..nkv, 0..end, 0..hd]);
+            let values = vc.clone().slice([0..nkv, 0..end, 0..hd]);
+            // GQA without copying keys: query head h uses kv head h / group, so the queries of one kv
+            // head form a contiguous block of `group * t` rows.
+            let q = q.swap_dims(0, 1).reshape([nkv, group * t, hd]);
+            let mut scores = q.matmul(keys.swap_dims(1, 2)).mul_scalar(scale);
+            if let Some(mask) = &mask {
+                scores = scores.add(mask.clone());
+            }
+            let attn = softmax(scores, 2).matmul(values); // [nkv, group*t, hd]
+            let attn = attn.reshape([nh, t, hd]).swap_dims(0, 1).reshape([t, nh * hd]);
+            x = x.add(attn.matmul(layer.wo.clone()));
+
+            let h = self.rms_norm(x.clone(), &layer.mlp_norm);
+            let gate = silu(h.clone().matmul(layer.w_gate.clone()));
+            let up = h.matmul(layer.w_up.clone());
+            x = x.add(gate.mul(up).matmul(layer.w_down.clone()));
+        }
+        cache.len = end;
+
+        let x = match which {
+            Logits::Last => x.slice([t - 1..t, 0..c.hidden_size]),
+            Logits::All => x,
+        };
+        let x = self.rms_norm(x, &self.norm);
+        Ok(match &self.lm_head {
+            Some(w) => x.matmul(w.clone()),
+            None => x.matmul(self.embed.clone().transpose()),
+        })
+    }
+
+    /// `x * rsqrt(mean(x²) + eps) * weight` over the last dimension (f32, as transformers).
+    fn rms_norm(&self, x: Tensor<2>, weight: &Tensor<1>) -> Tensor<2> {
+        let var = x.clone().square().mean_dim(1);
+        let inv = var.add_scalar(f64::from(self.config.rms_norm_eps)).sqrt().recip();
+        x.mul(inv).mul(weight.clone().unsqueeze())
+    }
+}
+
+/// Rotate-half RoPE on `[t, heads, head_dim]` with `[t, 1, head_dim]` tables.
+fn rope(x: Tensor<3>, cos: &Tensor<3>, sin: &Tensor<3>) -> Tensor<3> {
+    let [t, n, d] = x.dims();
+    let half = d / 2;
+    let x1 = x.clone().slice([0..t, 0..n, 0..half]);
+    let x2 = x.clone().slice([0..t, 0..n, half..d]);
+    let rotated = Tensor::cat(vec![x2.neg(), x1], 2);
+    x.mul(cos.clone()).add(rotated.mul(sin.clone()))
+}
+
+#[cfg(test)]
+mod tests;
