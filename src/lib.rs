@@ -11,4 +11,5 @@ pub mod engine;
 pub mod formats;
 pub mod generate;
 pub mod model;
+pub mod template;
 pub mod tokenizer;

@@ -1,0 +1,155 @@
+//! Chat templates: a model's own Jinja `chat_template`, rendered with Hugging Face semantics.
+//!
+//! transformers renders templates with Jinja2 (`trim_blocks`, `lstrip_blocks`, loop controls, a
+//! `raise_exception` function and a `tojson` filter that does not HTML-escape). [`ChatTemplate`]
+//! reproduces that with minijinja, byte for byte on the templates models ship.
+
+use serde::{Deserialize, Serialize};
+
+/// One chat message.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Message {
+    /// `system`, `user`, `assistant`, or a template-specific role such as `tool`.
+    pub role: String,
+    pub content: String,
+}
+
+impl Message {
+    /// A message with the given role and content.
+    pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
+        Message { role: role.into(), content: content.into() }
+    }
+}
+
+/// An error compiling or rendering a template.
+#[derive(Debug, thiserror::Error)]
+pub enum TemplateError {
+    /// The template source does not compile.
+    #[error("chat template does not compile: {0}")]
+    Syntax(String),
+    /// Rendering failed, including `raise_exception(...)` called by the template itself.
+    #[error("chat template failed to render: {0}")]
+    Render(String),
+    /// The rendered prompt exceeded the output cap.
+    #[error("chat template output exceeds {0} bytes")]
+    TooLong(usize),
+}
+
+/// Largest prompt a template may render (a guard against runaway templates).
+pub const MAX_RENDERED_BYTES: usize = 16 << 20;
+
+/// A compiled Jinja chat template plus the special-token strings it may refer to.
+///
+/// Rendering is `&self` and thread-safe.
+pub struct ChatTemplate {
+    env: minijinja::Environment<'static>,
+    bos_token: String,
+    eos_token: String,
+}
+
+fn raise_exception(msg: String) -> Result<String, minijinja::Error> {
+    Err(minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, msg))
+}
+
+/// `tojson` as transformers defines it: `json.dumps(x, ensure_ascii=False, indent=indent)`.
+fn tojson(value: minijinja::Value, kwargs: minijinja::value::Kwargs) -> Result<minijinja::Value, minijinja::Error> {
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let err = |e: serde_json::Error| minijinja::Error::new(minijinja::ErrorKind::InvalidOperation, e.to_string());
+    let json = match indent {
+        None => python_compact_json(&serde_json::to_value(&value).map_err(err)?),
+        Some(n) => {
+            let indent = " ".repeat(n);
+            let fmt = serde_json::ser::PrettyFormatter::with_indent(indent.as_bytes());
+            let mut out = Vec::new();
+            let mut ser = serde_json::Serializer::with_formatter(&mut out, fmt);
+            serde::Serialize::serialize(&value, &mut ser).map_err(err)?;
+            String::from_utf8_lossy(&out).into_owned()
+        }
+    };
+    Ok(minijinja::Value::from_safe_string(json))
+}
+
+/// Python's `json.dumps` default separators: `", "` and `": "`.
+fn python_compact_json(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::Array(items) => {
+            format!("[{}]", items.iter().map(python_compact_json).collect::<Vec<_>>().join(", "))
+        }
+        serde_json::Value::Object(map) => format!(
+            "{{{}}}",
+            map.iter()
+                .map(|(k, v)| format!("{}: {}", serde_json::Value::String(k.clone()), python_compact_json(v)))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        other => other.to_string(),
+    }
+}
+
+impl ChatTemplate {
+    /// Compiles a Jinja template (as found in `tokenizer_config.json` or GGUF `tokenizer.chat_template`).
+    pub fn from_jinja(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, TemplateError> {
+        let mut env = minijinja::Environment::new();
+        env.set_trim_blocks(true);
+        env.set_lstrip_blocks(true);
+        env.set_keep_trailing_newline(false);
+        env.set_recursion_limit(64);
+        env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
+        env.add_function("raise_exception", raise_exception);
+        env.add_filter("tojson", tojson);
+        env.add_template_owned("chat", source.to_string()).map_err(|e| TemplateError::Syntax(e.to_string()))?;
+        Ok(ChatTemplate { env, bos_token: bos_token.to_string(), eos_token: eos_token.to_string() })
+    }
+
+    /// Renders `messages`; with `add_generation_prompt` the result ends with the assistant header,
+    /// ready for the model to continue.
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, TemplateError> {
+        let tmpl = self.env.get_template("chat").map_err(|e| TemplateError::Render(e.to_string()))?;
+        let out = tmpl
+            .render(minijinja::context! {
+                messages => messages,
+                add_generation_prompt => add_generation_prompt,
+                bos_token => self.bos_token,
+                eos_token => self.eos_token,
+            })
+            .map_err(|e| TemplateError::Render(format!("{e:#}")))?;
+        if out.len() > MAX_RENDERED_BYTES {
+            return Err(TemplateError::TooLong(MAX_RENDERED_BYTES));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// SmolLM2-135M-Instruct's template, as stored in its GGUF `tokenizer.chat_template`.
+    const SMOLLM2: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+
+    #[test]
+    fn renders_smollm2_with_default_system() {
+        let t = ChatTemplate::from_jinja(SMOLLM2, "<|im_start|>", "<|im_end|>").unwrap();
+        let s = t.render(&[Message::new("user", "hi")], true).unwrap();
+        assert_eq!(
+            s,
+            "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n"
+        );
+        let s = t.render(&[Message::new("system", "S"), Message::new("user", "u")], false).unwrap();
+        assert_eq!(s, "<|im_start|>system\nS<|im_end|>\n<|im_start|>user\nu<|im_end|>\n");
+    }
+
+    #[test]
+    fn hf_jinja_semantics() {
+        // trim_blocks/lstrip_blocks, python string methods, bos_token, raise_exception, tojson.
+        let src = "{{ bos_token }}{% for m in messages %}\n  {% if m.role == 'user' %}\n[{{ m.content.strip() }}]{{ {'a': 1, 'b': '<x>'} | tojson }}\n  {% endif %}\n{% endfor %}";
+        let t = ChatTemplate::from_jinja(src, "<s>", "</s>").unwrap();
+        let s = t.render(&[Message::new("user", "  hey ")], false).unwrap();
+        assert_eq!(s, "<s>[hey]{\"a\": 1, \"b\": \"<x>\"}\n");
+        let t = ChatTemplate::from_jinja("{{ raise_exception('roles must alternate') }}", "", "").unwrap();
+        let e = t.render(&[], false).unwrap_err();
+        assert!(e.to_string().contains("roles must alternate"), "{e}");
+        assert!(matches!(ChatTemplate::from_jinja("{% if %}", "", ""), Err(TemplateError::Syntax(_))));
+    }
+}
