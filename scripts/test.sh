@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Runs every test: fetches the real test model if needed, then the Rust unit, integration and example
+# tests on the CPU backend. Set AGENTLM_TEST_WGPU=1 to also check the wgpu backend (needs Vulkan, e.g.
+# Debian's mesa-vulkan-drivers; the wgpu build adds ~25 minutes on 2 cores).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+export AGENTLM_CACHE="${AGENTLM_CACHE:-$HOME/.cache/agentlm}"
+# One persistent target dir outside the clone, so warm runs only rebuild this crate.
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$AGENTLM_CACHE/target}"
+export AGENTLM_MODEL="${AGENTLM_MODEL:-$(bash scripts/fetch-model.sh)}"
+
+cargo test --locked --all-targets
+cargo test --locked --doc
+
+if [ "${AGENTLM_TEST_WGPU:-0}" = "1" ]; then
+    bash scripts/check-wgpu.sh
+fi

@@ -1,0 +1,66 @@
+//! Conversion between model file formats with the crate's own readers and writers.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::config::LlamaConfig;
+use crate::error::Result;
+use crate::formats::gguf::{GgufFile, GgufWeights};
+use crate::formats::{hf, WeightSource};
+use crate::tokenizer::Tokenizer;
+
+/// Hugging Face names of every weight of a Llama checkpoint, in checkpoint order.
+/// `lm_head.weight` is listed only when `with_lm_head` (untied heads).
+pub fn llama_tensor_names(config: &LlamaConfig, with_lm_head: bool) -> Vec<String> {
+    let mut names = vec!["model.embed_tokens.weight".to_string()];
+    for i in 0..config.num_hidden_layers {
+        for suffix in [
+            "input_layernorm.weight",
+            "self_attn.q_proj.weight",
+            "self_attn.k_proj.weight",
+            "self_attn.v_proj.weight",
+            "self_attn.o_proj.weight",
+            "post_attention_layernorm.weight",
+            "mlp.gate_proj.weight",
+            "mlp.up_proj.weight",
+            "mlp.down_proj.weight",
+        ] {
+            names.push(format!("model.layers.{i}.{suffix}"));
+        }
+    }
+    names.push("model.norm.weight".to_string());
+    if with_lm_head {
+        names.push("lm_head.weight".to_string());
+    }
+    names
+}
+
+/// Converts a GGUF file to a Hugging Face directory: `config.json`, f32 `model.safetensors`
+/// (dequantized, Q/K rows in HF order), `tokenizer.json`, `tokenizer_config.json` (with the chat
+/// template) and `generation_config.json`. Tensors are streamed one at a time.
+///
+/// # Errors
+/// Unreadable GGUF, a tokenizer that cannot be expressed, I/O errors writing `out_dir`.
+pub fn gguf_to_hf_dir(gguf: &Path, out_dir: &Path) -> Result<()> {
+    let file = Arc::new(GgufFile::open(gguf)?);
+    let tokenizer = Tokenizer::from_gguf(&file)?;
+    let weights = GgufWeights::new(file)?;
+    let config = weights.config().clone();
+    let names = llama_tensor_names(&config, weights.contains("lm_head.weight"));
+    let mut tensors = names.into_iter().map(|n| weights.tensor(&n).map(|t| (n, t)));
+    let token = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i));
+    let tokenizer_config = serde_json::json!({
+        "add_bos_token": tokenizer.add_bos_by_default(),
+        "add_eos_token": false,
+        "bos_token": token(tokenizer.bos_id()),
+        "eos_token": token(tokenizer.eos_ids().first().copied()),
+        "chat_template": tokenizer.chat_template(),
+        "clean_up_tokenization_spaces": false,
+        "model_max_length": config.max_position_embeddings,
+        "tokenizer_class": "PreTrainedTokenizerFast",
+    });
+    let tokenizer_config = serde_json::to_string_pretty(&tokenizer_config)
+        .map_err(|e| crate::Error::InvalidArgument(format!("tokenizer_config.json: {e}")))?;
+    hf::write_hf_dir(out_dir, &config, &mut tensors, &tokenizer.to_hf_json()?, &tokenizer_config, None)?;
+    Ok(())
+}

@@ -1,0 +1,154 @@
+//! [`Model`]: a loaded model (weights, tokenizer, chat template) shared by any number of sessions.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::config::LlamaConfig;
+use crate::engine::Backend;
+use crate::error::{Error, Result};
+use crate::formats::gguf::{GgufFile, GgufWeights};
+use crate::formats::hf::HfModelDir;
+use crate::formats::FormatError;
+use crate::model::Llama;
+use crate::session::Session;
+use crate::template::{ChatTemplate, Message};
+use crate::tokenizer::Tokenizer;
+
+/// How to load a model.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// Compute backend (default: CPU).
+    pub backend: Backend,
+    /// Cap on the context length (positions per session). `None`: the model's trained context.
+    pub max_context: Option<usize>,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        LoadOptions { backend: Backend::Cpu, max_context: None }
+    }
+}
+
+/// The on-disk form a model was loaded from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ModelFormat {
+    /// A single GGUF file.
+    Gguf,
+    /// A Hugging Face directory (`config.json`, safetensors, `tokenizer.json`).
+    HuggingFace,
+}
+
+struct Inner {
+    llama: Llama,
+    tokenizer: Tokenizer,
+    template: Option<ChatTemplate>,
+    backend: Backend,
+    format: ModelFormat,
+    path: PathBuf,
+    context: usize,
+}
+
+/// A loaded model: immutable, cheap to clone (reference-counted), `Send + Sync`.
+/// Sessions keep their model alive.
+#[derive(Clone)]
+pub struct Model {
+    inner: Arc<Inner>,
+}
+
+impl Model {
+    /// Loads a GGUF file or a Hugging Face model directory (detected from `path`).
+    ///
+    /// # Errors
+    /// Unreadable or malformed files ([`Error::Format`]), an unsupported architecture, a tokenizer that
+    /// cannot be built, a backend that is not compiled in or has no device.
+    pub fn load(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Model> {
+        let path = path.as_ref();
+        let device = options.backend.device()?;
+        let (format, config, tokenizer, template_src, llama_loader): (_, LlamaConfig, Tokenizer, Option<String>, Box<dyn FnOnce(&LlamaConfig, usize) -> Result<Llama>>);
+        if path.is_dir() {
+            let dir = HfModelDir::open(path)?;
+            let tok_json = dir.tokenizer_json_path().ok_or_else(|| FormatError::Invalid {
+                path: path.to_path_buf(),
+                reason: "no tokenizer.json in the model directory".into(),
+            })?;
+            tokenizer = Tokenizer::from_hf_files(&tok_json, dir.tokenizer_config_path().as_deref())?;
+            config = dir.config().clone();
+            template_src = dir.chat_template().map(str::to_string).or_else(|| tokenizer.chat_template().map(str::to_string));
+            format = ModelFormat::HuggingFace;
+            let device = device.clone();
+            llama_loader = Box::new(move |c, ctx| Ok(Llama::load(&dir, c, &device, ctx)?));
+        } else {
+            let file = Arc::new(GgufFile::open(path)?);
+            tokenizer = Tokenizer::from_gguf(&file)?;
+            let weights = GgufWeights::new(file)?;
+            config = weights.config().clone();
+            template_src = tokenizer.chat_template().map(str::to_string);
+            format = ModelFormat::Gguf;
+            let device = device.clone();
+            llama_loader = Box::new(move |c, ctx| Ok(Llama::load(&weights, c, &device, ctx)?));
+        }
+        let context = options.max_context.unwrap_or(config.max_position_embeddings).min(config.max_position_embeddings).max(1);
+        if options.max_context == Some(0) {
+            return Err(Error::InvalidArgument("max_context must be positive".into()));
+        }
+        let template = match template_src {
+            Some(src) => {
+                let name = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or_default();
+                let bos = name(tokenizer.bos_id());
+                let eos = name(tokenizer.eos_ids().first().copied());
+                Some(ChatTemplate::from_jinja(&src, &bos, &eos)?)
+            }
+            None => None,
+        };
+        let llama = llama_loader(&config, context)?;
+        tracing::info!(path = %path.display(), backend = %options.backend, context, "model loaded");
+        Ok(Model {
+            inner: Arc::new(Inner { llama, tokenizer, template, backend: options.backend, format, path: path.to_path_buf(), context }),
+        })
+    }
+
+    /// A new conversation with a KV cache for `capacity` positions (default and maximum: the context length).
+    pub fn session(&self, capacity: Option<usize>) -> Session {
+        Session::new(self.clone(), capacity.unwrap_or(self.inner.context).min(self.inner.context))
+    }
+
+    /// Hyper-parameters.
+    pub fn config(&self) -> &LlamaConfig {
+        self.inner.llama.config()
+    }
+    /// The tokenizer.
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.inner.tokenizer
+    }
+    /// The model's own chat template, when it ships one.
+    pub fn chat_template(&self) -> Option<&ChatTemplate> {
+        self.inner.template.as_ref()
+    }
+    /// Renders `messages` with the model's chat template (generation prompt appended).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when the model has no chat template; template errors.
+    pub fn apply_chat_template(&self, messages: &[Message]) -> Result<String> {
+        let t = self.chat_template().ok_or_else(|| Error::InvalidArgument("the model has no chat template".into()))?;
+        Ok(t.render(messages, true)?)
+    }
+    /// The backend the weights live on.
+    pub fn backend(&self) -> Backend {
+        self.inner.backend
+    }
+    /// The file format it was loaded from.
+    pub fn format(&self) -> ModelFormat {
+        self.inner.format
+    }
+    /// The path it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+    /// Longest context a session may hold.
+    pub fn context_length(&self) -> usize {
+        self.inner.context
+    }
+    pub(crate) fn llama(&self) -> &Llama {
+        &self.inner.llama
+    }
+}
