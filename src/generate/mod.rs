@@ -1,1 +1,9 @@
-//! Sampling, streaming detokenization, stop strings.
+//! Generation building blocks outside the model: sampling, stop strings, cancellation.
+
+mod cancel;
+mod sampler;
+mod stop;
+
+pub use cancel::CancelToken;
+pub use sampler::{Sampler, SamplingError, SamplingParams};
+pub use stop::{StopMatcher, StopOutcome};
