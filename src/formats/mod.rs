@@ -2,6 +2,7 @@
 //! unchecked header value. Tensors are handed up in Hugging Face naming and layout.
 
 pub mod gguf;
+pub mod quant;
 pub mod hf;
 
 use std::path::PathBuf;
