@@ -13,3 +13,16 @@ pub mod generate;
 pub mod model;
 pub mod template;
 pub mod tokenizer;
+mod error;
+pub mod runtime;
+pub mod session;
+
+pub use config::LlamaConfig;
+pub use engine::Backend;
+pub use error::{Error, Result};
+pub use generate::{CancelToken, SamplingParams};
+pub use runtime::{LoadOptions, Model, ModelFormat};
+pub use session::{FinishReason, GenerateParams, Generation, Session};
+pub use template::{ChatTemplate, Message};
+pub use tokenizer::Tokenizer;
+pub mod convert;
