@@ -365,7 +365,7 @@ impl GgufFile {
         let ty = info.ggml_type.ok_or_else(|| self.tensor_err(name, "unknown type".into()))?;
         let n = usize::try_from(info.n_elements()).map_err(|_| self.tensor_err(name, "too large".into()))?;
         let mut data = vec![0f32; n];
-        dequantize(ty, bytes, n, &mut data).map_err(|e| self.tensor_err(name, e.to_string()))?;
+        dequantize(ty, bytes, &mut data).map_err(|e| self.tensor_err(name, e.to_string()))?;
         Ok(HostTensor { shape: info.shape(), data })
     }
 
