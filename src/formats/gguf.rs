@@ -32,22 +32,37 @@ const MAX_DIMS: usize = 4;
 /// Arrays of arrays are legal GGUF; deeper nesting than this is treated as malicious.
 const MAX_ARRAY_DEPTH: usize = 4;
 const DEFAULT_ALIGNMENT: u64 = 32;
+/// Most elements reserved ahead for a metadata array (larger arrays grow as they are parsed).
+const MAX_ARRAY_RESERVE: usize = 1 << 16;
 
 /// A metadata value. Arrays hold values of a single type (possibly arrays themselves).
 #[derive(Debug, Clone, PartialEq)]
 pub enum GgufValue {
+    /// GGUF type 0.
     U8(u8),
+    /// GGUF type 1.
     I8(i8),
+    /// GGUF type 2.
     U16(u16),
+    /// GGUF type 3.
     I16(i16),
+    /// GGUF type 4.
     U32(u32),
+    /// GGUF type 5.
     I32(i32),
+    /// GGUF type 10.
     U64(u64),
+    /// GGUF type 11.
     I64(i64),
+    /// GGUF type 6.
     F32(f32),
+    /// GGUF type 12.
     F64(f64),
+    /// GGUF type 7 (stored as one byte, 0 or 1).
     Bool(bool),
+    /// GGUF type 8 (u64 length + UTF-8 bytes).
     String(String),
+    /// GGUF type 9 (element type u32, u64 count, elements).
     Array(Vec<GgufValue>),
 }
 
@@ -289,8 +304,9 @@ impl<'a> Cursor<'a> {
                 }
                 let elem = self.u32("array element type")?;
                 let n = self.count("array length", self.min_size(elem)?)?;
-                // Bounded by the bytes left; each element is parsed (and bounds-checked) in turn.
-                let mut v = Vec::with_capacity(n);
+                // `n` is bounded by the bytes left; the up-front reservation is capped further so
+                // that memory only grows with elements actually parsed.
+                let mut v = Vec::with_capacity(n.min(MAX_ARRAY_RESERVE));
                 for _ in 0..n {
                     v.push(self.value(elem, depth + 1)?);
                 }
@@ -422,12 +438,12 @@ impl GgufFile {
                 .ok_or_else(|| bad(format!("dimensions {dims:?} overflow")))?;
             let bs = ggml_type.block_size() as u64;
             let row = dims.first().copied().unwrap_or(1);
-            if row % bs != 0 {
+            if !row.is_multiple_of(bs) {
                 return Err(bad(format!("first dimension {row} is not a multiple of the {ggml_type} block size {bs}")));
             }
             let n_bytes =
                 ggml_type.bytes_for(n).ok_or_else(|| bad(format!("size of {n} {ggml_type} elements overflows")))?;
-            if rel_offset % alignment != 0 {
+            if !rel_offset.is_multiple_of(alignment) {
                 return Err(bad(format!("offset {rel_offset} is not a multiple of the alignment {alignment}")));
             }
             let offset =
@@ -607,12 +623,12 @@ impl GgufFile {
         let layers = positive("block_count", need("block_count")?)?;
         let heads = positive("attention.head_count", need("attention.head_count")?)?;
         let kv_heads = positive("attention.head_count_kv", opt("attention.head_count_kv")?.unwrap_or(heads))?;
-        if heads % kv_heads != 0 {
+        if !heads.is_multiple_of(kv_heads) {
             return Err(invalid(format!("{heads} attention heads do not split into {kv_heads} key/value groups")));
         }
         let head_dim = match opt("attention.key_length")? {
             Some(d) => positive("attention.key_length", d)?,
-            None if hidden % heads == 0 => hidden / heads,
+            None if hidden.is_multiple_of(heads) => hidden / heads,
             None => return Err(invalid(format!("embedding length {hidden} is not a multiple of {heads} heads"))),
         };
         if let Some(v) = opt("attention.value_length")? {
@@ -638,7 +654,7 @@ impl GgufFile {
         let linear = |factor: Option<f64>| -> Result<Option<RopeScaling>, FormatError> {
             match factor {
                 None => Ok(None),
-                Some(f) if f == 1.0 => Ok(None),
+                Some(1.0) => Ok(None),
                 Some(f) if f.is_finite() && f > 0.0 => Ok(Some(RopeScaling::Linear { factor: f as f32 })),
                 Some(f) => Err(invalid(format!("rope scaling factor {f}"))),
             }
@@ -751,7 +767,7 @@ pub fn gguf_to_hf_name(gguf: &str) -> Option<String> {
 
 /// Checks the shape assumptions shared by [`permute_qk`] and [`unpermute_qk`].
 fn qk_layout(len: usize, rows: usize, cols: usize, n_head: usize) -> Option<usize> {
-    if n_head == 0 || rows % (2 * n_head) != 0 || rows.checked_mul(cols) != Some(len) {
+    if n_head == 0 || !rows.is_multiple_of(2 * n_head) || rows.checked_mul(cols) != Some(len) {
         return None;
     }
     Some(rows / n_head)

@@ -17,46 +17,80 @@ use half::{bf16, f16};
 /// Elements per K-quant super-block (`QK_K`).
 pub const QK_K: usize = 256;
 
-/// A ggml tensor element type. The discriminant-independent numeric id used in GGUF files is
-/// [`GgmlType::id`] (ggml's `enum ggml_type`); ids ggml has retired (4, 5, 31–33, 36–38) are not
-/// represented.
+/// A ggml tensor element type: every type of ggml's `enum ggml_type`. The numeric id used in GGUF
+/// files is [`GgmlType::id`]; ids ggml has retired (4, 5, 31–33, 36–38) are not represented.
 #[allow(non_camel_case_types)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum GgmlType {
+    /// IEEE f32 (id 0).
     F32,
+    /// IEEE f16 (id 1).
     F16,
+    /// 4-bit, 32 per block, f16 scale (id 2).
     Q4_0,
+    /// 4-bit, 32 per block, f16 scale and min (id 3).
     Q4_1,
+    /// 5-bit, 32 per block, f16 scale (id 6).
     Q5_0,
+    /// 5-bit, 32 per block, f16 scale and min (id 7).
     Q5_1,
+    /// 8-bit, 32 per block, f16 scale (id 8).
     Q8_0,
+    /// 8-bit, 32 per block, f16 scale and sum; ggml-internal (id 9).
     Q8_1,
+    /// 2-bit K-quant, 256 per super-block (id 10).
     Q2_K,
+    /// 3-bit K-quant (id 11).
     Q3_K,
+    /// 4-bit K-quant (id 12).
     Q4_K,
+    /// 5-bit K-quant (id 13).
     Q5_K,
+    /// 6-bit K-quant (id 14).
     Q6_K,
+    /// 8-bit K-quant, f32 scale; ggml-internal (id 15).
     Q8_K,
+    /// 2.06-bit i-quant (id 16).
     IQ2_XXS,
+    /// 2.31-bit i-quant (id 17).
     IQ2_XS,
+    /// 3.06-bit i-quant (id 18).
     IQ3_XXS,
+    /// 1.56-bit i-quant (id 19).
     IQ1_S,
+    /// 4-bit non-linear, 32 per block (id 20).
     IQ4_NL,
+    /// 3.44-bit i-quant (id 21).
     IQ3_S,
+    /// 2.5-bit i-quant (id 22).
     IQ2_S,
+    /// 4.25-bit non-linear, 256 per super-block (id 23).
     IQ4_XS,
+    /// Signed 8-bit integer (id 24).
     I8,
+    /// Signed 16-bit integer (id 25).
     I16,
+    /// Signed 32-bit integer (id 26).
     I32,
+    /// Signed 64-bit integer (id 27).
     I64,
+    /// IEEE f64 (id 28).
     F64,
+    /// 1.75-bit i-quant (id 29).
     IQ1_M,
+    /// bfloat16 (id 30).
     BF16,
+    /// Ternary 1.69-bit (id 34).
     TQ1_0,
+    /// Ternary 2-bit (id 35).
     TQ2_0,
+    /// OCP MX FP4, 32 per block, E8M0 scale (id 39).
     MXFP4,
+    /// NVIDIA FP4, 64 per block, E4M3 scales (id 40).
     NVFP4,
+    /// 1-bit, 128 per block, f16 scale (id 41).
     Q1_0,
+    /// 2-bit, 64 per block, f16 scale (id 42).
     Q2_0,
 }
 
@@ -187,7 +221,7 @@ impl GgmlType {
     /// multiple of [`block_size`](Self::block_size) or the size overflows `u64`.
     pub fn bytes_for(self, n_elements: u64) -> Option<u64> {
         let bs = self.block_size() as u64;
-        if n_elements % bs != 0 {
+        if !n_elements.is_multiple_of(bs) {
             return None;
         }
         (n_elements / bs).checked_mul(self.block_bytes() as u64)
@@ -232,13 +266,36 @@ pub enum DequantError {
     Unsupported(GgmlType),
     /// The element count is not a whole number of blocks.
     #[error("{ty}: {n} elements is not a multiple of the block size {block}")]
-    Partial { ty: GgmlType, n: usize, block: usize },
+    Partial {
+        /// The element type.
+        ty: GgmlType,
+        /// Element count asked for.
+        n: usize,
+        /// Elements per block of `ty`.
+        block: usize,
+    },
     /// The input holds a different number of bytes than `n` elements take.
     #[error("{ty}: {n} elements take {need} bytes, got {got}")]
-    Length { ty: GgmlType, n: usize, need: usize, got: usize },
+    Length {
+        /// The element type.
+        ty: GgmlType,
+        /// Element count asked for.
+        n: usize,
+        /// Bytes those elements take.
+        need: usize,
+        /// Bytes given.
+        got: usize,
+    },
     /// The output slice's length differs from the element count.
     #[error("{ty}: output holds {got} values, expected {n}")]
-    Output { ty: GgmlType, n: usize, got: usize },
+    Output {
+        /// The element type.
+        ty: GgmlType,
+        /// Element count asked for.
+        n: usize,
+        /// Length of the output slice.
+        got: usize,
+    },
 }
 
 /// Non-linear 4-bit code book of `IQ4_NL` / `IQ4_XS` (ggml's `kvalues_iq4nl`).
@@ -266,7 +323,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elements: usize, out: &mut [f32]
         return Err(DequantError::Unsupported(ty));
     }
     let block = ty.block_size();
-    if n_elements % block != 0 {
+    if !n_elements.is_multiple_of(block) {
         return Err(DequantError::Partial { ty, n: n_elements, block });
     }
     if out.len() != n_elements {
