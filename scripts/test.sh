@@ -10,6 +10,8 @@ export AGENTLM_CACHE="${AGENTLM_CACHE:-$HOME/.cache/agentlm}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$AGENTLM_CACHE/target}"
 export AGENTLM_MODEL="${AGENTLM_MODEL:-$(bash scripts/fetch-model.sh)}"
 
+# The CLI tests run the generate example as a program: build it first.
+cargo build --locked --examples
 cargo test --locked --all-targets
 cargo test --locked --doc
 

@@ -25,6 +25,17 @@ pub enum Error {
     /// The caller asked for something the current state does not allow.
     #[error("{0}")]
     InvalidArgument(String),
+    /// Saved session state that is malformed or belongs to another model.
+    #[error("invalid session state: {0}")]
+    State(String),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: std::path::PathBuf,
+        /// The operating-system error.
+        source: std::io::Error,
+    },
     /// The operation was cancelled through its [`crate::CancelToken`]; state is consistent.
     #[error("cancelled")]
     Cancelled,

@@ -14,18 +14,31 @@ use crate::session::Session;
 use crate::template::{ChatTemplate, Message};
 use crate::tokenizer::Tokenizer;
 
+/// Load progress: called with the fraction loaded (0 to 1); returning `false` aborts the load.
+pub type ProgressFn = Arc<dyn Fn(f32) -> bool + Send + Sync>;
+
 /// How to load a model.
-#[derive(Debug, Clone)]
+#[derive(Clone, Default)]
 pub struct LoadOptions {
     /// Compute backend (default: CPU).
     pub backend: Backend,
     /// Cap on the context length (positions per session). `None`: the model's trained context.
     pub max_context: Option<usize>,
+    /// CPU threads for this model's computations (a pool of its own). `None`: the process-wide
+    /// rayon pool (`RAYON_NUM_THREADS`, else one thread per core).
+    pub threads: Option<usize>,
+    /// Progress callback, called on the loading thread.
+    pub progress: Option<ProgressFn>,
 }
 
-impl Default for LoadOptions {
-    fn default() -> Self {
-        LoadOptions { backend: Backend::Cpu, max_context: None }
+impl std::fmt::Debug for LoadOptions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LoadOptions")
+            .field("backend", &self.backend)
+            .field("max_context", &self.max_context)
+            .field("threads", &self.threads)
+            .field("progress", &self.progress.is_some())
+            .finish()
     }
 }
 
@@ -46,6 +59,7 @@ struct Inner {
     format: ModelFormat,
     path: PathBuf,
     context: usize,
+    pool: Option<rayon::ThreadPool>,
 }
 
 /// A loaded model: immutable, cheap to clone (reference-counted), `Send + Sync`.
@@ -63,8 +77,25 @@ impl Model {
     /// cannot be built, a backend that is not compiled in or has no device.
     pub fn load(path: impl AsRef<Path>, options: &LoadOptions) -> Result<Model> {
         let path = path.as_ref();
+        if options.max_context == Some(0) {
+            return Err(Error::InvalidArgument("max_context must be positive".into()));
+        }
+        let pool = match options.threads {
+            None => None,
+            Some(0) => return Err(Error::InvalidArgument("threads must be positive".into())),
+            Some(n) => Some(
+                rayon::ThreadPoolBuilder::new()
+                    .num_threads(n)
+                    .thread_name(|i| format!("agentlm-{i}"))
+                    .build()
+                    .map_err(|e| Error::InvalidArgument(format!("cannot start {n} threads: {e}")))?,
+            ),
+        };
+        let progress = options.progress.clone();
+        let mut report = move |f: f32| progress.as_ref().is_none_or(|p| p(f));
         let device = options.backend.device()?;
-        let (format, config, tokenizer, template_src, llama_loader): (_, LlamaConfig, Tokenizer, Option<String>, Box<dyn FnOnce(&LlamaConfig, usize) -> Result<Llama>>);
+        type Loader<'a> = Box<dyn FnOnce(&LlamaConfig, usize, &mut dyn FnMut(f32) -> bool) -> Result<Llama> + Send + 'a>;
+        let (format, config, tokenizer, template_src, llama_loader): (_, LlamaConfig, Tokenizer, Option<String>, Loader);
         if path.is_dir() {
             let dir = HfModelDir::open(path)?;
             let tok_json = dir.tokenizer_json_path().ok_or_else(|| FormatError::Invalid {
@@ -76,7 +107,7 @@ impl Model {
             template_src = dir.chat_template().map(str::to_string).or_else(|| tokenizer.chat_template().map(str::to_string));
             format = ModelFormat::HuggingFace;
             let device = device.clone();
-            llama_loader = Box::new(move |c, ctx| Ok(Llama::load(&dir, c, &device, ctx)?));
+            llama_loader = Box::new(move |c, ctx, p| Ok(Llama::load_with_progress(&dir, c, &device, ctx, p)?));
         } else {
             let file = Arc::new(GgufFile::open(path)?);
             tokenizer = Tokenizer::from_gguf(&file)?;
@@ -85,12 +116,9 @@ impl Model {
             template_src = tokenizer.chat_template().map(str::to_string);
             format = ModelFormat::Gguf;
             let device = device.clone();
-            llama_loader = Box::new(move |c, ctx| Ok(Llama::load(&weights, c, &device, ctx)?));
+            llama_loader = Box::new(move |c, ctx, p| Ok(Llama::load_with_progress(&weights, c, &device, ctx, p)?));
         }
         let context = options.max_context.unwrap_or(config.max_position_embeddings).min(config.max_position_embeddings).max(1);
-        if options.max_context == Some(0) {
-            return Err(Error::InvalidArgument("max_context must be positive".into()));
-        }
         let template = match template_src {
             Some(src) => {
                 let name = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or_default();
@@ -100,10 +128,13 @@ impl Model {
             }
             None => None,
         };
-        let llama = llama_loader(&config, context)?;
+        let llama = match &pool {
+            Some(pool) => pool.install(|| llama_loader(&config, context, &mut report)),
+            None => llama_loader(&config, context, &mut report),
+        }?;
         tracing::info!(path = %path.display(), backend = %options.backend, context, "model loaded");
         Ok(Model {
-            inner: Arc::new(Inner { llama, tokenizer, template, backend: options.backend, format, path: path.to_path_buf(), context }),
+            inner: Arc::new(Inner { llama, tokenizer, template, backend: options.backend, format, path: path.to_path_buf(), context, pool }),
         })
     }
 
@@ -147,6 +178,17 @@ impl Model {
     /// Longest context a session may hold.
     pub fn context_length(&self) -> usize {
         self.inner.context
+    }
+    /// CPU threads this model computes with.
+    pub fn threads(&self) -> usize {
+        self.inner.pool.as_ref().map_or_else(rayon::current_num_threads, |p| p.current_num_threads())
+    }
+    /// Runs `f` on this model's thread pool (the caller's pool when it has none of its own).
+    pub(crate) fn compute<R: Send>(&self, f: impl FnOnce() -> R + Send) -> R {
+        match &self.inner.pool {
+            Some(pool) => pool.install(f),
+            None => f(),
+        }
     }
     pub(crate) fn llama(&self) -> &Llama {
         &self.inner.llama

@@ -2,13 +2,21 @@
 //! streaming. Exclusively owned (`Send`, not shared); only its [`CancelToken`] may be used from another
 //! thread while it works.
 
+use std::io::Write;
 use std::ops::ControlFlow;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::generate::{CancelToken, Sampler, SamplingParams, StopMatcher};
 use crate::model::{KvCache, Logits};
+use crate::tokenizer::TextStream;
 use crate::runtime::Model;
+
+const STATE_MAGIC: &[u8; 8] = b"AGLMSES\0";
+const STATE_VERSION: u32 = 1;
+/// Magic, version, 5 shape words, token count, cached count, logits flag.
+const STATE_HEADER: usize = 8 + 4 + 5 * 4 + 8 + 8 + 1;
 
 /// Prompt tokens processed per forward pass during prefill; cancellation is checked between chunks.
 pub const PREFILL_CHUNK: usize = 256;
@@ -93,12 +101,14 @@ pub struct Session {
     /// Logits after the last cached token, when it is the last token.
     logits: Option<Vec<f32>>,
     cancel: CancelToken,
+    /// The generation begun by [`Session::begin`], if any.
+    active: Option<Active>,
 }
 
 impl Session {
     pub(crate) fn new(model: Model, capacity: usize) -> Session {
         let cache = model.llama().new_cache(capacity);
-        Session { model, cache, tokens: Vec::new(), logits: None, cancel: CancelToken::default() }
+        Session { model, cache, tokens: Vec::new(), logits: None, cancel: CancelToken::default(), active: None }
     }
 
     /// The model this session runs on.
@@ -121,16 +131,19 @@ impl Session {
         self.cancel.clone()
     }
 
-    /// Forgets the conversation (the cache memory is kept).
+    /// Forgets the conversation (the cache memory is kept) and ends any generation in progress.
     pub fn reset(&mut self) {
+        self.active = None;
         self.tokens.clear();
         self.cache.clear();
         self.logits = None;
     }
 
     /// Rewinds the conversation to its first `len` tokens (no-op when it is not longer), e.g. to drop
-    /// a stop sequence or retry a step. The cache keeps what it had of those tokens.
+    /// a stop sequence or retry a step. The cache keeps what it had of those tokens. Ends any
+    /// generation in progress.
     pub fn truncate(&mut self, len: usize) {
+        self.active = None;
         if len < self.tokens.len() {
             self.tokens.truncate(len);
             self.cache.truncate(len);
@@ -146,6 +159,7 @@ impl Session {
             tokens: self.tokens.clone(),
             logits: self.logits.clone(),
             cancel: CancelToken::default(),
+            active: None,
         }
     }
 
@@ -167,7 +181,7 @@ impl Session {
     }
 
     /// Appends token ids (validated against the vocabulary). They are processed lazily, by the next
-    /// [`Session::generate`] or [`Session::prefill`].
+    /// [`Session::generate`] or [`Session::prefill`]. Appending ends any generation in progress.
     pub fn append_tokens(&mut self, ids: &[u32]) -> Result<()> {
         let vocab = self.model.config().vocab_size;
         if let Some(&id) = ids.iter().find(|&&i| i as usize >= vocab) {
@@ -183,6 +197,7 @@ impl Session {
         }
         if !ids.is_empty() {
             self.logits = None;
+            self.active = None;
         }
         self.tokens.extend_from_slice(ids);
         Ok(())
@@ -206,7 +221,8 @@ impl Session {
             }
             let from = self.cache.len();
             let to = (from + PREFILL_CHUNK).min(self.tokens.len());
-            let logits = self.model.llama().forward(&self.tokens[from..to], &mut self.cache, Logits::Last)?;
+            let (model, tokens, cache) = (&self.model, &self.tokens[from..to], &mut self.cache);
+            let logits = model.compute(|| model.llama().forward(tokens, cache, Logits::Last))?;
             self.logits = Some(logits);
         }
         Ok(self.cache.len() - start)
@@ -232,127 +248,340 @@ impl Session {
         if self.logits.is_none() && !self.tokens.is_empty() {
             let last = self.tokens.len() - 1;
             self.cache.truncate(last);
-            self.logits = Some(self.model.llama().forward(&self.tokens[last..], &mut self.cache, Logits::Last)?);
+            let (model, tokens, cache) = (&self.model, &self.tokens[last..], &mut self.cache);
+            self.logits = Some(model.compute(|| model.llama().forward(tokens, cache, Logits::Last))?);
         }
         Ok(())
+    }
+
+    /// The conversation as bytes: tokens, the attention cache and the pending logits, tied to this
+    /// model's shape. [`Session::load_state`] restores it exactly (same next-token logits), on this
+    /// or any session of an identical model. Any generation in progress is not saved.
+    ///
+    /// Layout (little-endian): magic `AGLMSES\0`, version `u32`, then `u32` vocab, layers, kv heads,
+    /// head dim, hidden size; `u64` token count, `u64` cached positions, `u8` logits flag; the tokens
+    /// (`u32`), the logits (`f32 × vocab`, if flagged), the cache (`f32`, see [`crate::model::Llama::export_cache`]).
+    ///
+    /// # Errors
+    /// A device readback failure.
+    pub fn save_state(&self) -> Result<Vec<u8>> {
+        let cache = self.model.llama().export_cache(&self.cache)?;
+        let logits = self.logits.as_deref();
+        let mut out = Vec::with_capacity(STATE_HEADER + 4 * (self.tokens.len() + logits.map_or(0, <[f32]>::len) + cache.len()));
+        out.extend_from_slice(STATE_MAGIC);
+        out.extend_from_slice(&STATE_VERSION.to_le_bytes());
+        for v in self.shape_fingerprint() {
+            out.extend_from_slice(&v.to_le_bytes());
+        }
+        out.extend_from_slice(&(self.tokens.len() as u64).to_le_bytes());
+        out.extend_from_slice(&(self.cache.len() as u64).to_le_bytes());
+        out.push(u8::from(logits.is_some()));
+        out.extend(self.tokens.iter().flat_map(|t| t.to_le_bytes()));
+        out.extend(logits.unwrap_or_default().iter().flat_map(|x| x.to_le_bytes()));
+        out.extend(cache.iter().flat_map(|x| x.to_le_bytes()));
+        Ok(out)
+    }
+
+    /// Replaces the conversation with one saved by [`Session::save_state`]. On error the session is
+    /// unchanged.
+    ///
+    /// # Errors
+    /// [`Error::State`] when the bytes are truncated, malformed, from another model shape, or hold
+    /// more tokens than this session's capacity.
+    pub fn load_state(&mut self, bytes: &[u8]) -> Result<()> {
+        let bad = |m: String| Error::State(m);
+        if bytes.len() < STATE_HEADER || &bytes[..8] != STATE_MAGIC {
+            return Err(bad("not a libagentlm session state (bad magic or too short)".into()));
+        }
+        let u32_at = |o: usize| u32::from_le_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]);
+        let u64_at = |o: usize| u64::from_le_bytes(std::array::from_fn(|i| bytes[o + i]));
+        let version = u32_at(8);
+        if version != STATE_VERSION {
+            return Err(bad(format!("state version {version}, this library reads {STATE_VERSION}")));
+        }
+        let saved: Vec<u32> = (0..5).map(|i| u32_at(12 + 4 * i)).collect();
+        let ours = self.shape_fingerprint();
+        if saved != ours {
+            return Err(bad(format!(
+                "saved for a model of shape {saved:?} (vocab, layers, kv heads, head dim, hidden), this one is {ours:?}"
+            )));
+        }
+        let (n_tokens, cached, has_logits) = (u64_at(32), u64_at(40), bytes[48]);
+        let c = self.model.config();
+        if n_tokens > self.cache.capacity() as u64 || cached > n_tokens || has_logits > 1 {
+            return Err(bad(format!(
+                "{n_tokens} tokens ({cached} cached) do not fit this session's capacity {}",
+                self.cache.capacity()
+            )));
+        }
+        let (n_tokens, cached) = (n_tokens as usize, cached as usize);
+        let n_logits = if has_logits == 1 { c.vocab_size } else { 0 };
+        let n_cache = 2 * c.num_hidden_layers * c.num_key_value_heads * cached * c.head_dim;
+        let expected = STATE_HEADER + 4 * (n_tokens + n_logits + n_cache);
+        if bytes.len() != expected {
+            return Err(bad(format!("{} bytes, expected {expected}", bytes.len())));
+        }
+        let words = |from: usize, n: usize| bytes[from..from + 4 * n].chunks_exact(4).map(|w| [w[0], w[1], w[2], w[3]]);
+        let tokens: Vec<u32> = words(STATE_HEADER, n_tokens).map(u32::from_le_bytes).collect();
+        if let Some(t) = tokens.iter().find(|&&t| t as usize >= c.vocab_size) {
+            return Err(bad(format!("token id {t} is outside the vocabulary")));
+        }
+        let at = STATE_HEADER + 4 * n_tokens;
+        let logits: Vec<f32> = words(at, n_logits).map(f32::from_le_bytes).collect();
+        let cache: Vec<f32> = words(at + 4 * n_logits, n_cache).map(f32::from_le_bytes).collect();
+        let cache = self.model.llama().import_cache(&cache, cached, self.cache.capacity())?;
+        self.cache = cache;
+        self.tokens = tokens;
+        self.logits = (has_logits == 1).then_some(logits);
+        self.active = None;
+        Ok(())
+    }
+
+    /// [`Session::save_state`] to a file, written atomically (a temporary file renamed into place).
+    ///
+    /// # Errors
+    /// [`Error::Io`]; see [`Session::save_state`].
+    pub fn save_state_file(&self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let io = |source| Error::Io { path: path.to_path_buf(), source };
+        let bytes = self.save_state()?;
+        let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+        let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
+        tmp.write_all(&bytes).map_err(io)?;
+        tmp.as_file().sync_all().map_err(io)?;
+        tmp.persist(path).map_err(|e| io(e.error))?;
+        Ok(())
+    }
+
+    /// [`Session::load_state`] from a file.
+    ///
+    /// # Errors
+    /// [`Error::Io`]; see [`Session::load_state`].
+    pub fn load_state_file(&mut self, path: impl AsRef<Path>) -> Result<()> {
+        let path = path.as_ref();
+        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        self.load_state(&bytes)
+    }
+
+    fn shape_fingerprint(&self) -> Vec<u32> {
+        let c = self.model.config();
+        [c.vocab_size, c.num_hidden_layers, c.num_key_value_heads, c.head_dim, c.hidden_size].iter().map(|&v| v as u32).collect()
     }
 
     /// Generates a continuation. `on_text` receives the text as it is produced, in whole UTF-8
     /// characters and never containing (part of) a stop string; returning `ControlFlow::Break(())` stops.
     ///
     /// Generated tokens stay in the conversation (the last one is processed by the next call).
+    /// This is a loop over [`Session::begin`] / [`Session::next_token`] / [`Session::end`].
     ///
     /// # Errors
     /// Invalid sampling parameters, an empty conversation, model and tokenizer errors. Cancellation is
     /// not an error here: it ends generation with [`FinishReason::Cancelled`].
     pub fn generate(&mut self, params: &GenerateParams, mut on_text: impl FnMut(&str) -> ControlFlow<()>) -> Result<Generation> {
-        let mut sampler = Sampler::new(params.sampling.clone())?;
+        self.begin(params)?;
+        loop {
+            match self.next_token() {
+                Ok(Step::Token { text, .. }) => {
+                    if !text.is_empty() && on_text(&text).is_break() {
+                        if let Some(a) = self.active.as_mut() {
+                            a.finish_without_flush(FinishReason::Callback);
+                        }
+                        break;
+                    }
+                }
+                Ok(Step::Finished { text, .. }) => {
+                    if !text.is_empty() {
+                        let _ = on_text(&text);
+                    }
+                    break;
+                }
+                Err(e) => {
+                    self.active = None;
+                    return Err(e);
+                }
+            }
+        }
+        self.end().ok_or_else(|| Error::InvalidArgument("generation state lost".into()))
+    }
+
+    /// Starts a pull-style generation: call [`Session::next_token`] until it returns
+    /// [`Step::Finished`], then [`Session::end`] for the statistics. Replaces any generation in progress.
+    ///
+    /// # Errors
+    /// Invalid sampling parameters or an empty conversation (nothing is changed then).
+    pub fn begin(&mut self, params: &GenerateParams) -> Result<()> {
+        let sampler = Sampler::new(params.sampling.clone())?;
         if self.tokens.is_empty() {
             return Err(Error::InvalidArgument("nothing to continue: the session is empty".into()));
         }
-        let t0 = Instant::now();
-        let prefill_tokens = match self.process_pending() {
-            Ok(n) => n,
-            Err(Error::Cancelled) => {
-                return Ok(Generation {
-                    ids: vec![],
-                    text: String::new(),
-                    finish: FinishReason::Cancelled,
-                    prefill_tokens: 0,
-                    prefill_time: t0.elapsed(),
-                    decode_tokens: 0,
-                    decode_time: Duration::ZERO,
-                })
-            }
-            Err(e) => return Err(e),
-        };
-        self.recompute_last_logits()?;
-        let prefill_time = t0.elapsed();
-        let t1 = Instant::now();
+        self.active = Some(Active {
+            stops: StopMatcher::new(&params.stop),
+            params: params.clone(),
+            sampler,
+            decoder: TextStream::default(),
+            out: Generation {
+                ids: vec![],
+                text: String::new(),
+                finish: FinishReason::Length,
+                prefill_tokens: 0,
+                prefill_time: Duration::ZERO,
+                decode_tokens: 0,
+                decode_time: Duration::ZERO,
+            },
+            prefilled: false,
+            decode_start: None,
+            finished: None,
+        });
+        Ok(())
+    }
 
-        let model = self.model.clone();
-        let tok = model.tokenizer();
-        let eos = tok.eos_ids();
-        let mut decoder = tok.stream_decoder();
-        let mut stops = StopMatcher::new(&params.stop);
-        let mut out = Generation {
-            ids: vec![],
-            text: String::new(),
-            finish: FinishReason::Length,
-            prefill_tokens,
-            prefill_time,
-            decode_tokens: 0,
-            decode_time: Duration::ZERO,
-        };
-        let mut emit = |s: &str, text: &mut String| -> ControlFlow<()> {
-            if s.is_empty() {
-                return ControlFlow::Continue(());
+    /// Whether a generation started by [`Session::begin`] is in progress (not yet ended).
+    pub fn is_generating(&self) -> bool {
+        self.active.is_some()
+    }
+
+    /// Generates one token of the generation started by [`Session::begin`] (the first call also
+    /// processes the pending prompt). After [`Step::Finished`], further calls return it again with no
+    /// text.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when no generation was begun; model and tokenizer errors (the
+    /// generation stays begun, the conversation consistent).
+    pub fn next_token(&mut self) -> Result<Step> {
+        let mut a = self
+            .active
+            .take()
+            .ok_or_else(|| Error::InvalidArgument("no generation in progress: call begin first".into()))?;
+        let r = self.step(&mut a);
+        self.active = Some(a);
+        r
+    }
+
+    /// Ends the generation started by [`Session::begin`] and returns what it produced; `None` when none
+    /// was begun. A generation ended before [`Step::Finished`] reports [`FinishReason::Callback`].
+    pub fn end(&mut self) -> Option<Generation> {
+        let mut a = self.active.take()?;
+        if a.finished.is_none() {
+            a.finish_without_flush(FinishReason::Callback);
+        }
+        Some(a.out)
+    }
+
+    fn step(&mut self, a: &mut Active) -> Result<Step> {
+        if let Some(reason) = a.finished {
+            return Ok(Step::Finished { reason, text: String::new() });
+        }
+        if !a.prefilled {
+            let t0 = Instant::now();
+            match self.process_pending() {
+                Ok(n) => a.out.prefill_tokens = n,
+                Err(Error::Cancelled) => return Ok(self.finish(a, FinishReason::Cancelled)),
+                Err(e) => return Err(e),
             }
-            text.push_str(s);
-            on_text(s)
-        };
-        let mut stopped_by_text = false;
-        while out.ids.len() < params.max_tokens {
-            if self.cancel.is_cancelled() {
-                self.cancel.reset();
-                out.finish = FinishReason::Cancelled;
-                break;
-            }
-            if !out.ids.is_empty() {
-                if self.tokens.len() >= self.cache.capacity() {
-                    out.finish = FinishReason::ContextFull;
-                    break;
-                }
-                match self.process_pending() {
-                    Ok(_) => out.decode_tokens += 1,
-                    Err(Error::Cancelled) => {
-                        out.finish = FinishReason::Cancelled;
-                        break;
-                    }
-                    Err(e) => return Err(e),
-                }
-            }
-            let Some(logits) = self.logits.as_mut() else {
-                return Err(Error::InvalidArgument("no logits available".into()));
-            };
-            let id = sampler.sample(logits, &self.tokens);
+            self.recompute_last_logits()?;
+            a.out.prefill_time = t0.elapsed();
+            a.prefilled = true;
+            a.decode_start = Some(Instant::now());
+        }
+        if a.out.ids.len() >= a.params.max_tokens {
+            return Ok(self.finish(a, FinishReason::Length));
+        }
+        if self.cancel.is_cancelled() {
+            self.cancel.reset();
+            return Ok(self.finish(a, FinishReason::Cancelled));
+        }
+        if !a.out.ids.is_empty() {
             if self.tokens.len() >= self.cache.capacity() {
-                out.finish = FinishReason::ContextFull;
-                break;
+                return Ok(self.finish(a, FinishReason::ContextFull));
             }
-            self.tokens.push(id);
-            self.logits = None;
-            out.ids.push(id);
-            if !params.ignore_eos && eos.contains(&id) {
-                out.finish = FinishReason::Eos;
-                break;
-            }
-            if let Some(piece) = decoder.push(id)? {
-                let r = stops.push(&piece);
-                let flow = emit(&r.emit, &mut out.text);
-                if let Some(i) = r.stopped {
-                    out.finish = FinishReason::Stop(i);
-                    stopped_by_text = true;
-                    break;
-                }
-                if flow.is_break() {
-                    out.finish = FinishReason::Callback;
-                    stopped_by_text = true;
-                    break;
-                }
+            match self.process_pending() {
+                Ok(_) => a.out.decode_tokens += 1,
+                Err(Error::Cancelled) => return Ok(self.finish(a, FinishReason::Cancelled)),
+                Err(e) => return Err(e),
             }
         }
-        if !stopped_by_text {
-            let rest = decoder.flush();
-            let mut tail = stops.push(&rest);
-            if tail.stopped.is_some() {
-                out.finish = FinishReason::Stop(tail.stopped.unwrap_or(0));
-            } else {
-                tail.emit.push_str(&stops.finish());
-            }
-            let _ = emit(&tail.emit, &mut out.text);
+        let Some(logits) = self.logits.as_mut() else {
+            return Err(Error::InvalidArgument("no logits available".into()));
+        };
+        let id = a.sampler.sample(logits, &self.tokens);
+        if self.tokens.len() >= self.cache.capacity() {
+            return Ok(self.finish(a, FinishReason::ContextFull));
         }
-        out.decode_time = t1.elapsed();
-        Ok(out)
+        self.tokens.push(id);
+        self.logits = None;
+        a.out.ids.push(id);
+        if !a.params.ignore_eos && self.model.tokenizer().eos_ids().contains(&id) {
+            // The EOS token itself has no text; what the stop matcher held back is released with it.
+            let text = match self.finish(a, FinishReason::Eos) {
+                Step::Finished { text, .. } | Step::Token { text, .. } => text,
+            };
+            return Ok(Step::Token { id, text });
+        }
+        let mut text = String::new();
+        if let Some(piece) = a.decoder.step(self.model.tokenizer(), id)? {
+            let r = a.stops.push(&piece);
+            text = r.emit;
+            a.out.text.push_str(&text);
+            if let Some(i) = r.stopped {
+                a.finish_without_flush(FinishReason::Stop(i));
+            }
+        }
+        Ok(Step::Token { id, text })
+    }
+
+    /// Ends `a` with `reason`, releasing text the stop matcher held back (unless it completes a stop
+    /// string, which then becomes the reason).
+    fn finish(&mut self, a: &mut Active, reason: FinishReason) -> Step {
+        let mut tail = a.stops.push("");
+        let reason = match tail.stopped {
+            Some(i) => FinishReason::Stop(i),
+            None => {
+                tail.emit.push_str(&a.stops.finish());
+                reason
+            }
+        };
+        a.out.text.push_str(&tail.emit);
+        a.finish_without_flush(reason);
+        Step::Finished { reason, text: tail.emit }
+    }
+}
+
+/// One step of a pull-style generation ([`Session::next_token`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    /// A token was generated. `text` is the text it completes: whole characters, possibly empty (an
+    /// incomplete character, a special token, or text held back while it might begin a stop string).
+    Token {
+        /// The token id (now part of the conversation).
+        id: u32,
+        /// Text released by this token.
+        text: String,
+    },
+    /// Generation has ended; `text` is held-back text released at the end (usually empty).
+    Finished {
+        /// Why it ended.
+        reason: FinishReason,
+        /// Text released at the end.
+        text: String,
+    },
+}
+
+/// A generation in progress.
+struct Active {
+    params: GenerateParams,
+    sampler: Sampler,
+    stops: StopMatcher,
+    decoder: TextStream,
+    out: Generation,
+    prefilled: bool,
+    decode_start: Option<Instant>,
+    finished: Option<FinishReason>,
+}
+
+impl Active {
+    fn finish_without_flush(&mut self, reason: FinishReason) {
+        self.out.finish = reason;
+        self.out.decode_time = self.decode_start.map(|t| t.elapsed()).unwrap_or_default();
+        self.finished = Some(reason);
     }
 }

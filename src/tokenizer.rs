@@ -362,26 +362,63 @@ impl Tokenizer {
     }
     /// An incremental detokenizer that only ever yields whole UTF-8 characters (special tokens skipped).
     pub fn stream_decoder(&self) -> StreamDecoder<'_> {
-        StreamDecoder { inner: self.inner.decode_stream(true) }
+        StreamDecoder { tokenizer: self, state: TextStream::default() }
+    }
+}
+
+/// Owned state of an incremental detokenizer (no borrow of the tokenizer, so it can live inside a
+/// session between calls). Feed it ids with [`TextStream::step`].
+///
+/// It keeps a short window of recent ids and their decoded prefix: the text a new id adds is
+/// `decode(window + id) - decode(window)`, released only when it does not end in an incomplete
+/// character (U+FFFD from a partial byte sequence).
+#[derive(Debug, Clone, Default)]
+pub struct TextStream {
+    ids: Vec<u32>,
+    prefix: String,
+    /// Ids of `ids` that make up `prefix`, the context kept for the next step.
+    prefix_len: usize,
+}
+
+impl TextStream {
+    /// Adds one token; returns the text it completes, if any.
+    ///
+    /// # Errors
+    /// Decoding errors, or a decoder whose output for a longer window does not extend the shorter one.
+    pub fn step(&mut self, tokenizer: &Tokenizer, id: u32) -> Result<Option<String>, TokenizerError> {
+        self.ids.push(id);
+        let text = tokenizer.decode(&self.ids, true)?;
+        if text.len() <= self.prefix.len() || text.ends_with('\u{FFFD}') {
+            return Ok(None);
+        }
+        let Some(new) = text.strip_prefix(self.prefix.as_str()) else {
+            return Err(TokenizerError::Invalid(format!("stream decoding: {text:?} does not extend {:?}", self.prefix)));
+        };
+        let new = new.to_string();
+        // Keep the ids after the old context as the next context.
+        let keep_from = self.prefix_len;
+        self.ids.drain(..keep_from);
+        self.prefix = tokenizer.decode(&self.ids, true)?;
+        self.prefix_len = self.ids.len();
+        Ok(Some(new))
+    }
+
+    /// Forgets everything fed so far.
+    pub fn clear(&mut self) {
+        *self = TextStream::default();
     }
 }
 
 /// Incremental detokenizer: feed ids one at a time, get text as soon as it forms whole characters.
 pub struct StreamDecoder<'a> {
-    inner: tokenizers::DecodeStream<
-        'a,
-        tokenizers::ModelWrapper,
-        tokenizers::NormalizerWrapper,
-        tokenizers::PreTokenizerWrapper,
-        tokenizers::PostProcessorWrapper,
-        tokenizers::DecoderWrapper,
-    >,
+    tokenizer: &'a Tokenizer,
+    state: TextStream,
 }
 
 impl StreamDecoder<'_> {
     /// Adds one token; returns the text it completes, if any.
     pub fn push(&mut self, id: u32) -> Result<Option<String>, TokenizerError> {
-        self.inner.step(id).map_err(lib)
+        self.state.step(self.tokenizer, id)
     }
     /// Ends the stream. Incomplete trailing bytes are never emitted, so this returns nothing more;
     /// it exists so callers have one place to end a stream.

@@ -1,5 +1,5 @@
 //! The `generate` example's command-line interface, which other tools rely on.
-//! The binary is built by `cargo test --all-targets` (examples are built before tests run).
+//! The binary is built by `cargo build --examples`, which scripts/test.sh runs before the tests.
 
 mod common;
 
@@ -10,7 +10,7 @@ fn generate_bin() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
     let dir = exe.parent().and_then(|d| d.parent()).unwrap();
     let bin = dir.join("examples").join(format!("generate{}", std::env::consts::EXE_SUFFIX));
-    assert!(bin.is_file(), "{} missing: run `cargo test --all-targets` so examples are built", bin.display());
+    assert!(bin.is_file(), "{} missing: run `cargo build --examples` first (scripts/test.sh does)", bin.display());
     bin
 }
 

@@ -11,9 +11,10 @@ pub use burn::tensor::activation::{silu, softmax};
 pub use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 
 /// A compute backend, chosen at run time among those compiled in (cargo features `flex`, `wgpu`, `cuda`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum Backend {
     /// burn's Flex CPU backend (feature `flex`, on by default).
+    #[default]
     Cpu,
     /// wgpu: Vulkan, Metal or DX12 GPUs, or Mesa's lavapipe software Vulkan (feature `wgpu`).
     Wgpu,

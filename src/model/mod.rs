@@ -31,6 +31,12 @@ pub enum ModelError {
     /// `forward` was called with no tokens.
     #[error("forward called with no tokens")]
     Empty,
+    /// The progress callback asked to stop loading.
+    #[error("loading aborted by the progress callback")]
+    Aborted,
+    /// Cache contents handed to [`Llama::import_cache`] do not fit this model.
+    #[error("cache state does not fit this model: {0}")]
+    CacheState(String),
 }
 
 /// Which positions' logits [`Llama::forward`] returns.
@@ -205,7 +211,22 @@ impl Llama {
         device: &Device,
         max_positions: usize,
     ) -> Result<Self, ModelError> {
+        Self::load_with_progress(source, config, device, max_positions, &mut |_| true)
+    }
+
+    /// [`Llama::load`], reporting progress (fraction of weights loaded, 0 to 1) after each layer;
+    /// `progress` returning `false` stops loading with [`ModelError::Aborted`].
+    pub fn load_with_progress(
+        source: &dyn WeightSource,
+        config: &LlamaConfig,
+        device: &Device,
+        max_positions: usize,
+        progress: &mut dyn FnMut(f32) -> bool,
+    ) -> Result<Self, ModelError> {
         check_config(config)?;
+        let steps = (config.num_hidden_layers + 2) as f32;
+        let mut report = |done: usize| if progress(done as f32 / steps) { Ok(()) } else { Err(ModelError::Aborted) };
+        report(0)?;
         if max_positions == 0 {
             return Err(ModelError::Config("max_positions is 0".into()));
         }
@@ -214,6 +235,7 @@ impl Llama {
         let (h, hd) = (c.hidden_size, c.head_dim);
         let (q_out, kv_out) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
         let embed = l.matrix("model.embed_tokens.weight", c.vocab_size, h)?;
+        report(1)?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
             let p = format!("model.layers.{i}");
@@ -228,6 +250,7 @@ impl Llama {
                 w_up: l.linear(&format!("{p}.mlp.up_proj.weight"), c.intermediate_size, h)?,
                 w_down: l.linear(&format!("{p}.mlp.down_proj.weight"), h, c.intermediate_size)?,
             });
+            report(i + 2)?;
         }
         let norm = l.vector("model.norm.weight", h)?;
         let lm_head = if source.contains("lm_head.weight") {
@@ -243,6 +266,7 @@ impl Llama {
             .into());
         };
         let (cos, sin) = rope::tables(c, max_positions);
+        report(c.num_hidden_layers + 2)?;
         Ok(Llama {
             config: c.clone(),
             device: device.clone(),
@@ -284,6 +308,58 @@ impl Llama {
             len: 0,
             capacity,
         }
+    }
+
+    /// Copies the filled positions of `cache` to host memory: for each layer, keys then values, each
+    /// `[kv_heads, len, head_dim]` row-major. Length: `2 * layers * kv_heads * len * head_dim`.
+    ///
+    /// # Errors
+    /// A device readback failure.
+    pub fn export_cache(&self, cache: &KvCache) -> Result<Vec<f32>, ModelError> {
+        let c = &self.config;
+        let len = cache.len;
+        let mut out = Vec::with_capacity(2 * c.num_hidden_layers * c.num_key_value_heads * len * c.head_dim);
+        if len == 0 {
+            return Ok(out);
+        }
+        for (k, v) in cache.k.iter().zip(&cache.v) {
+            for t in [k, v] {
+                out.extend(engine::readback(t.clone().slice([0..c.num_key_value_heads, 0..len, 0..c.head_dim]))?);
+            }
+        }
+        Ok(out)
+    }
+
+    /// A cache for `capacity` positions holding `len` positions from [`Llama::export_cache`]'s layout.
+    ///
+    /// # Errors
+    /// [`ModelError::CacheState`] when `data` has the wrong length or `len` exceeds the capacity.
+    pub fn import_cache(&self, data: &[f32], len: usize, capacity: usize) -> Result<KvCache, ModelError> {
+        let c = &self.config;
+        let mut cache = self.new_cache(capacity);
+        if len > cache.capacity {
+            return Err(ModelError::CacheState(format!("{len} positions do not fit a cache of {}", cache.capacity)));
+        }
+        let per = c.num_key_value_heads * len * c.head_dim;
+        if data.len() != 2 * c.num_hidden_layers * per {
+            return Err(ModelError::CacheState(format!(
+                "{} values for {len} positions, expected {}",
+                data.len(),
+                2 * c.num_hidden_layers * per
+            )));
+        }
+        if len > 0 {
+            let shape = [c.num_key_value_heads, len, c.head_dim];
+            let range = [0..c.num_key_value_heads, 0..len, 0..c.head_dim];
+            for (i, chunk) in data.chunks_exact(2 * per).enumerate() {
+                let k = engine::upload(chunk[..per].to_vec(), shape, &self.device);
+                let v = engine::upload(chunk[per..].to_vec(), shape, &self.device);
+                cache.k[i] = cache.k[i].clone().slice_assign(range.clone(), k);
+                cache.v[i] = cache.v[i].clone().slice_assign(range.clone(), v);
+            }
+        }
+        cache.len = len;
+        Ok(cache)
     }
 
     /// Runs `tokens` (appended after the cache's positions) through the model, extends the cache and

@@ -1,0 +1,65 @@
+//! The opaque handles behind `agentlm_model *` and `agentlm_session *`.
+
+use std::sync::{Mutex, TryLockError};
+
+use super::log::{with_sink, LogSink};
+use super::util::{handle, Fail};
+use super::agentlm_status::*;
+use crate::generate::CancelToken;
+use crate::runtime::Model;
+use crate::session::Session;
+
+/// A loaded model (opaque). Immutable and thread-safe; each handle is one reference.
+pub struct agentlm_model {
+    pub(crate) model: Model,
+    pub(crate) log: Option<LogSink>,
+}
+
+/// A session (opaque): one conversation and its KV cache. One caller at a time; `agentlm_session_cancel`
+/// may be called from any thread.
+pub struct agentlm_session {
+    pub(crate) cancel: CancelToken,
+    pub(crate) capacity: usize,
+    state: Mutex<SessionState>,
+}
+
+/// What a session call works on, behind the session's lock.
+pub(crate) struct SessionState {
+    pub session: Session,
+    /// The text of the last `agentlm_token`, NUL-terminated (borrowed by the caller until the next call).
+    pub text: Vec<u8>,
+    pub log: Option<LogSink>,
+}
+
+impl agentlm_session {
+    pub(crate) fn new_raw(session: Session, log: Option<LogSink>) -> *mut agentlm_session {
+        let s = agentlm_session {
+            cancel: session.cancel_token(),
+            capacity: session.capacity(),
+            state: Mutex::new(SessionState { session, text: vec![0], log }),
+        };
+        Box::into_raw(Box::new(s))
+    }
+}
+
+/// Runs `f` on the session's state; a concurrent call gets `AGENTLM_STATUS_BUSY` instead of waiting.
+pub(crate) fn lock<T>(session: *const agentlm_session, f: impl FnOnce(&mut SessionState) -> Result<T, Fail>) -> Result<T, Fail> {
+    let s = handle(session, "session")?;
+    let mut guard = match s.state.try_lock() {
+        Ok(g) => g,
+        // A panic inside an earlier call left the lock poisoned; the session's own invariants are
+        // restored by ending any half-finished generation.
+        Err(TryLockError::Poisoned(p)) => {
+            let mut g = p.into_inner();
+            g.session.end();
+            s.state.clear_poison();
+            g
+        }
+        Err(TryLockError::WouldBlock) => {
+            return Err(Fail::new(AGENTLM_STATUS_BUSY, "another call is running on this session"));
+        }
+    };
+    let st = &mut *guard;
+    let sink = st.log.clone();
+    with_sink(sink.as_ref(), || f(st))
+}

@@ -1,0 +1,998 @@
+//! The C ABI (`include/agentlm.h`, generated from this module by cbindgen): a thin layer over the
+//! safe Rust API. Nothing else in the crate says `extern "C"`.
+//!
+//! Conventions (see `docs/c-api.md`):
+//! - every fallible function returns an [`agentlm_status`] (0 ok, > 0 flow control, < 0 error; numbers are
+//!   never reused) and, when `err` is not NULL and the call fails, stores a new [`agentlm_error`] in `*err`
+//!   that the caller frees with [`agentlm_error_free`];
+//! - every body runs inside [`boundary`]: a Rust panic becomes `AGENTLM_STATUS_PANIC`, never an unwind
+//!   into C;
+//! - strings are `(pointer, length)` pairs of UTF-8, validated; enums arrive as integers and are range
+//!   checked; parameter structs start with `struct_size` and come from `agentlm_*_params_default()`;
+//! - out-parameters are written only on success (and, for buffers, the needed size on
+//!   `AGENTLM_STATUS_BUFFER_TOO_SMALL`).
+
+#![allow(non_camel_case_types)]
+#![allow(clippy::missing_safety_doc)] // The safety contract of every function is in its C documentation.
+
+mod handles;
+mod log;
+mod util;
+
+use std::ffi::{c_char, c_void};
+use std::ptr;
+
+use crate::generate::SamplingParams;
+use crate::runtime::{LoadOptions, Model};
+use crate::session::{FinishReason, GenerateParams, Step};
+use crate::template::Message;
+use crate::Backend;
+
+pub use handles::{agentlm_model, agentlm_session};
+use handles::{lock, SessionState};
+pub use log::agentlm_log_fn;
+use log::LogSink;
+use util::{boundary, opt_out, read_params, slice_arg, str_arg, write_out, Fail};
+
+/// Major version of this library (semantic versioning; before 1.0 minor versions may break the ABI).
+pub const AGENTLM_VERSION_MAJOR: u32 = 0;
+/// Minor version of this library.
+pub const AGENTLM_VERSION_MINOR: u32 = 1;
+/// Patch version of this library.
+pub const AGENTLM_VERSION_PATCH: u32 = 0;
+/// Version of the C ABI described by this header; bumped on every incompatible change.
+pub const AGENTLM_ABI_VERSION: u32 = 1;
+/// The `id` of an [`agentlm_token`] that carries no token (the end of a generation).
+pub const AGENTLM_TOKEN_NONE: u32 = u32::MAX;
+/// [`agentlm_model_tokenize`] flag: prepend the BOS token when the model's tokenizer asks for it.
+pub const AGENTLM_TOKENIZE_ADD_BOS: u32 = 1;
+/// [`agentlm_model_tokenize`] flag: special-token strings in the text (`</s>`, `<|im_end|>`) become their
+/// ids. Without it they are tokenized as plain text (safe for untrusted text).
+pub const AGENTLM_TOKENIZE_PARSE_SPECIAL: u32 = 2;
+
+/// Result of every fallible call: `0` success, `> 0` flow control, `< 0` error. Numbers are never reused.
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum agentlm_status {
+    /// Success.
+    AGENTLM_STATUS_OK = 0,
+    /// A generation has ended ([`agentlm_session_next_token`]); see the finish reason.
+    AGENTLM_STATUS_DONE = 1,
+    /// The token callback asked to stop.
+    AGENTLM_STATUS_STOPPED = 2,
+    /// The session was cancelled with [`agentlm_session_cancel`]; its state is consistent.
+    AGENTLM_STATUS_CANCELLED = 3,
+    /// The caller's buffer is too small; the needed size was stored in the size out-parameter.
+    AGENTLM_STATUS_BUFFER_TOO_SMALL = 4,
+    /// An argument is out of range or the call is not allowed in the handle's current state.
+    AGENTLM_STATUS_INVALID_ARGUMENT = -1,
+    /// A required pointer was NULL.
+    AGENTLM_STATUS_NULL_POINTER = -2,
+    /// A string argument is not valid UTF-8.
+    AGENTLM_STATUS_INVALID_UTF8 = -3,
+    /// A parameter struct's `struct_size` is not one this library knows.
+    AGENTLM_STATUS_STRUCT_SIZE = -4,
+    /// A file could not be read or written.
+    AGENTLM_STATUS_IO = -5,
+    /// A model file is malformed (truncated, bad magic, lying offsets, bad header, ...).
+    AGENTLM_STATUS_FORMAT = -6,
+    /// Valid input this build does not support (architecture, tensor type, backend not compiled in).
+    AGENTLM_STATUS_UNSUPPORTED = -7,
+    /// The compute backend failed (no device, readback failure).
+    AGENTLM_STATUS_BACKEND = -8,
+    /// The tokenizer could not be built or failed.
+    AGENTLM_STATUS_TOKENIZER = -9,
+    /// The chat template could not be compiled or rendered.
+    AGENTLM_STATUS_TEMPLATE = -10,
+    /// The model's weights or configuration are inconsistent.
+    AGENTLM_STATUS_MODEL = -11,
+    /// Saved session state is malformed or belongs to another model.
+    AGENTLM_STATUS_STATE = -12,
+    /// The progress callback aborted loading.
+    AGENTLM_STATUS_ABORTED = -13,
+    /// Another call is running on this session (only `agentlm_session_cancel` may overlap).
+    AGENTLM_STATUS_BUSY = -14,
+    /// The session's context is full.
+    AGENTLM_STATUS_CONTEXT_FULL = -15,
+    /// A bug: the library panicked. The handle involved stays usable but its state may be reset.
+    AGENTLM_STATUS_PANIC = -99,
+}
+
+use agentlm_status::*;
+
+/// Compute backends (values of `agentlm_model_params.backend`).
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum agentlm_backend {
+    /// The CPU (always compiled in by default builds).
+    AGENTLM_BACKEND_CPU = 0,
+    /// wgpu: Vulkan, Metal, DX12 (cargo feature `wgpu`).
+    AGENTLM_BACKEND_WGPU = 1,
+    /// NVIDIA CUDA (cargo feature `cuda`).
+    AGENTLM_BACKEND_CUDA = 2,
+}
+
+impl agentlm_backend {
+    fn from_i32(v: i32) -> Result<Backend, Fail> {
+        match v {
+            0 => Ok(Backend::Cpu),
+            1 => Ok(Backend::Wgpu),
+            2 => Ok(Backend::Cuda),
+            _ => Err(Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("unknown backend {v}"))),
+        }
+    }
+    fn to_i32(b: Backend) -> i32 {
+        match b {
+            Backend::Cpu => 0,
+            Backend::Wgpu => 1,
+            Backend::Cuda => 2,
+        }
+    }
+}
+
+/// Why a generation ended (`agentlm_generation.finish_reason`, `agentlm_token.finish_reason`).
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum agentlm_finish_reason {
+    /// Not finished.
+    AGENTLM_FINISH_NONE = 0,
+    /// The model produced an end-of-sequence token.
+    AGENTLM_FINISH_EOS = 1,
+    /// A stop string appeared (`stop_index` says which); it is not part of the output.
+    AGENTLM_FINISH_STOP = 2,
+    /// `max_tokens` were generated.
+    AGENTLM_FINISH_LENGTH = 3,
+    /// The token callback returned false, or the generation was ended early.
+    AGENTLM_FINISH_CALLBACK = 4,
+    /// [`agentlm_session_cancel`] was called.
+    AGENTLM_FINISH_CANCELLED = 5,
+    /// The session's context is full.
+    AGENTLM_FINISH_CONTEXT_FULL = 6,
+}
+
+fn finish_code(r: FinishReason) -> (i32, i32) {
+    use agentlm_finish_reason::*;
+    let (code, stop) = match r {
+        FinishReason::Eos => (AGENTLM_FINISH_EOS, -1),
+        FinishReason::Stop(i) => (AGENTLM_FINISH_STOP, i as i32),
+        FinishReason::Length => (AGENTLM_FINISH_LENGTH, -1),
+        FinishReason::Callback => (AGENTLM_FINISH_CALLBACK, -1),
+        FinishReason::Cancelled => (AGENTLM_FINISH_CANCELLED, -1),
+        FinishReason::ContextFull => (AGENTLM_FINISH_CONTEXT_FULL, -1),
+    };
+    (code as i32, stop)
+}
+
+/// Log levels (values passed to an [`agentlm_log_fn`] and of `agentlm_model_params.log_level`).
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum agentlm_log_level {
+    /// Errors only.
+    AGENTLM_LOG_ERROR = 1,
+    /// Warnings and errors.
+    AGENTLM_LOG_WARN = 2,
+    /// Informational messages (model loaded, ...).
+    AGENTLM_LOG_INFO = 3,
+    /// Debugging detail.
+    AGENTLM_LOG_DEBUG = 4,
+    /// Everything.
+    AGENTLM_LOG_TRACE = 5,
+}
+
+/// An error: a status and a message. Created by the library, freed by the caller with
+/// [`agentlm_error_free`]. Not thread-safe to free twice; safe to read from any thread.
+pub struct agentlm_error {
+    status: agentlm_status,
+    message: std::ffi::CString,
+}
+
+/// A borrowed UTF-8 string: `len` bytes at `ptr` (no terminating NUL needed). `ptr` may be NULL when
+/// `len` is 0.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct agentlm_str {
+    /// First byte.
+    pub ptr: *const c_char,
+    /// Length in bytes.
+    pub len: usize,
+}
+
+/// One chat message for [`agentlm_model_apply_chat_template`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct agentlm_message {
+    /// `system`, `user`, `assistant`, or any role the template knows.
+    pub role: agentlm_str,
+    /// The text.
+    pub content: agentlm_str,
+}
+
+/// Load progress: `fraction` goes from 0 to 1. Return `false` to abort loading
+/// (`AGENTLM_STATUS_ABORTED`). Called on the thread that called [`agentlm_model_load`].
+pub type agentlm_progress_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, fraction: f32) -> bool>;
+
+/// Streaming callback of [`agentlm_session_generate`]: one call per generated token with the text it
+/// completes (`text_len` bytes of whole UTF-8 characters, NUL-terminated, possibly empty; valid only
+/// during the call), and a final call with `token == AGENTLM_TOKEN_NONE` if text was held back until the
+/// end. Return `false` to stop generating. Called on the thread that called generate.
+pub type agentlm_token_fn =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, token: u32, text: *const c_char, text_len: usize) -> bool>;
+
+/// Parameters of [`agentlm_model_load`]. Initialise with [`agentlm_model_params_default`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct agentlm_model_params {
+    /// `sizeof(agentlm_model_params)`; set by the default initializer.
+    pub struct_size: u32,
+    /// An `agentlm_backend` value (default CPU).
+    pub backend: i32,
+    /// CPU threads for this model's computations; 0 uses the process-wide pool (one thread per core,
+    /// or `RAYON_NUM_THREADS`).
+    pub n_threads: u32,
+    /// Cap on the context length (tokens per session); 0 uses the model's trained context.
+    pub max_context: u32,
+    /// Progress callback, or NULL.
+    pub progress: agentlm_progress_fn,
+    /// Passed to `progress`.
+    pub progress_user_data: *mut c_void,
+    /// Log callback for messages about this model and its sessions, or NULL.
+    pub log: agentlm_log_fn,
+    /// Passed to `log`.
+    pub log_user_data: *mut c_void,
+    /// Most verbose `agentlm_log_level` forwarded to `log` (default `AGENTLM_LOG_WARN`).
+    pub log_level: i32,
+}
+
+/// Parameters of [`agentlm_session_new`]. Initialise with [`agentlm_session_params_default`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct agentlm_session_params {
+    /// `sizeof(agentlm_session_params)`.
+    pub struct_size: u32,
+    /// Tokens the session can hold (its KV cache is allocated up front); 0 = the model's context length.
+    pub capacity: u32,
+}
+
+/// Parameters of a generation. Initialise with [`agentlm_generate_params_default`] (greedy, 256 tokens).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct agentlm_generate_params {
+    /// `sizeof(agentlm_generate_params)`.
+    pub struct_size: u32,
+    /// Most new tokens.
+    pub max_tokens: u32,
+    /// Softmax temperature; 0 = greedy.
+    pub temperature: f32,
+    /// Keep the `top_k` most likely tokens; 0 disables.
+    pub top_k: u32,
+    /// Nucleus sampling threshold in (0, 1]; 1 disables.
+    pub top_p: f32,
+    /// Drop tokens less likely than `min_p` × the most likely; 0 disables.
+    pub min_p: f32,
+    /// transformers' repetition penalty; 1 disables.
+    pub repetition_penalty: f32,
+    /// Random seed: same seed + same input = same output.
+    pub seed: u64,
+    /// Keep generating past end-of-sequence tokens.
+    pub ignore_eos: bool,
+    /// Stop strings (`n_stop` of them; may be NULL when 0). Copied; need not outlive the call.
+    pub stop: *const agentlm_str,
+    /// Number of stop strings.
+    pub n_stop: usize,
+}
+
+/// Statistics of a finished generation.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct agentlm_generation {
+    /// Tokens generated (including a final EOS token).
+    pub n_tokens: u32,
+    /// An `agentlm_finish_reason` value.
+    pub finish_reason: i32,
+    /// With `AGENTLM_FINISH_STOP`: which stop string; otherwise -1.
+    pub stop_index: i32,
+    /// Prompt tokens processed before the first new token.
+    pub prefill_tokens: u32,
+    /// Prefill throughput, tokens per second.
+    pub prefill_tokens_per_s: f64,
+    /// Decode throughput, tokens per second.
+    pub decode_tokens_per_s: f64,
+}
+
+/// One step of a pull-style generation ([`agentlm_session_next_token`]).
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct agentlm_token {
+    /// The token generated, or `AGENTLM_TOKEN_NONE` at the end.
+    pub id: u32,
+    /// An `agentlm_finish_reason`: `AGENTLM_FINISH_NONE` while generating.
+    pub finish_reason: i32,
+    /// Text this step released: `text_len` bytes of whole UTF-8 characters, NUL-terminated, possibly
+    /// empty. Owned by the session; valid until the next call on it.
+    pub text: *const c_char,
+    /// Length of `text` in bytes (excluding the NUL).
+    pub text_len: usize,
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Versions, statuses, errors
+// ---------------------------------------------------------------------------------------------------
+
+/// The library version, e.g. `"0.1.0"` (static string). Thread-safe.
+#[no_mangle]
+pub extern "C" fn agentlm_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// The C ABI version the library was built with (`AGENTLM_ABI_VERSION` of its header). Compare with the
+/// macro to detect a header/library mismatch. Thread-safe.
+#[no_mangle]
+pub extern "C" fn agentlm_abi_version() -> u32 {
+    AGENTLM_ABI_VERSION
+}
+
+/// A static, NUL-terminated description of a status code (`"unknown status"` for unknown values).
+/// Thread-safe.
+#[no_mangle]
+pub extern "C" fn agentlm_status_string(status: i32) -> *const c_char {
+    util::status_string(status).as_ptr().cast()
+}
+
+/// The error's message: NUL-terminated UTF-8, owned by the error, valid until [`agentlm_error_free`].
+/// Returns `""` for NULL.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_error_message(error: *const agentlm_error) -> *const c_char {
+    match unsafe { error.as_ref() } {
+        Some(e) => e.message.as_ptr(),
+        None => c"".as_ptr(),
+    }
+}
+
+/// The error's status code (`AGENTLM_STATUS_OK` for NULL).
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_error_status(error: *const agentlm_error) -> agentlm_status {
+    unsafe { error.as_ref() }.map_or(AGENTLM_STATUS_OK, |e| e.status)
+}
+
+/// Frees an error. `NULL` is a no-op.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_error_free(error: *mut agentlm_error) {
+    if !error.is_null() {
+        drop(unsafe { Box::from_raw(error) });
+    }
+}
+
+/// Whether `backend` (an `agentlm_backend` value) is compiled into this library. Thread-safe.
+#[no_mangle]
+pub extern "C" fn agentlm_backend_is_compiled(backend: i32) -> bool {
+    agentlm_backend::from_i32(backend).is_ok_and(Backend::is_compiled)
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Models
+// ---------------------------------------------------------------------------------------------------
+
+/// Default model parameters: CPU, all cores, the model's context, no callbacks, warnings logged.
+#[no_mangle]
+pub extern "C" fn agentlm_model_params_default() -> agentlm_model_params {
+    agentlm_model_params {
+        struct_size: std::mem::size_of::<agentlm_model_params>() as u32,
+        backend: agentlm_backend::AGENTLM_BACKEND_CPU as i32,
+        n_threads: 0,
+        max_context: 0,
+        progress: None,
+        progress_user_data: ptr::null_mut(),
+        log: None,
+        log_user_data: ptr::null_mut(),
+        log_level: agentlm_log_level::AGENTLM_LOG_WARN as i32,
+    }
+}
+
+/// Loads a model: a GGUF file or a Hugging Face directory (`config.json`, safetensors,
+/// `tokenizer.json`), detected from the path. `path` is `path_len` bytes of UTF-8. `params` may be NULL
+/// (defaults). On success stores a new handle in `*out` (free with [`agentlm_model_free`]).
+///
+/// The model is immutable and thread-safe: any number of threads may use it and its sessions at once.
+///
+/// Errors: `NULL_POINTER`, `INVALID_UTF8`, `STRUCT_SIZE`, `INVALID_ARGUMENT` (bad backend or sizes),
+/// `IO`, `FORMAT`, `UNSUPPORTED`, `TOKENIZER`, `TEMPLATE`, `MODEL`, `BACKEND`, `ABORTED`.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_model_load(
+    path: *const c_char,
+    path_len: usize,
+    params: *const agentlm_model_params,
+    out: *mut *mut agentlm_model,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let path = unsafe { str_arg(path, path_len, "path") }?;
+        let p = unsafe { read_params(params, agentlm_model_params_default()) }?;
+        let out = opt_out(out, "out")?;
+        let backend = agentlm_backend::from_i32(p.backend)?;
+        let log = LogSink::new(p.log, p.log_user_data, p.log_level)?;
+        let progress = p.progress.map(|f| {
+            let user = util::SendPtr(p.progress_user_data);
+            std::sync::Arc::new(move |fraction: f32| {
+                let user = &user;
+                unsafe { f(user.0, fraction) }
+            }) as crate::runtime::ProgressFn
+        });
+        let options = LoadOptions {
+            backend,
+            max_context: (p.max_context > 0).then_some(p.max_context as usize),
+            threads: (p.n_threads > 0).then_some(p.n_threads as usize),
+            progress,
+        };
+        let model = log::with_sink(log.as_ref(), || Model::load(path, &options))?;
+        write_out(out, Box::into_raw(Box::new(agentlm_model { model, log })));
+        Ok(AGENTLM_STATUS_OK)
+    })
+}
+
+/// A new reference to the same model (reference counted; free each with [`agentlm_model_free`]).
+/// Returns NULL for NULL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_model_retain(model: *const agentlm_model) -> *mut agentlm_model {
+    util::catch_or(ptr::null_mut(), || match unsafe { model.as_ref() } {
+        Some(m) => Box::into_raw(Box::new(agentlm_model { model: m.model.clone(), log: m.log.clone() })),
+        None => ptr::null_mut(),
+    })
+}
+
+/// Releases a model reference. Sessions keep their model alive, so a model may be freed while its
+/// sessions are still in use. `NULL` is a no-op.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_model_free(model: *mut agentlm_model) {
+    if !model.is_null() {
+        util::catch_or((), || drop(unsafe { Box::from_raw(model) }));
+    }
+}
+
+/// The architecture name (`"llama"`), a static string; `""` for NULL.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_model_architecture(model: *const agentlm_model) -> *const c_char {
+    match unsafe { model.as_ref() } {
+        Some(_) => c"llama".as_ptr(),
+        None => c"".as_ptr(),
+    }
+}
+
+/// Vocabulary size (number of token ids); 0 for NULL.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_model_vocab_size(model: *const agentlm_model) -> u32 {
+    unsafe { model.as_ref() }.map_or(0, |m| m.model.config().vocab_size as u32)
+}
+
+/// Longest context a session can hold (after `max_context`); 0 for NULL.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_model_context_length(model: *const agentlm_model) -> u32 {
+    unsafe { model.as_ref() }.map_or(0, |m| m.model.context_length() as u32)
+}
+
+/// Whether the model ships a chat template; false for NULL.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_model_has_chat_template(model: *const agentlm_model) -> bool {
+    unsafe { model.as_ref() }.is_some_and(|m| m.model.chat_template().is_some())
+}
+
+/// The `agentlm_backend` the model runs on; -1 for NULL.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_model_backend(model: *const agentlm_model) -> i32 {
+    unsafe { model.as_ref() }.map_or(-1, |m| agentlm_backend::to_i32(m.model.backend()))
+}
+
+/// Tokenizes `text_len` bytes of UTF-8 at `text` (`AGENTLM_TOKENIZE_*` flags) into `ids` (room for
+/// `capacity` ids; may be NULL when 0). Stores the number of ids in `*n_ids`; when they do not fit,
+/// returns `AGENTLM_STATUS_BUFFER_TOO_SMALL` with the needed count in `*n_ids` and `ids` untouched.
+/// Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_model_tokenize(
+    model: *const agentlm_model,
+    text: *const c_char,
+    text_len: usize,
+    flags: u32,
+    ids: *mut u32,
+    capacity: usize,
+    n_ids: *mut usize,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let m = util::handle(model, "model")?;
+        let text = unsafe { str_arg(text, text_len, "text") }?;
+        let n_ids = opt_out(n_ids, "n_ids")?;
+        if flags & !(AGENTLM_TOKENIZE_ADD_BOS | AGENTLM_TOKENIZE_PARSE_SPECIAL) != 0 {
+            return Err(Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("unknown tokenize flags {flags:#x}")));
+        }
+        let tok = m.model.tokenizer();
+        let add_bos = flags & AGENTLM_TOKENIZE_ADD_BOS != 0 && tok.add_bos_by_default();
+        let mut v = if flags & AGENTLM_TOKENIZE_PARSE_SPECIAL != 0 {
+            tok.encode(text, add_bos)?
+        } else {
+            tok.encode_plain(text)?
+        };
+        if add_bos && flags & AGENTLM_TOKENIZE_PARSE_SPECIAL == 0 {
+            if let Some(bos) = tok.bos_id() {
+                v.insert(0, bos);
+            }
+        }
+        unsafe { util::copy_out(&v, ids, capacity, n_ids) }
+    })
+}
+
+/// Detokenizes `n_ids` ids into `buf` (`capacity` bytes) as UTF-8 followed by a NUL; `*text_len`
+/// receives the length without the NUL. When it does not fit, returns
+/// `AGENTLM_STATUS_BUFFER_TOO_SMALL` with the needed size *including* the NUL in `*text_len`.
+/// Special tokens are skipped when `skip_special`. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_model_detokenize(
+    model: *const agentlm_model,
+    ids: *const u32,
+    n_ids: usize,
+    skip_special: bool,
+    buf: *mut c_char,
+    capacity: usize,
+    text_len: *mut usize,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let m = util::handle(model, "model")?;
+        let ids = unsafe { slice_arg(ids, n_ids, "ids") }?;
+        let text_len = opt_out(text_len, "text_len")?;
+        let vocab = m.model.config().vocab_size;
+        if let Some(id) = ids.iter().find(|&&i| i as usize >= vocab) {
+            return Err(Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("token id {id} is outside the vocabulary (size {vocab})")));
+        }
+        let s = m.model.tokenizer().decode(ids, skip_special)?;
+        unsafe { util::copy_str_out(&s, buf, capacity, text_len) }
+    })
+}
+
+/// Renders `n_messages` messages with the model's own chat template (`add_generation_prompt` appends
+/// the assistant header) into `buf` like [`agentlm_model_detokenize`]. Thread-safe.
+///
+/// Errors: `INVALID_ARGUMENT` when the model has no template, `TEMPLATE`, `INVALID_UTF8`, ...
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_model_apply_chat_template(
+    model: *const agentlm_model,
+    messages: *const agentlm_message,
+    n_messages: usize,
+    add_generation_prompt: bool,
+    buf: *mut c_char,
+    capacity: usize,
+    text_len: *mut usize,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let m = util::handle(model, "model")?;
+        let msgs = unsafe { slice_arg(messages, n_messages, "messages") }?;
+        let text_len = opt_out(text_len, "text_len")?;
+        let mut list = Vec::with_capacity(msgs.len());
+        for (i, msg) in msgs.iter().enumerate() {
+            let role = unsafe { str_arg(msg.role.ptr, msg.role.len, "message role") }.map_err(|f| f.context(format!("message {i}")))?;
+            let content = unsafe { str_arg(msg.content.ptr, msg.content.len, "message content") }.map_err(|f| f.context(format!("message {i}")))?;
+            list.push(Message::new(role, content));
+        }
+        let t = m
+            .model
+            .chat_template()
+            .ok_or_else(|| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, "the model has no chat template"))?;
+        let s = t.render(&list, add_generation_prompt).map_err(crate::Error::from)?;
+        unsafe { util::copy_str_out(&s, buf, capacity, text_len) }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------------
+// Sessions
+// ---------------------------------------------------------------------------------------------------
+
+/// Default session parameters: capacity = the model's context length.
+#[no_mangle]
+pub extern "C" fn agentlm_session_params_default() -> agentlm_session_params {
+    agentlm_session_params { struct_size: std::mem::size_of::<agentlm_session_params>() as u32, capacity: 0 }
+}
+
+/// Default generation parameters: greedy, 256 tokens, no stop strings, stop at EOS.
+#[no_mangle]
+pub extern "C" fn agentlm_generate_params_default() -> agentlm_generate_params {
+    let s = SamplingParams::greedy();
+    agentlm_generate_params {
+        struct_size: std::mem::size_of::<agentlm_generate_params>() as u32,
+        max_tokens: 256,
+        temperature: s.temperature,
+        top_k: s.top_k as u32,
+        top_p: s.top_p,
+        min_p: s.min_p,
+        repetition_penalty: s.repetition_penalty,
+        seed: s.seed,
+        ignore_eos: false,
+        stop: ptr::null(),
+        n_stop: 0,
+    }
+}
+
+/// Creates a session (one conversation with its own KV cache) on `model`; `params` may be NULL. The
+/// session holds a reference to the model. Free with [`agentlm_session_free`].
+///
+/// A session is used by one thread at a time (a second concurrent call gets `AGENTLM_STATUS_BUSY`);
+/// only [`agentlm_session_cancel`] may be called from another thread while it works. Different
+/// sessions, even on one model, run in parallel.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_session_new(
+    model: *const agentlm_model,
+    params: *const agentlm_session_params,
+    out: *mut *mut agentlm_session,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let m = util::handle(model, "model")?;
+        let p = unsafe { read_params(params, agentlm_session_params_default()) }?;
+        let out = opt_out(out, "out")?;
+        let session = m.model.session((p.capacity > 0).then_some(p.capacity as usize));
+        write_out(out, agentlm_session::new_raw(session, m.log.clone()));
+        Ok(AGENTLM_STATUS_OK)
+    })
+}
+
+/// Frees a session. `NULL` is a no-op. Must not race with other calls on the session.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_session_free(session: *mut agentlm_session) {
+    if !session.is_null() {
+        util::catch_or((), || drop(unsafe { Box::from_raw(session) }));
+    }
+}
+
+/// Tokens the session can hold. 0 for NULL. Thread-safe.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_session_capacity(session: *const agentlm_session) -> u32 {
+    unsafe { session.as_ref() }.map_or(0, |s| s.capacity as u32)
+}
+
+/// Appends trusted text (a prompt, a rendered chat template): special-token strings in it become
+/// control tokens; BOS is prepended to an empty conversation when the model asks for it. Tokens are
+/// processed lazily by the next generation. Ends any generation in progress.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_session_append_text(
+    session: *const agentlm_session,
+    text: *const c_char,
+    text_len: usize,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let text = unsafe { str_arg(text, text_len, "text") }?;
+        lock(session, |st| Ok(st.session.append_text(text)?)).map(|_| AGENTLM_STATUS_OK)
+    })
+}
+
+/// Appends untrusted text (tool output, user input): special-token strings such as `</s>` or
+/// `<|im_end|>` are tokenized as plain text and can never become control tokens.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_session_append_untrusted_text(
+    session: *const agentlm_session,
+    text: *const c_char,
+    text_len: usize,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let text = unsafe { str_arg(text, text_len, "text") }?;
+        lock(session, |st| Ok(st.session.append_untrusted_text(text)?)).map(|_| AGENTLM_STATUS_OK)
+    })
+}
+
+/// Appends `n_ids` token ids (checked against the vocabulary and the capacity).
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_session_append_tokens(
+    session: *const agentlm_session,
+    ids: *const u32,
+    n_ids: usize,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let ids = unsafe { slice_arg(ids, n_ids, "ids") }?;
+        lock(session, |st| Ok(st.session.append_tokens(ids)?)).map(|_| AGENTLM_STATUS_OK)
+    })
+}
+
+/// Copies the conversation's tokens into `ids` (room for `capacity`; NULL allowed when 0). `*n_ids`
+/// receives the count; `AGENTLM_STATUS_BUFFER_TOO_SMALL` when they do not fit.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_session_tokens(
+    session: *const agentlm_session,
+    ids: *mut u32,
+    capacity: usize,
+    n_ids: *mut usize,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let n_ids = opt_out(n_ids, "n_ids")?;
+        lock(session, |st| unsafe { util::copy_out(st.session.tokens(), ids, capacity, n_ids) })
+    })
+}
+
+/// Forgets the conversation (the cache memory is kept).
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_session_reset(session: *const agentlm_session, err: *mut *mut agentlm_error) -> agentlm_status {
+    boundary(err, || {
+        lock(session, |st| {
+            st.session.reset();
+            Ok(AGENTLM_STATUS_OK)
+        })
+    })
+}
+
+/// Rewinds the conversation to its first `n_tokens` tokens (no-op when not longer).
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_session_truncate(
+    session: *const agentlm_session,
+    n_tokens: usize,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        lock(session, |st| {
+            st.session.truncate(n_tokens);
+            Ok(AGENTLM_STATUS_OK)
+        })
+    })
+}
+
+/// An independent copy of the conversation (tokens and cache), e.g. to explore two continuations.
+/// Free with [`agentlm_session_free`].
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_session_fork(
+    session: *const agentlm_session,
+    out: *mut *mut agentlm_session,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let out = opt_out(out, "out")?;
+        let copy = lock(session, |st| Ok(agentlm_session::new_raw(st.session.fork(), st.log.clone())))?;
+        write_out(out, copy);
+        Ok(AGENTLM_STATUS_OK)
+    })
+}
+
+/// Requests cancellation of the session's running (or next) prefill or generation; it stops at the next
+/// token or prefill chunk with the state consistent. The one call that may be made from another thread
+/// while the session is busy. Returns `AGENTLM_STATUS_NULL_POINTER` for NULL.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_session_cancel(session: *const agentlm_session) -> agentlm_status {
+    match unsafe { session.as_ref() } {
+        Some(s) => {
+            s.cancel.cancel();
+            AGENTLM_STATUS_OK
+        }
+        None => AGENTLM_STATUS_NULL_POINTER,
+    }
+}
+
+fn generate_params(p: &agentlm_generate_params) -> Result<GenerateParams, Fail> {
+    let stops = unsafe { slice_arg(p.stop, p.n_stop, "stop") }?;
+    let mut stop = Vec::with_capacity(stops.len());
+    for (i, s) in stops.iter().enumerate() {
+        let s = unsafe { str_arg(s.ptr, s.len, "stop string") }.map_err(|f| f.context(format!("stop string {i}")))?;
+        if s.is_empty() {
+            return Err(Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("stop string {i} is empty")));
+        }
+        stop.push(s.to_string());
+    }
+    let sampling = SamplingParams {
+        temperature: p.temperature,
+        top_k: p.top_k as usize,
+        top_p: p.top_p,
+        min_p: p.min_p,
+        repetition_penalty: p.repetition_penalty,
+        repetition_window: 0,
+        seed: p.seed,
+    };
+    sampling.validate().map_err(crate::Error::from)?;
+    Ok(GenerateParams { sampling, max_tokens: p.max_tokens as usize, stop, ignore_eos: p.ignore_eos })
+}
+
+fn generation_out(g: &crate::Generation) -> agentlm_generation {
+    let (finish_reason, stop_index) = finish_code(g.finish);
+    agentlm_generation {
+        n_tokens: g.ids.len() as u32,
+        finish_reason,
+        stop_index,
+        prefill_tokens: g.prefill_tokens as u32,
+        prefill_tokens_per_s: g.prefill_tokens_per_s(),
+        decode_tokens_per_s: g.decode_tokens_per_s(),
+    }
+}
+
+/// Generates a continuation of the conversation, calling `on_token` (may be NULL) for every token.
+/// `params` may be NULL (defaults); `result` (may be NULL) receives the statistics.
+///
+/// Returns `AGENTLM_STATUS_OK` when the generation ended on its own (EOS, stop string, max tokens,
+/// full context: see `result->finish_reason`), `AGENTLM_STATUS_STOPPED` when `on_token` returned false,
+/// `AGENTLM_STATUS_CANCELLED` after [`agentlm_session_cancel`]. Generated tokens stay in the conversation.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_session_generate(
+    session: *const agentlm_session,
+    params: *const agentlm_generate_params,
+    on_token: agentlm_token_fn,
+    user_data: *mut c_void,
+    result: *mut agentlm_generation,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let p = unsafe { read_params(params, agentlm_generate_params_default()) }?;
+        let gp = generate_params(&p)?;
+        lock(session, |st| {
+            st.session.begin(&gp)?;
+            let mut status = AGENTLM_STATUS_OK;
+            let mut piece = Vec::new();
+            loop {
+                let step = match st.session.next_token() {
+                    Ok(s) => s,
+                    Err(e) => {
+                        st.session.end();
+                        return Err(e.into());
+                    }
+                };
+                let (id, text, done) = match step {
+                    Step::Token { id, text } => (id, text, false),
+                    Step::Finished { reason, text } => {
+                        if reason == FinishReason::Cancelled {
+                            status = AGENTLM_STATUS_CANCELLED;
+                        }
+                        (AGENTLM_TOKEN_NONE, text, true)
+                    }
+                };
+                if let Some(f) = on_token {
+                    if !(done && text.is_empty()) {
+                        piece.clear();
+                        piece.extend_from_slice(text.as_bytes());
+                        piece.push(0);
+                        let go_on = unsafe { f(user_data, id, piece.as_ptr().cast(), text.len()) };
+                        if !go_on && !done {
+                            status = AGENTLM_STATUS_STOPPED;
+                            break;
+                        }
+                    }
+                }
+                if done {
+                    break;
+                }
+            }
+            let g = st.session.end().ok_or_else(|| Fail::new(AGENTLM_STATUS_PANIC, "generation state lost"))?;
+            if !result.is_null() {
+                unsafe { result.write(generation_out(&g)) };
+            }
+            Ok(status)
+        })
+    })
+}
+
+/// Starts a pull-style generation: call [`agentlm_session_next_token`] until it returns
+/// `AGENTLM_STATUS_DONE` (or `CANCELLED`), then optionally [`agentlm_session_end`]. `params` may be NULL.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_session_begin(
+    session: *const agentlm_session,
+    params: *const agentlm_generate_params,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let p = unsafe { read_params(params, agentlm_generate_params_default()) }?;
+        let gp = generate_params(&p)?;
+        lock(session, |st| Ok(st.session.begin(&gp)?)).map(|_| AGENTLM_STATUS_OK)
+    })
+}
+
+/// Generates one token of the generation started by [`agentlm_session_begin`] into `*token` (its text
+/// stays valid until the next call on the session). Returns `AGENTLM_STATUS_OK` for a token,
+/// `AGENTLM_STATUS_DONE` at the end (`token->id == AGENTLM_TOKEN_NONE`, `token->finish_reason` set,
+/// `token->text` any held-back text), `AGENTLM_STATUS_CANCELLED` when cancelled. Calls after the end
+/// return `DONE` again. `INVALID_ARGUMENT` when no generation was begun.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_session_next_token(
+    session: *const agentlm_session,
+    token: *mut agentlm_token,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let token = opt_out(token, "token")?;
+        lock(session, |st: &mut SessionState| {
+            let step = st.session.next_token()?;
+            let (id, reason, text, status) = match step {
+                Step::Token { id, text } => (id, agentlm_finish_reason::AGENTLM_FINISH_NONE as i32, text, AGENTLM_STATUS_OK),
+                Step::Finished { reason, text } => {
+                    let status = if reason == FinishReason::Cancelled { AGENTLM_STATUS_CANCELLED } else { AGENTLM_STATUS_DONE };
+                    (AGENTLM_TOKEN_NONE, finish_code(reason).0, text, status)
+                }
+            };
+            st.text.clear();
+            st.text.extend_from_slice(text.as_bytes());
+            st.text.push(0);
+            write_out(token, agentlm_token { id, finish_reason: reason, text: st.text.as_ptr().cast(), text_len: text.len() });
+            Ok(status)
+        })
+    })
+}
+
+/// Ends the generation begun with [`agentlm_session_begin`] (early, or after `DONE`) and stores its
+/// statistics in `*result` (may be NULL). `INVALID_ARGUMENT` when none was begun.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_session_end(
+    session: *const agentlm_session,
+    result: *mut agentlm_generation,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        lock(session, |st| {
+            let g = st
+                .session
+                .end()
+                .ok_or_else(|| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, "no generation in progress"))?;
+            if !result.is_null() {
+                unsafe { result.write(generation_out(&g)) };
+            }
+            Ok(AGENTLM_STATUS_OK)
+        })
+    })
+}
+
+/// Serialises the conversation (tokens, attention cache, pending logits) into `buf` (`capacity` bytes;
+/// NULL allowed when 0). `*size` receives the size; `AGENTLM_STATUS_BUFFER_TOO_SMALL` when it does not
+/// fit. Restore with [`agentlm_session_load_state`] on a session of the same model.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_session_save_state(
+    session: *const agentlm_session,
+    buf: *mut u8,
+    capacity: usize,
+    size: *mut usize,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let size = opt_out(size, "size")?;
+        lock(session, |st| {
+            let bytes = st.session.save_state()?;
+            unsafe { util::copy_out(&bytes, buf, capacity, size) }
+        })
+    })
+}
+
+/// Replaces the conversation with state saved by [`agentlm_session_save_state`] (`len` bytes). On
+/// error (`STATE`: malformed, truncated or another model's) the session is unchanged.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_session_load_state(
+    session: *const agentlm_session,
+    buf: *const u8,
+    len: usize,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let bytes = unsafe { slice_arg(buf, len, "buf") }?;
+        lock(session, |st| Ok(st.session.load_state(bytes)?)).map(|_| AGENTLM_STATUS_OK)
+    })
+}
+
+/// [`agentlm_session_save_state`] to a file (`path_len` bytes of UTF-8), written atomically.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_session_save_file(
+    session: *const agentlm_session,
+    path: *const c_char,
+    path_len: usize,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let path = unsafe { str_arg(path, path_len, "path") }?;
+        lock(session, |st| Ok(st.session.save_state_file(path)?)).map(|_| AGENTLM_STATUS_OK)
+    })
+}
+
+/// [`agentlm_session_load_state`] from a file written by [`agentlm_session_save_file`].
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_session_load_file(
+    session: *const agentlm_session,
+    path: *const c_char,
+    path_len: usize,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let path = unsafe { str_arg(path, path_len, "path") }?;
+        lock(session, |st| Ok(st.session.load_state_file(path)?)).map(|_| AGENTLM_STATUS_OK)
+    })
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,229 @@
+//! The ABI plumbing: the panic boundary, error objects, argument checks and out-parameters.
+
+use std::ffi::{c_char, c_void, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use super::{agentlm_error, agentlm_status, agentlm_status::*};
+use crate::engine::EngineError;
+use crate::formats::FormatError;
+use crate::model::ModelError;
+use crate::Error;
+
+/// A failed call: the status to return and the message for the error object.
+#[derive(Debug)]
+pub(crate) struct Fail {
+    pub status: agentlm_status,
+    pub message: String,
+}
+
+impl Fail {
+    pub fn new(status: agentlm_status, message: impl Into<String>) -> Fail {
+        Fail { status, message: message.into() }
+    }
+    /// Prefixes the message with where the problem was.
+    pub fn context(self, what: String) -> Fail {
+        Fail { message: format!("{what}: {}", self.message), ..self }
+    }
+}
+
+impl From<Error> for Fail {
+    fn from(e: Error) -> Fail {
+        let status = match &e {
+            Error::Format(f) | Error::Model(ModelError::Format(f)) => format_status(f),
+            Error::Tokenizer(_) => AGENTLM_STATUS_TOKENIZER,
+            Error::Template(_) => AGENTLM_STATUS_TEMPLATE,
+            Error::Engine(EngineError::NotCompiled(..) | EngineError::UnknownBackend(_)) => AGENTLM_STATUS_UNSUPPORTED,
+            Error::Engine(_) | Error::Model(ModelError::Engine(_)) => AGENTLM_STATUS_BACKEND,
+            Error::Model(ModelError::Aborted) => AGENTLM_STATUS_ABORTED,
+            Error::Model(ModelError::ContextFull { .. }) => AGENTLM_STATUS_CONTEXT_FULL,
+            Error::Model(ModelError::CacheState(_)) | Error::State(_) => AGENTLM_STATUS_STATE,
+            Error::Model(ModelError::BadToken { .. } | ModelError::Empty) => AGENTLM_STATUS_INVALID_ARGUMENT,
+            Error::Model(_) => AGENTLM_STATUS_MODEL,
+            Error::Sampling(_) | Error::InvalidArgument(_) => AGENTLM_STATUS_INVALID_ARGUMENT,
+            Error::Io { .. } => AGENTLM_STATUS_IO,
+            Error::Cancelled => AGENTLM_STATUS_CANCELLED,
+        };
+        let message = e.to_string();
+        let status = if status == AGENTLM_STATUS_INVALID_ARGUMENT && message.starts_with("context full") {
+            AGENTLM_STATUS_CONTEXT_FULL
+        } else {
+            status
+        };
+        Fail { status, message }
+    }
+}
+
+impl From<crate::tokenizer::TokenizerError> for Fail {
+    fn from(e: crate::tokenizer::TokenizerError) -> Fail {
+        Error::from(e).into()
+    }
+}
+
+fn format_status(f: &FormatError) -> agentlm_status {
+    match f {
+        FormatError::Io { .. } => AGENTLM_STATUS_IO,
+        FormatError::Unsupported { .. } => AGENTLM_STATUS_UNSUPPORTED,
+        FormatError::Invalid { .. } | FormatError::Tensor { .. } => AGENTLM_STATUS_FORMAT,
+    }
+}
+
+/// Static description of a status code.
+pub(crate) fn status_string(status: i32) -> &'static str {
+    match status {
+        0 => "ok\0",
+        1 => "done\0",
+        2 => "stopped by the callback\0",
+        3 => "cancelled\0",
+        4 => "buffer too small\0",
+        -1 => "invalid argument\0",
+        -2 => "null pointer\0",
+        -3 => "invalid UTF-8\0",
+        -4 => "unknown struct_size\0",
+        -5 => "I/O error\0",
+        -6 => "malformed model file\0",
+        -7 => "unsupported\0",
+        -8 => "backend error\0",
+        -9 => "tokenizer error\0",
+        -10 => "chat template error\0",
+        -11 => "model error\0",
+        -12 => "invalid session state\0",
+        -13 => "aborted by the progress callback\0",
+        -14 => "session busy\0",
+        -15 => "context full\0",
+        -99 => "internal panic\0",
+        _ => "unknown status\0",
+    }
+}
+
+fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Runs an exported function's body: panics become `AGENTLM_STATUS_PANIC`, failures become an error
+/// object in `*err` (when `err` is not NULL).
+pub(crate) fn boundary(err: *mut *mut agentlm_error, body: impl FnOnce() -> Result<agentlm_status, Fail>) -> agentlm_status {
+    let fail = match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(status)) => return status,
+        Ok(Err(f)) => f,
+        Err(p) => Fail::new(AGENTLM_STATUS_PANIC, format!("internal panic: {}", panic_text(&*p))),
+    };
+    if !err.is_null() {
+        let message = CString::new(fail.message.replace('\0', " ")).unwrap_or_default();
+        let e = Box::new(agentlm_error { status: fail.status, message });
+        // SAFETY: the caller passes either NULL or a writable `agentlm_error *` slot.
+        unsafe { err.write(Box::into_raw(e)) };
+    }
+    fail.status
+}
+
+/// Runs a body that cannot report errors (free, retain); a panic yields `fallback`.
+pub(crate) fn catch_or<T>(fallback: T, body: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or(fallback)
+}
+
+/// A `(ptr, len)` UTF-8 argument. NULL is allowed only with `len == 0`.
+pub(crate) unsafe fn str_arg<'a>(ptr: *const c_char, len: usize, what: &str) -> Result<&'a str, Fail> {
+    let bytes = unsafe { slice_arg(ptr.cast::<u8>(), len, what) }?;
+    std::str::from_utf8(bytes).map_err(|e| Fail::new(AGENTLM_STATUS_INVALID_UTF8, format!("{what} is not valid UTF-8: {e}")))
+}
+
+/// A `(ptr, count)` array argument. NULL is allowed only with `count == 0`.
+pub(crate) unsafe fn slice_arg<'a, T>(ptr: *const T, count: usize, what: &str) -> Result<&'a [T], Fail> {
+    if count == 0 {
+        return Ok(&[]);
+    }
+    if ptr.is_null() {
+        return Err(Fail::new(AGENTLM_STATUS_NULL_POINTER, format!("{what} is NULL but its length is {count}")));
+    }
+    if count.checked_mul(std::mem::size_of::<T>()).is_none_or(|b| b > isize::MAX as usize) {
+        return Err(Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("{what}: length {count} is too large")));
+    }
+    // SAFETY: non-null, and the caller promises `count` readable elements.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, count) })
+}
+
+/// A required out-parameter.
+pub(crate) fn opt_out<T>(p: *mut T, what: &str) -> Result<*mut T, Fail> {
+    if p.is_null() {
+        Err(Fail::new(AGENTLM_STATUS_NULL_POINTER, format!("{what} is NULL")))
+    } else {
+        Ok(p)
+    }
+}
+
+/// Writes a checked out-parameter.
+pub(crate) fn write_out<T>(p: *mut T, v: T) {
+    // SAFETY: `p` was checked by `opt_out`; the caller promises it is writable.
+    unsafe { p.write(v) }
+}
+
+/// A required handle argument.
+pub(crate) fn handle<'a, T>(p: *const T, what: &str) -> Result<&'a T, Fail> {
+    // SAFETY: the caller passes NULL or a live handle.
+    unsafe { p.as_ref() }.ok_or_else(|| Fail::new(AGENTLM_STATUS_NULL_POINTER, format!("{what} is NULL")))
+}
+
+/// Reads a parameter struct that starts with `uint32_t struct_size`: NULL means `default`; a size
+/// smaller than the first version or larger than this library's struct is rejected.
+pub(crate) unsafe fn read_params<T: Copy>(p: *const T, default: T) -> Result<T, Fail> {
+    if p.is_null() {
+        return Ok(default);
+    }
+    // SAFETY: every parameter struct begins with a u32 size.
+    let size = unsafe { p.cast::<u32>().read_unaligned() } as usize;
+    let ours = std::mem::size_of::<T>();
+    if size != ours {
+        return Err(Fail::new(
+            AGENTLM_STATUS_STRUCT_SIZE,
+            format!("struct_size is {size}, this library expects {ours} (initialise parameters with the _default() function of the same header)"),
+        ));
+    }
+    // SAFETY: the caller's struct is `size == size_of::<T>()` bytes.
+    Ok(unsafe { p.read_unaligned() })
+}
+
+/// Copies `src` into a caller buffer of `capacity` elements; `*n` gets `src.len()`.
+pub(crate) unsafe fn copy_out<T: Copy>(src: &[T], dst: *mut T, capacity: usize, n: *mut usize) -> Result<agentlm_status, Fail> {
+    write_out(n, src.len());
+    if src.len() > capacity {
+        return Ok(AGENTLM_STATUS_BUFFER_TOO_SMALL);
+    }
+    if !src.is_empty() {
+        if dst.is_null() {
+            return Err(Fail::new(AGENTLM_STATUS_NULL_POINTER, "output buffer is NULL"));
+        }
+        // SAFETY: the caller promises `capacity >= src.len()` writable elements at `dst`.
+        unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
+    }
+    Ok(AGENTLM_STATUS_OK)
+}
+
+/// Copies `s` and a NUL into a caller buffer; `*len` gets `s.len()`, or `s.len() + 1` (the size
+/// needed) when it does not fit.
+pub(crate) unsafe fn copy_str_out(s: &str, dst: *mut c_char, capacity: usize, len: *mut usize) -> Result<agentlm_status, Fail> {
+    if s.len() + 1 > capacity {
+        write_out(len, s.len() + 1);
+        return Ok(AGENTLM_STATUS_BUFFER_TOO_SMALL);
+    }
+    if dst.is_null() {
+        return Err(Fail::new(AGENTLM_STATUS_NULL_POINTER, "output buffer is NULL"));
+    }
+    // SAFETY: `capacity >= s.len() + 1` writable bytes at `dst`.
+    unsafe {
+        std::ptr::copy_nonoverlapping(s.as_ptr(), dst.cast::<u8>(), s.len());
+        dst.add(s.len()).write(0);
+    }
+    write_out(len, s.len());
+    Ok(AGENTLM_STATUS_OK)
+}
+
+/// A host `void *user_data`: the host vouches for using it from the threads it lets us call it on.
+#[derive(Clone, Copy)]
+pub(crate) struct SendPtr(pub *mut c_void);
+// SAFETY: only passed back to the host's own callback, on threads the host's API contract allows.
+unsafe impl Send for SendPtr {}
+// SAFETY: as above.
+unsafe impl Sync for SendPtr {}
