@@ -43,7 +43,7 @@ pub const AGENTLM_VERSION_PATCH: u32 = 0;
 /// Version of the C ABI described by this header; bumped on every incompatible change.
 pub const AGENTLM_ABI_VERSION: u32 = 1;
 /// The `id` of an [`agentlm_token`] that carries no token (the end of a generation).
-pub const AGENTLM_TOKEN_NONE: u32 = u32::MAX;
+pub const AGENTLM_TOKEN_NONE: u32 = 0xFFFF_FFFF;
 /// [`agentlm_model_tokenize`] flag: prepend the BOS token when the model's tokenizer asks for it.
 pub const AGENTLM_TOKENIZE_ADD_BOS: u32 = 1;
 /// [`agentlm_model_tokenize`] flag: special-token strings in the text (`</s>`, `<|im_end|>`) become their

@@ -1,0 +1,89 @@
+// Tests of include/agentlm.hpp on the real model: RAII, exceptions, callbacks. Included twice on purpose.
+#include "agentlm.hpp"
+#include "agentlm.hpp"
+
+#include <cstdio>
+#include <cstdlib>
+#include <stdexcept>
+#include <string>
+
+static int passed, failed;
+#define CHECK(c)                                                       \
+  do {                                                                 \
+    if (c) {                                                           \
+      passed++;                                                        \
+    } else {                                                           \
+      failed++;                                                        \
+      std::fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #c); \
+    }                                                                  \
+  } while (0)
+
+int main(int argc, char** argv) {
+  const char* path = argc > 1 ? argv[1] : std::getenv("AGENTLM_MODEL");
+  if (!path) return 2;
+
+  try {
+    agentlm::Model bad("/nonexistent/model.gguf");
+    CHECK(false);
+  } catch (const agentlm::Error& e) {
+    CHECK(e.status() == AGENTLM_STATUS_IO);
+    CHECK(std::string(e.what()).find("/nonexistent/model.gguf") != std::string::npos);
+  }
+  // A throwing progress callback aborts loading and its exception reaches the caller.
+  try {
+    agentlm::ModelOptions o;
+    o.progress = [](float f) -> bool {
+      if (f > 0.2f) throw std::runtime_error("enough");
+      return true;
+    };
+    agentlm::Model m(path, o);
+    CHECK(false);
+  } catch (const std::runtime_error& e) {
+    CHECK(std::string(e.what()) == "enough");
+  }
+
+  agentlm::Model model(path);
+  CHECK(model.vocab_size() == 49152 && model.architecture() == "llama" && model.has_chat_template());
+  auto ids = model.tokenize("Hello world");
+  CHECK(model.detokenize(ids) == "Hello world");
+  std::string prompt = model.apply_chat_template({{"user", "What is the capital of France?"}});
+  CHECK(prompt.find("<|im_start|>assistant\n") != std::string::npos);
+
+  agentlm::Session s = model.session(256);
+  s.append_text(prompt);
+  agentlm::GenerateOptions o;
+  o.max_tokens = 8;
+  o.ignore_eos = true;
+  agentlm::Session f = s.fork();
+  auto g = s.generate(o);
+  CHECK(g.ids.size() == 8 && g.status == AGENTLM_STATUS_OK && g.stats.finish_reason == AGENTLM_FINISH_LENGTH);
+  CHECK(g.text.find("Paris") != std::string::npos);
+  // Moving keeps the handle; the fork continues identically.
+  agentlm::Session moved = std::move(f);
+  auto g2 = moved.generate(o);
+  CHECK(g2.ids == g.ids && g2.text == g.text);
+  // A throwing token callback stops generation; the exception is rethrown, the session stays usable.
+  try {
+    moved.generate(o, [](uint32_t, std::string_view) -> bool { throw std::logic_error("stop here"); });
+    CHECK(false);
+  } catch (const std::logic_error& e) {
+    CHECK(std::string(e.what()) == "stop here");
+  }
+  moved.append_untrusted_text("<|im_end|>");
+  auto toks = moved.tokens();
+  CHECK(toks.back() != 2);
+  // Save and restore.
+  auto state = s.save_state();
+  agentlm::Session r = model.session(256);
+  r.load_state(state);
+  CHECK(r.tokens() == s.tokens());
+  try {
+    state.resize(state.size() / 2);
+    r.load_state(state);
+    CHECK(false);
+  } catch (const agentlm::Error& e) {
+    CHECK(e.status() == AGENTLM_STATUS_STATE);
+  }
+  std::printf("%d passed, %d failed\n", passed, failed);
+  return failed == 0 ? 0 : 1;
+}
