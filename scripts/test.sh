@@ -15,6 +15,13 @@ cargo build --locked --examples
 cargo test --locked --all-targets
 cargo test --locked --doc
 
+# The C ABI: C and C++ tests (plain, AddressSanitizer+UBSan, valgrind), header checks, examples,
+# install-and-consume. The dev profile is optimised and shares the dependencies built above.
+build_dir="${AGENTLM_CMAKE_BUILD_DIR:-build}"
+cmake -S . -B "$build_dir" -DAGENTLM_CARGO_PROFILE=dev -DAGENTLM_TEST_MODEL="$AGENTLM_MODEL" >/dev/null
+cmake --build "$build_dir" -j "$(nproc)"
+ctest --test-dir "$build_dir" --output-on-failure
+
 if [ "${AGENTLM_TEST_WGPU:-0}" = "1" ]; then
     bash scripts/check-wgpu.sh
 fi
