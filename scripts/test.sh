@@ -14,6 +14,8 @@ export AGENTLM_MODEL="${AGENTLM_MODEL:-$(bash scripts/fetch-model.sh)}"
 cargo build --locked --examples
 cargo test --locked --all-targets
 cargo test --locked --doc
+# The cxx bridge crate: its test is C++ driving the Rust API.
+cargo test --locked -p agentlm-cxx
 
 # The C ABI: C and C++ tests (plain, AddressSanitizer+UBSan, valgrind), header checks, examples,
 # install-and-consume. The dev profile is optimised and shares the dependencies built above.
