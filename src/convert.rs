@@ -42,10 +42,26 @@ pub fn llama_tensor_names(config: &LlamaConfig, with_lm_head: bool) -> Vec<Strin
 /// # Errors
 /// Unreadable GGUF, a tokenizer that cannot be expressed, I/O errors writing `out_dir`.
 pub fn gguf_to_hf_dir(gguf: &Path, out_dir: &Path) -> Result<()> {
+    gguf_to_hf_dir_with_layers(gguf, out_dir, None)
+}
+
+/// [`gguf_to_hf_dir`] keeping only the first `keep_layers` decoder layers (all when `None`): a small,
+/// fast model with the real embeddings, tokenizer and template, for tests where the text does not
+/// matter (e.g. under valgrind).
+///
+/// # Errors
+/// As [`gguf_to_hf_dir`]; [`crate::Error::InvalidArgument`] when `keep_layers` is 0.
+pub fn gguf_to_hf_dir_with_layers(gguf: &Path, out_dir: &Path, keep_layers: Option<usize>) -> Result<()> {
     let file = Arc::new(GgufFile::open(gguf)?);
     let tokenizer = Tokenizer::from_gguf(&file)?;
     let weights = GgufWeights::new(file)?;
-    let config = weights.config().clone();
+    let mut config = weights.config().clone();
+    if let Some(n) = keep_layers {
+        if n == 0 {
+            return Err(crate::Error::InvalidArgument("keep at least one layer".into()));
+        }
+        config.num_hidden_layers = config.num_hidden_layers.min(n);
+    }
     let names = llama_tensor_names(&config, weights.contains("lm_head.weight"));
     let mut tensors = names.into_iter().map(|n| weights.tensor(&n).map(|t| (n, t)));
     let token = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i));
