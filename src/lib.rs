@@ -23,7 +23,7 @@ pub use error::{Error, Result};
 pub use generate::{CancelToken, SamplingParams};
 pub use runtime::{LoadOptions, Model, ModelFormat};
 pub use session::{FinishReason, GenerateParams, Generation, Session, Step};
-pub use template::{ChatTemplate, Message};
+pub use template::{BuiltinTemplate, ChatTemplate, Message};
 pub use tokenizer::Tokenizer;
 pub mod convert;
 pub mod ffi;

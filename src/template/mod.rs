@@ -1,8 +1,13 @@
-//! Chat templates: a model's own Jinja `chat_template`, rendered with Hugging Face semantics.
+//! Chat templates: a model's own Jinja `chat_template`, rendered with Hugging Face semantics, and
+//! the named formats agent models were trained with ([`BuiltinTemplate`]).
 //!
 //! transformers renders templates with Jinja2 (`trim_blocks`, `lstrip_blocks`, loop controls, a
 //! `raise_exception` function and a `tojson` filter that does not HTML-escape). [`ChatTemplate`]
 //! reproduces that with minijinja, byte for byte on the templates models ship.
+
+mod builtin;
+
+pub use builtin::{BuiltinTemplate, LLAMA2_AGENTLM_SYSTEM};
 
 use serde::{Deserialize, Serialize};
 
@@ -42,9 +47,12 @@ pub const MAX_RENDERED_BYTES: usize = 16 << 20;
 ///
 /// Rendering is `&self` and thread-safe.
 pub struct ChatTemplate {
-    env: minijinja::Environment<'static>,
-    bos_token: String,
-    eos_token: String,
+    kind: Kind,
+}
+
+enum Kind {
+    Jinja { env: Box<minijinja::Environment<'static>>, bos_token: String, eos_token: String },
+    Builtin(BuiltinTemplate),
 }
 
 fn raise_exception(msg: String) -> Result<String, minijinja::Error> {
@@ -99,21 +107,42 @@ impl ChatTemplate {
         env.add_function("raise_exception", raise_exception);
         env.add_filter("tojson", tojson);
         env.add_template_owned("chat", source.to_string()).map_err(|e| TemplateError::Syntax(e.to_string()))?;
-        Ok(ChatTemplate { env, bos_token: bos_token.to_string(), eos_token: eos_token.to_string() })
+        let kind = Kind::Jinja { env: Box::new(env), bos_token: bos_token.to_string(), eos_token: eos_token.to_string() };
+        Ok(ChatTemplate { kind })
+    }
+
+    /// One of the named formats ([`BuiltinTemplate`]).
+    pub fn builtin(template: BuiltinTemplate) -> Self {
+        ChatTemplate { kind: Kind::Builtin(template) }
+    }
+
+    /// A named format by name: `llama-2` (AgentLM, with its fixed system prompt), `llama-2-no-system`,
+    /// `chatml`, `agent-flan`.
+    ///
+    /// # Errors
+    /// [`TemplateError::Syntax`] for an unknown name.
+    pub fn named(name: &str) -> Result<Self, TemplateError> {
+        BuiltinTemplate::from_name(name).map(Self::builtin).ok_or_else(|| {
+            TemplateError::Syntax(format!("unknown template {name:?} (expected llama-2, llama-2-no-system, chatml or agent-flan)"))
+        })
     }
 
     /// Renders `messages`; with `add_generation_prompt` the result ends with the assistant header,
     /// ready for the model to continue.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, TemplateError> {
-        let tmpl = self.env.get_template("chat").map_err(|e| TemplateError::Render(e.to_string()))?;
-        let out = tmpl
-            .render(minijinja::context! {
-                messages => messages,
-                add_generation_prompt => add_generation_prompt,
-                bos_token => self.bos_token,
-                eos_token => self.eos_token,
-            })
-            .map_err(|e| TemplateError::Render(format!("{e:#}")))?;
+        let out = match &self.kind {
+            Kind::Builtin(b) => b.render(messages, add_generation_prompt)?,
+            Kind::Jinja { env, bos_token, eos_token } => {
+                let tmpl = env.get_template("chat").map_err(|e| TemplateError::Render(e.to_string()))?;
+                tmpl.render(minijinja::context! {
+                    messages => messages,
+                    add_generation_prompt => add_generation_prompt,
+                    bos_token => bos_token,
+                    eos_token => eos_token,
+                })
+                .map_err(|e| TemplateError::Render(format!("{e:#}")))?
+            }
+        };
         if out.len() > MAX_RENDERED_BYTES {
             return Err(TemplateError::TooLong(MAX_RENDERED_BYTES));
         }
