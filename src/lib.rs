@@ -6,6 +6,7 @@
 //! Layers only look down: `formats` (files) → `config`/`tokenizer` → `engine` (burn) → `model` →
 //! `generate` → the public API re-exported here. See `docs/architecture.md`.
 
+pub mod agent;
 pub mod config;
 pub mod engine;
 pub mod formats;
