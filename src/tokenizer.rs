@@ -301,6 +301,18 @@ impl Tokenizer {
         Ok(self.with_bos(enc.get_ids(), add_bos))
     }
 
+    /// [`Tokenizer::encode`] plus each token's byte range in `text` (`(0, 0)` for an added BOS).
+    pub fn encode_with_offsets(&self, text: &str, add_bos: bool) -> Result<(Vec<u32>, Vec<(usize, usize)>), TokenizerError> {
+        // `encode` (not `encode_fast`) computes offsets; they are byte offsets into `text`.
+        let enc = self.inner.encode(text, false).map_err(lib)?;
+        let mut offsets = enc.get_offsets().to_vec();
+        let ids = self.with_bos(enc.get_ids(), add_bos);
+        if ids.len() > offsets.len() {
+            offsets.insert(0, (0, 0));
+        }
+        Ok((ids, offsets))
+    }
+
     /// Tokenizes `text` with special-token strings treated as plain text: for untrusted input (tool
     /// output, user text) that must never produce control tokens.
     pub fn encode_plain(&self, text: &str) -> Result<Vec<u32>, TokenizerError> {

@@ -2,5 +2,7 @@
 //! stepping, constrained actions and trajectory recording.
 
 pub mod format;
+pub mod trajectory;
 
 pub use format::{Action, ActionFormat, ParsedReply};
+pub use trajectory::{Segment, TokenizedTrajectory, Trajectory, Turn};

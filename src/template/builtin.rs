@@ -44,7 +44,8 @@ impl BuiltinTemplate {
         }
     }
 
-    pub(super) fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, TemplateError> {
+    /// Renders `messages` (the assistant header appended when `add_generation_prompt`).
+    pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, TemplateError> {
         match self {
             BuiltinTemplate::Llama2 { default_system } => llama2(messages, *default_system, add_generation_prompt),
             BuiltinTemplate::ChatMl => {

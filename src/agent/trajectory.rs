@@ -1,0 +1,135 @@
+//! Episodes in the AgentInstruct schema (`conversations: [{from, value, loss}]`), rendered with a chat
+//! template into text and a per-token loss mask (loss only on assistant turns marked `loss: true`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::template::{BuiltinTemplate, Message};
+use crate::tokenizer::Tokenizer;
+
+/// One turn: `from` is `human`, `gpt` or `system`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Turn {
+    /// Who speaks: `human` (user or environment), `gpt` (the agent), `system`.
+    pub from: String,
+    /// The text.
+    pub value: String,
+    /// Train on this turn (`gpt` turns only; `null` elsewhere).
+    #[serde(default)]
+    pub loss: Option<bool>,
+}
+
+/// An episode: AgentInstruct's schema plus the outcome fields an agent run records.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Trajectory {
+    /// Identifier (AgentInstruct: `alfworld_0`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// The turns.
+    pub conversations: Vec<Turn>,
+    /// Reward of the episode (AgentTuning keeps trajectories with reward 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reward: Option<f64>,
+    /// Free-form outcome (`success`, `step_limit`, `cancelled`, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outcome: Option<String>,
+}
+
+/// A rendered piece of a trajectory and whether it is trained on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Segment {
+    /// Text.
+    pub text: String,
+    /// Loss is computed on it.
+    pub train: bool,
+}
+
+/// A tokenized trajectory: ids and a same-length mask (`true` = loss on that token).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TokenizedTrajectory {
+    /// Token ids (BOS included when the tokenizer adds one).
+    pub ids: Vec<u32>,
+    /// Loss mask.
+    pub train: Vec<bool>,
+}
+
+impl Trajectory {
+    /// The turns as chat messages (`human` → `user`, `gpt` → `assistant`).
+    ///
+    /// # Errors
+    /// An unknown `from`.
+    pub fn messages(&self) -> Result<Vec<Message>> {
+        self.conversations
+            .iter()
+            .map(|t| {
+                let role = match t.from.as_str() {
+                    "human" | "user" => "user",
+                    "gpt" | "assistant" => "assistant",
+                    "system" => "system",
+                    other => return Err(Error::InvalidArgument(format!("unknown speaker {other:?}"))),
+                };
+                Ok(Message::new(role, t.value.as_str()))
+            })
+            .collect()
+    }
+
+    /// Renders the episode with `template` into segments that concatenate to the full conversation; an
+    /// assistant turn's segment is its reply and the template's turn end (what the model must learn to
+    /// produce), trained on when the turn says `loss: true`.
+    ///
+    /// # Errors
+    /// Unknown speakers; a template that does not render the conversation incrementally.
+    pub fn render(&self, template: &BuiltinTemplate) -> Result<Vec<Segment>> {
+        let msgs = self.messages()?;
+        let mut segments = Vec::new();
+        let mut done = String::new();
+        for (i, m) in msgs.iter().enumerate() {
+            if m.role != "assistant" {
+                continue;
+            }
+            let prompt = template.render(&msgs[..i], true)?;
+            let full = template.render(&msgs[..=i], false)?;
+            let (Some(context), Some(reply)) = (prompt.strip_prefix(done.as_str()), full.strip_prefix(prompt.as_str())) else {
+                return Err(Error::InvalidArgument(format!("template does not render turn {i} incrementally")));
+            };
+            // The reply ends with the turn end; what follows belongs to the next turn.
+            let end = template.turn_end();
+            let cut = reply.rfind(end).map_or(reply.len(), |p| p + end.len());
+            segments.push(Segment { text: context.to_string(), train: false });
+            segments.push(Segment { text: reply[..cut].to_string(), train: self.conversations[i].loss == Some(true) });
+            done = format!("{prompt}{}", &reply[..cut]);
+        }
+        let all = template.render(&msgs, false)?;
+        match all.strip_prefix(done.as_str()) {
+            Some(rest) if !rest.is_empty() => segments.push(Segment { text: rest.to_string(), train: false }),
+            Some(_) => {}
+            None => return Err(Error::InvalidArgument("template output is not incremental".into())),
+        }
+        segments.retain(|s| !s.text.is_empty());
+        Ok(segments)
+    }
+
+    /// Renders and tokenizes the whole episode at once (so token boundaries are those of the full text),
+    /// marking a token for loss when it starts inside a trained segment.
+    ///
+    /// # Errors
+    /// As [`Trajectory::render`]; tokenizer errors.
+    pub fn tokenize(&self, template: &BuiltinTemplate, tokenizer: &Tokenizer) -> Result<TokenizedTrajectory> {
+        let segments = self.render(template)?;
+        let text: String = segments.iter().map(|s| s.text.as_str()).collect();
+        let mut ranges = Vec::new();
+        let mut at = 0;
+        for s in &segments {
+            if s.train {
+                ranges.push(at..at + s.text.len());
+            }
+            at += s.text.len();
+        }
+        let (ids, offsets) = tokenizer.encode_with_offsets(&text, tokenizer.add_bos_by_default())?;
+        let train = offsets
+            .iter()
+            .map(|&(start, end)| end > start && ranges.iter().any(|r| r.contains(&start)))
+            .collect();
+        Ok(TokenizedTrajectory { ids, train })
+    }
+}

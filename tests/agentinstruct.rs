@@ -1,0 +1,97 @@
+//! The real AgentInstruct ALFWorld trajectories (../shared/data/agentinstruct): every agent turn parses
+//! as the action it contains; rendering with llama-2 and tokenization give the loss mask AgentTuning
+//! trains with (loss only on turns marked `loss: true`).
+
+mod common;
+
+use agentlm::agent::format::ALFWORLD_VERBS;
+use agentlm::agent::{Action, ActionFormat, Trajectory};
+use agentlm::{BuiltinTemplate, ChatTemplate, LoadOptions, Model};
+
+fn trajectories() -> Vec<Trajectory> {
+    let path = common::shared("data/agentinstruct/alfworld.jsonl");
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("AgentInstruct row")).collect()
+}
+
+#[test]
+fn every_agent_turn_parses_as_its_action() {
+    let all = trajectories();
+    assert_eq!(all.len(), 50);
+    let (mut actions, mut thoughts, mut other_verbs) = (0, 0, vec![]);
+    for t in &all {
+        for turn in t.conversations.iter().filter(|c| c.from == "gpt") {
+            let parsed = ActionFormat::Alfworld.parse(&turn.value);
+            if turn.loss != Some(true) {
+                // The acknowledgement turn ("OK. I'll follow your instructions...") has no action.
+                assert!(parsed.action.is_err(), "{:?}: {:?}", t.id, turn.value);
+                continue;
+            }
+            let written = turn.value.rsplit("ACTION:").next().unwrap().lines().next().unwrap().trim();
+            match parsed.action {
+                Ok(Action::Call { tool, input }) => {
+                    if !ALFWORLD_VERBS.contains(&tool.as_str()) {
+                        other_verbs.push(written.to_string());
+                    }
+                    assert_eq!(format!("{tool} {input}").trim(), written, "{:?}", t.id);
+                }
+                other => panic!("{:?}: {:?} parsed as {other:?}", t.id, turn.value),
+            }
+            actions += 1;
+            thoughts += usize::from(parsed.thought.is_some());
+        }
+    }
+    assert!(actions > 500 && thoughts > 50, "{actions} actions, {thoughts} with thoughts");
+    // A few replies use actions outside ALFWorld's verbs (`ACTION: Task succeeded.`,
+    // `report problem with toilet 1`); they still parse as the action they contain (checked above), and
+    // the environment answers them "Nothing happened.".
+    assert_eq!(other_verbs.len(), 8, "{other_verbs:?}");
+    assert!(other_verbs.iter().all(|a| a.starts_with("Task ") || a.starts_with("report ")), "{other_verbs:?}");
+}
+
+#[test]
+fn llama2_rendering_and_loss_masks() {
+    let template = BuiltinTemplate::Llama2 { default_system: true };
+    let whole = ChatTemplate::builtin(template.clone());
+    let model = Model::load(common::model_path(), &LoadOptions::default()).unwrap();
+    let tok = model.tokenizer();
+    for t in trajectories() {
+        let segments = t.render(&template).unwrap();
+        let joined: String = segments.iter().map(|s| s.text.as_str()).collect();
+        assert_eq!(joined, whole.render(&t.messages().unwrap(), false).unwrap(), "{:?}", t.id);
+        assert!(joined.starts_with("[INST] <<SYS>>\nYou are a helpful, respectful and honest assistant.\n<</SYS>>\n\nInteract with a household"));
+        // One trained segment per `loss: true` turn, exactly " {reply} </s>".
+        let trained: Vec<&str> = segments.iter().filter(|s| s.train).map(|s| s.text.as_str()).collect();
+        let want: Vec<String> =
+            t.conversations.iter().filter(|c| c.loss == Some(true)).map(|c| format!(" {} </s>", c.value)).collect();
+        assert_eq!(trained, want, "{:?}", t.id);
+
+        let tt = t.tokenize(&template, tok).unwrap();
+        assert_eq!(tt.ids.len(), tt.train.len());
+        assert_eq!(tt.ids, tok.encode(&joined, tok.add_bos_by_default()).unwrap(), "mask tokenization = plain tokenization");
+        // Trained tokens are exactly those starting inside a reply: every byte of every reply is covered
+        // by one (a token may run a few bytes past a reply's end when this byte-level BPE merges
+        // across the boundary, e.g. `</s><`), and no token of the context is trained.
+        let (_, offsets) = tok.encode_with_offsets(&joined, tok.add_bos_by_default()).unwrap();
+        let mut at = 0;
+        for s in &segments {
+            let range = at..at + s.text.len();
+            at = range.end;
+            for (k, &(a, b)) in offsets.iter().enumerate() {
+                if b > a && range.contains(&a) {
+                    assert_eq!(tt.train[k], s.train, "{:?}: token {k} at {a}..{b}", t.id);
+                }
+            }
+            if s.train {
+                let covered: usize = offsets
+                    .iter()
+                    .zip(&tt.train)
+                    .filter(|(_, &m)| m)
+                    .map(|(&(a, b), _)| b.min(range.end).saturating_sub(a.max(range.start)))
+                    .sum();
+                assert_eq!(covered, s.text.len(), "{:?}: reply bytes not all trained", t.id);
+            }
+        }
+        assert!(!tt.train[0] && tt.train.iter().filter(|&&m| m).count() < tt.train.len() / 2);
+    }
+}
