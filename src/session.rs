@@ -448,11 +448,21 @@ impl Session {
     /// [`Error::InvalidArgument`] when no generation was begun; model and tokenizer errors (the
     /// generation stays begun, the conversation consistent).
     pub fn next_token(&mut self) -> Result<Step> {
+        self.next_token_masked(|_| {})
+    }
+
+    /// [`Session::next_token`] with `mask` applied to the next-token logits before sampling (set a
+    /// logit to `f32::NEG_INFINITY` to forbid its token): constrained decoding. `mask` is not called
+    /// when the generation ends without sampling (length, cancellation, full context).
+    ///
+    /// # Errors
+    /// As [`Session::next_token`]; [`Error::InvalidArgument`] when the mask forbids every token.
+    pub fn next_token_masked(&mut self, mask: impl FnOnce(&mut [f32])) -> Result<Step> {
         let mut a = self
             .active
             .take()
             .ok_or_else(|| Error::InvalidArgument("no generation in progress: call begin first".into()))?;
-        let r = self.step(&mut a);
+        let r = self.step(&mut a, mask);
         self.active = Some(a);
         r
     }
@@ -467,7 +477,7 @@ impl Session {
         Some(a.out)
     }
 
-    fn step(&mut self, a: &mut Active) -> Result<Step> {
+    fn step(&mut self, a: &mut Active, mask: impl FnOnce(&mut [f32])) -> Result<Step> {
         if let Some(reason) = a.finished {
             return Ok(Step::Finished { reason, text: String::new() });
         }
@@ -503,6 +513,10 @@ impl Session {
         let Some(logits) = self.logits.as_mut() else {
             return Err(Error::InvalidArgument("no logits available".into()));
         };
+        mask(logits);
+        if logits.iter().all(|&l| l == f32::NEG_INFINITY) {
+            return Err(Error::InvalidArgument("the logit mask forbids every token".into()));
+        }
         let id = a.sampler.sample(logits, &self.tokens);
         if self.tokens.len() >= self.cache.capacity() {
             return Ok(self.finish(a, FinishReason::ContextFull));
