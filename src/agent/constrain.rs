@@ -80,6 +80,11 @@ impl Constraint {
         Constraint { grammar, state: State::Start(0), tool: Vec::new() }
     }
 
+    /// The grammar it follows.
+    pub fn grammar(&self) -> &ActionGrammar {
+        &self.grammar
+    }
+
     /// Whether the action is complete (generation should stop).
     pub fn is_done(&self) -> bool {
         self.state == State::Done

@@ -3,7 +3,9 @@
 
 pub mod constrain;
 pub mod format;
+mod run;
 pub mod trajectory;
 
 pub use format::{Action, ActionFormat, ParsedReply};
 pub use trajectory::{Segment, TokenizedTrajectory, Trajectory, Turn};
+pub use run::{Agent, AgentConfig, AgentStep, StepKind, Tool};
