@@ -160,6 +160,83 @@ enum agentlm_log_level
 typedef int32_t agentlm_log_level;
 #endif // __cplusplus
 
+// Action formats (`agentlm_agent_params.format`).
+enum agentlm_action_format
+#ifdef __cplusplus
+  : int32_t
+#endif // __cplusplus
+ {
+  // ALFWorld: `THOUGHT: ...` / `ACTION: go to countertop 1`.
+  AGENTLM_FORMAT_ALFWORLD = 0,
+  // AgentBench OS: `Act: bash` + fenced code, `Act: finish`, `Act: answer(...)`.
+  AGENTLM_FORMAT_OS = 1,
+  // AgentBench DB: `Action: Operation` + fenced SQL, `Action: Answer` + `Final Answer:`.
+  AGENTLM_FORMAT_DB = 2,
+  // WebShop: `Action: search[...]` / `click[...]`.
+  AGENTLM_FORMAT_WEBSHOP = 3,
+  // Knowledge graph: `Action: get_relations(...)`, `Final Answer: #id`.
+  AGENTLM_FORMAT_KG = 4,
+  // Mind2Web: `Answer:` / `Action:` / `Value:`.
+  AGENTLM_FORMAT_MIND2WEB = 5,
+  // Classic ReAct: `Thought:` / `Action: tool[input]` / `Final Answer:`.
+  AGENTLM_FORMAT_REACT = 6,
+  // JSON tool calls.
+  AGENTLM_FORMAT_JSON = 7,
+};
+#ifndef __cplusplus
+typedef int32_t agentlm_action_format;
+#endif // __cplusplus
+
+// Chat templates (`agentlm_agent_params.chat_template`).
+enum agentlm_chat_template
+#ifdef __cplusplus
+  : int32_t
+#endif // __cplusplus
+ {
+  // The model's own (Jinja) template.
+  AGENTLM_TEMPLATE_MODEL = 0,
+  // Llama-2-chat with AgentLM's system prompt.
+  AGENTLM_TEMPLATE_LLAMA2 = 1,
+  // Llama-2-chat without a default system prompt.
+  AGENTLM_TEMPLATE_LLAMA2_NO_SYSTEM = 2,
+  // ChatML.
+  AGENTLM_TEMPLATE_CHATML = 3,
+  // Agent-FLAN.
+  AGENTLM_TEMPLATE_AGENT_FLAN = 4,
+};
+#ifndef __cplusplus
+typedef int32_t agentlm_chat_template;
+#endif // __cplusplus
+
+// What a step produced (`agentlm_agent_step.kind`).
+enum agentlm_step_kind
+#ifdef __cplusplus
+  : int32_t
+#endif // __cplusplus
+ {
+  // An action: `tool` and `input` are set. Unless the tool has a callback (which then ran, see
+  // `observation`), submit the observation with `agentlm_agent_submit_observation`.
+  AGENTLM_STEP_ACTION = 1,
+  // The final answer (`answer`); the episode is over.
+  AGENTLM_STEP_FINAL = 2,
+  // Not a valid action (`answer` holds the reason); the format's feedback was added as the
+  // observation, so step again.
+  AGENTLM_STEP_INVALID = 3,
+  // The frame budget ran out mid-reply: call `agentlm_agent_step` again.
+  AGENTLM_STEP_PENDING = 4,
+  // `max_steps` replies were generated; the episode is over.
+  AGENTLM_STEP_LIMIT = 5,
+  // Cancelled mid-reply; the next step starts the reply over.
+  AGENTLM_STEP_CANCELLED = 6,
+};
+#ifndef __cplusplus
+typedef int32_t agentlm_step_kind;
+#endif // __cplusplus
+
+// A ReAct agent (opaque): one episode on a model. One caller at a time (`AGENTLM_STATUS_BUSY`
+// otherwise); [`agentlm_agent_cancel`] from any thread.
+typedef struct agentlm_agent agentlm_agent;
+
 // An error: a status and a message. Created by the library, freed by the caller with
 // [`agentlm_error_free`]. Not thread-safe to free twice; safe to read from any thread.
 typedef struct agentlm_error agentlm_error;
@@ -170,6 +247,9 @@ typedef struct agentlm_model agentlm_model;
 // A session (opaque): one conversation and its KV cache. One caller at a time; `agentlm_session_cancel`
 // may be called from any thread.
 typedef struct agentlm_session agentlm_session;
+
+// A tool's result, filled by its callback with [`agentlm_tool_result_set`] (opaque).
+typedef struct agentlm_tool_result agentlm_tool_result;
 
 // Load progress: `fraction` goes from 0 to 1. Return `false` to abort loading
 // (`AGENTLM_STATUS_ABORTED`). Called on the thread that called [`agentlm_model_load`].
@@ -290,6 +370,70 @@ typedef struct agentlm_token {
   // Length of `text` in bytes (excluding the NUL).
   size_t text_len;
 } agentlm_token;
+
+// Parameters of [`agentlm_agent_new`]. Initialise with [`agentlm_agent_params_default`].
+typedef struct agentlm_agent_params {
+  // `sizeof(agentlm_agent_params)`.
+  uint32_t struct_size;
+  // An `agentlm_action_format` (default ALFWorld).
+  int32_t format;
+  // An `agentlm_chat_template` (default: the model's own).
+  int32_t chat_template;
+  // Most replies in the episode (default 30).
+  uint32_t max_steps;
+  // Most tokens per reply (default 128).
+  uint32_t max_tokens_per_step;
+  // Observations are cut to this many characters (default 800, as in AgentBench).
+  uint32_t max_observation_chars;
+  // Sampling temperature (default 0: greedy).
+  float temperature;
+  // Top-k (0 disables).
+  uint32_t top_k;
+  // Top-p (1 disables).
+  float top_p;
+  // Seed: the same seed and observations replay an episode exactly.
+  uint64_t seed;
+  // Constrain every action to name a registered tool (ALFWorld, ReAct, WebShop formats).
+  bool constrained;
+  // KV cache capacity in tokens (0: the model's context).
+  uint32_t capacity;
+} agentlm_agent_params;
+
+// A host tool: called with the action's input (`input_len` bytes of UTF-8, NUL-terminated, valid
+// during the call); sets the observation with [`agentlm_tool_result_set`]. Return false if the tool
+// failed (the observation then defaults to "The tool failed."). Called on the stepping thread.
+typedef bool (*agentlm_tool_fn)(void *user_data,
+                                const char *input,
+                                size_t input_len,
+                                struct agentlm_tool_result *result);
+
+// Frees a callback's `user_data` when the agent is freed (may be NULL).
+typedef void (*agentlm_free_fn)(void *user_data);
+
+// One step's result. Strings are borrowed from the agent: valid until the next call on it, each
+// NUL-terminated; unset ones are empty.
+typedef struct agentlm_agent_step {
+  // An `agentlm_step_kind`.
+  int32_t kind;
+  // Replies generated so far in the episode.
+  uint32_t step;
+  // Tokens of this reply.
+  uint32_t tokens;
+  // The action repeats the previous one.
+  bool repeated;
+  // The reply's text.
+  struct agentlm_str text;
+  // Its thought.
+  struct agentlm_str thought;
+  // ACTION: the tool.
+  struct agentlm_str tool;
+  // ACTION: its input.
+  struct agentlm_str input;
+  // FINAL: the answer; INVALID: the reason.
+  struct agentlm_str answer;
+  // ACTION with a tool callback: the observation it returned (already submitted).
+  struct agentlm_str observation;
+} agentlm_agent_step;
 
 #ifdef __cplusplus
 extern "C" {
@@ -531,6 +675,86 @@ agentlm_status agentlm_session_load_file(const struct agentlm_session *session,
                                          const char *path,
                                          size_t path_len,
                                          struct agentlm_error **err);
+
+// Default agent parameters: ALFWorld format, the model's template, 30 steps, 128 tokens per reply,
+// 800-character observations, greedy, unconstrained.
+struct agentlm_agent_params agentlm_agent_params_default(void);
+
+// Creates an agent on `model` for `task` (UTF-8, `task_len` bytes), told `instructions` (the task
+// family's rules). Register tools with [`agentlm_agent_add_tool`] before the first step. Free with
+// [`agentlm_agent_free`].
+agentlm_status agentlm_agent_new(const struct agentlm_model *model,
+                                 const struct agentlm_agent_params *params,
+                                 const char *instructions,
+                                 size_t instructions_len,
+                                 const char *task,
+                                 size_t task_len,
+                                 struct agentlm_agent **out,
+                                 struct agentlm_error **err);
+
+// Frees an agent (and its tools' `user_data` through their free functions). `NULL` is a no-op.
+void agentlm_agent_free(struct agentlm_agent *agent);
+
+// Registers a tool: `name` as the model writes it (for ALFWorld, an action verb such as `go to`), a
+// one-line `description`, a JSON schema of its arguments (`parameters_json`, may be empty), and an
+// optional callback that runs it (`tool`, with `user_data` and `free_user_data`; NULL: the host
+// submits observations itself). Only before the first step.
+agentlm_status agentlm_agent_add_tool(const struct agentlm_agent *agent,
+                                      const char *name,
+                                      size_t name_len,
+                                      const char *description,
+                                      size_t description_len,
+                                      const char *parameters_json,
+                                      size_t parameters_json_len,
+                                      agentlm_tool_fn tool,
+                                      void *user_data,
+                                      agentlm_free_fn free_user_data,
+                                      struct agentlm_error **err);
+
+// Sets a tool's observation (`text_len` bytes of UTF-8; copied). Call from within the tool's callback.
+agentlm_status agentlm_tool_result_set(struct agentlm_tool_result *result,
+                                       const char *text,
+                                       size_t text_len);
+
+// Generates the agent's next reply — at most `max_tokens` tokens and `max_ms` milliseconds of it when
+// these are not 0 (then `AGENTLM_STEP_PENDING` until the reply is complete) — and reports it in
+// `*out`. An action whose tool has a callback is executed and its observation submitted.
+//
+// Errors: `INVALID_ARGUMENT` when an observation is awaited or the episode is over; model errors.
+agentlm_status agentlm_agent_step(const struct agentlm_agent *agent,
+                                  uint32_t max_tokens,
+                                  uint32_t max_ms,
+                                  struct agentlm_agent_step *out,
+                                  struct agentlm_error **err);
+
+// Hands the agent the observation for its last action (`text_len` bytes of UTF-8). It is tokenized as
+// plain text: control-token strings in it never become control tokens.
+agentlm_status agentlm_agent_submit_observation(const struct agentlm_agent *agent,
+                                                const char *text,
+                                                size_t text_len,
+                                                struct agentlm_error **err);
+
+// Cancels the reply being generated (or the next one), from any thread.
+agentlm_status agentlm_agent_cancel(const struct agentlm_agent *agent);
+
+// Whether the episode is over (final answer or step limit); false for NULL or a busy agent.
+bool agentlm_agent_is_finished(const struct agentlm_agent *agent);
+
+// Records the episode's reward and outcome (`outcome_len` bytes of UTF-8) in its trajectory.
+agentlm_status agentlm_agent_set_outcome(const struct agentlm_agent *agent,
+                                         double reward,
+                                         const char *outcome,
+                                         size_t outcome_len,
+                                         struct agentlm_error **err);
+
+// The episode as JSON in the AgentInstruct schema (`{"conversations": [{"from", "value", "loss"}],
+// "reward", "outcome"}`), into `buf` like `agentlm_model_detokenize` (NUL-terminated; needed size on
+// `AGENTLM_STATUS_BUFFER_TOO_SMALL`).
+agentlm_status agentlm_agent_trajectory_json(const struct agentlm_agent *agent,
+                                             char *buf,
+                                             size_t capacity,
+                                             size_t *len,
+                                             struct agentlm_error **err);
 
 #ifdef __cplusplus
 }  // extern "C"

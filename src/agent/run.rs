@@ -132,6 +132,12 @@ pub struct Agent {
     /// Text of every token id, for the constraint (computed once).
     pieces: Vec<Option<String>>,
     last_action: Option<(String, String)>,
+    instructions: String,
+    task: String,
+}
+
+fn first_message(format: ActionFormat, instructions: &str, task: &str, tools: &[Tool]) -> String {
+    format!("{}\n\n{}\n{}", instructions.trim_end(), tools_section(format, tools), task)
 }
 
 impl Agent {
@@ -154,17 +160,10 @@ impl Agent {
                 ChatTemplate::from_jinja(src, &name(tok.bos_id()), &name(tok.eos_ids().first().copied()))?
             }
         };
-        let (constraint, pieces) = if config.constrained {
-            if tools.is_empty() {
-                return Err(Error::InvalidArgument("constrained actions need at least one tool".into()));
-            }
-            let grammar = ActionGrammar::for_format(config.format, tools.iter().map(|t| t.name.clone()).collect())
-                .ok_or_else(|| Error::InvalidArgument(format!("format {} has no constrained mode", config.format.name())))?;
-            (Some(Constraint::new(grammar)), token_pieces(model)?)
-        } else {
-            (None, Vec::new())
-        };
-        let first = format!("{}\n\n{}\n{}", instructions.trim_end(), tools_section(config.format, &tools), task);
+        if config.constrained && ActionGrammar::for_format(config.format, vec![]).is_none() {
+            return Err(Error::InvalidArgument(format!("format {} has no constrained mode", config.format.name())));
+        }
+        let first = first_message(config.format, instructions, task, &tools);
         let trajectory = Trajectory {
             id: None,
             conversations: vec![Turn { from: "human".into(), value: first.clone(), loss: None }],
@@ -180,12 +179,35 @@ impl Agent {
             steps: 0,
             reply: String::new(),
             reply_tokens: 0,
-            constraint,
-            pieces,
+            constraint: None,
+            pieces: Vec::new(),
             last_action: None,
+            instructions: instructions.to_string(),
+            task: task.to_string(),
             config,
             tools,
         })
+    }
+
+    /// Registers another tool. Only before the first step (the tools are part of the first prompt).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] after the first step, or for a duplicate or empty name.
+    pub fn add_tool(&mut self, tool: Tool) -> Result<()> {
+        if self.steps > 0 || self.phase != Phase::NeedStep || self.messages.len() != 1 {
+            return Err(Error::InvalidArgument("tools can only be added before the first step".into()));
+        }
+        if tool.name.trim().is_empty() || tool.name.contains('\n') {
+            return Err(Error::InvalidArgument("a tool needs a one-line, non-empty name".into()));
+        }
+        if self.tools.iter().any(|t| t.name == tool.name) {
+            return Err(Error::InvalidArgument(format!("tool {:?} is already registered", tool.name)));
+        }
+        self.tools.push(tool);
+        let first = first_message(self.config.format, &self.instructions, &self.task, &self.tools);
+        self.messages[0].content = first.clone();
+        self.trajectory.conversations[0].value = first;
+        Ok(())
     }
 
     /// The tools the agent was given.
@@ -327,6 +349,16 @@ impl Agent {
 
     /// Brings the session to the rendered conversation (reusing the cached prefix) and starts a reply.
     fn begin_reply(&mut self) -> Result<()> {
+        if self.config.constrained && self.constraint.is_none() {
+            if self.tools.is_empty() {
+                return Err(Error::InvalidArgument("constrained actions need at least one tool".into()));
+            }
+            let names = self.tools.iter().map(|t| t.name.clone()).collect();
+            let grammar = ActionGrammar::for_format(self.config.format, names)
+                .ok_or_else(|| Error::InvalidArgument(format!("format {} has no constrained mode", self.config.format.name())))?;
+            self.pieces = token_pieces(self.session.model())?;
+            self.constraint = Some(Constraint::new(grammar));
+        }
         let ids = self.render_tokens()?;
         let common = self.session.tokens().iter().zip(&ids).take_while(|(a, b)| a == b).count();
         self.session.truncate(common);

@@ -15,6 +15,7 @@
 #![allow(non_camel_case_types)]
 #![allow(clippy::missing_safety_doc)] // The safety contract of every function is in its C documentation.
 
+mod agent;
 mod handles;
 mod log;
 mod util;
@@ -28,6 +29,7 @@ use crate::session::{FinishReason, GenerateParams, Step};
 use crate::template::Message;
 use crate::Backend;
 
+pub use agent::*;
 pub use handles::{agentlm_model, agentlm_session};
 use handles::{lock, SessionState};
 pub use log::agentlm_log_fn;

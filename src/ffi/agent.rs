@@ -1,0 +1,470 @@
+//! The agent part of the C ABI: `agentlm_agent` over [`crate::agent::Agent`].
+
+use std::collections::HashMap;
+use std::ffi::{c_char, c_void};
+use std::sync::{Mutex, TryLockError};
+use std::time::Duration;
+
+use super::agentlm_status::*;
+use super::log::{with_sink, LogSink};
+use super::util::{boundary, handle, opt_out, read_params, str_arg, write_out, Fail, SendPtr};
+use super::{agentlm_error, agentlm_model, agentlm_status, agentlm_str};
+use crate::agent::{ActionFormat, Agent, AgentConfig, StepKind, Tool};
+use crate::generate::{CancelToken, SamplingParams};
+use crate::template::BuiltinTemplate;
+
+/// Action formats (`agentlm_agent_params.format`).
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum agentlm_action_format {
+    /// ALFWorld: `THOUGHT: ...` / `ACTION: go to countertop 1`.
+    AGENTLM_FORMAT_ALFWORLD = 0,
+    /// AgentBench OS: `Act: bash` + fenced code, `Act: finish`, `Act: answer(...)`.
+    AGENTLM_FORMAT_OS = 1,
+    /// AgentBench DB: `Action: Operation` + fenced SQL, `Action: Answer` + `Final Answer:`.
+    AGENTLM_FORMAT_DB = 2,
+    /// WebShop: `Action: search[...]` / `click[...]`.
+    AGENTLM_FORMAT_WEBSHOP = 3,
+    /// Knowledge graph: `Action: get_relations(...)`, `Final Answer: #id`.
+    AGENTLM_FORMAT_KG = 4,
+    /// Mind2Web: `Answer:` / `Action:` / `Value:`.
+    AGENTLM_FORMAT_MIND2WEB = 5,
+    /// Classic ReAct: `Thought:` / `Action: tool[input]` / `Final Answer:`.
+    AGENTLM_FORMAT_REACT = 6,
+    /// JSON tool calls.
+    AGENTLM_FORMAT_JSON = 7,
+}
+
+/// Chat templates (`agentlm_agent_params.chat_template`).
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum agentlm_chat_template {
+    /// The model's own (Jinja) template.
+    AGENTLM_TEMPLATE_MODEL = 0,
+    /// Llama-2-chat with AgentLM's system prompt.
+    AGENTLM_TEMPLATE_LLAMA2 = 1,
+    /// Llama-2-chat without a default system prompt.
+    AGENTLM_TEMPLATE_LLAMA2_NO_SYSTEM = 2,
+    /// ChatML.
+    AGENTLM_TEMPLATE_CHATML = 3,
+    /// Agent-FLAN.
+    AGENTLM_TEMPLATE_AGENT_FLAN = 4,
+}
+
+/// What a step produced (`agentlm_agent_step.kind`).
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum agentlm_step_kind {
+    /// An action: `tool` and `input` are set. Unless the tool has a callback (which then ran, see
+    /// `observation`), submit the observation with `agentlm_agent_submit_observation`.
+    AGENTLM_STEP_ACTION = 1,
+    /// The final answer (`answer`); the episode is over.
+    AGENTLM_STEP_FINAL = 2,
+    /// Not a valid action (`answer` holds the reason); the format's feedback was added as the
+    /// observation, so step again.
+    AGENTLM_STEP_INVALID = 3,
+    /// The frame budget ran out mid-reply: call `agentlm_agent_step` again.
+    AGENTLM_STEP_PENDING = 4,
+    /// `max_steps` replies were generated; the episode is over.
+    AGENTLM_STEP_LIMIT = 5,
+    /// Cancelled mid-reply; the next step starts the reply over.
+    AGENTLM_STEP_CANCELLED = 6,
+}
+
+/// Parameters of [`agentlm_agent_new`]. Initialise with [`agentlm_agent_params_default`].
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct agentlm_agent_params {
+    /// `sizeof(agentlm_agent_params)`.
+    pub struct_size: u32,
+    /// An `agentlm_action_format` (default ALFWorld).
+    pub format: i32,
+    /// An `agentlm_chat_template` (default: the model's own).
+    pub chat_template: i32,
+    /// Most replies in the episode (default 30).
+    pub max_steps: u32,
+    /// Most tokens per reply (default 128).
+    pub max_tokens_per_step: u32,
+    /// Observations are cut to this many characters (default 800, as in AgentBench).
+    pub max_observation_chars: u32,
+    /// Sampling temperature (default 0: greedy).
+    pub temperature: f32,
+    /// Top-k (0 disables).
+    pub top_k: u32,
+    /// Top-p (1 disables).
+    pub top_p: f32,
+    /// Seed: the same seed and observations replay an episode exactly.
+    pub seed: u64,
+    /// Constrain every action to name a registered tool (ALFWorld, ReAct, WebShop formats).
+    pub constrained: bool,
+    /// KV cache capacity in tokens (0: the model's context).
+    pub capacity: u32,
+}
+
+/// A tool's result, filled by its callback with [`agentlm_tool_result_set`] (opaque).
+pub struct agentlm_tool_result {
+    text: Option<String>,
+}
+
+/// A host tool: called with the action's input (`input_len` bytes of UTF-8, NUL-terminated, valid
+/// during the call); sets the observation with [`agentlm_tool_result_set`]. Return false if the tool
+/// failed (the observation then defaults to "The tool failed."). Called on the stepping thread.
+pub type agentlm_tool_fn =
+    Option<unsafe extern "C" fn(user_data: *mut c_void, input: *const c_char, input_len: usize, result: *mut agentlm_tool_result) -> bool>;
+
+/// Frees a callback's `user_data` when the agent is freed (may be NULL).
+pub type agentlm_free_fn = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
+
+/// One step's result. Strings are borrowed from the agent: valid until the next call on it, each
+/// NUL-terminated; unset ones are empty.
+#[repr(C)]
+#[derive(Debug, Clone, Copy)]
+pub struct agentlm_agent_step {
+    /// An `agentlm_step_kind`.
+    pub kind: i32,
+    /// Replies generated so far in the episode.
+    pub step: u32,
+    /// Tokens of this reply.
+    pub tokens: u32,
+    /// The action repeats the previous one.
+    pub repeated: bool,
+    /// The reply's text.
+    pub text: agentlm_str,
+    /// Its thought.
+    pub thought: agentlm_str,
+    /// ACTION: the tool.
+    pub tool: agentlm_str,
+    /// ACTION: its input.
+    pub input: agentlm_str,
+    /// FINAL: the answer; INVALID: the reason.
+    pub answer: agentlm_str,
+    /// ACTION with a tool callback: the observation it returned (already submitted).
+    pub observation: agentlm_str,
+}
+
+struct ToolCallback {
+    f: unsafe extern "C" fn(*mut c_void, *const c_char, usize, *mut agentlm_tool_result) -> bool,
+    user: SendPtr,
+    free: agentlm_free_fn,
+}
+
+impl Drop for ToolCallback {
+    fn drop(&mut self) {
+        if let Some(free) = self.free {
+            // SAFETY: the host's own free function for its own pointer, called once.
+            unsafe { free(self.user.0) };
+        }
+    }
+}
+
+struct AgentState {
+    agent: Agent,
+    callbacks: HashMap<String, ToolCallback>,
+    /// Backing store of the last step's strings.
+    strings: [Vec<u8>; 6],
+    log: Option<LogSink>,
+}
+
+/// A ReAct agent (opaque): one episode on a model. One caller at a time (`AGENTLM_STATUS_BUSY`
+/// otherwise); [`agentlm_agent_cancel`] from any thread.
+pub struct agentlm_agent {
+    cancel: CancelToken,
+    state: Mutex<AgentState>,
+}
+
+fn lock_agent<T>(agent: *const agentlm_agent, f: impl FnOnce(&mut AgentState) -> Result<T, Fail>) -> Result<T, Fail> {
+    let a = handle(agent, "agent")?;
+    let mut guard = match a.state.try_lock() {
+        Ok(g) => g,
+        Err(TryLockError::Poisoned(p)) => {
+            a.state.clear_poison();
+            p.into_inner()
+        }
+        Err(TryLockError::WouldBlock) => return Err(Fail::new(AGENTLM_STATUS_BUSY, "another call is running on this agent")),
+    };
+    let st = &mut *guard;
+    let sink = st.log.clone();
+    with_sink(sink.as_ref(), || f(st))
+}
+
+/// Default agent parameters: ALFWorld format, the model's template, 30 steps, 128 tokens per reply,
+/// 800-character observations, greedy, unconstrained.
+#[no_mangle]
+pub extern "C" fn agentlm_agent_params_default() -> agentlm_agent_params {
+    let c = AgentConfig::default();
+    agentlm_agent_params {
+        struct_size: std::mem::size_of::<agentlm_agent_params>() as u32,
+        format: agentlm_action_format::AGENTLM_FORMAT_ALFWORLD as i32,
+        chat_template: agentlm_chat_template::AGENTLM_TEMPLATE_MODEL as i32,
+        max_steps: c.max_steps as u32,
+        max_tokens_per_step: c.max_tokens_per_step as u32,
+        max_observation_chars: c.max_observation_chars as u32,
+        temperature: 0.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed: 0,
+        constrained: false,
+        capacity: 0,
+    }
+}
+
+fn config(p: &agentlm_agent_params) -> Result<AgentConfig, Fail> {
+    let bad = |what: &str, v: i32| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("unknown {what} {v}"));
+    let names = ["alfworld", "os", "db", "webshop", "kg", "mind2web", "react", "json"];
+    let format = usize::try_from(p.format)
+        .ok()
+        .and_then(|i| names.get(i))
+        .and_then(|n| ActionFormat::from_name(n))
+        .ok_or_else(|| bad("format", p.format))?;
+    let template = match p.chat_template {
+        0 => None,
+        1 => Some(BuiltinTemplate::Llama2 { default_system: true }),
+        2 => Some(BuiltinTemplate::Llama2 { default_system: false }),
+        3 => Some(BuiltinTemplate::ChatMl),
+        4 => Some(BuiltinTemplate::AgentFlan),
+        v => return Err(bad("chat_template", v)),
+    };
+    if p.max_steps == 0 || p.max_tokens_per_step == 0 {
+        return Err(Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, "max_steps and max_tokens_per_step must be positive"));
+    }
+    Ok(AgentConfig {
+        format,
+        template,
+        max_steps: p.max_steps as usize,
+        max_tokens_per_step: p.max_tokens_per_step as usize,
+        max_observation_chars: p.max_observation_chars as usize,
+        sampling: SamplingParams { temperature: p.temperature, top_k: p.top_k as usize, top_p: p.top_p, seed: p.seed, ..SamplingParams::greedy() },
+        constrained: p.constrained,
+        capacity: (p.capacity > 0).then_some(p.capacity as usize),
+    })
+}
+
+/// Creates an agent on `model` for `task` (UTF-8, `task_len` bytes), told `instructions` (the task
+/// family's rules). Register tools with [`agentlm_agent_add_tool`] before the first step. Free with
+/// [`agentlm_agent_free`].
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_agent_new(
+    model: *const agentlm_model,
+    params: *const agentlm_agent_params,
+    instructions: *const c_char,
+    instructions_len: usize,
+    task: *const c_char,
+    task_len: usize,
+    out: *mut *mut agentlm_agent,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let m = handle(model, "model")?;
+        let p = unsafe { read_params(params, agentlm_agent_params_default()) }?;
+        let instructions = unsafe { str_arg(instructions, instructions_len, "instructions") }?;
+        let task = unsafe { str_arg(task, task_len, "task") }?;
+        let out = opt_out(out, "out")?;
+        let cfg = config(&p)?;
+        let agent = with_sink(m.log.as_ref(), || Agent::new(&m.model, cfg, instructions, task, vec![]))?;
+        let a = agentlm_agent {
+            cancel: agent.cancel_token(),
+            state: Mutex::new(AgentState { agent, callbacks: HashMap::new(), strings: Default::default(), log: m.log.clone() }),
+        };
+        write_out(out, Box::into_raw(Box::new(a)));
+        Ok(AGENTLM_STATUS_OK)
+    })
+}
+
+/// Frees an agent (and its tools' `user_data` through their free functions). `NULL` is a no-op.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_agent_free(agent: *mut agentlm_agent) {
+    if !agent.is_null() {
+        super::util::catch_or((), || drop(unsafe { Box::from_raw(agent) }));
+    }
+}
+
+/// Registers a tool: `name` as the model writes it (for ALFWorld, an action verb such as `go to`), a
+/// one-line `description`, a JSON schema of its arguments (`parameters_json`, may be empty), and an
+/// optional callback that runs it (`tool`, with `user_data` and `free_user_data`; NULL: the host
+/// submits observations itself). Only before the first step.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_agent_add_tool(
+    agent: *const agentlm_agent,
+    name: *const c_char,
+    name_len: usize,
+    description: *const c_char,
+    description_len: usize,
+    parameters_json: *const c_char,
+    parameters_json_len: usize,
+    tool: agentlm_tool_fn,
+    user_data: *mut c_void,
+    free_user_data: agentlm_free_fn,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    // Whatever happens, the host's user_data is released exactly once.
+    let mut callback = tool.map(|f| ToolCallback { f, user: SendPtr(user_data), free: free_user_data });
+    boundary(err, || {
+        let name = unsafe { str_arg(name, name_len, "name") }?;
+        let description = unsafe { str_arg(description, description_len, "description") }?;
+        let params = unsafe { str_arg(parameters_json, parameters_json_len, "parameters_json") }?;
+        let parameters = if params.trim().is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_str(params)
+                .map_err(|e| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("parameters_json is not JSON: {e}")))?
+        };
+        lock_agent(agent, |st| {
+            st.agent.add_tool(Tool { name: name.to_string(), description: description.to_string(), parameters })?;
+            if let Some(cb) = callback.take() {
+                st.callbacks.insert(name.to_string(), cb);
+            }
+            Ok(AGENTLM_STATUS_OK)
+        })
+    })
+}
+
+/// Sets a tool's observation (`text_len` bytes of UTF-8; copied). Call from within the tool's callback.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_tool_result_set(result: *mut agentlm_tool_result, text: *const c_char, text_len: usize) -> agentlm_status {
+    boundary(std::ptr::null_mut(), || {
+        let text = unsafe { str_arg(text, text_len, "text") }?;
+        // SAFETY: the pointer the library passed to the callback, valid during it.
+        let r = unsafe { result.as_mut() }.ok_or_else(|| Fail::new(AGENTLM_STATUS_NULL_POINTER, "result is NULL"))?;
+        r.text = Some(text.to_string());
+        Ok(AGENTLM_STATUS_OK)
+    })
+}
+
+fn set(buf: &mut Vec<u8>, s: &str) -> agentlm_str {
+    buf.clear();
+    buf.extend_from_slice(s.as_bytes());
+    buf.push(0);
+    agentlm_str { ptr: buf.as_ptr().cast(), len: s.len() }
+}
+
+/// Generates the agent's next reply — at most `max_tokens` tokens and `max_ms` milliseconds of it when
+/// these are not 0 (then `AGENTLM_STEP_PENDING` until the reply is complete) — and reports it in
+/// `*out`. An action whose tool has a callback is executed and its observation submitted.
+///
+/// Errors: `INVALID_ARGUMENT` when an observation is awaited or the episode is over; model errors.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_agent_step(
+    agent: *const agentlm_agent,
+    max_tokens: u32,
+    max_ms: u32,
+    out: *mut agentlm_agent_step,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let out = opt_out(out, "out")?;
+        lock_agent(agent, |st| {
+            let s = st.agent.step_budget(
+                (max_tokens > 0).then_some(max_tokens as usize),
+                (max_ms > 0).then(|| Duration::from_millis(u64::from(max_ms))),
+            )?;
+            use agentlm_step_kind::*;
+            let (kind, tool, input, answer, repeated) = match &s.kind {
+                StepKind::Action { tool, input, repeated } => (AGENTLM_STEP_ACTION, tool.as_str(), input.as_str(), "", *repeated),
+                StepKind::Final { answer } => (AGENTLM_STEP_FINAL, "", "", answer.as_str(), false),
+                StepKind::Invalid { reason } => (AGENTLM_STEP_INVALID, "", "", reason.as_str(), false),
+                StepKind::Pending => (AGENTLM_STEP_PENDING, "", "", "", false),
+                StepKind::StepLimit => (AGENTLM_STEP_LIMIT, "", "", "", false),
+                StepKind::Cancelled => (AGENTLM_STEP_CANCELLED, "", "", "", false),
+            };
+            let mut observation = String::new();
+            if kind == AGENTLM_STEP_ACTION {
+                if let Some(cb) = st.callbacks.get(tool) {
+                    let mut result = agentlm_tool_result { text: None };
+                    let mut arg = input.as_bytes().to_vec();
+                    arg.push(0);
+                    // SAFETY: the host's callback, called as documented.
+                    let ok = unsafe { (cb.f)(cb.user.0, arg.as_ptr().cast(), input.len(), &mut result) };
+                    observation = result.text.unwrap_or_else(|| if ok { String::new() } else { "The tool failed.".into() });
+                    st.agent.submit_observation(&observation)?;
+                }
+            }
+            let [b0, b1, b2, b3, b4, b5] = &mut st.strings;
+            let step = agentlm_agent_step {
+                kind: kind as i32,
+                step: st.agent.steps() as u32,
+                tokens: s.tokens as u32,
+                repeated,
+                text: set(b0, &s.text),
+                thought: set(b1, s.thought.as_deref().unwrap_or("")),
+                tool: set(b2, tool),
+                input: set(b3, input),
+                answer: set(b4, answer),
+                observation: set(b5, &observation),
+            };
+            write_out(out, step);
+            Ok(AGENTLM_STATUS_OK)
+        })
+    })
+}
+
+/// Hands the agent the observation for its last action (`text_len` bytes of UTF-8). It is tokenized as
+/// plain text: control-token strings in it never become control tokens.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_agent_submit_observation(
+    agent: *const agentlm_agent,
+    text: *const c_char,
+    text_len: usize,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let text = unsafe { str_arg(text, text_len, "text") }?;
+        lock_agent(agent, |st| Ok(st.agent.submit_observation(text)?)).map(|_| AGENTLM_STATUS_OK)
+    })
+}
+
+/// Cancels the reply being generated (or the next one), from any thread.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_agent_cancel(agent: *const agentlm_agent) -> agentlm_status {
+    match unsafe { agent.as_ref() } {
+        Some(a) => {
+            a.cancel.cancel();
+            AGENTLM_STATUS_OK
+        }
+        None => AGENTLM_STATUS_NULL_POINTER,
+    }
+}
+
+/// Whether the episode is over (final answer or step limit); false for NULL or a busy agent.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_agent_is_finished(agent: *const agentlm_agent) -> bool {
+    lock_agent(agent, |st| Ok(st.agent.is_finished())).unwrap_or(false)
+}
+
+/// Records the episode's reward and outcome (`outcome_len` bytes of UTF-8) in its trajectory.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_agent_set_outcome(
+    agent: *const agentlm_agent,
+    reward: f64,
+    outcome: *const c_char,
+    outcome_len: usize,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let outcome = unsafe { str_arg(outcome, outcome_len, "outcome") }?;
+        lock_agent(agent, |st| {
+            st.agent.set_outcome(reward, outcome);
+            Ok(AGENTLM_STATUS_OK)
+        })
+    })
+}
+
+/// The episode as JSON in the AgentInstruct schema (`{"conversations": [{"from", "value", "loss"}],
+/// "reward", "outcome"}`), into `buf` like `agentlm_model_detokenize` (NUL-terminated; needed size on
+/// `AGENTLM_STATUS_BUFFER_TOO_SMALL`).
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_agent_trajectory_json(
+    agent: *const agentlm_agent,
+    buf: *mut c_char,
+    capacity: usize,
+    len: *mut usize,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let len = opt_out(len, "len")?;
+        lock_agent(agent, |st| {
+            let json = serde_json::to_string(st.agent.trajectory())
+                .map_err(|e| Fail::new(AGENTLM_STATUS_PANIC, format!("trajectory JSON: {e}")))?;
+            unsafe { super::util::copy_str_out(&json, buf, capacity, len) }
+        })
+    })
+}
