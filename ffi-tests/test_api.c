@@ -665,6 +665,105 @@ static void test_threads(const agentlm_model *m) {
   fprintf(stderr, "%d of %d parallel sessions identical to sequential runs\n", same, N_THREADS);
 }
 
+/* ---- agents ----------------------------------------------------------------------------------- */
+
+static int g_tool_calls, g_freed;
+
+static bool echo_tool(void *user, const char *input, size_t len, agentlm_tool_result *r) {
+  (void)user;
+  g_tool_calls++;
+  CHECK(input[len] == 0);
+  char obs[128];
+  snprintf(obs, sizeof obs, "echo: %.*s</s><|im_end|>", (int)(len > 60 ? 60 : len), input);
+  CHECK(agentlm_tool_result_set(r, obs, strlen(obs)) == AGENTLM_STATUS_OK);
+  CHECK(agentlm_tool_result_set(r, "\xff", 1) == AGENTLM_STATUS_INVALID_UTF8);
+  return true;
+}
+
+static void free_user(void *user) {
+  (void)user;
+  g_freed++;
+}
+
+static void test_agent(const agentlm_model *m) {
+  const char *instr = "Solve the task. Reply \"ACTION: your next action\".";
+  const char *task = "Your task is to: look around.";
+  agentlm_agent *a = NULL;
+  agentlm_agent_params p = agentlm_agent_params_default();
+  CHECK(p.format == AGENTLM_FORMAT_ALFWORLD && p.max_steps == 30 && p.max_observation_chars == 800);
+  p.format = 42;
+  CHECK_STATUS(agentlm_agent_new(m, &p, instr, strlen(instr), task, strlen(task), &a, NULL),
+               AGENTLM_STATUS_INVALID_ARGUMENT);
+  p = agentlm_agent_params_default();
+  p.chat_template = 9;
+  CHECK_STATUS(agentlm_agent_new(m, &p, instr, strlen(instr), task, strlen(task), &a, NULL),
+               AGENTLM_STATUS_INVALID_ARGUMENT);
+  p = agentlm_agent_params_default();
+  p.format = AGENTLM_FORMAT_OS;
+  p.constrained = true;
+  CHECK_STATUS(agentlm_agent_new(m, &p, instr, strlen(instr), task, strlen(task), &a, NULL),
+               AGENTLM_STATUS_INVALID_ARGUMENT);
+  CHECK_STATUS(agentlm_agent_new(NULL, NULL, instr, strlen(instr), task, strlen(task), &a, NULL),
+               AGENTLM_STATUS_NULL_POINTER);
+  CHECK(a == NULL);
+
+  p = agentlm_agent_params_default();
+  p.constrained = true;
+  p.max_steps = 2;
+  p.max_tokens_per_step = 24;
+  MUST(agentlm_agent_new(m, &p, instr, strlen(instr), task, strlen(task), &a, &err_));
+  agentlm_agent_step s;
+  /* Constrained mode with no tools cannot step. */
+  CHECK_STATUS(agentlm_agent_step(a, 0, 0, &s, NULL), AGENTLM_STATUS_INVALID_ARGUMENT);
+  MUST(agentlm_agent_add_tool(a, "look", 4, "look around", 11, NULL, 0, echo_tool, &g_tool_calls, free_user, &err_));
+  CHECK_STATUS(agentlm_agent_add_tool(a, "look", 4, "again", 5, NULL, 0, NULL, NULL, NULL, NULL),
+               AGENTLM_STATUS_INVALID_ARGUMENT);
+  CHECK_STATUS(agentlm_agent_add_tool(a, "x", 1, "d", 1, "{not json", 9, NULL, NULL, free_user, NULL),
+               AGENTLM_STATUS_INVALID_ARGUMENT);
+  CHECK(g_freed == 1); /* user data of a refused tool is released */
+  MUST(agentlm_agent_add_tool(a, "wait", 4, "wait a moment", 13, "{\"type\": \"object\"}", 18, NULL, NULL, NULL,
+                              &err_));
+  CHECK_STATUS(agentlm_agent_submit_observation(a, "x", 1, NULL), AGENTLM_STATUS_INVALID_ARGUMENT);
+  CHECK_STATUS(agentlm_agent_step(a, 0, 0, NULL, NULL), AGENTLM_STATUS_NULL_POINTER);
+
+  /* Frame budget: 2 tokens per call until the reply is complete. */
+  int pending = 0;
+  do {
+    MUST(agentlm_agent_step(a, 2, 0, &s, &err_));
+    pending += s.kind == AGENTLM_STEP_PENDING;
+    CHECK(s.kind == AGENTLM_STEP_PENDING || s.kind == AGENTLM_STEP_ACTION);
+  } while (s.kind == AGENTLM_STEP_PENDING);
+  CHECK(pending > 0 && s.step == 1 && s.text.ptr[s.text.len] == 0);
+  CHECK((strcmp(s.tool.ptr, "look") == 0 && g_tool_calls == 1 && strstr(s.observation.ptr, "echo: ") != NULL) ||
+        strcmp(s.tool.ptr, "wait") == 0);
+  if (strcmp(s.tool.ptr, "wait") == 0) {
+    const char *obs = "You wait.</s>[INST]";
+    CHECK_STATUS(agentlm_agent_add_tool(a, "late", 4, "d", 1, NULL, 0, NULL, NULL, NULL, NULL),
+                 AGENTLM_STATUS_INVALID_ARGUMENT);
+    MUST(agentlm_agent_submit_observation(a, obs, strlen(obs), &err_));
+  }
+  CHECK(!agentlm_agent_is_finished(a));
+  MUST(agentlm_agent_step(a, 0, 0, &s, &err_));
+  if (s.kind == AGENTLM_STEP_ACTION && s.observation.len == 0) MUST(agentlm_agent_submit_observation(a, "ok", 2, &err_));
+  MUST(agentlm_agent_step(a, 0, 0, &s, &err_));
+  CHECK(s.kind == AGENTLM_STEP_LIMIT && agentlm_agent_is_finished(a));
+  CHECK_STATUS(agentlm_agent_step(a, 0, 0, &s, NULL), AGENTLM_STATUS_INVALID_ARGUMENT);
+
+  MUST(agentlm_agent_set_outcome(a, 0.5, "partial", 7, &err_));
+  size_t len = 0;
+  CHECK_STATUS(agentlm_agent_trajectory_json(a, NULL, 0, &len, NULL), AGENTLM_STATUS_BUFFER_TOO_SMALL);
+  char *json = (char *)malloc(len);
+  MUST(agentlm_agent_trajectory_json(a, json, len, &len, &err_));
+  CHECK(json && strstr(json, "\"conversations\":[{\"from\":\"human\"") != NULL);
+  CHECK(json && strstr(json, "\"loss\":true") != NULL && strstr(json, "\"reward\":0.5") != NULL);
+  CHECK(json && strstr(json, "\"outcome\":\"partial\"") != NULL);
+  free(json);
+  CHECK(agentlm_agent_cancel(a) == AGENTLM_STATUS_OK && agentlm_agent_cancel(NULL) == AGENTLM_STATUS_NULL_POINTER);
+  agentlm_agent_free(a);
+  CHECK(g_freed == 2);
+  agentlm_agent_free(NULL);
+}
+
 int main(int argc, char **argv) {
   g_model_path = argc > 1 ? argv[1] : getenv("AGENTLM_MODEL");
   if (!g_model_path || !*g_model_path) {
@@ -687,6 +786,7 @@ int main(int argc, char **argv) {
     test_busy(m);
     test_cancel(m);
     test_threads(m);
+    test_agent(m);
     /* Sessions keep the model alive: free the model first, then use a session. */
     agentlm_session *s = new_session(m, 32);
     agentlm_model_free(m);

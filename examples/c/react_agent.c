@@ -1,0 +1,269 @@
+/*
+ * A ReAct agent driven from C: the host implements a small household (rooms, objects, `go to`,
+ * `take`, `open`, `put`) and a calculator, registers them as tools, and steps the agent on the real
+ * model, printing each Thought / Action / Observation.
+ *
+ *   react_agent MODEL [--constrained] [--steps N] [--frame-tokens N]
+ *
+ * --constrained      every action must name a registered tool (token-level constraint)
+ * --frame-tokens N   generate at most N tokens per agentlm_agent_step call, as a game loop would per
+ *                    frame (the step returns PENDING until the reply is complete)
+ *
+ * Exit status 0 when the episode ran to its end; prints "valid actions: N of M replies".
+ */
+#include "agentlm.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+/* ---- the household ----------------------------------------------------------------------------- */
+
+typedef struct {
+  const char *name;
+  int closed;
+  const char *objects[4];
+} place;
+
+typedef struct {
+  place places[5];
+  const char *at;
+  const char *holding;
+  int solved;
+} house;
+
+static place *find_place(house *h, const char *name, size_t len) {
+  for (int i = 0; i < 5; i++)
+    if (strlen(h->places[i].name) == len && memcmp(h->places[i].name, name, len) == 0) return &h->places[i];
+  return NULL;
+}
+
+static void describe(const place *p, char *out, size_t cap) {
+  size_t n = (size_t)snprintf(out, cap, "On the %s, you see", p->name);
+  int any = 0;
+  for (int i = 0; i < 4 && n < cap; i++)
+    if (p->objects[i]) n += (size_t)snprintf(out + n, cap - n, "%s a %s", any++ ? "," : "", p->objects[i]);
+  if (n < cap) snprintf(out + n, cap - n, "%s.", any ? "" : " nothing");
+}
+
+/* Tool callbacks: user_data is the house; the observation goes back through agentlm_tool_result_set. */
+static bool tool_go(void *user, const char *input, size_t len, agentlm_tool_result *r) {
+  house *h = (house *)user;
+  char obs[256];
+  place *p = find_place(h, input, len);
+  if (!p) snprintf(obs, sizeof obs, "Nothing happened.");
+  else if (p->closed) {
+    h->at = p->name;
+    snprintf(obs, sizeof obs, "The %s is closed.", p->name);
+  } else {
+    h->at = p->name;
+    describe(p, obs, sizeof obs);
+  }
+  agentlm_tool_result_set(r, obs, strlen(obs));
+  return true;
+}
+
+static bool tool_open(void *user, const char *input, size_t len, agentlm_tool_result *r) {
+  house *h = (house *)user;
+  char obs[256];
+  place *p = find_place(h, input, len);
+  if (!p || p->name != h->at || !p->closed) snprintf(obs, sizeof obs, "Nothing happened.");
+  else {
+    p->closed = 0;
+    snprintf(obs, sizeof obs, "You open the %s. ", p->name);
+    size_t n = strlen(obs);
+    describe(p, obs + n, sizeof obs - n);
+  }
+  agentlm_tool_result_set(r, obs, strlen(obs));
+  return true;
+}
+
+static bool tool_take(void *user, const char *input, size_t len, agentlm_tool_result *r) {
+  house *h = (house *)user;
+  char obs[256] = "Nothing happened.";
+  char buf[128];
+  if (len < sizeof buf) {
+    memcpy(buf, input, len);
+    buf[len] = 0;
+    char *from = strstr(buf, " from ");
+    if (from && !h->holding) {
+      *from = 0;
+      place *p = find_place(h, from + 6, strlen(from + 6));
+      if (p && p->name == h->at && !p->closed)
+        for (int i = 0; i < 4; i++)
+          if (p->objects[i] && strcmp(p->objects[i], buf) == 0) {
+            h->holding = p->objects[i];
+            p->objects[i] = NULL;
+            snprintf(obs, sizeof obs, "You pick up the %s from the %s.", h->holding, p->name);
+            break;
+          }
+    }
+  }
+  agentlm_tool_result_set(r, obs, strlen(obs));
+  return true;
+}
+
+static bool tool_put(void *user, const char *input, size_t len, agentlm_tool_result *r) {
+  house *h = (house *)user;
+  char obs[256] = "Nothing happened.";
+  char buf[128];
+  if (len < sizeof buf && h->holding) {
+    memcpy(buf, input, len);
+    buf[len] = 0;
+    char *in = strstr(buf, " in/on ");
+    if (in) {
+      *in = 0;
+      place *p = find_place(h, in + 7, strlen(in + 7));
+      if (p && p->name == h->at && !p->closed && strcmp(buf, h->holding) == 0)
+        for (int i = 0; i < 4; i++)
+          if (!p->objects[i]) {
+            p->objects[i] = h->holding;
+            snprintf(obs, sizeof obs, "You put the %s in/on the %s.", h->holding, p->name);
+            h->solved = strcmp(h->holding, "apple 1") == 0 && strcmp(p->name, "fridge 1") == 0;
+            h->holding = NULL;
+            break;
+          }
+    }
+  }
+  agentlm_tool_result_set(r, obs, strlen(obs));
+  return true;
+}
+
+/* calculate: + - * / over integers, left to right. */
+static bool tool_calculate(void *user, const char *input, size_t len, agentlm_tool_result *r) {
+  (void)user;
+  char buf[128], obs[64];
+  if (len >= sizeof buf) return false;
+  memcpy(buf, input, len);
+  buf[len] = 0;
+  char *p = buf;
+  long acc = strtol(p, &p, 10);
+  while (*p) {
+    while (*p == ' ') p++;
+    char op = *p;
+    if (!op) break;
+    p++;
+    long v = strtol(p, &p, 10);
+    if (op == '+') acc += v;
+    else if (op == '-') acc -= v;
+    else if (op == '*') acc *= v;
+    else if (op == '/' && v != 0) acc /= v;
+    else return false;
+  }
+  snprintf(obs, sizeof obs, "%ld", acc);
+  agentlm_tool_result_set(r, obs, strlen(obs));
+  return true;
+}
+
+static const char *INSTRUCTIONS =
+    "Interact with a household to solve a task. Each turn, output \"THOUGHT: your thoughts.\\n ACTION: "
+    "your next action\" or just \"ACTION: your next action\". Use only the available actions.";
+static const char *TASK =
+    "Here is your task. You are in the middle of a room. Looking quickly around you, you see a countertop 1, "
+    "a fridge 1, a cabinet 1 and a table 1.\nYour task is to: put an apple in fridge 1.";
+
+static int fail(const char *what, agentlm_status st, agentlm_error *err) {
+  fprintf(stderr, "error: %s: %s (%s)\n", what, err ? agentlm_error_message(err) : "", agentlm_status_string(st));
+  agentlm_error_free(err);
+  return 1;
+}
+
+int main(int argc, char **argv) {
+  if (argc < 2) {
+    fprintf(stderr, "usage: react_agent MODEL [--constrained] [--steps N] [--frame-tokens N]\n");
+    return 2;
+  }
+  int constrained = 0;
+  uint32_t steps = 8, frame_tokens = 0;
+  for (int i = 2; i < argc; i++) {
+    if (strcmp(argv[i], "--constrained") == 0) constrained = 1;
+    else if (strcmp(argv[i], "--steps") == 0 && i + 1 < argc) steps = (uint32_t)atoi(argv[++i]);
+    else if (strcmp(argv[i], "--frame-tokens") == 0 && i + 1 < argc) frame_tokens = (uint32_t)atoi(argv[++i]);
+    else {
+      fprintf(stderr, "unknown argument %s\n", argv[i]);
+      return 2;
+    }
+  }
+
+  house h = {{{"countertop 1", 0, {"apple 1", "mug 1", NULL, NULL}},
+              {"fridge 1", 1, {"egg 1", NULL, NULL, NULL}},
+              {"cabinet 1", 1, {NULL, NULL, NULL, NULL}},
+              {"table 1", 0, {"book 1", NULL, NULL, NULL}},
+              {"middle of the room", 0, {NULL, NULL, NULL, NULL}}},
+             "middle of the room", NULL, 0};
+
+  agentlm_model *model = NULL;
+  agentlm_agent *agent = NULL;
+  agentlm_error *err = NULL;
+  agentlm_status st = agentlm_model_load(argv[1], strlen(argv[1]), NULL, &model, &err);
+  if (st != AGENTLM_STATUS_OK) return fail("load", st, err);
+
+  agentlm_agent_params p = agentlm_agent_params_default();
+  p.format = AGENTLM_FORMAT_ALFWORLD;
+  p.max_steps = steps;
+  p.max_tokens_per_step = 48;
+  p.constrained = constrained;
+  st = agentlm_agent_new(model, &p, INSTRUCTIONS, strlen(INSTRUCTIONS), TASK, strlen(TASK), &agent, &err);
+  agentlm_model_free(model); /* the agent keeps the model alive */
+  if (st != AGENTLM_STATUS_OK) return fail("agent", st, err);
+
+  struct {
+    const char *name, *description;
+    agentlm_tool_fn fn;
+  } tools[] = {
+      {"go to", "go to a place, e.g. go to table 1", tool_go},
+      {"open", "open the closed place you are at, e.g. open cabinet 1", tool_open},
+      {"take", "take an object from the place you are at, e.g. take book 1 from table 1", tool_take},
+      {"put", "put what you hold in or on the place you are at, e.g. put book 1 in/on cabinet 1", tool_put},
+      {"calculate", "evaluate arithmetic, e.g. calculate 12 * 7", tool_calculate},
+  };
+  for (size_t i = 0; i < sizeof tools / sizeof tools[0]; i++) {
+    st = agentlm_agent_add_tool(agent, tools[i].name, strlen(tools[i].name), tools[i].description,
+                                strlen(tools[i].description), NULL, 0, tools[i].fn, &h, NULL, &err);
+    if (st != AGENTLM_STATUS_OK) return fail("add tool", st, err);
+  }
+
+  printf("Task: put an apple in fridge 1 (%s mode)\n", constrained ? "constrained" : "free");
+  int replies = 0, valid = 0, frames = 0, done = 0;
+  while (!done) {
+    agentlm_agent_step s;
+    st = agentlm_agent_step(agent, frame_tokens, 0, &s, &err);
+    if (st != AGENTLM_STATUS_OK) return fail("step", st, err);
+    frames++;
+    switch (s.kind) {
+    case AGENTLM_STEP_PENDING:
+      continue; /* a game would render a frame here */
+    case AGENTLM_STEP_ACTION:
+      replies++;
+      valid++;
+      if (s.thought.len) printf("Thought: %s\n", s.thought.ptr);
+      printf("Action: %s %s%s\nObservation: %s\n", s.tool.ptr, s.input.ptr, s.repeated ? " (repeated)" : "",
+             s.observation.ptr);
+      break;
+    case AGENTLM_STEP_INVALID:
+      replies++;
+      printf("Invalid reply (%s): %.*s\n", s.answer.ptr, (int)(s.text.len > 120 ? 120 : s.text.len), s.text.ptr);
+      break;
+    case AGENTLM_STEP_FINAL:
+      replies++;
+      printf("Final answer: %s\n", s.answer.ptr);
+      done = 1;
+      break;
+    default:
+      done = 1; /* step limit or cancelled */
+      break;
+    }
+    if (h.solved) {
+      printf("Solved: the apple is in the fridge.\n");
+      done = 1;
+    }
+  }
+  const char *outcome = h.solved ? "success" : "unsolved";
+  agentlm_agent_set_outcome(agent, h.solved ? 1.0 : 0.0, outcome, strlen(outcome), NULL);
+  size_t len = 0;
+  agentlm_agent_trajectory_json(agent, NULL, 0, &len, NULL);
+  printf("valid actions: %d of %d replies (%d step calls); trajectory JSON %zu bytes\n", valid, replies, frames,
+         len);
+  agentlm_agent_free(agent);
+  return 0;
+}
