@@ -712,7 +712,7 @@ static void test_agent(const agentlm_model *m) {
   p.max_steps = 2;
   p.max_tokens_per_step = 24;
   MUST(agentlm_agent_new(m, &p, instr, strlen(instr), task, strlen(task), &a, &err_));
-  agentlm_agent_step s;
+  agentlm_agent_step_result s;
   /* Constrained mode with no tools cannot step. */
   CHECK_STATUS(agentlm_agent_step(a, 0, 0, &s, NULL), AGENTLM_STATUS_INVALID_ARGUMENT);
   MUST(agentlm_agent_add_tool(a, "look", 4, "look around", 11, NULL, 0, echo_tool, &g_tool_calls, free_user, &err_));

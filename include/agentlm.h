@@ -412,7 +412,7 @@ typedef void (*agentlm_free_fn)(void *user_data);
 
 // One step's result. Strings are borrowed from the agent: valid until the next call on it, each
 // NUL-terminated; unset ones are empty.
-typedef struct agentlm_agent_step {
+typedef struct agentlm_agent_step_result {
   // An `agentlm_step_kind`.
   int32_t kind;
   // Replies generated so far in the episode.
@@ -433,7 +433,7 @@ typedef struct agentlm_agent_step {
   struct agentlm_str answer;
   // ACTION with a tool callback: the observation it returned (already submitted).
   struct agentlm_str observation;
-} agentlm_agent_step;
+} agentlm_agent_step_result;
 
 #ifdef __cplusplus
 extern "C" {
@@ -697,8 +697,9 @@ void agentlm_agent_free(struct agentlm_agent *agent);
 
 // Registers a tool: `name` as the model writes it (for ALFWorld, an action verb such as `go to`), a
 // one-line `description`, a JSON schema of its arguments (`parameters_json`, may be empty), and an
-// optional callback that runs it (`tool`, with `user_data` and `free_user_data`; NULL: the host
-// submits observations itself). Only before the first step.
+// optional callback that runs it (`tool` with `user_data`; NULL: the host submits observations
+// itself). `free_user_data` (may be NULL) is called on `user_data` exactly once: when the agent is
+// freed, or before this call returns if it fails. Only before the first step.
 agentlm_status agentlm_agent_add_tool(const struct agentlm_agent *agent,
                                       const char *name,
                                       size_t name_len,
@@ -724,7 +725,7 @@ agentlm_status agentlm_tool_result_set(struct agentlm_tool_result *result,
 agentlm_status agentlm_agent_step(const struct agentlm_agent *agent,
                                   uint32_t max_tokens,
                                   uint32_t max_ms,
-                                  struct agentlm_agent_step *out,
+                                  struct agentlm_agent_step_result *out,
                                   struct agentlm_error **err);
 
 // Hands the agent the observation for its last action (`text_len` bytes of UTF-8). It is tokenized as

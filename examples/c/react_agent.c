@@ -226,7 +226,7 @@ int main(int argc, char **argv) {
   printf("Task: put an apple in fridge 1 (%s mode)\n", constrained ? "constrained" : "free");
   int replies = 0, valid = 0, frames = 0, done = 0;
   while (!done) {
-    agentlm_agent_step s;
+    agentlm_agent_step_result s;
     st = agentlm_agent_step(agent, frame_tokens, 0, &s, &err);
     if (st != AGENTLM_STATUS_OK) return fail("step", st, err);
     frames++;

@@ -119,7 +119,7 @@ pub type agentlm_free_fn = Option<unsafe extern "C" fn(user_data: *mut c_void)>;
 /// NUL-terminated; unset ones are empty.
 #[repr(C)]
 #[derive(Debug, Clone, Copy)]
-pub struct agentlm_agent_step {
+pub struct agentlm_agent_step_result {
     /// An `agentlm_step_kind`.
     pub kind: i32,
     /// Replies generated so far in the episode.
@@ -143,7 +143,7 @@ pub struct agentlm_agent_step {
 }
 
 struct ToolCallback {
-    f: unsafe extern "C" fn(*mut c_void, *const c_char, usize, *mut agentlm_tool_result) -> bool,
+    f: agentlm_tool_fn,
     user: SendPtr,
     free: agentlm_free_fn,
 }
@@ -280,8 +280,9 @@ pub unsafe extern "C" fn agentlm_agent_free(agent: *mut agentlm_agent) {
 
 /// Registers a tool: `name` as the model writes it (for ALFWorld, an action verb such as `go to`), a
 /// one-line `description`, a JSON schema of its arguments (`parameters_json`, may be empty), and an
-/// optional callback that runs it (`tool`, with `user_data` and `free_user_data`; NULL: the host
-/// submits observations itself). Only before the first step.
+/// optional callback that runs it (`tool` with `user_data`; NULL: the host submits observations
+/// itself). `free_user_data` (may be NULL) is called on `user_data` exactly once: when the agent is
+/// freed, or before this call returns if it fails. Only before the first step.
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_agent_add_tool(
     agent: *const agentlm_agent,
@@ -297,7 +298,7 @@ pub unsafe extern "C" fn agentlm_agent_add_tool(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     // Whatever happens, the host's user_data is released exactly once.
-    let mut callback = tool.map(|f| ToolCallback { f, user: SendPtr(user_data), free: free_user_data });
+    let mut callback = Some(ToolCallback { f: tool, user: SendPtr(user_data), free: free_user_data });
     boundary(err, || {
         let name = unsafe { str_arg(name, name_len, "name") }?;
         let description = unsafe { str_arg(description, description_len, "description") }?;
@@ -347,7 +348,7 @@ pub unsafe extern "C" fn agentlm_agent_step(
     agent: *const agentlm_agent,
     max_tokens: u32,
     max_ms: u32,
-    out: *mut agentlm_agent_step,
+    out: *mut agentlm_agent_step_result,
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
@@ -368,18 +369,18 @@ pub unsafe extern "C" fn agentlm_agent_step(
             };
             let mut observation = String::new();
             if kind == AGENTLM_STEP_ACTION {
-                if let Some(cb) = st.callbacks.get(tool) {
+                if let Some((f, cb)) = st.callbacks.get(tool).and_then(|cb| cb.f.map(|f| (f, cb))) {
                     let mut result = agentlm_tool_result { text: None };
                     let mut arg = input.as_bytes().to_vec();
                     arg.push(0);
                     // SAFETY: the host's callback, called as documented.
-                    let ok = unsafe { (cb.f)(cb.user.0, arg.as_ptr().cast(), input.len(), &mut result) };
+                    let ok = unsafe { f(cb.user.0, arg.as_ptr().cast(), input.len(), &mut result) };
                     observation = result.text.unwrap_or_else(|| if ok { String::new() } else { "The tool failed.".into() });
                     st.agent.submit_observation(&observation)?;
                 }
             }
             let [b0, b1, b2, b3, b4, b5] = &mut st.strings;
-            let step = agentlm_agent_step {
+            let step = agentlm_agent_step_result {
                 kind: kind as i32,
                 step: st.agent.steps() as u32,
                 tokens: s.tokens as u32,
