@@ -2,12 +2,12 @@
 
 use std::collections::HashMap;
 use std::ffi::{c_char, c_void};
-use std::sync::{Mutex, TryLockError};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use super::agentlm_status::*;
 use super::log::{with_sink, LogSink};
-use super::util::{boundary, handle, opt_out, read_params, str_arg, write_out, Fail, SendPtr};
+use super::util::{boundary, handle, opt_out, read_params, str_arg, try_lock, write_out, Fail, SendPtr};
 use super::{agentlm_error, agentlm_model, agentlm_status, agentlm_str};
 use crate::agent::{ActionFormat, Agent, AgentConfig, StepKind, Tool};
 use crate::generate::{CancelToken, SamplingParams};
@@ -174,14 +174,7 @@ pub struct agentlm_agent {
 
 fn lock_agent<T>(agent: *const agentlm_agent, f: impl FnOnce(&mut AgentState) -> Result<T, Fail>) -> Result<T, Fail> {
     let a = handle(agent, "agent")?;
-    let mut guard = match a.state.try_lock() {
-        Ok(g) => g,
-        Err(TryLockError::Poisoned(p)) => {
-            a.state.clear_poison();
-            p.into_inner()
-        }
-        Err(TryLockError::WouldBlock) => return Err(Fail::new(AGENTLM_STATUS_BUSY, "another call is running on this agent")),
-    };
+    let mut guard = try_lock(&a.state, "agent", |_| {})?;
     let st = &mut *guard;
     let sink = st.log.clone();
     with_sink(sink.as_ref(), || f(st))

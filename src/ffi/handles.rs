@@ -1,10 +1,9 @@
 //! The opaque handles behind `agentlm_model *` and `agentlm_session *`.
 
-use std::sync::{Mutex, TryLockError};
+use std::sync::Mutex;
 
 use super::log::{with_sink, LogSink};
-use super::util::{handle, Fail};
-use super::agentlm_status::*;
+use super::util::{handle, try_lock, Fail};
 use crate::generate::CancelToken;
 use crate::runtime::Model;
 use crate::session::Session;
@@ -45,20 +44,10 @@ impl agentlm_session {
 /// Runs `f` on the session's state; a concurrent call gets `AGENTLM_STATUS_BUSY` instead of waiting.
 pub(crate) fn lock<T>(session: *const agentlm_session, f: impl FnOnce(&mut SessionState) -> Result<T, Fail>) -> Result<T, Fail> {
     let s = handle(session, "session")?;
-    let mut guard = match s.state.try_lock() {
-        Ok(g) => g,
-        // A panic inside an earlier call left the lock poisoned; the session's own invariants are
-        // restored by ending any half-finished generation.
-        Err(TryLockError::Poisoned(p)) => {
-            let mut g = p.into_inner();
-            g.session.end();
-            s.state.clear_poison();
-            g
-        }
-        Err(TryLockError::WouldBlock) => {
-            return Err(Fail::new(AGENTLM_STATUS_BUSY, "another call is running on this session"));
-        }
-    };
+    // A panic inside an earlier call: end any half-finished generation.
+    let mut guard = try_lock(&s.state, "session", |st| {
+        st.session.end();
+    })?;
     let st = &mut *guard;
     let sink = st.log.clone();
     with_sink(sink.as_ref(), || f(st))

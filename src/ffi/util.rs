@@ -220,6 +220,27 @@ pub(crate) unsafe fn copy_str_out(s: &str, dst: *mut c_char, capacity: usize, le
     Ok(AGENTLM_STATUS_OK)
 }
 
+/// Locks a handle's state without waiting: an overlapping call gets `AGENTLM_STATUS_BUSY`. A lock
+/// poisoned by a panic in an earlier call is recovered after `repair` restores the state's invariants.
+pub(crate) fn try_lock<'a, S>(
+    m: &'a std::sync::Mutex<S>,
+    what: &str,
+    repair: impl FnOnce(&mut S),
+) -> Result<std::sync::MutexGuard<'a, S>, Fail> {
+    match m.try_lock() {
+        Ok(g) => Ok(g),
+        Err(std::sync::TryLockError::Poisoned(p)) => {
+            let mut g = p.into_inner();
+            repair(&mut g);
+            m.clear_poison();
+            Ok(g)
+        }
+        Err(std::sync::TryLockError::WouldBlock) => {
+            Err(Fail::new(AGENTLM_STATUS_BUSY, format!("another call is running on this {what}")))
+        }
+    }
+}
+
 /// A host `void *user_data`: the host vouches for using it from the threads it lets us call it on.
 #[derive(Clone, Copy)]
 pub(crate) struct SendPtr(pub *mut c_void);
