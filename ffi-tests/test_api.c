@@ -726,6 +726,11 @@ static void test_agent(const agentlm_model *m) {
   CHECK_STATUS(agentlm_agent_submit_observation(a, "x", 1, NULL), AGENTLM_STATUS_INVALID_ARGUMENT);
   CHECK_STATUS(agentlm_agent_step(a, 0, 0, NULL, NULL), AGENTLM_STATUS_NULL_POINTER);
 
+  /* A cancel (from any thread) drops the reply being generated; the next step starts over. */
+  CHECK(agentlm_agent_cancel(a) == AGENTLM_STATUS_OK);
+  MUST(agentlm_agent_step(a, 0, 0, &s, &err_));
+  CHECK(s.kind == AGENTLM_STEP_CANCELLED && s.step == 0);
+
   /* Frame budget: 2 tokens per call until the reply is complete. */
   int pending = 0;
   do {
