@@ -53,6 +53,9 @@ pub struct Constraint {
     state: State,
     /// The tool-name bytes matched so far.
     tool: Vec<u8>,
+    /// 1: the thought must end now; 2: the arguments must close now too (the reply's token budget is
+    /// nearly spent, so the action is completed rather than cut off).
+    wrap_up: u8,
 }
 
 impl ActionGrammar {
@@ -77,7 +80,13 @@ impl ActionGrammar {
 impl Constraint {
     /// A matcher at the start of a reply.
     pub fn new(grammar: ActionGrammar) -> Self {
-        Constraint { grammar, state: State::Start(0), tool: Vec::new() }
+        Constraint { grammar, state: State::Start(0), tool: Vec::new(), wrap_up: 0 }
+    }
+
+    /// Hurries the reply to its end as its token budget runs out: `1` ends the thought at once, `2`
+    /// also closes the arguments at once (levels only rise).
+    pub fn wrap_up(&mut self, level: u8) {
+        self.wrap_up = self.wrap_up.max(level.min(2));
     }
 
     /// The grammar it follows.
@@ -161,7 +170,7 @@ impl Constraint {
             State::Thought(n) => {
                 if b == b'\n' {
                     State::AfterThought(0)
-                } else if n >= g.max_thought_bytes {
+                } else if n >= g.max_thought_bytes || self.wrap_up >= 1 {
                     return false;
                 } else {
                     State::Thought(n + 1)
@@ -206,7 +215,7 @@ impl Constraint {
                     } else {
                         State::Close(1)
                     }
-                } else if b == b'\n' {
+                } else if b == b'\n' || self.wrap_up >= 2 {
                     return false;
                 } else {
                     State::Args
@@ -273,6 +282,18 @@ mod tests {
         assert_eq!(logits[3], 0.5);
         assert!(logits[1].is_infinite() && logits[2].is_infinite() && logits[4].is_infinite());
         assert!(ActionGrammar::for_format(ActionFormat::Os, vec![]).is_none());
+    }
+
+    #[test]
+    fn wrapping_up_forces_the_action_to_complete() {
+        let mut c = alf();
+        assert!(c.advance("THOUGHT: long"));
+        c.wrap_up(1);
+        assert!(!c.allows(" more") && c.allows("\n ACTION: take"));
+        assert!(c.advance("\n ACTION: take apple"));
+        assert!(c.allows(" 1"));
+        c.wrap_up(2);
+        assert!(!c.allows(" 1") && c.allows("\n"));
     }
 
     #[test]

@@ -14,6 +14,12 @@ use crate::runtime::Model;
 use crate::session::{FinishReason, GenerateParams, Session, Step};
 use crate::template::{BuiltinTemplate, ChatTemplate, Message};
 
+/// Under constrained decoding, the thought is ended when this many tokens of the reply budget are left
+/// (room for the action prefix, a tool name and short arguments)...
+const WRAP_THOUGHT_TOKENS: usize = 16;
+/// ...and the arguments are closed when this many are left.
+const WRAP_ARGS_TOKENS: usize = 2;
+
 /// A tool the agent may call: its name (for ALFWorld-style formats, an action verb such as `go to`),
 /// what it does, and a JSON schema of its arguments (may be `null`).
 #[derive(Debug, Clone, PartialEq)]
@@ -279,6 +285,15 @@ impl Agent {
         loop {
             if max_tokens.is_some_and(|m| made >= m) || max_time.is_some_and(|t| start.elapsed() >= t) {
                 return Ok(AgentStep { kind: StepKind::Pending, thought: None, text: self.reply.clone(), tokens: self.reply_tokens });
+            }
+            if let Some(c) = self.constraint.as_mut() {
+                // Leave room to finish the action inside the reply's token budget.
+                let left = self.config.max_tokens_per_step.saturating_sub(self.reply_tokens);
+                if left <= WRAP_ARGS_TOKENS {
+                    c.wrap_up(2);
+                } else if left <= WRAP_THOUGHT_TOKENS {
+                    c.wrap_up(1);
+                }
             }
             let (constraint, pieces) = (&self.constraint, &self.pieces);
             let step = self.session.next_token_masked(|logits| {
