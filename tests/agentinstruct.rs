@@ -51,12 +51,12 @@ fn every_agent_turn_parses_as_its_action() {
 
 #[test]
 fn llama2_rendering_and_loss_masks() {
-    let template = BuiltinTemplate::Llama2 { default_system: true };
-    let whole = ChatTemplate::builtin(template.clone());
+    let whole = ChatTemplate::builtin(BuiltinTemplate::Llama2 { default_system: true });
+    let template = &whole;
     let model = Model::load(common::model_path(), &LoadOptions::default()).unwrap();
     let tok = model.tokenizer();
     for t in trajectories() {
-        let segments = t.render(&template).unwrap();
+        let segments = t.render(template).unwrap();
         let joined: String = segments.iter().map(|s| s.text.as_str()).collect();
         assert_eq!(joined, whole.render(&t.messages().unwrap(), false).unwrap(), "{:?}", t.id);
         assert!(joined.starts_with("[INST] <<SYS>>\nYou are a helpful, respectful and honest assistant.\n<</SYS>>\n\nInteract with a household"));
@@ -66,7 +66,7 @@ fn llama2_rendering_and_loss_masks() {
             t.conversations.iter().filter(|c| c.loss == Some(true)).map(|c| format!(" {} </s>", c.value)).collect();
         assert_eq!(trained, want, "{:?}", t.id);
 
-        let tt = t.tokenize(&template, tok).unwrap();
+        let tt = t.tokenize(template, tok, None).unwrap();
         assert_eq!(tt.ids.len(), tt.train.len());
         assert_eq!(tt.ids, tok.encode(&joined, tok.add_bos_by_default()).unwrap(), "mask tokenization = plain tokenization");
         // Trained tokens are exactly those starting inside a reply: every byte of every reply is covered
@@ -94,4 +94,40 @@ fn llama2_rendering_and_loss_masks() {
         }
         assert!(!tt.train[0] && tt.train.iter().filter(|&&m| m).count() < tt.train.len() / 2);
     }
+}
+
+/// The exact masking rule of the transformers reference (../shared/golden/smollm2_lora_golden.json):
+/// SmolLM2's own template, loss on the content and `<|im_end|>` of `loss: true` assistant turns, first
+/// 1024 tokens kept. Ids and masks must be identical.
+#[test]
+fn masks_match_the_transformers_reference_on_smollm2s_template() {
+    let golden = common::json(&common::shared("golden/smollm2_lora_golden.json"));
+    let ml = &golden["masked_loss"];
+    let max = ml["max_tokens"].as_u64().unwrap() as usize;
+    let model = Model::load(common::model_path(), &LoadOptions::default()).unwrap();
+    let template = model.chat_template().expect("SmolLM2 ships a template");
+    let mut checked = 0;
+    for g in ml["trajectories"].as_array().unwrap() {
+        let msgs = g["messages"].as_array().unwrap();
+        let flags = g["turn_loss_flags"].as_array().unwrap();
+        assert_eq!(msgs.len(), flags.len());
+        let conversations = msgs
+            .iter()
+            .zip(flags)
+            .map(|(m, f)| agentlm::agent::Turn {
+                from: if m["role"] == "assistant" { "gpt".into() } else { "human".into() },
+                value: m["content"].as_str().unwrap().to_string(),
+                loss: f.as_bool(),
+            })
+            .collect();
+        let t = Trajectory { id: g["id"].as_str().map(str::to_string), conversations, reward: None, outcome: None };
+        let tt = t.tokenize(template, model.tokenizer(), Some(max)).unwrap();
+        let want_ids: Vec<u32> = g["input_ids"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+        let want_mask: Vec<bool> = g["loss_mask"].as_array().unwrap().iter().map(|v| v.as_u64() == Some(1)).collect();
+        assert_eq!(tt.ids, want_ids, "{:?}: ids", t.id);
+        assert_eq!(tt.train, want_mask, "{:?}: loss mask", t.id);
+        assert_eq!(tt.train.iter().filter(|&&m| m).count() as u64, g["n_loss_tokens"].as_u64().unwrap());
+        checked += 1;
+    }
+    assert_eq!(checked, 3);
 }

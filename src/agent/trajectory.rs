@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::template::{BuiltinTemplate, Message};
+use crate::template::{ChatTemplate, Message};
 use crate::tokenizer::Tokenizer;
 
 /// One turn: `from` is `human`, `gpt` or `system`.
@@ -79,7 +79,7 @@ impl Trajectory {
     ///
     /// # Errors
     /// Unknown speakers; a template that does not render the conversation incrementally.
-    pub fn render(&self, template: &BuiltinTemplate) -> Result<Vec<Segment>> {
+    pub fn render(&self, template: &ChatTemplate) -> Result<Vec<Segment>> {
         let msgs = self.messages()?;
         let mut segments = Vec::new();
         let mut done = String::new();
@@ -93,8 +93,10 @@ impl Trajectory {
                 return Err(Error::InvalidArgument(format!("template does not render turn {i} incrementally")));
             };
             // The reply ends with the turn end; what follows belongs to the next turn.
-            let end = template.turn_end();
-            let cut = reply.rfind(end).map_or(reply.len(), |p| p + end.len());
+            let cut = match template.turn_end() {
+                Some(end) => reply.rfind(end).map_or(reply.len(), |p| p + end.len()),
+                None => reply.len(),
+            };
             segments.push(Segment { text: context.to_string(), train: false });
             segments.push(Segment { text: reply[..cut].to_string(), train: self.conversations[i].loss == Some(true) });
             done = format!("{prompt}{}", &reply[..cut]);
@@ -110,11 +112,12 @@ impl Trajectory {
     }
 
     /// Renders and tokenizes the whole episode at once (so token boundaries are those of the full text),
-    /// marking a token for loss when it starts inside a trained segment.
+    /// marking a token for loss when it starts inside a trained segment. With `max_tokens`, the first
+    /// `max_tokens` tokens are kept (a warning is logged when some are cut).
     ///
     /// # Errors
     /// As [`Trajectory::render`]; tokenizer errors.
-    pub fn tokenize(&self, template: &BuiltinTemplate, tokenizer: &Tokenizer) -> Result<TokenizedTrajectory> {
+    pub fn tokenize(&self, template: &ChatTemplate, tokenizer: &Tokenizer, max_tokens: Option<usize>) -> Result<TokenizedTrajectory> {
         let segments = self.render(template)?;
         let text: String = segments.iter().map(|s| s.text.as_str()).collect();
         let mut ranges = Vec::new();
@@ -126,10 +129,14 @@ impl Trajectory {
             at += s.text.len();
         }
         let (ids, offsets) = tokenizer.encode_with_offsets(&text, tokenizer.add_bos_by_default())?;
-        let train = offsets
-            .iter()
-            .map(|&(start, end)| end > start && ranges.iter().any(|r| r.contains(&start)))
-            .collect();
+        let mut train: Vec<bool> =
+            offsets.iter().map(|&(start, end)| end > start && ranges.iter().any(|r| r.contains(&start))).collect();
+        let mut ids = ids;
+        if let Some(n) = max_tokens.filter(|&n| n < ids.len()) {
+            tracing::warn!(id = ?self.id, tokens = ids.len(), kept = n, "trajectory truncated");
+            ids.truncate(n);
+            train.truncate(n);
+        }
         Ok(TokenizedTrajectory { ids, train })
     }
 }

@@ -127,6 +127,15 @@ impl ChatTemplate {
         })
     }
 
+    /// The text that ends an assistant turn (and is trained with it): the named format's turn end, or
+    /// the EOS token of a Jinja template (`<|im_end|>` for ChatML-style models). `None` when unknown.
+    pub fn turn_end(&self) -> Option<&str> {
+        match &self.kind {
+            Kind::Builtin(b) => Some(b.turn_end()),
+            Kind::Jinja { eos_token, .. } => (!eos_token.is_empty()).then_some(eos_token.as_str()),
+        }
+    }
+
     /// Renders `messages`; with `add_generation_prompt` the result ends with the assistant header,
     /// ready for the model to continue.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String, TemplateError> {
