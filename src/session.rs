@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use crate::error::{Error, Result};
 use crate::generate::{CancelToken, Sampler, SamplingParams, StopMatcher};
-use crate::model::{KvCache, Logits};
+use crate::model::{KvCache, Logits, ModelError};
 use crate::tokenizer::TextStream;
 use crate::runtime::Model;
 
@@ -188,12 +188,7 @@ impl Session {
             return Err(Error::InvalidArgument(format!("token id {id} is outside the vocabulary (size {vocab})")));
         }
         if self.tokens.len() + ids.len() > self.cache.capacity() {
-            return Err(Error::InvalidArgument(format!(
-                "context full: {} tokens held, {} appended, capacity {}",
-                self.tokens.len(),
-                ids.len(),
-                self.cache.capacity()
-            )));
+            return Err(ModelError::ContextFull { used: self.tokens.len(), requested: ids.len(), capacity: self.cache.capacity() }.into());
         }
         if !ids.is_empty() {
             self.logits = None;

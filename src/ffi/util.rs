@@ -43,13 +43,7 @@ impl From<Error> for Fail {
             Error::Io { .. } => AGENTLM_STATUS_IO,
             Error::Cancelled => AGENTLM_STATUS_CANCELLED,
         };
-        let message = e.to_string();
-        let status = if status == AGENTLM_STATUS_INVALID_ARGUMENT && message.starts_with("context full") {
-            AGENTLM_STATUS_CONTEXT_FULL
-        } else {
-            status
-        };
-        Fail { status, message }
+        Fail { status, message: e.to_string() }
     }
 }
 
