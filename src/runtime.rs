@@ -60,6 +60,8 @@ struct Inner {
     path: PathBuf,
     context: usize,
     pool: Option<rayon::ThreadPool>,
+    /// [`Tokenizer::token_pieces`], computed on first use.
+    pieces: std::sync::OnceLock<Arc<[Option<String>]>>,
 }
 
 /// A loaded model: immutable, cheap to clone (reference-counted), `Send + Sync`.
@@ -134,7 +136,7 @@ impl Model {
         }?;
         tracing::info!(path = %path.display(), backend = %options.backend, context, "model loaded");
         Ok(Model {
-            inner: Arc::new(Inner { llama, tokenizer, template, backend: options.backend, format, path: path.to_path_buf(), context, pool }),
+            inner: Arc::new(Inner { llama, tokenizer, template, backend: options.backend, format, path: path.to_path_buf(), context, pool, pieces: std::sync::OnceLock::new() }),
         })
     }
 
@@ -189,6 +191,17 @@ impl Model {
             Some(pool) => pool.install(f),
             None => f(),
         }
+    }
+    /// The text of every token id ([`Tokenizer::token_pieces`]), computed once per model and shared.
+    ///
+    /// # Errors
+    /// Decoding errors.
+    pub fn token_pieces(&self) -> Result<Arc<[Option<String>]>> {
+        if let Some(p) = self.inner.pieces.get() {
+            return Ok(p.clone());
+        }
+        let pieces: Arc<[Option<String>]> = self.tokenizer().token_pieces(self.config().vocab_size)?.into();
+        Ok(self.inner.pieces.get_or_init(|| pieces).clone())
     }
     pub(crate) fn llama(&self) -> &Llama {
         &self.inner.llama

@@ -1,6 +1,7 @@
 //! [`Agent`]: steps a ReAct agent — generate to a complete action, parse it, hand it to the host, take
 //! the observation back — one step (or one frame budget) at a time, inside the host's own loop.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -136,7 +137,7 @@ pub struct Agent {
     reply_tokens: usize,
     constraint: Option<Constraint>,
     /// Text of every token id, for the constraint (computed once).
-    pieces: Vec<Option<String>>,
+    pieces: Arc<[Option<String>]>,
     last_action: Option<(String, String)>,
     instructions: String,
     task: String,
@@ -186,7 +187,7 @@ impl Agent {
             reply: String::new(),
             reply_tokens: 0,
             constraint: None,
-            pieces: Vec::new(),
+            pieces: Arc::from(Vec::new()),
             last_action: None,
             instructions: instructions.to_string(),
             task: task.to_string(),
@@ -371,7 +372,7 @@ impl Agent {
             let names = self.tools.iter().map(|t| t.name.clone()).collect();
             let grammar = ActionGrammar::for_format(self.config.format, names)
                 .ok_or_else(|| Error::InvalidArgument(format!("format {} has no constrained mode", self.config.format.name())))?;
-            self.pieces = token_pieces(self.session.model())?;
+            self.pieces = self.session.model().token_pieces()?;
             self.constraint = Some(Constraint::new(grammar));
         }
         let ids = self.render_tokens()?;
@@ -486,29 +487,4 @@ fn tools_section(format: ActionFormat, tools: &[Tool]) -> String {
         ),
         _ => format!("Tools:\n{list}\n"),
     }
-}
-
-/// The text each token adds after an ordinary token (so SentencePiece's leading-space rule does not
-/// apply), or `None` for special tokens and partial UTF-8 sequences.
-fn token_pieces(model: &Model) -> Result<Vec<Option<String>>> {
-    let tok = model.tokenizer();
-    let anchor = tok.encode_plain("a")?.last().copied();
-    let base = match anchor {
-        Some(a) => tok.decode(&[a], true)?,
-        None => String::new(),
-    };
-    let special: std::collections::HashSet<u32> = tok.special_token_ids().into_iter().collect();
-    let n = model.config().vocab_size;
-    let mut out = Vec::with_capacity(n);
-    for id in 0..n as u32 {
-        if special.contains(&id) {
-            out.push(None);
-            continue;
-        }
-        let ids: Vec<u32> = anchor.into_iter().chain([id]).collect();
-        let s = tok.decode(&ids, true)?;
-        let piece = s.strip_prefix(base.as_str()).map(str::to_string);
-        out.push(piece.filter(|p| !p.is_empty() && !p.contains('\u{FFFD}')));
-    }
-    Ok(out)
 }
