@@ -78,27 +78,32 @@ static bool tool_open(void *user, const char *input, size_t len, agentlm_tool_re
   return true;
 }
 
+/* Splits "<object><sep><place>" (e.g. "apple 1 from table 1") into `obj` and the place, which must be
+ * where the agent is and open; NULL otherwise. */
+static place *object_at_place(house *h, const char *input, size_t len, const char *sep, char *obj, size_t cap) {
+  if (len >= cap) return NULL;
+  memcpy(obj, input, len);
+  obj[len] = 0;
+  char *at = strstr(obj, sep);
+  if (!at) return NULL;
+  *at = 0;
+  const char *name = at + strlen(sep);
+  place *p = find_place(h, name, strlen(name));
+  return p && p->name == h->at && !p->closed ? p : NULL;
+}
+
 static bool tool_take(void *user, const char *input, size_t len, agentlm_tool_result *r) {
   house *h = (house *)user;
   char obs[256] = "Nothing happened.";
-  char buf[128];
-  if (len < sizeof buf) {
-    memcpy(buf, input, len);
-    buf[len] = 0;
-    char *from = strstr(buf, " from ");
-    if (from && !h->holding) {
-      *from = 0;
-      place *p = find_place(h, from + 6, strlen(from + 6));
-      if (p && p->name == h->at && !p->closed)
-        for (int i = 0; i < 4; i++)
-          if (p->objects[i] && strcmp(p->objects[i], buf) == 0) {
-            h->holding = p->objects[i];
-            p->objects[i] = NULL;
-            snprintf(obs, sizeof obs, "You pick up the %s from the %s.", h->holding, p->name);
-            break;
-          }
+  char obj[128];
+  place *p = h->holding ? NULL : object_at_place(h, input, len, " from ", obj, sizeof obj);
+  for (int i = 0; p && i < 4; i++)
+    if (p->objects[i] && strcmp(p->objects[i], obj) == 0) {
+      h->holding = p->objects[i];
+      p->objects[i] = NULL;
+      snprintf(obs, sizeof obs, "You pick up the %s from the %s.", h->holding, p->name);
+      break;
     }
-  }
   agentlm_tool_result_set(r, obs, strlen(obs));
   return true;
 }
@@ -106,25 +111,16 @@ static bool tool_take(void *user, const char *input, size_t len, agentlm_tool_re
 static bool tool_put(void *user, const char *input, size_t len, agentlm_tool_result *r) {
   house *h = (house *)user;
   char obs[256] = "Nothing happened.";
-  char buf[128];
-  if (len < sizeof buf && h->holding) {
-    memcpy(buf, input, len);
-    buf[len] = 0;
-    char *in = strstr(buf, " in/on ");
-    if (in) {
-      *in = 0;
-      place *p = find_place(h, in + 7, strlen(in + 7));
-      if (p && p->name == h->at && !p->closed && strcmp(buf, h->holding) == 0)
-        for (int i = 0; i < 4; i++)
-          if (!p->objects[i]) {
-            p->objects[i] = h->holding;
-            snprintf(obs, sizeof obs, "You put the %s in/on the %s.", h->holding, p->name);
-            h->solved = strcmp(h->holding, "apple 1") == 0 && strcmp(p->name, "fridge 1") == 0;
-            h->holding = NULL;
-            break;
-          }
+  char obj[128];
+  place *p = h->holding ? object_at_place(h, input, len, " in/on ", obj, sizeof obj) : NULL;
+  for (int i = 0; p && strcmp(obj, h->holding) == 0 && i < 4; i++)
+    if (!p->objects[i]) {
+      p->objects[i] = h->holding;
+      snprintf(obs, sizeof obs, "You put the %s in/on the %s.", h->holding, p->name);
+      h->solved = strcmp(h->holding, "apple 1") == 0 && strcmp(p->name, "fridge 1") == 0;
+      h->holding = NULL;
+      break;
     }
-  }
   agentlm_tool_result_set(r, obs, strlen(obs));
   return true;
 }
