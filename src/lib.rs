@@ -6,6 +6,7 @@
 //! Layers only look down: `formats` (files) → `config`/`tokenizer` → `engine` (burn) → `model` →
 //! `generate` → the public API re-exported here. See `docs/architecture.md`.
 
+pub mod adapter;
 pub mod agent;
 pub mod config;
 pub mod engine;
@@ -17,8 +18,12 @@ pub mod tokenizer;
 mod error;
 pub mod runtime;
 pub mod session;
+pub mod train;
 
+pub use adapter::Adapter;
 pub use config::LlamaConfig;
+pub use formats::peft::LoraConfig;
+pub use train::{DataKind, TrainConfig, Trainer};
 pub use engine::Backend;
 pub use error::{Error, Result};
 pub use generate::{CancelToken, SamplingParams};

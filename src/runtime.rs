@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use crate::config::LlamaConfig;
 use crate::engine::Backend;
+use crate::adapter::Adapter;
 use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufFile, GgufWeights};
 use crate::formats::hf::HfModelDir;
@@ -52,7 +53,6 @@ pub enum ModelFormat {
 }
 
 struct Inner {
-    llama: Llama,
     tokenizer: Tokenizer,
     template: Option<ChatTemplate>,
     backend: Backend,
@@ -69,6 +69,8 @@ struct Inner {
 #[derive(Clone)]
 pub struct Model {
     inner: Arc<Inner>,
+    /// Separate from `inner` so a merged copy shares the tokenizer, template and thread pool.
+    llama: Arc<Llama>,
 }
 
 impl Model {
@@ -136,7 +138,8 @@ impl Model {
         }?;
         tracing::info!(path = %path.display(), backend = %options.backend, context, "model loaded");
         Ok(Model {
-            inner: Arc::new(Inner { llama, tokenizer, template, backend: options.backend, format, path: path.to_path_buf(), context, pool, pieces: std::sync::OnceLock::new() }),
+            llama: Arc::new(llama),
+            inner: Arc::new(Inner { tokenizer, template, backend: options.backend, format, path: path.to_path_buf(), context, pool, pieces: std::sync::OnceLock::new() }),
         })
     }
 
@@ -147,7 +150,7 @@ impl Model {
 
     /// Hyper-parameters.
     pub fn config(&self) -> &LlamaConfig {
-        self.inner.llama.config()
+        self.llama.config()
     }
     /// The tokenizer.
     pub fn tokenizer(&self) -> &Tokenizer {
@@ -204,6 +207,18 @@ impl Model {
         Ok(self.inner.pieces.get_or_init(|| pieces).clone())
     }
     pub(crate) fn llama(&self) -> &Llama {
-        &self.inner.llama
+        &self.llama
+    }
+
+    /// A model with `adapter` merged into its weights at `scale`: the adapter's outputs at the base
+    /// model's speed. It shares the tokenizer, template and thread pool with `self`; the targeted
+    /// weights are new (memory: one more copy of those matrices).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when the adapter belongs to a model of another shape or device.
+    pub fn merged(&self, adapter: &Adapter, scale: f32) -> Result<Model> {
+        adapter.check_model(self)?;
+        let llama = self.compute(|| self.llama.merged(adapter.weights(), scale));
+        Ok(Model { inner: self.inner.clone(), llama: Arc::new(llama) })
     }
 }

@@ -7,9 +7,10 @@ use std::ops::ControlFlow;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use crate::adapter::Adapter;
 use crate::error::{Error, Result};
 use crate::generate::{CancelToken, Sampler, SamplingParams, StopMatcher};
-use crate::model::{KvCache, Logits, ModelError};
+use crate::model::{KvCache, LoraApply, Logits, ModelError};
 use crate::tokenizer::TextStream;
 use crate::runtime::Model;
 
@@ -92,6 +93,10 @@ fn rate(n: usize, t: Duration) -> f64 {
     }
 }
 
+fn lora_apply(adapter: &Option<(Adapter, f32)>) -> Option<LoraApply<'_>> {
+    adapter.as_ref().map(|(a, scale)| LoraApply { weights: a.weights(), scale: *scale, dropout: 0.0 })
+}
+
 /// One conversation: the tokens so far and the attention cache for those already processed.
 pub struct Session {
     model: Model,
@@ -103,12 +108,14 @@ pub struct Session {
     cancel: CancelToken,
     /// The generation begun by [`Session::begin`], if any.
     active: Option<Active>,
+    /// The LoRA adapter applied to this conversation and its scale.
+    adapter: Option<(Adapter, f32)>,
 }
 
 impl Session {
     pub(crate) fn new(model: Model, capacity: usize) -> Session {
         let cache = model.llama().new_cache(capacity);
-        Session { model, cache, tokens: Vec::new(), logits: None, cancel: CancelToken::default(), active: None }
+        Session { model, cache, tokens: Vec::new(), logits: None, cancel: CancelToken::default(), active: None, adapter: None }
     }
 
     /// The model this session runs on.
@@ -160,7 +167,41 @@ impl Session {
             logits: self.logits.clone(),
             cancel: CancelToken::default(),
             active: None,
+            adapter: self.adapter.clone(),
         }
+    }
+
+    /// Applies `adapter` at `scale` (1.0: the adapter as trained, i.e. PEFT's `alpha / r` scaling) to
+    /// this conversation from now on, or removes it (`None`). The tokens are kept; the attention cache
+    /// is recomputed with the new weights on the next call (the cost of one prefill). Setting the same
+    /// adapter and scale again changes nothing. Ends any generation in progress.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] for an adapter made for another model or a non-finite scale.
+    pub fn set_adapter(&mut self, adapter: Option<(Adapter, f32)>) -> Result<()> {
+        if let Some((a, scale)) = &adapter {
+            a.check_model(&self.model)?;
+            if !scale.is_finite() {
+                return Err(Error::InvalidArgument(format!("adapter scale {scale} is not finite")));
+            }
+        }
+        let same = match (&self.adapter, &adapter) {
+            (None, None) => true,
+            (Some((a, s)), Some((b, t))) => a.ptr_eq(b) && s == t,
+            _ => false,
+        };
+        if !same {
+            self.active = None;
+            self.cache.clear();
+            self.logits = None;
+            self.adapter = adapter;
+        }
+        Ok(())
+    }
+
+    /// The adapter applied to this conversation and its scale.
+    pub fn adapter(&self) -> Option<(&Adapter, f32)> {
+        self.adapter.as_ref().map(|(a, s)| (a, *s))
     }
 
     /// Appends text, tokenized with special tokens recognised (use for trusted prompt text and
@@ -217,7 +258,8 @@ impl Session {
             let from = self.cache.len();
             let to = (from + PREFILL_CHUNK).min(self.tokens.len());
             let (model, tokens, cache) = (&self.model, &self.tokens[from..to], &mut self.cache);
-            let logits = model.compute(|| model.llama().forward(tokens, cache, Logits::Last))?;
+            let lora = lora_apply(&self.adapter);
+            let logits = model.compute(|| model.llama().forward_with(tokens, cache, Logits::Last, lora))?;
             self.logits = Some(logits);
         }
         Ok(self.cache.len() - start)
@@ -244,7 +286,8 @@ impl Session {
             let last = self.tokens.len() - 1;
             self.cache.truncate(last);
             let (model, tokens, cache) = (&self.model, &self.tokens[last..], &mut self.cache);
-            self.logits = Some(model.compute(|| model.llama().forward(tokens, cache, Logits::Last))?);
+            let lora = lora_apply(&self.adapter);
+            self.logits = Some(model.compute(|| model.llama().forward_with(tokens, cache, Logits::Last, lora))?);
         }
         Ok(())
     }

@@ -8,7 +8,8 @@ use std::fmt;
 use std::str::FromStr;
 
 pub use burn::tensor::activation::{silu, softmax};
-pub use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+pub use burn::tensor::activation::log_softmax;
+pub use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};
 
 /// A compute backend, chosen at run time among those compiled in (cargo features `flex`, `wgpu`, `cuda`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]

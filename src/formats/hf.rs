@@ -311,7 +311,7 @@ impl WeightSource for HfModelDir {
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory, fsync, rename.
-fn write_atomic(path: &Path, write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> Result<(), FormatError> {
+pub(crate) fn write_atomic(path: &Path, write: impl FnOnce(&mut std::fs::File) -> std::io::Result<()>) -> Result<(), FormatError> {
     let io = |source| FormatError::Io { path: path.to_path_buf(), source };
     let dir = path.parent().unwrap_or(Path::new("."));
     let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io)?;
@@ -341,7 +341,7 @@ impl safetensors::View for &F32View<'_> {
     }
 }
 
-fn write_shard(path: &Path, tensors: &[(String, HostTensor)]) -> Result<(), FormatError> {
+pub(crate) fn write_shard(path: &Path, tensors: &[(String, HostTensor)]) -> Result<(), FormatError> {
     let views: Vec<(String, F32View)> = tensors
         .iter()
         .map(|(n, t)| (n.clone(), F32View { shape: &t.shape, bytes: t.data.iter().flat_map(|v| v.to_le_bytes()).collect() }))

@@ -4,6 +4,7 @@
 pub mod gguf;
 pub mod quant;
 pub mod hf;
+pub mod peft;
 
 use std::path::PathBuf;
 

@@ -5,5 +5,6 @@ mod sampler;
 mod stop;
 
 pub use cancel::CancelToken;
+pub(crate) use sampler::Rng;
 pub use sampler::{Sampler, SamplingError, SamplingParams};
 pub use stop::{StopMatcher, StopOutcome};

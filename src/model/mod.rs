@@ -3,11 +3,14 @@
 //! Weights are immutable once loaded and the [`Llama`] value is `Send + Sync`: share it behind an `Arc`.
 //! Per-conversation state lives in a [`KvCache`] that the caller owns and passes to [`Llama::forward`].
 
+pub mod lora;
 mod rope;
 
 use crate::config::LlamaConfig;
 use crate::engine::{self, silu, softmax, Device, EngineError, Tensor};
 use crate::formats::{FormatError, WeightSource};
+
+pub use lora::{LoraApply, LoraPair, LoraWeights};
 
 /// An error building or running the model.
 #[derive(Debug, thiserror::Error)]
@@ -48,6 +51,7 @@ pub enum Logits {
     All,
 }
 
+#[derive(Clone)]
 struct Layer {
     attn_norm: Tensor<1>,
     /// `[hidden, heads * head_dim]` (transposed from HF's `[out, in]`).
@@ -66,6 +70,7 @@ struct Layer {
 }
 
 /// A loaded Llama model: immutable weights on one device.
+#[derive(Clone)]
 pub struct Llama {
     config: LlamaConfig,
     device: Device,
@@ -369,27 +374,100 @@ impl Llama {
     /// [`ModelError::Empty`], [`ModelError::BadToken`], [`ModelError::ContextFull`] (cache unchanged in
     /// each case), or a device readback failure.
     pub fn forward(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Vec<f32>, ModelError> {
-        let logits = self.forward_tensor(tokens, cache, which)?;
-        Ok(engine::readback(logits)?)
+        self.forward_with(tokens, cache, which, None)
     }
 
-    fn forward_tensor(&self, tokens: &[u32], cache: &mut KvCache, which: Logits) -> Result<Tensor<2>, ModelError> {
-        let c = &self.config;
-        let t = tokens.len();
-        if t == 0 {
-            return Err(ModelError::Empty);
-        }
-        if let Some(&id) = tokens.iter().find(|&&id| id as usize >= c.vocab_size) {
-            return Err(ModelError::BadToken { id, vocab: c.vocab_size });
-        }
-        let start = cache.len;
+    /// [`Llama::forward`] with a LoRA adapter applied (`None`: the base model).
+    ///
+    /// # Errors
+    /// As [`Llama::forward`].
+    pub fn forward_with(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        which: Logits,
+        lora: Option<LoraApply>,
+    ) -> Result<Vec<f32>, ModelError> {
+        self.check_tokens(tokens)?;
+        let (start, t) = (cache.len, tokens.len());
         if start + t > cache.capacity {
             return Err(ModelError::ContextFull { used: start, requested: t, capacity: cache.capacity });
         }
-        let end = start + t;
-        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        let group = nh / nkv;
+        let ctx = self.context(start, t);
+        let mut x = self.embed.clone().select(0, engine::upload_ids(tokens, &self.device));
+        for (i, (layer, (kc, vc))) in self.layers.iter().zip(cache.k.iter_mut().zip(cache.v.iter_mut())).enumerate() {
+            let lw = lora.as_ref().map(|l| (&l.weights.layers[i], l));
+            x = self.block(layer, lw, x, &ctx, Some((kc, vc)));
+        }
+        cache.len = start + t;
+        let x = match which {
+            Logits::Last => x.slice([t - 1..t, 0..self.config.hidden_size]),
+            Logits::All => x,
+        };
+        Ok(engine::readback(self.head(x))?)
+    }
 
+    /// Final hidden states (before the last norm) of every position of `tokens` run from an empty
+    /// context, without a cache: the training forward pass. With autodiff LoRA leaves in `lora`, the
+    /// result carries their graph; the base weights are constants.
+    ///
+    /// # Errors
+    /// [`ModelError::Empty`], [`ModelError::BadToken`], or more tokens than the RoPE tables hold.
+    pub fn hidden_states(&self, tokens: &[u32], lora: Option<LoraApply>) -> Result<Tensor<2>, ModelError> {
+        self.check_tokens(tokens)?;
+        if tokens.len() > self.rope_positions {
+            return Err(ModelError::ContextFull { used: 0, requested: tokens.len(), capacity: self.rope_positions });
+        }
+        let ctx = self.context(0, tokens.len());
+        let mut x = self.embed.clone().select(0, engine::upload_ids(tokens, &self.device));
+        for (i, layer) in self.layers.iter().enumerate() {
+            let lw = lora.as_ref().map(|l| (&l.weights.layers[i], l));
+            x = self.block(layer, lw, x, &ctx, None);
+        }
+        Ok(x)
+    }
+
+    /// Logits `[rows, vocab]` from final hidden states `[rows, hidden]` (last norm, then the head).
+    pub fn head(&self, x: Tensor<2>) -> Tensor<2> {
+        let x = self.rms_norm(x, &self.norm);
+        match &self.lm_head {
+            Some(w) => x.matmul(w.clone()),
+            None => x.matmul(self.embed.clone().transpose()),
+        }
+    }
+
+    /// A copy of this model with `lora` merged into its weights at `scale` (the same outputs as
+    /// applying the adapter, without its per-token cost). Untargeted weights are shared, not copied.
+    pub fn merged(&self, lora: &LoraWeights, scale: f32) -> Llama {
+        let factor = f64::from(scale) * f64::from(lora.scaling);
+        let mut out = self.clone();
+        for (layer, mods) in out.layers.iter_mut().zip(&lora.layers) {
+            let ws = [&mut layer.wq, &mut layer.wk, &mut layer.wv, &mut layer.wo, &mut layer.w_gate, &mut layer.w_up, &mut layer.w_down];
+            for (w, pair) in ws.into_iter().zip(mods) {
+                if let Some(p) = pair {
+                    *w = lora::merge(w, p, factor);
+                }
+            }
+        }
+        out
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<(), ModelError> {
+        if tokens.is_empty() {
+            return Err(ModelError::Empty);
+        }
+        let vocab = self.config.vocab_size;
+        match tokens.iter().find(|&&id| id as usize >= vocab) {
+            Some(&id) => Err(ModelError::BadToken { id, vocab }),
+            None => Ok(()),
+        }
+    }
+
+    /// RoPE rows and the causal mask for `t` new positions after `start` cached ones.
+    fn context(&self, start: usize, t: usize) -> Ctx {
+        let c = &self.config;
+        let (hd, end) = (c.head_dim, start + t);
+        let group = c.num_attention_heads / c.num_key_value_heads;
         let cos = self.rope_cos.clone().slice([start..end, 0..hd]).reshape([t, 1, hd]);
         let sin = self.rope_sin.clone().slice([start..end, 0..hd]).reshape([t, 1, hd]);
         // Additive causal mask for the query rows (g, i) -> key j: -inf where j > start + i.
@@ -403,46 +481,55 @@ impl Llama {
             }
             engine::upload(m, [1, group * t, end], &self.device)
         });
+        Ctx { start, t, cos, sin, mask }
+    }
+
+    /// One decoder layer. With `cache`, this chunk's keys and values are written into it (in place)
+    /// and attention covers every cached position; without, attention covers the chunk alone.
+    fn block(
+        &self,
+        layer: &Layer,
+        lora: Option<(&[Option<LoraPair>; 7], &LoraApply)>,
+        x: Tensor<2>,
+        ctx: &Ctx,
+        cache: Option<(&mut Tensor<3>, &mut Tensor<3>)>,
+    ) -> Tensor<2> {
+        let c = &self.config;
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        let (start, t) = (ctx.start, ctx.t);
+        let end = start + t;
+        let group = nh / nkv;
         let scale = 1.0 / (hd as f64).sqrt();
+        let ad = |m: usize| lora.and_then(|(mods, apply)| mods[m].as_ref().map(|p| (p, apply)));
 
-        let mut x = self.embed.clone().select(0, engine::upload_ids(tokens, &self.device));
-        for (layer, (kc, vc)) in self.layers.iter().zip(cache.k.iter_mut().zip(cache.v.iter_mut())) {
-            let h = self.rms_norm(x.clone(), &layer.attn_norm);
-            let q = rope(h.clone().matmul(layer.wq.clone()).reshape([t, nh, hd]), &cos, &sin);
-            let k = rope(h.clone().matmul(layer.wk.clone()).reshape([t, nkv, hd]), &cos, &sin);
-            let v = h.matmul(layer.wv.clone()).reshape([t, nkv, hd]);
-            // Write this chunk's keys/values into the preallocated cache, in place.
-            kc.inplace(|kc| kc.slice_assign([0..nkv, start..end, 0..hd], k.swap_dims(0, 1)));
-            vc.inplace(|vc| vc.slice_assign([0..nkv, start..end, 0..hd], v.swap_dims(0, 1)));
-            let keys = kc.clone().slice([0..nkv, 0..end, 0..hd]);
-            let values = vc.clone().slice([0..nkv, 0..end, 0..hd]);
-            // GQA without copying keys: query head h uses kv head h / group, so the queries of one kv
-            // head form a contiguous block of `group * t` rows.
-            let q = q.swap_dims(0, 1).reshape([nkv, group * t, hd]);
-            let mut scores = q.matmul(keys.swap_dims(1, 2)).mul_scalar(scale);
-            if let Some(mask) = &mask {
-                scores = scores.add(mask.clone());
+        let h = self.rms_norm(x.clone(), &layer.attn_norm);
+        let q = rope(lora::project(&h, &layer.wq, ad(0)).reshape([t, nh, hd]), &ctx.cos, &ctx.sin);
+        let k = rope(lora::project(&h, &layer.wk, ad(1)).reshape([t, nkv, hd]), &ctx.cos, &ctx.sin);
+        let v = lora::project(&h, &layer.wv, ad(2)).reshape([t, nkv, hd]);
+        let (keys, values) = match cache {
+            Some((kc, vc)) => {
+                // Write this chunk's keys/values into the preallocated cache, in place.
+                kc.inplace(|kc| kc.slice_assign([0..nkv, start..end, 0..hd], k.swap_dims(0, 1)));
+                vc.inplace(|vc| vc.slice_assign([0..nkv, start..end, 0..hd], v.swap_dims(0, 1)));
+                (kc.clone().slice([0..nkv, 0..end, 0..hd]), vc.clone().slice([0..nkv, 0..end, 0..hd]))
             }
-            let attn = softmax(scores, 2).matmul(values); // [nkv, group*t, hd]
-            let attn = attn.reshape([nh, t, hd]).swap_dims(0, 1).reshape([t, nh * hd]);
-            x = x.add(attn.matmul(layer.wo.clone()));
-
-            let h = self.rms_norm(x.clone(), &layer.mlp_norm);
-            let gate = silu(h.clone().matmul(layer.w_gate.clone()));
-            let up = h.matmul(layer.w_up.clone());
-            x = x.add(gate.mul(up).matmul(layer.w_down.clone()));
-        }
-        cache.len = end;
-
-        let x = match which {
-            Logits::Last => x.slice([t - 1..t, 0..c.hidden_size]),
-            Logits::All => x,
+            None => (k.swap_dims(0, 1), v.swap_dims(0, 1)),
         };
-        let x = self.rms_norm(x, &self.norm);
-        Ok(match &self.lm_head {
-            Some(w) => x.matmul(w.clone()),
-            None => x.matmul(self.embed.clone().transpose()),
-        })
+        // GQA without copying keys: query head h uses kv head h / group, so the queries of one kv
+        // head form a contiguous block of `group * t` rows.
+        let q = q.swap_dims(0, 1).reshape([nkv, group * t, hd]);
+        let mut scores = q.matmul(keys.swap_dims(1, 2)).mul_scalar(scale);
+        if let Some(mask) = &ctx.mask {
+            scores = scores.add(mask.clone());
+        }
+        let attn = softmax(scores, 2).matmul(values); // [nkv, group*t, hd]
+        let attn = attn.reshape([nh, t, hd]).swap_dims(0, 1).reshape([t, nh * hd]);
+        let x = x.add(lora::project(&attn, &layer.wo, ad(3)));
+
+        let h = self.rms_norm(x.clone(), &layer.mlp_norm);
+        let gate = silu(lora::project(&h, &layer.w_gate, ad(4)));
+        let up = lora::project(&h, &layer.w_up, ad(5));
+        x.add(lora::project(&gate.mul(up), &layer.w_down, ad(6)))
     }
 
     /// `x * rsqrt(mean(x²) + eps) * weight` over the last dimension (f32, as transformers).
@@ -451,6 +538,15 @@ impl Llama {
         let inv = var.add_scalar(f64::from(self.config.rms_norm_eps)).sqrt().recip();
         x.mul(inv).mul(weight.clone().unsqueeze())
     }
+}
+
+/// Per-call constants shared by the layers.
+struct Ctx {
+    start: usize,
+    t: usize,
+    cos: Tensor<3>,
+    sin: Tensor<3>,
+    mask: Option<Tensor<3>>,
 }
 
 /// Rotate-half RoPE on `[t, heads, head_dim]` with `[t, 1, head_dim]` tables.

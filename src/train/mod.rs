@@ -1,0 +1,920 @@
+//! Incremental LoRA fine-tuning on agent trajectories (AgentTuning's recipe) inside the host.
+//!
+//! A [`Trainer`] owns LoRA parameters for one [`Model`], a dataset that grows while it trains (JSON
+//! records, JSONL files indexed by line, episodes recorded by agents, filtered by reward), an AdamW
+//! optimizer with warm-up + cosine schedule and global-norm clipping. Each step samples agent data with
+//! probability η and general chat data with 1 − η, renders the conversation with the model's chat
+//! template, and computes the mean cross-entropy over the tokens of assistant turns marked for loss
+//! (content and end-of-turn token). The base weights stay frozen and untouched (a GGUF base is trained
+//! against its dequantized weights; the file is never written). Progress, cancellation, held-out
+//! evaluation, PEFT adapters and checkpoint/resume (adapter, optimizer state and data position).
+//!
+//! Everything is seeded: the same data, configuration and seed give the same parameters, and a run
+//! resumed from a checkpoint continues exactly as the uninterrupted run would have.
+//!
+//! A trainer is `Send` but not `Sync`: drive it from one thread at a time ([`Trainer::cancel_token`]
+//! may be used from any thread).
+
+mod data;
+mod optim;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::adapter::Adapter;
+use crate::agent::trajectory::{TokenizedTrajectory, Trajectory};
+use crate::config::LlamaConfig;
+use crate::engine::{self, log_softmax, Device, Tensor, TensorData};
+use crate::error::{Error, Result};
+use crate::formats::peft::{self, tensor_name, LoraConfig, PeftAdapter, TARGETS};
+use crate::formats::HostTensor;
+use crate::generate::{CancelToken, Rng};
+use crate::model::{lora::linear_shape, Llama, LoraApply, LoraPair, LoraWeights};
+use crate::runtime::Model;
+use crate::template::ChatTemplate;
+
+pub use data::{parse_record, DataKind};
+use data::Source;
+pub use optim::{clip_global_norm, global_norm, lr_at, AdamW, AdamWConfig};
+
+/// Training hyper-parameters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrainConfig {
+    /// The adapter's shape (ignored when starting from an existing adapter, whose own is used).
+    pub lora: LoraConfig,
+    /// Peak learning rate.
+    pub learning_rate: f32,
+    /// Linear warm-up steps.
+    pub warmup_steps: u64,
+    /// Step at which the cosine decay reaches `learning_rate · min_lr_ratio`; 0 keeps the peak rate.
+    pub total_steps: u64,
+    /// Floor of the cosine decay, relative to the peak.
+    pub min_lr_ratio: f32,
+    /// AdamW's betas, epsilon and decoupled weight decay.
+    pub adamw: AdamWConfig,
+    /// Global gradient-norm clip; 0 disables clipping.
+    pub max_grad_norm: f32,
+    /// Examples per optimizer step (their gradients are averaged).
+    pub grad_accum: usize,
+    /// Longest sequence trained on; longer conversations keep their first `max_tokens` tokens.
+    pub max_tokens: usize,
+    /// η: probability of drawing agent data when both kinds are present (AgentTuning's best: 0.2).
+    pub agent_ratio: f32,
+    /// Records and episodes with a reward below this are not trained on (AgentTuning keeps reward 1).
+    pub reward_threshold: f64,
+    /// Seed for initialisation, data order and dropout.
+    pub seed: u64,
+    /// Recompute memory-bound activations in the backward pass instead of keeping them.
+    pub gradient_checkpointing: bool,
+}
+
+impl Default for TrainConfig {
+    fn default() -> Self {
+        TrainConfig {
+            lora: LoraConfig::default(),
+            learning_rate: 2e-4,
+            warmup_steps: 0,
+            total_steps: 0,
+            min_lr_ratio: 0.1,
+            adamw: AdamWConfig::default(),
+            max_grad_norm: 1.0,
+            grad_accum: 1,
+            max_tokens: 1024,
+            agent_ratio: 0.2,
+            reward_threshold: 1.0,
+            seed: 0,
+            gradient_checkpointing: false,
+        }
+    }
+}
+
+impl TrainConfig {
+    fn validate(&mut self) -> Result<()> {
+        let bad = |m: String| Err(Error::InvalidArgument(m));
+        self.lora.validate().map_err(Error::InvalidArgument)?;
+        if !(self.learning_rate.is_finite() && self.learning_rate >= 0.0) {
+            return bad(format!("learning_rate {} must be finite and non-negative", self.learning_rate));
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return bad(format!("min_lr_ratio {} is outside [0, 1]", self.min_lr_ratio));
+        }
+        let a = self.adamw;
+        if !((0.0..1.0).contains(&a.beta1) && (0.0..1.0).contains(&a.beta2) && a.eps > 0.0 && a.weight_decay >= 0.0 && a.weight_decay.is_finite()) {
+            return bad(format!("invalid AdamW settings {a:?}"));
+        }
+        if !(self.max_grad_norm.is_finite() && self.max_grad_norm >= 0.0) {
+            return bad(format!("max_grad_norm {} must be finite and non-negative", self.max_grad_norm));
+        }
+        if self.grad_accum == 0 || self.max_tokens < 2 {
+            return bad("grad_accum must be positive and max_tokens at least 2".into());
+        }
+        if !(0.0..=1.0).contains(&self.agent_ratio) {
+            return bad(format!("agent_ratio {} is outside [0, 1]", self.agent_ratio));
+        }
+        if self.reward_threshold.is_nan() {
+            return bad("reward_threshold is NaN".into());
+        }
+        Ok(())
+    }
+
+    fn to_json(&self) -> serde_json::Value {
+        json!({
+            "lora": self.lora.to_json(),
+            "learning_rate": self.learning_rate,
+            "warmup_steps": self.warmup_steps,
+            "total_steps": self.total_steps,
+            "min_lr_ratio": self.min_lr_ratio,
+            "adamw": self.adamw,
+            "max_grad_norm": self.max_grad_norm,
+            "grad_accum": self.grad_accum,
+            "max_tokens": self.max_tokens,
+            "agent_ratio": self.agent_ratio,
+            "reward_threshold": self.reward_threshold,
+            "seed": self.seed,
+            "gradient_checkpointing": self.gradient_checkpointing,
+        })
+    }
+
+    fn from_json(v: &serde_json::Value, path: &Path) -> Result<TrainConfig> {
+        let bad = |m: &str| Error::State(format!("{}: {m}", path.display()));
+        let lora = LoraConfig::from_json(&v["lora"].to_string(), path)?;
+        let f = |k: &str| v[k].as_f64().ok_or_else(|| bad(&format!("\"{k}\" is missing")));
+        let u = |k: &str| v[k].as_u64().ok_or_else(|| bad(&format!("\"{k}\" is missing")));
+        Ok(TrainConfig {
+            lora,
+            learning_rate: f("learning_rate")? as f32,
+            warmup_steps: u("warmup_steps")?,
+            total_steps: u("total_steps")?,
+            min_lr_ratio: f("min_lr_ratio")? as f32,
+            adamw: serde_json::from_value(v["adamw"].clone()).map_err(|e| bad(&e.to_string()))?,
+            max_grad_norm: f("max_grad_norm")? as f32,
+            grad_accum: u("grad_accum")? as usize,
+            max_tokens: u("max_tokens")? as usize,
+            agent_ratio: f("agent_ratio")? as f32,
+            reward_threshold: f("reward_threshold")?,
+            seed: u("seed")?,
+            gradient_checkpointing: v["gradient_checkpointing"].as_bool().unwrap_or(false),
+        })
+    }
+}
+
+/// What one optimizer step did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StepReport {
+    /// Optimizer steps taken so far (this one included).
+    pub step: u64,
+    /// Mean masked loss of the step's examples, before the update.
+    pub loss: f64,
+    /// Learning rate applied.
+    pub lr: f32,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Tokens run through the model (forward and backward).
+    pub tokens: usize,
+    /// Tokens trained on (loss tokens).
+    pub loss_tokens: usize,
+    /// `tokens` per second of this step.
+    pub tokens_per_s: f64,
+}
+
+/// Why [`Trainer::run`] returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RunStop {
+    /// The requested number of steps ran.
+    Steps,
+    /// The time budget ran out (the step in progress finished first).
+    TimeBudget,
+    /// [`Trainer::cancel_token`] was triggered; the interrupted step was discarded.
+    Cancelled,
+    /// The progress callback returned `false`.
+    Callback,
+}
+
+/// What [`Trainer::run`] did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunSummary {
+    /// Steps completed in this call.
+    pub steps: u64,
+    /// Why it stopped.
+    pub stop: RunStop,
+    /// The last step's report.
+    pub last: Option<StepReport>,
+}
+
+/// A held-out evaluation.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct EvalReport {
+    /// Mean cross-entropy over every loss token of every evaluation example.
+    pub loss: f64,
+    /// Loss tokens counted.
+    pub tokens: usize,
+    /// Examples evaluated.
+    pub examples: usize,
+}
+
+/// How many records an addition kept and why others were left out.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct AddReport {
+    /// Records added.
+    pub added: usize,
+    /// Records below the reward threshold.
+    pub below_reward: usize,
+}
+
+#[derive(Debug, Clone, Default)]
+struct Pool {
+    items: Vec<Source>,
+    epoch: u64,
+    cursor: usize,
+    perm: Vec<u32>,
+}
+
+/// Where the next draw comes from; saved in checkpoints.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+struct Position {
+    draws: u64,
+    /// Per pool: epoch, cursor, length of the epoch's permutation.
+    pools: [(u64, usize, usize); 2],
+}
+
+/// The incremental LoRA trainer. See the module documentation.
+pub struct Trainer {
+    model: Model,
+    /// Overrides the model's own chat template.
+    template: Option<ChatTemplate>,
+    config: TrainConfig,
+    names: Vec<String>,
+    shapes: Vec<[usize; 2]>,
+    params: Vec<Vec<f32>>,
+    opt: AdamW,
+    pools: [Pool; 2],
+    eval: Vec<Source>,
+    draws: u64,
+    cancel: CancelToken,
+}
+
+/// PEFT's initialisation: `A` Kaiming-uniform with `a = √5` (uniform in ±1/√in), `B` zero.
+pub(crate) fn init_lora(model: &LlamaConfig, lora: &LoraConfig, seed: u64) -> Result<BTreeMap<String, HostTensor>> {
+    let mut lora = lora.clone();
+    lora.validate().map_err(Error::InvalidArgument)?;
+    let mut rng = Rng::new(seed);
+    let mut out = BTreeMap::new();
+    for l in 0..model.num_hidden_layers {
+        for m in TARGETS.iter().filter(|m| lora.targets(m)) {
+            let (o, i) = linear_shape(model, m);
+            let bound = 1.0 / (i as f64).sqrt();
+            let a = (0..lora.r * i).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
+            out.insert(tensor_name(l, m, true), HostTensor { shape: vec![lora.r, i], data: a });
+            out.insert(tensor_name(l, m, false), HostTensor { shape: vec![o, lora.r], data: vec![0.0; o * lora.r] });
+        }
+    }
+    Ok(out)
+}
+
+/// Mean cross-entropy of `ids[t]` given `ids[..t]` over the positions `t` with `mask[t]` (the logits
+/// of position `t - 1` predict token `t`; position 0 is never counted). Returns the loss as a one-element
+/// tensor (with the LoRA graph when `lora` holds autodiff leaves) and the number of tokens counted.
+///
+/// # Errors
+/// No masked token, model errors.
+pub fn masked_loss(llama: &Llama, ids: &[u32], mask: &[bool], lora: Option<LoraApply>) -> Result<(Tensor<1>, usize)> {
+    if ids.len() != mask.len() {
+        return Err(Error::InvalidArgument(format!("{} ids but {} mask entries", ids.len(), mask.len())));
+    }
+    let (rows, targets): (Vec<u32>, Vec<u32>) = (1..ids.len()).filter(|&t| mask[t]).map(|t| ((t - 1) as u32, ids[t])).unzip();
+    if rows.is_empty() {
+        return Err(Error::InvalidArgument("no token is marked for loss".into()));
+    }
+    let n = rows.len();
+    // Only the rows that predict a trained token go through the head: [n, vocab], not [len, vocab].
+    let hidden = llama.hidden_states(&ids[..ids.len()], lora)?;
+    let device = hidden.device();
+    let x = hidden.select(0, engine::upload_ids(&rows, &device));
+    let logp = log_softmax(llama.head(x), 1);
+    let picked = logp.gather(1, engine::upload_ids(&targets, &device).reshape([n, 1]));
+    Ok((picked.sum().neg().div_scalar(n as f64), n))
+}
+
+fn permutation(n: usize, seed: u64, kind: usize, epoch: u64) -> Vec<u32> {
+    let mut rng = Rng::new(seed ^ 0xD1B5_4A32_D192_ED03u64.wrapping_mul(kind as u64 + 1) ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    let mut p: Vec<u32> = (0..n as u32).collect();
+    for i in (1..n).rev() {
+        let j = (rng.next_u64() % (i as u64 + 1)) as usize;
+        p.swap(i, j);
+    }
+    p
+}
+
+impl Trainer {
+    /// A trainer for `model` with a freshly initialised adapter (PEFT's initialisation, seeded by
+    /// `config.seed`), or continuing from `start` (whose LoRA configuration then replaces `config.lora`).
+    ///
+    /// # Errors
+    /// Invalid settings; a model without a chat template (set one with [`Trainer::with_template`]);
+    /// an adapter made for another model.
+    pub fn new(model: &Model, config: TrainConfig, start: Option<&Adapter>) -> Result<Trainer> {
+        Self::build(model, config, start, None)
+    }
+
+    /// [`Trainer::new`] rendering conversations with `template` instead of the model's own.
+    ///
+    /// # Errors
+    /// As [`Trainer::new`].
+    pub fn with_template(model: &Model, config: TrainConfig, start: Option<&Adapter>, template: ChatTemplate) -> Result<Trainer> {
+        Self::build(model, config, start, Some(template))
+    }
+
+    fn template(&self) -> &ChatTemplate {
+        self.template.as_ref().or(self.model.chat_template()).expect("checked when the trainer was made")
+    }
+
+    fn build(model: &Model, mut config: TrainConfig, start: Option<&Adapter>, template: Option<ChatTemplate>) -> Result<Trainer> {
+        if template.is_none() && model.chat_template().is_none() {
+            return Err(Error::InvalidArgument("the model has no chat template; pass one (Trainer::with_template)".into()));
+        }
+        let tensors = match start {
+            Some(a) => {
+                a.check_model(model)?;
+                let p = a.to_peft()?;
+                config.lora = p.config;
+                p.tensors
+            }
+            None => {
+                config.validate()?;
+                init_lora(model.config(), &config.lora, config.seed)?
+            }
+        };
+        config.validate()?;
+        let mut names = Vec::new();
+        let mut shapes = Vec::new();
+        let mut params = Vec::new();
+        for l in 0..model.config().num_hidden_layers {
+            for m in TARGETS.iter().filter(|m| config.lora.targets(m)) {
+                for a in [true, false] {
+                    let name = tensor_name(l, m, a);
+                    let t = tensors.get(&name).ok_or_else(|| Error::InvalidArgument(format!("adapter tensor {name} is missing")))?;
+                    shapes.push([t.shape[0], t.shape[1]]);
+                    params.push(t.data.clone());
+                    names.push(name);
+                }
+            }
+        }
+        let sizes: Vec<usize> = params.iter().map(Vec::len).collect();
+        Ok(Trainer {
+            model: model.clone(),
+            template,
+            opt: AdamW::new(config.adamw, &sizes),
+            config,
+            names,
+            shapes,
+            params,
+            pools: Default::default(),
+            eval: Vec::new(),
+            draws: 0,
+            cancel: CancelToken::default(),
+        })
+    }
+
+    /// The settings (with the LoRA configuration actually trained).
+    pub fn config(&self) -> &TrainConfig {
+        &self.config
+    }
+    /// Optimizer steps taken.
+    pub fn step(&self) -> u64 {
+        self.opt.step
+    }
+    /// Training examples held, per kind.
+    pub fn examples(&self, kind: DataKind) -> usize {
+        self.pools[kind.index()].items.len()
+    }
+    /// Held-out examples.
+    pub fn eval_examples(&self) -> usize {
+        self.eval.len()
+    }
+    /// Trainable values.
+    pub fn parameter_count(&self) -> usize {
+        self.params.iter().map(Vec::len).sum()
+    }
+    /// A handle that stops [`Trainer::run`] or [`Trainer::evaluate`] from any thread.
+    pub fn cancel_token(&self) -> CancelToken {
+        self.cancel.clone()
+    }
+
+    /// Renders and tokenizes a trajectory with this trainer's template and token limit.
+    ///
+    /// # Errors
+    /// Template or tokenizer errors; a conversation with no trained token (after truncation).
+    pub fn tokenize(&self, t: &Trajectory) -> Result<TokenizedTrajectory> {
+        let tok = t.tokenize(self.template(), self.model.tokenizer(), Some(self.config.max_tokens))?;
+        if !tok.train.iter().skip(1).any(|&b| b) {
+            return Err(Error::InvalidArgument(format!(
+                "conversation {} has no trained token in its first {} tokens",
+                t.id.as_deref().unwrap_or("(no id)"),
+                self.config.max_tokens
+            )));
+        }
+        Ok(tok)
+    }
+
+    fn admit(&self, t: &Trajectory) -> Result<bool> {
+        if t.reward.is_some_and(|r| r < self.config.reward_threshold) {
+            return Ok(false);
+        }
+        self.tokenize(t)?;
+        Ok(true)
+    }
+
+    /// Adds a trajectory (an episode recorded by an agent, or a parsed record) to the training data.
+    /// Returns `false`, adding nothing, when its reward is below the threshold.
+    ///
+    /// # Errors
+    /// A conversation that does not render or has nothing to train on.
+    pub fn add_trajectory(&mut self, t: Trajectory, kind: DataKind) -> Result<bool> {
+        if !self.admit(&t)? {
+            return Ok(false);
+        }
+        self.pools[kind.index()].items.push(Source::Memory(Arc::new(t)));
+        Ok(true)
+    }
+
+    /// Adds one JSON record (AgentInstruct, ShareGPT or Agent-FLAN schema). Returns `false` when its
+    /// reward is below the threshold.
+    ///
+    /// # Errors
+    /// Malformed records, as [`Trainer::add_trajectory`].
+    pub fn add_json(&mut self, json: &str, kind: DataKind) -> Result<bool> {
+        let t = parse_record(json).map_err(Error::InvalidArgument)?;
+        self.add_trajectory(t, kind)
+    }
+
+    /// Adds every record of a JSONL file, streamed: only line offsets are kept, and records are read
+    /// back when sampled. The file must not change while the trainer uses it.
+    ///
+    /// # Errors
+    /// I/O errors; the first malformed or untrainable line, by number (nothing is added then).
+    pub fn add_jsonl_file(&mut self, path: impl AsRef<Path>, kind: DataKind) -> Result<AddReport> {
+        let (items, report) = self.index(path.as_ref())?;
+        self.pools[kind.index()].items.extend(items);
+        Ok(report)
+    }
+
+    /// Adds a held-out trajectory for [`Trainer::evaluate`] (no reward filter).
+    ///
+    /// # Errors
+    /// As [`Trainer::add_trajectory`].
+    pub fn add_eval_trajectory(&mut self, t: Trajectory) -> Result<()> {
+        self.tokenize(&t)?;
+        self.eval.push(Source::Memory(Arc::new(t)));
+        Ok(())
+    }
+
+    /// Adds every record of a JSONL file to the held-out set (no reward filter).
+    ///
+    /// # Errors
+    /// As [`Trainer::add_jsonl_file`].
+    pub fn add_eval_jsonl_file(&mut self, path: impl AsRef<Path>) -> Result<usize> {
+        let threshold = std::mem::replace(&mut self.config.reward_threshold, f64::NEG_INFINITY);
+        let r = self.index(path.as_ref());
+        self.config.reward_threshold = threshold;
+        let (items, report) = r?;
+        self.eval.extend(items);
+        Ok(report.added)
+    }
+
+    fn index(&self, path: &Path) -> Result<(Vec<Source>, AddReport)> {
+        let mut report = AddReport::default();
+        let mut failure = None;
+        let items = data::index_jsonl(path, |t| {
+            if failure.is_some() {
+                return false;
+            }
+            match self.admit(t) {
+                Ok(true) => {
+                    report.added += 1;
+                    true
+                }
+                Ok(false) => {
+                    report.below_reward += 1;
+                    false
+                }
+                Err(e) => {
+                    failure = Some(e);
+                    false
+                }
+            }
+        })?;
+        if let Some(e) = failure {
+            // index_jsonl stops at nothing; name the record that failed.
+            let line = report.added + report.below_reward + 1;
+            return Err(Error::InvalidArgument(format!("{}: record {line}: {e}", path.display())));
+        }
+        Ok((items, report))
+    }
+
+    fn next_source(&mut self) -> Result<Source> {
+        let have = [!self.pools[0].items.is_empty(), !self.pools[1].items.is_empty()];
+        let mut rng = Rng::new(self.config.seed ^ 0x5EED ^ self.draws.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        self.draws += 1;
+        let kind = match have {
+            [true, true] => usize::from(rng.next_f64() >= f64::from(self.config.agent_ratio)),
+            [true, false] => 0,
+            [false, true] => 1,
+            [false, false] => return Err(Error::InvalidArgument("the trainer has no training examples".into())),
+        };
+        let seed = self.config.seed;
+        let pool = &mut self.pools[kind];
+        if pool.cursor >= pool.perm.len() {
+            if !pool.perm.is_empty() {
+                pool.epoch += 1;
+            }
+            pool.perm = permutation(pool.items.len(), seed, kind, pool.epoch);
+            pool.cursor = 0;
+        }
+        let i = pool.perm[pool.cursor] as usize;
+        pool.cursor += 1;
+        Ok(pool.items[i].clone())
+    }
+
+    fn position(&self) -> Position {
+        let p = |i: usize| (self.pools[i].epoch, self.pools[i].cursor, self.pools[i].perm.len());
+        Position { draws: self.draws, pools: [p(0), p(1)] }
+    }
+
+    fn set_position(&mut self, pos: &Position) {
+        self.draws = pos.draws;
+        for (i, &(epoch, cursor, len)) in pos.pools.iter().enumerate() {
+            let pool = &mut self.pools[i];
+            pool.epoch = epoch;
+            pool.cursor = cursor;
+            pool.perm = if len == 0 { Vec::new() } else { permutation(len, self.config.seed, i, epoch) };
+        }
+    }
+
+    /// LoRA weights built from `tensors` (one per parameter, in `names` order).
+    fn weights(&self, tensors: Vec<Tensor<2>>) -> LoraWeights {
+        let mut it = tensors.into_iter();
+        let layers = (0..self.model.config().num_hidden_layers)
+            .map(|_| {
+                let mut mods: [Option<LoraPair>; 7] = Default::default();
+                for (m, module) in TARGETS.iter().enumerate() {
+                    if self.config.lora.targets(module) {
+                        let (a, b) = (it.next().expect("one A per target"), it.next().expect("one B per target"));
+                        mods[m] = Some(LoraPair { a, b });
+                    }
+                }
+                mods
+            })
+            .collect();
+        LoraWeights { layers, scaling: self.config.lora.scaling() }
+    }
+
+    fn upload(&self, device: &Device, grad: bool) -> Vec<Tensor<2>> {
+        self.params
+            .iter()
+            .zip(&self.shapes)
+            .map(|(p, s)| {
+                let t = Tensor::<2>::from_data(TensorData::new(p.clone(), *s), device);
+                if grad {
+                    t.require_grad()
+                } else {
+                    t
+                }
+            })
+            .collect()
+    }
+
+    /// Loss and gradients (one per parameter) of one tokenized example.
+    fn loss_and_grads(&self, ex: &TokenizedTrajectory, dropout_seed: u64) -> Result<(f64, usize, Vec<Vec<f32>>)> {
+        let llama = self.model.llama();
+        let mut device = llama.device().clone().autodiff();
+        if self.config.gradient_checkpointing {
+            device = device.gradient_checkpointing();
+        }
+        if self.config.lora.dropout > 0.0 {
+            device.seed(dropout_seed);
+        }
+        let leaves = self.upload(&device, true);
+        let weights = self.weights(leaves.clone());
+        let apply = LoraApply { weights: &weights, scale: 1.0, dropout: self.config.lora.dropout };
+        let (loss, n) = masked_loss(llama, &ex.ids, &ex.train, Some(apply))?;
+        let grads = loss.backward();
+        let value = engine::readback(loss.inner())?[0];
+        let mut out = Vec::with_capacity(leaves.len());
+        for (leaf, p) in leaves.iter().zip(&self.params) {
+            out.push(match leaf.grad(&grads) {
+                Some(g) => engine::readback(g)?,
+                None => vec![0.0; p.len()],
+            });
+        }
+        if !value.is_finite() {
+            return Err(Error::InvalidArgument(format!("the loss is {value} (diverged?)")));
+        }
+        Ok((f64::from(value), n, out))
+    }
+
+    /// The masked loss and its gradients for one trajectory at the current parameters, without
+    /// changing anything (for inspection and tests). Gradients are by PEFT tensor name.
+    ///
+    /// # Errors
+    /// As [`Trainer::tokenize`]; model errors.
+    pub fn gradients(&self, t: &Trajectory) -> Result<(f64, BTreeMap<String, Vec<f32>>)> {
+        let ex = self.tokenize(t)?;
+        let (loss, _, g) = self.model.compute(|| self.loss_and_grads(&ex, self.config.seed))?;
+        Ok((loss, self.names.iter().cloned().zip(g).collect()))
+    }
+
+    /// Runs up to `steps` optimizer steps (each over `grad_accum` examples), stopping early when
+    /// `budget` has elapsed, on cancellation, or when `progress` returns `false`. `progress` is called
+    /// after every step on the calling thread.
+    ///
+    /// # Errors
+    /// No training data; a record that cannot be read back; model errors. Parameters are unchanged by
+    /// a step that fails.
+    pub fn run(&mut self, steps: u64, budget: Option<Duration>, mut progress: impl FnMut(&StepReport) -> bool) -> Result<RunSummary> {
+        let started = Instant::now();
+        let mut summary = RunSummary { steps: 0, stop: RunStop::Steps, last: None };
+        while summary.steps < steps {
+            if budget.is_some_and(|b| started.elapsed() >= b) {
+                summary.stop = RunStop::TimeBudget;
+                break;
+            }
+            let t0 = Instant::now();
+            let before = self.position();
+            let outcome = self.accumulate();
+            let (loss, mut grads, tokens, loss_tokens) = match outcome {
+                Ok(Some(x)) => x,
+                Ok(None) => {
+                    self.set_position(&before);
+                    summary.stop = RunStop::Cancelled;
+                    break;
+                }
+                Err(e) => {
+                    self.set_position(&before);
+                    return Err(e);
+                }
+            };
+            let grad_norm = clip_global_norm(&mut grads, self.config.max_grad_norm);
+            let c = &self.config;
+            let lr = lr_at(self.opt.step, c.learning_rate, c.warmup_steps, c.total_steps, c.min_lr_ratio);
+            self.opt.update(&mut self.params, &grads, lr);
+            let secs = t0.elapsed().as_secs_f64();
+            let report = StepReport {
+                step: self.opt.step,
+                loss,
+                lr,
+                grad_norm,
+                tokens,
+                loss_tokens,
+                tokens_per_s: if secs > 0.0 { tokens as f64 / secs } else { 0.0 },
+            };
+            tracing::debug!(step = report.step, loss = report.loss, lr = report.lr, grad_norm = report.grad_norm, "train step");
+            summary.steps += 1;
+            let go_on = progress(&report);
+            summary.last = Some(report);
+            if !go_on {
+                summary.stop = RunStop::Callback;
+                break;
+            }
+        }
+        Ok(summary)
+    }
+
+    /// One step's averaged loss and gradients; `None` when cancelled.
+    #[allow(clippy::type_complexity)]
+    fn accumulate(&mut self) -> Result<Option<(f64, Vec<Vec<f32>>, usize, usize)>> {
+        let k = self.config.grad_accum;
+        let mut sum: Vec<Vec<f32>> = self.params.iter().map(|p| vec![0.0; p.len()]).collect();
+        let (mut loss, mut tokens, mut loss_tokens) = (0.0, 0, 0);
+        for _ in 0..k {
+            if self.cancel.is_cancelled() {
+                self.cancel.reset();
+                return Ok(None);
+            }
+            let src = self.next_source()?;
+            let ex = self.tokenize(&*src.load()?)?;
+            let seed = self.config.seed ^ self.draws.wrapping_mul(0xA24B_AED4_963E_E407);
+            let (l, n, g) = self.model.compute(|| self.loss_and_grads(&ex, seed))?;
+            loss += l / k as f64;
+            tokens += ex.ids.len();
+            loss_tokens += n;
+            for (s, g) in sum.iter_mut().zip(g) {
+                s.iter_mut().zip(g).for_each(|(s, g)| *s += g / k as f32);
+            }
+        }
+        Ok(Some((loss, sum, tokens, loss_tokens)))
+    }
+
+    /// The masked loss of one trajectory at the current parameters (no gradients), and its loss tokens.
+    ///
+    /// # Errors
+    /// As [`Trainer::tokenize`]; model errors.
+    pub fn loss(&self, t: &Trajectory) -> Result<(f64, usize)> {
+        let llama = self.model.llama();
+        let weights = self.weights(self.upload(llama.device(), false));
+        let apply = LoraApply { weights: &weights, scale: 1.0, dropout: 0.0 };
+        let ex = self.tokenize(t)?;
+        let (loss, n) = self.model.compute(|| masked_loss(llama, &ex.ids, &ex.train, Some(apply)))?;
+        Ok((f64::from(engine::readback(loss)?[0]), n))
+    }
+
+    /// Mean masked loss over the held-out set at the current parameters (token-weighted).
+    ///
+    /// # Errors
+    /// No held-out examples; [`Error::Cancelled`]; model errors.
+    pub fn evaluate(&self) -> Result<EvalReport> {
+        if self.eval.is_empty() {
+            return Err(Error::InvalidArgument("the trainer has no held-out examples".into()));
+        }
+        let llama = self.model.llama();
+        let weights = self.weights(self.upload(llama.device(), false));
+        let apply = LoraApply { weights: &weights, scale: 1.0, dropout: 0.0 };
+        let (mut total, mut tokens) = (0.0f64, 0usize);
+        for src in &self.eval {
+            if self.cancel.is_cancelled() {
+                self.cancel.reset();
+                return Err(Error::Cancelled);
+            }
+            let ex = self.tokenize(&*src.load()?)?;
+            let (loss, n) = self.model.compute(|| masked_loss(llama, &ex.ids, &ex.train, Some(apply)))?;
+            total += f64::from(engine::readback(loss)?[0]) * n as f64;
+            tokens += n;
+        }
+        Ok(EvalReport { loss: total / tokens as f64, tokens, examples: self.eval.len() })
+    }
+
+    /// The adapter as trained so far, ready to attach to sessions (a snapshot: later steps do not change it).
+    ///
+    /// # Errors
+    /// Device errors.
+    pub fn adapter(&self) -> Result<Adapter> {
+        Adapter::from_peft(&self.model, &self.peft())
+    }
+
+    fn peft(&self) -> PeftAdapter {
+        let tensors = self
+            .names
+            .iter()
+            .zip(&self.shapes)
+            .zip(&self.params)
+            .map(|((n, s), p)| (n.clone(), HostTensor { shape: s.to_vec(), data: p.clone() }))
+            .collect();
+        PeftAdapter { config: self.config.lora.clone(), tensors }
+    }
+
+    /// Writes the adapter as a PEFT directory (atomically per file).
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn save_adapter(&self, dir: impl AsRef<Path>) -> Result<()> {
+        Ok(peft::write_adapter(dir.as_ref(), &self.peft())?)
+    }
+
+    /// Saves everything needed to continue exactly: the adapter (PEFT files), the optimizer moments,
+    /// the settings, the data (in-memory records inline, file records by path and offset) and the
+    /// position in it. The directory is written under a temporary name and swapped in, so a crash
+    /// leaves the previous checkpoint (`dir`, or `dir` with `.old` appended mid-swap) intact.
+    ///
+    /// # Errors
+    /// I/O errors.
+    pub fn checkpoint(&self, dir: impl AsRef<Path>) -> Result<()> {
+        let dir = dir.as_ref();
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| Error::Io { path, source }
+        };
+        let tmp = sibling(dir, ".tmp");
+        let old = sibling(dir, ".old");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        peft::write_adapter(&tmp, &self.peft())?;
+        let moments: Vec<(String, HostTensor)> = self
+            .names
+            .iter()
+            .zip(&self.shapes)
+            .zip(self.opt.exp_avg.iter().zip(&self.opt.exp_avg_sq))
+            .flat_map(|((n, s), (m, v))| {
+                [
+                    (format!("{n}.exp_avg"), HostTensor { shape: s.to_vec(), data: m.clone() }),
+                    (format!("{n}.exp_avg_sq"), HostTensor { shape: s.to_vec(), data: v.clone() }),
+                ]
+            })
+            .collect();
+        peft::write_tensors(&tmp.join("optimizer.safetensors"), &moments)?;
+        let mut data = String::new();
+        for (split, items) in [("agent", &self.pools[0].items), ("general", &self.pools[1].items), ("eval", &self.eval)] {
+            for s in items {
+                let line = match s {
+                    Source::Memory(t) => json!({"split": split, "record": **t}),
+                    Source::Line { file, offset, len, line } => json!({"split": split, "file": file.as_path(), "offset": offset, "len": len, "line": line}),
+                };
+                data.push_str(&line.to_string());
+                data.push('\n');
+            }
+        }
+        crate::formats::hf::write_atomic(&tmp.join("data.jsonl"), |f| std::io::Write::write_all(f, data.as_bytes()))?;
+        let state = json!({
+            "format": "agentlm-trainer",
+            "version": 1,
+            "optimizer_step": self.opt.step,
+            "position": self.position(),
+            "config": self.config.to_json(),
+            "parameters": self.parameter_count(),
+        });
+        let state = serde_json::to_string_pretty(&state).expect("JSON value serializes");
+        crate::formats::hf::write_atomic(&tmp.join("trainer_state.json"), |f| std::io::Write::write_all(f, state.as_bytes()))?;
+        peft::sync_dir(&tmp);
+        if dir.exists() {
+            if old.exists() {
+                std::fs::remove_dir_all(&old).map_err(io(&old))?;
+            }
+            std::fs::rename(dir, &old).map_err(io(dir))?;
+        }
+        std::fs::rename(&tmp, dir).map_err(io(dir))?;
+        if let Some(parent) = dir.parent() {
+            peft::sync_dir(parent);
+        }
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(io(&old))?;
+        }
+        Ok(())
+    }
+
+    /// A trainer continuing from a [`Trainer::checkpoint`] directory (or its `.old` copy when a crash
+    /// interrupted the swap). The model must be the one it was trained on (same shape).
+    ///
+    /// # Errors
+    /// Missing or malformed checkpoint files ([`Error::State`], [`Error::Format`]); a model of another shape.
+    pub fn resume(model: &Model, dir: impl AsRef<Path>) -> Result<Trainer> {
+        let mut dir = dir.as_ref().to_path_buf();
+        if !dir.join("trainer_state.json").exists() && sibling(&dir, ".old").join("trainer_state.json").exists() {
+            dir = sibling(&dir, ".old");
+        }
+        let state_path = dir.join("trainer_state.json");
+        let text = std::fs::read_to_string(&state_path).map_err(|source| Error::Io { path: state_path.clone(), source })?;
+        let bad = |m: String| Error::State(format!("{}: {m}", state_path.display()));
+        let state: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("bad JSON: {e}")))?;
+        if state["format"] != "agentlm-trainer" || state["version"] != 1 {
+            return Err(bad("not an agentlm trainer checkpoint of version 1".into()));
+        }
+        let config = TrainConfig::from_json(&state["config"], &state_path)?;
+        let files = peft::read_adapter(&dir)?;
+        let start = Adapter::from_peft(model, &files)?;
+        let mut t = Trainer::new(model, config.clone(), Some(&start))?;
+        t.config = config;
+        t.config.validate()?;
+        let moments = peft::read_tensors(&dir.join("optimizer.safetensors"))?;
+        for (i, n) in t.names.iter().enumerate() {
+            let get = |suffix: &str| {
+                moments
+                    .get(&format!("{n}.{suffix}"))
+                    .filter(|m| m.data.len() == t.params[i].len())
+                    .map(|m| m.data.clone())
+                    .ok_or_else(|| bad(format!("optimizer state for {n} is missing or mis-shaped")))
+            };
+            t.opt.exp_avg[i] = get("exp_avg")?;
+            t.opt.exp_avg_sq[i] = get("exp_avg_sq")?;
+        }
+        t.opt.step = state["optimizer_step"].as_u64().ok_or_else(|| bad("\"optimizer_step\" is missing".into()))?;
+        let data_path = dir.join("data.jsonl");
+        let data = std::fs::read_to_string(&data_path).map_err(|source| Error::Io { path: data_path.clone(), source })?;
+        for (i, line) in data.lines().enumerate() {
+            let bad_line = |m: String| Error::State(format!("{}:{}: {m}", data_path.display(), i + 1));
+            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad_line(e.to_string()))?;
+            let src = if let Some(r) = v.get("record") {
+                Source::Memory(Arc::new(serde_json::from_value(r.clone()).map_err(|e| bad_line(e.to_string()))?))
+            } else {
+                let field = |k: &str| v[k].as_u64().ok_or_else(|| bad_line(format!("\"{k}\" is missing")));
+                let file = v["file"].as_str().ok_or_else(|| bad_line("\"file\" is missing".into()))?;
+                Source::Line { file: Arc::new(PathBuf::from(file)), offset: field("offset")?, len: field("len")? as u32, line: field("line")? as usize }
+            };
+            match v["split"].as_str() {
+                Some("agent") => t.pools[0].items.push(src),
+                Some("general") => t.pools[1].items.push(src),
+                Some("eval") => t.eval.push(src),
+                other => return Err(bad_line(format!("unknown split {other:?}"))),
+            }
+        }
+        let pos: Position = serde_json::from_value(state["position"].clone()).map_err(|e| bad(format!("position: {e}")))?;
+        if pos.pools.iter().zip(&t.pools).any(|(p, pool)| p.2 > pool.items.len() || p.1 > p.2) {
+            return Err(bad("the data position does not fit the saved data".into()));
+        }
+        t.set_position(&pos);
+        Ok(t)
+    }
+}
+
+fn sibling(dir: &Path, suffix: &str) -> PathBuf {
+    let mut s = dir.as_os_str().to_os_string();
+    s.push(suffix);
+    PathBuf::from(s)
+}
+
+#[cfg(test)]
+mod tests;
