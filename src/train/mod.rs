@@ -300,6 +300,18 @@ pub fn masked_loss(llama: &Llama, ids: &[u32], mask: &[bool], lora: Option<LoraA
     Ok((picked.sum().neg().div_scalar(n as f64), n))
 }
 
+/// The pool (0 agent, 1 general) of draw number `draw`: agent with probability `eta` when both are
+/// non-empty. `None` when both are empty.
+fn draw_kind(seed: u64, draw: u64, have: [bool; 2], eta: f32) -> Option<usize> {
+    let mut rng = Rng::new(seed ^ 0x5EED ^ draw.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+    match have {
+        [true, true] => Some(usize::from(rng.next_f64() >= f64::from(eta))),
+        [true, false] => Some(0),
+        [false, true] => Some(1),
+        [false, false] => None,
+    }
+}
+
 fn permutation(n: usize, seed: u64, kind: usize, epoch: u64) -> Vec<u32> {
     let mut rng = Rng::new(seed ^ 0xD1B5_4A32_D192_ED03u64.wrapping_mul(kind as u64 + 1) ^ epoch.wrapping_mul(0x9E37_79B9_7F4A_7C15));
     let mut p: Vec<u32> = (0..n as u32).collect();
@@ -518,14 +530,9 @@ impl Trainer {
 
     fn next_source(&mut self) -> Result<Source> {
         let have = [!self.pools[0].items.is_empty(), !self.pools[1].items.is_empty()];
-        let mut rng = Rng::new(self.config.seed ^ 0x5EED ^ self.draws.wrapping_mul(0x9E37_79B9_7F4A_7C15));
+        let kind = draw_kind(self.config.seed, self.draws, have, self.config.agent_ratio)
+            .ok_or_else(|| Error::InvalidArgument("the trainer has no training examples".into()))?;
         self.draws += 1;
-        let kind = match have {
-            [true, true] => usize::from(rng.next_f64() >= f64::from(self.config.agent_ratio)),
-            [true, false] => 0,
-            [false, true] => 1,
-            [false, false] => return Err(Error::InvalidArgument("the trainer has no training examples".into())),
-        };
         let seed = self.config.seed;
         let pool = &mut self.pools[kind];
         if pool.cursor >= pool.perm.len() {
