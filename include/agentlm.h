@@ -44,6 +44,30 @@
 // ids. Without it they are tokenized as plain text (safe for untrusted text).
 #define AGENTLM_TOKENIZE_PARSE_SPECIAL 2
 
+// [`agentlm_trainer_params::target_modules`] bits: the Llama linears LoRA adapts.
+#define AGENTLM_LORA_Q_PROJ 1
+
+// `k_proj`.
+#define AGENTLM_LORA_K_PROJ 2
+
+// `v_proj`.
+#define AGENTLM_LORA_V_PROJ 4
+
+// `o_proj`.
+#define AGENTLM_LORA_O_PROJ 8
+
+// `gate_proj`.
+#define AGENTLM_LORA_GATE_PROJ 16
+
+// `up_proj`.
+#define AGENTLM_LORA_UP_PROJ 32
+
+// `down_proj`.
+#define AGENTLM_LORA_DOWN_PROJ 64
+
+// Every Llama linear (the default).
+#define AGENTLM_LORA_ALL 127
+
 // Result of every fallible call: `0` success, `> 0` flow control, `< 0` error. Numbers are never reused.
 enum agentlm_status
 #ifdef __cplusplus
@@ -233,6 +257,28 @@ enum agentlm_step_kind
 typedef int32_t agentlm_step_kind;
 #endif // __cplusplus
 
+// Which data set a record goes to.
+enum agentlm_data_kind
+#ifdef __cplusplus
+  : int32_t
+#endif // __cplusplus
+ {
+  // Agent trajectories (drawn with probability `agent_ratio`).
+  AGENTLM_DATA_AGENT = 0,
+  // General chat (drawn with probability 1 − `agent_ratio`).
+  AGENTLM_DATA_GENERAL = 1,
+  // Held-out examples for [`agentlm_trainer_evaluate`] (no reward filter).
+  AGENTLM_DATA_EVAL = 2,
+};
+#ifndef __cplusplus
+typedef int32_t agentlm_data_kind;
+#endif // __cplusplus
+
+// A LoRA adapter loaded for a model (opaque). Immutable and thread-safe; attach it to any number of
+// sessions and agents of that model. Sessions keep what they use alive: freeing the handle is safe
+// while it is attached.
+typedef struct agentlm_adapter agentlm_adapter;
+
 // A ReAct agent (opaque): one episode on a model. One caller at a time (`AGENTLM_STATUS_BUSY`
 // otherwise); [`agentlm_agent_cancel`] from any thread.
 typedef struct agentlm_agent agentlm_agent;
@@ -250,6 +296,10 @@ typedef struct agentlm_session agentlm_session;
 
 // A tool's result, filled by its callback with [`agentlm_tool_result_set`] (opaque).
 typedef struct agentlm_tool_result agentlm_tool_result;
+
+// The incremental LoRA trainer (opaque). One caller at a time (`AGENTLM_STATUS_BUSY` otherwise);
+// [`agentlm_trainer_cancel`] may be called from any thread.
+typedef struct agentlm_trainer agentlm_trainer;
 
 // Load progress: `fraction` goes from 0 to 1. Return `false` to abort loading
 // (`AGENTLM_STATUS_ABORTED`). Called on the thread that called [`agentlm_model_load`].
@@ -434,6 +484,66 @@ typedef struct agentlm_agent_step_result {
   // ACTION with a tool callback: the observation it returned (already submitted).
   struct agentlm_str observation;
 } agentlm_agent_step_result;
+
+// Parameters of [`agentlm_trainer_new`]. Initialise with [`agentlm_trainer_params_default`].
+typedef struct agentlm_trainer_params {
+  // `sizeof(agentlm_trainer_params)`.
+  uint32_t struct_size;
+  // LoRA rank (default 8). Ignored when starting from an adapter.
+  uint32_t lora_rank;
+  // LoRA alpha (default 16): updates are scaled by alpha / rank.
+  float lora_alpha;
+  // Dropout on the adapters' input while training (default 0).
+  float lora_dropout;
+  // `AGENTLM_LORA_*` bits (default `AGENTLM_LORA_ALL`).
+  uint32_t target_modules;
+  // Peak learning rate (default 2e-4).
+  float learning_rate;
+  // Linear warm-up steps (default 0).
+  uint32_t warmup_steps;
+  // Step where the cosine decay ends (0: constant rate after warm-up).
+  uint32_t total_steps;
+  // Floor of the decay relative to the peak (default 0.1).
+  float min_lr_ratio;
+  // AdamW decoupled weight decay (default 0).
+  float weight_decay;
+  // Global gradient-norm clip (default 1; 0 disables).
+  float max_grad_norm;
+  // Examples per optimizer step (default 1).
+  uint32_t grad_accum;
+  // Longest sequence trained on (default 1024); longer ones keep their beginning.
+  uint32_t max_tokens;
+  // η: probability of drawing agent data when general data is present too (default 0.2).
+  float agent_ratio;
+  // Records and episodes below this reward are not trained on (default 1).
+  double reward_threshold;
+  // Seed for initialisation, data order and dropout.
+  uint64_t seed;
+  // Trade compute for memory in the backward pass.
+  bool gradient_checkpointing;
+} agentlm_trainer_params;
+
+// One optimizer step, as reported to [`agentlm_train_progress_fn`].
+typedef struct agentlm_train_progress {
+  // Optimizer steps taken so far.
+  uint64_t step;
+  // Mean masked loss of the step's examples (before the update).
+  double loss;
+  // Learning rate applied.
+  float learning_rate;
+  // Global gradient norm before clipping.
+  double grad_norm;
+  // Tokens processed.
+  uint32_t tokens;
+  // Tokens trained on.
+  uint32_t loss_tokens;
+  // Tokens per second of this step.
+  double tokens_per_s;
+} agentlm_train_progress;
+
+// Called after every optimizer step on the training thread; return false to stop.
+typedef bool (*agentlm_train_progress_fn)(void *user_data,
+                                          const struct agentlm_train_progress *progress);
 
 #ifdef __cplusplus
 extern "C" {
@@ -756,6 +866,145 @@ agentlm_status agentlm_agent_trajectory_json(const struct agentlm_agent *agent,
                                              size_t capacity,
                                              size_t *len,
                                              struct agentlm_error **err);
+
+// Loads a Hugging Face PEFT LoRA adapter directory (`dir`, UTF-8 path of `dir_len` bytes) for `model`.
+// Free with [`agentlm_adapter_free`].
+agentlm_status agentlm_adapter_load(const struct agentlm_model *model,
+                                    const char *dir,
+                                    size_t dir_len,
+                                    struct agentlm_adapter **out,
+                                    struct agentlm_error **err);
+
+// Writes the adapter as a PEFT directory (created if needed; each file replaced atomically).
+agentlm_status agentlm_adapter_save(const struct agentlm_adapter *adapter,
+                                    const char *dir,
+                                    size_t dir_len,
+                                    struct agentlm_error **err);
+
+// The adapter's rank (0 for NULL).
+uint32_t agentlm_adapter_rank(const struct agentlm_adapter *adapter);
+
+// Frees an adapter handle. `NULL` is a no-op. Sessions it is attached to keep using it.
+void agentlm_adapter_free(struct agentlm_adapter *adapter);
+
+// Applies `adapter` at `scale` (1: as trained) to the session from now on; NULL detaches. The
+// conversation is kept and re-processed once with the new weights. Ends any generation in progress.
+agentlm_status agentlm_session_set_adapter(const struct agentlm_session *session,
+                                           const struct agentlm_adapter *adapter,
+                                           float scale,
+                                           struct agentlm_error **err);
+
+// Applies `adapter` at `scale` to the agent from its next reply on (NULL detaches): hot swap between
+// steps. `AGENTLM_STATUS_INVALID_ARGUMENT` mid-reply (after `AGENTLM_STEP_PENDING`).
+agentlm_status agentlm_agent_set_adapter(const struct agentlm_agent *agent,
+                                         const struct agentlm_adapter *adapter,
+                                         float scale,
+                                         struct agentlm_error **err);
+
+// A new model handle whose weights have `adapter` merged in at `scale`: the adapter's outputs at the
+// base model's speed. Shares the tokenizer and template with `model`. Free with `agentlm_model_free`.
+agentlm_status agentlm_model_merge_adapter(const struct agentlm_model *model,
+                                           const struct agentlm_adapter *adapter,
+                                           float scale,
+                                           struct agentlm_model **out,
+                                           struct agentlm_error **err);
+
+// Default trainer parameters (PEFT's LoRA defaults on every linear, AdamW at 2e-4, clip 1, η 0.2,
+// reward threshold 1, 1024 tokens).
+struct agentlm_trainer_params agentlm_trainer_params_default(void);
+
+// Creates a trainer for `model` (which must have a chat template): a fresh adapter, or continuing
+// from `start` (may be NULL; its LoRA shape then overrides the params'). `params` may be NULL.
+// Free with [`agentlm_trainer_free`].
+agentlm_status agentlm_trainer_new(const struct agentlm_model *model,
+                                   const struct agentlm_trainer_params *params,
+                                   const struct agentlm_adapter *start,
+                                   struct agentlm_trainer **out,
+                                   struct agentlm_error **err);
+
+// Frees a trainer. `NULL` is a no-op. Must not race with other calls on it.
+void agentlm_trainer_free(struct agentlm_trainer *trainer);
+
+// Adds one JSON record (AgentInstruct `conversations`, ShareGPT, or Agent-FLAN `conversation`
+// schema) of `json_len` bytes. `*added` (may be NULL) is false when its `reward` is below the
+// threshold (nothing added). Malformed or untrainable records: `AGENTLM_STATUS_INVALID_ARGUMENT`.
+agentlm_status agentlm_trainer_add_json(const struct agentlm_trainer *trainer,
+                                        int32_t data_kind,
+                                        const char *json,
+                                        size_t json_len,
+                                        bool *added,
+                                        struct agentlm_error **err);
+
+// Adds every record of a JSONL file (`path`, UTF-8 of `path_len` bytes), streamed: the file is read
+// line by line and records are read back when sampled, so it must stay unchanged. `*added` (may be
+// NULL) receives the number added. A malformed line fails the whole call, naming the line.
+agentlm_status agentlm_trainer_add_jsonl_file(const struct agentlm_trainer *trainer,
+                                              int32_t data_kind,
+                                              const char *path,
+                                              size_t path_len,
+                                              size_t *added,
+                                              struct agentlm_error **err);
+
+// Adds the episode `agent` recorded (with the reward given by `agentlm_agent_set_outcome`) to the
+// agent data. `*added` (may be NULL) is false when its reward is below the threshold or missing.
+agentlm_status agentlm_trainer_add_episode(const struct agentlm_trainer *trainer,
+                                           const struct agentlm_agent *agent,
+                                           bool *added,
+                                           struct agentlm_error **err);
+
+// Runs up to `steps` optimizer steps, or until `max_seconds` have passed (0 or less: no limit; the
+// step in progress finishes). `on_progress` (may be NULL) is called after each step; `last` (may be
+// NULL) receives the last step's figures. Returns `AGENTLM_STATUS_OK` (steps done or time up),
+// `AGENTLM_STATUS_STOPPED` (the callback returned false), `AGENTLM_STATUS_CANCELLED`
+// ([`agentlm_trainer_cancel`]; the interrupted step is discarded).
+agentlm_status agentlm_trainer_run(const struct agentlm_trainer *trainer,
+                                   uint32_t steps,
+                                   double max_seconds,
+                                   agentlm_train_progress_fn on_progress,
+                                   void *user_data,
+                                   struct agentlm_train_progress *last,
+                                   struct agentlm_error **err);
+
+// Requests that the running (or next) [`agentlm_trainer_run`] or [`agentlm_trainer_evaluate`] stop at
+// the next example. May be called from any thread.
+agentlm_status agentlm_trainer_cancel(const struct agentlm_trainer *trainer);
+
+// Optimizer steps taken (0 for NULL or a busy trainer).
+uint64_t agentlm_trainer_step(const struct agentlm_trainer *trainer);
+
+// Mean masked loss over the held-out examples (`AGENTLM_DATA_EVAL`), token-weighted; `tokens` (may be
+// NULL) receives the number of loss tokens.
+agentlm_status agentlm_trainer_evaluate(const struct agentlm_trainer *trainer,
+                                        double *loss,
+                                        uint32_t *tokens,
+                                        struct agentlm_error **err);
+
+// The adapter as trained so far (a snapshot), to attach to sessions and agents. Free with
+// [`agentlm_adapter_free`].
+agentlm_status agentlm_trainer_adapter(const struct agentlm_trainer *trainer,
+                                       struct agentlm_adapter **out,
+                                       struct agentlm_error **err);
+
+// Writes the trained adapter as a PEFT directory (each file replaced atomically).
+agentlm_status agentlm_trainer_save_adapter(const struct agentlm_trainer *trainer,
+                                            const char *dir,
+                                            size_t dir_len,
+                                            struct agentlm_error **err);
+
+// Saves a checkpoint directory (adapter, optimizer state, data and position) that
+// [`agentlm_trainer_resume`] continues exactly. The previous checkpoint there survives a crash.
+agentlm_status agentlm_trainer_checkpoint(const struct agentlm_trainer *trainer,
+                                          const char *dir,
+                                          size_t dir_len,
+                                          struct agentlm_error **err);
+
+// A trainer continuing from a checkpoint directory, on `model` (the model it was trained on).
+// Free with [`agentlm_trainer_free`].
+agentlm_status agentlm_trainer_resume(const struct agentlm_model *model,
+                                      const char *dir,
+                                      size_t dir_len,
+                                      struct agentlm_trainer **out,
+                                      struct agentlm_error **err);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -9,6 +9,7 @@ use serde_json::Value;
 use super::constrain::{ActionGrammar, Constraint};
 use super::format::{Action, ActionFormat};
 use super::trajectory::{Trajectory, Turn};
+use crate::adapter::Adapter;
 use crate::error::{Error, Result};
 use crate::generate::{CancelToken, SamplingParams};
 use crate::runtime::Model;
@@ -249,6 +250,19 @@ impl Agent {
     /// The underlying session (its tokens are the rendered conversation).
     pub fn session(&self) -> &Session {
         &self.session
+    }
+
+    /// Applies a LoRA adapter at `scale` (or none) from the next reply on: a hot swap between steps,
+    /// e.g. the adapter a trainer just produced. The conversation is kept (and re-processed once with
+    /// the new weights).
+    ///
+    /// # Errors
+    /// Mid-reply (after a [`StepKind::Pending`] step); an adapter for another model.
+    pub fn set_adapter(&mut self, adapter: Option<(Adapter, f32)>) -> Result<()> {
+        if matches!(self.phase, Phase::Generating) {
+            return Err(Error::InvalidArgument("a reply is in progress: finish the step before swapping adapters".into()));
+        }
+        self.session.set_adapter(adapter)
     }
 
     /// Generates one complete reply and returns what it asks for.

@@ -157,8 +157,8 @@ impl Drop for ToolCallback {
     }
 }
 
-struct AgentState {
-    agent: Agent,
+pub(crate) struct AgentState {
+    pub(crate) agent: Agent,
     callbacks: HashMap<String, ToolCallback>,
     /// Backing store of the last step's strings.
     strings: [Vec<u8>; 6],
@@ -169,10 +169,10 @@ struct AgentState {
 /// otherwise); [`agentlm_agent_cancel`] from any thread.
 pub struct agentlm_agent {
     cancel: CancelToken,
-    state: Mutex<AgentState>,
+    pub(crate) state: Mutex<AgentState>,
 }
 
-fn lock_agent<T>(agent: *const agentlm_agent, f: impl FnOnce(&mut AgentState) -> Result<T, Fail>) -> Result<T, Fail> {
+pub(crate) fn lock_agent<T>(agent: *const agentlm_agent, f: impl FnOnce(&mut AgentState) -> Result<T, Fail>) -> Result<T, Fail> {
     let a = handle(agent, "agent")?;
     let mut guard = try_lock(&a.state, "agent", |_| {})?;
     let st = &mut *guard;

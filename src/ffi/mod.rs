@@ -18,6 +18,7 @@
 mod agent;
 mod handles;
 mod log;
+mod train;
 mod util;
 
 use std::ffi::{c_char, c_void};
@@ -30,6 +31,7 @@ use crate::template::Message;
 use crate::Backend;
 
 pub use agent::*;
+pub use train::*;
 pub use handles::{agentlm_model, agentlm_session};
 use handles::{lock, SessionState};
 pub use log::agentlm_log_fn;
