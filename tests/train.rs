@@ -159,6 +159,10 @@ fn data_is_filtered_by_reward_and_bad_lines_are_named() {
     // Nothing to learn from: no assistant turn marked for loss.
     let none = r#"{"conversations":[{"from":"human","value":"hi","loss":null},{"from":"gpt","value":"x","loss":false}]}"#;
     assert!(t.add_json(none, DataKind::Agent).unwrap_err().to_string().contains("no trained token"));
+    // In a file such a record is skipped and counted, the others are added.
+    std::fs::write(&path, [record("a", "b", 1.0), none.to_string()].join("\n")).unwrap();
+    let r = t.add_jsonl_file(&path, DataKind::Agent).unwrap();
+    assert_eq!((r.added, r.below_reward, r.no_loss), (1, 0, 1));
     // No data: a clear error, not a panic.
     let mut empty = Trainer::new(&model, config(), None).unwrap();
     assert!(empty.run(1, None, |_| true).unwrap_err().to_string().contains("no training examples"));

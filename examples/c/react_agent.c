@@ -12,144 +12,11 @@
  * Exit status 0 when the episode ran to its end; prints "valid actions: N of M replies".
  */
 #include "agentlm.h"
+#include "household.h"
 
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-
-/* ---- the household ----------------------------------------------------------------------------- */
-
-typedef struct {
-  const char *name;
-  int closed;
-  const char *objects[4];
-} place;
-
-typedef struct {
-  place places[5];
-  const char *at;
-  const char *holding;
-  int solved;
-} house;
-
-static place *find_place(house *h, const char *name, size_t len) {
-  for (int i = 0; i < 5; i++)
-    if (strlen(h->places[i].name) == len && memcmp(h->places[i].name, name, len) == 0) return &h->places[i];
-  return NULL;
-}
-
-static void describe(const place *p, char *out, size_t cap) {
-  size_t n = (size_t)snprintf(out, cap, "On the %s, you see", p->name);
-  int any = 0;
-  for (int i = 0; i < 4 && n < cap; i++)
-    if (p->objects[i]) n += (size_t)snprintf(out + n, cap - n, "%s a %s", any++ ? "," : "", p->objects[i]);
-  if (n < cap) snprintf(out + n, cap - n, "%s.", any ? "" : " nothing");
-}
-
-/* Tool callbacks: user_data is the house; the observation goes back through agentlm_tool_result_set. */
-static bool tool_go(void *user, const char *input, size_t len, agentlm_tool_result *r) {
-  house *h = (house *)user;
-  char obs[256];
-  place *p = find_place(h, input, len);
-  if (!p) snprintf(obs, sizeof obs, "Nothing happened.");
-  else if (p->closed) {
-    h->at = p->name;
-    snprintf(obs, sizeof obs, "The %s is closed.", p->name);
-  } else {
-    h->at = p->name;
-    describe(p, obs, sizeof obs);
-  }
-  agentlm_tool_result_set(r, obs, strlen(obs));
-  return true;
-}
-
-static bool tool_open(void *user, const char *input, size_t len, agentlm_tool_result *r) {
-  house *h = (house *)user;
-  char obs[256];
-  place *p = find_place(h, input, len);
-  if (!p || p->name != h->at || !p->closed) snprintf(obs, sizeof obs, "Nothing happened.");
-  else {
-    p->closed = 0;
-    snprintf(obs, sizeof obs, "You open the %s. ", p->name);
-    size_t n = strlen(obs);
-    describe(p, obs + n, sizeof obs - n);
-  }
-  agentlm_tool_result_set(r, obs, strlen(obs));
-  return true;
-}
-
-/* Splits "<object><sep><place>" (e.g. "apple 1 from table 1") into `obj` and the place, which must be
- * where the agent is and open; NULL otherwise. */
-static place *object_at_place(house *h, const char *input, size_t len, const char *sep, char *obj, size_t cap) {
-  if (len >= cap) return NULL;
-  memcpy(obj, input, len);
-  obj[len] = 0;
-  char *at = strstr(obj, sep);
-  if (!at) return NULL;
-  *at = 0;
-  const char *name = at + strlen(sep);
-  place *p = find_place(h, name, strlen(name));
-  return p && p->name == h->at && !p->closed ? p : NULL;
-}
-
-static bool tool_take(void *user, const char *input, size_t len, agentlm_tool_result *r) {
-  house *h = (house *)user;
-  char obs[256] = "Nothing happened.";
-  char obj[128];
-  place *p = h->holding ? NULL : object_at_place(h, input, len, " from ", obj, sizeof obj);
-  for (int i = 0; p && i < 4; i++)
-    if (p->objects[i] && strcmp(p->objects[i], obj) == 0) {
-      h->holding = p->objects[i];
-      p->objects[i] = NULL;
-      snprintf(obs, sizeof obs, "You pick up the %s from the %s.", h->holding, p->name);
-      break;
-    }
-  agentlm_tool_result_set(r, obs, strlen(obs));
-  return true;
-}
-
-static bool tool_put(void *user, const char *input, size_t len, agentlm_tool_result *r) {
-  house *h = (house *)user;
-  char obs[256] = "Nothing happened.";
-  char obj[128];
-  place *p = h->holding ? object_at_place(h, input, len, " in/on ", obj, sizeof obj) : NULL;
-  for (int i = 0; p && strcmp(obj, h->holding) == 0 && i < 4; i++)
-    if (!p->objects[i]) {
-      p->objects[i] = h->holding;
-      snprintf(obs, sizeof obs, "You put the %s in/on the %s.", h->holding, p->name);
-      h->solved = strcmp(h->holding, "apple 1") == 0 && strcmp(p->name, "fridge 1") == 0;
-      h->holding = NULL;
-      break;
-    }
-  agentlm_tool_result_set(r, obs, strlen(obs));
-  return true;
-}
-
-/* calculate: + - * / over integers, left to right. */
-static bool tool_calculate(void *user, const char *input, size_t len, agentlm_tool_result *r) {
-  (void)user;
-  char buf[128], obs[64];
-  if (len >= sizeof buf) return false;
-  memcpy(buf, input, len);
-  buf[len] = 0;
-  char *p = buf;
-  long acc = strtol(p, &p, 10);
-  while (*p) {
-    while (*p == ' ') p++;
-    char op = *p;
-    if (!op) break;
-    p++;
-    long v = strtol(p, &p, 10);
-    if (op == '+') acc += v;
-    else if (op == '-') acc -= v;
-    else if (op == '*') acc *= v;
-    else if (op == '/' && v != 0) acc /= v;
-    else return false;
-  }
-  snprintf(obs, sizeof obs, "%ld", acc);
-  agentlm_tool_result_set(r, obs, strlen(obs));
-  return true;
-}
 
 static const char *INSTRUCTIONS =
     "Interact with a household to solve a task. Each turn, output \"THOUGHT: your thoughts.\\n ACTION: "
@@ -181,12 +48,8 @@ int main(int argc, char **argv) {
     }
   }
 
-  house h = {{{"countertop 1", 0, {"apple 1", "mug 1", NULL, NULL}},
-              {"fridge 1", 1, {"egg 1", NULL, NULL, NULL}},
-              {"cabinet 1", 1, {NULL, NULL, NULL, NULL}},
-              {"table 1", 0, {"book 1", NULL, NULL, NULL}},
-              {"middle of the room", 0, {NULL, NULL, NULL, NULL}}},
-             "middle of the room", NULL, 0};
+  house h;
+  house_init(&h, 1, "apple 1", "fridge 1");
 
   agentlm_model *model = NULL;
   agentlm_agent *agent = NULL;

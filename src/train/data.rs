@@ -133,8 +133,8 @@ impl Source {
 /// `keep` (blank lines are skipped). Nothing but the current line is held in memory.
 ///
 /// # Errors
-/// I/O errors; the first malformed line, by number.
-pub(crate) fn index_jsonl(path: &Path, mut keep: impl FnMut(&Trajectory) -> bool) -> Result<Vec<Source>> {
+/// I/O errors; the first malformed line or error from `keep`, by line number.
+pub(crate) fn index_jsonl(path: &Path, mut keep: impl FnMut(&Trajectory) -> Result<bool>) -> Result<Vec<Source>> {
     let io = |source| Error::Io { path: path.to_path_buf(), source };
     let file = Arc::new(path.to_path_buf());
     let mut reader = BufReader::new(std::fs::File::open(path).map_err(io)?);
@@ -153,7 +153,8 @@ pub(crate) fn index_jsonl(path: &Path, mut keep: impl FnMut(&Trajectory) -> bool
             let t = parse_record(trimmed).map_err(|e| Error::InvalidArgument(format!("{}:{line_no}: {e}", path.display())))?;
             let len = u32::try_from(trimmed.len())
                 .map_err(|_| Error::InvalidArgument(format!("{}:{line_no}: line longer than 4 GiB", path.display())))?;
-            if keep(&t) {
+            let keep = keep(&t).map_err(|e| Error::InvalidArgument(format!("{}:{line_no}: {e}", path.display())))?;
+            if keep {
                 out.push(Source::Line { file: file.clone(), offset, len, line: line_no });
             }
         }
@@ -223,11 +224,11 @@ mod tests {
         let good = r#"{"conversations":[{"from":"human","value":"q"},{"from":"gpt","value":"a"}],"reward":1}"#;
         let low = r#"{"conversations":[{"from":"human","value":"q"},{"from":"gpt","value":"b"}],"reward":0}"#;
         std::fs::write(&p, format!("{good}\n\n{low}\r\n{good}")).unwrap();
-        let idx = index_jsonl(&p, |t| t.reward.unwrap_or(1.0) >= 1.0).unwrap();
+        let idx = index_jsonl(&p, |t| Ok(t.reward.unwrap_or(1.0) >= 1.0)).unwrap();
         assert_eq!(idx.len(), 2);
         assert_eq!(idx[1].load().unwrap().conversations[1].value, "a");
         std::fs::write(&p, format!("{good}\n{{\"conversations\": 3}}\n")).unwrap();
-        let e = index_jsonl(&p, |_| true).unwrap_err().to_string();
+        let e = index_jsonl(&p, |_| Ok(true)).unwrap_err().to_string();
         assert!(e.contains("d.jsonl:2:"), "{e}");
     }
 }

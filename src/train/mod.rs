@@ -224,6 +224,14 @@ pub struct AddReport {
     pub added: usize,
     /// Records below the reward threshold.
     pub below_reward: usize,
+    /// Records with no trained token within the token limit (skipped with a warning).
+    pub no_loss: usize,
+}
+
+enum Admit {
+    Keep,
+    BelowReward,
+    NoLoss,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -433,12 +441,18 @@ impl Trainer {
         Ok(tok)
     }
 
-    fn admit(&self, t: &Trajectory) -> Result<bool> {
+    fn admit(&self, t: &Trajectory) -> Result<Admit> {
         if t.reward.is_some_and(|r| r < self.config.reward_threshold) {
-            return Ok(false);
+            return Ok(Admit::BelowReward);
         }
-        self.tokenize(t)?;
-        Ok(true)
+        match self.tokenize(t) {
+            Ok(_) => Ok(Admit::Keep),
+            Err(Error::InvalidArgument(m)) if m.contains("no trained token") => {
+                tracing::warn!(id = ?t.id, "skipped: {m}");
+                Ok(Admit::NoLoss)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// Adds a trajectory (an episode recorded by an agent, or a parsed record) to the training data.
@@ -447,8 +461,12 @@ impl Trainer {
     /// # Errors
     /// A conversation that does not render or has nothing to train on.
     pub fn add_trajectory(&mut self, t: Trajectory, kind: DataKind) -> Result<bool> {
-        if !self.admit(&t)? {
-            return Ok(false);
+        match self.admit(&t)? {
+            Admit::Keep => {}
+            Admit::BelowReward => return Ok(false),
+            Admit::NoLoss => {
+                self.tokenize(&t)?;
+            }
         }
         self.pools[kind.index()].items.push(Source::Memory(Arc::new(t)));
         Ok(true)
@@ -468,7 +486,8 @@ impl Trainer {
     /// back when sampled. The file must not change while the trainer uses it.
     ///
     /// # Errors
-    /// I/O errors; the first malformed or untrainable line, by number (nothing is added then).
+    /// I/O errors; the first malformed line or one that does not render, by number (nothing is added
+    /// then). Records with nothing to train on within `max_tokens` are skipped and counted.
     pub fn add_jsonl_file(&mut self, path: impl AsRef<Path>, kind: DataKind) -> Result<AddReport> {
         let (items, report) = self.index(path.as_ref())?;
         self.pools[kind.index()].items.extend(items);
@@ -500,30 +519,24 @@ impl Trainer {
 
     fn index(&self, path: &Path) -> Result<(Vec<Source>, AddReport)> {
         let mut report = AddReport::default();
-        let mut failure = None;
         let items = data::index_jsonl(path, |t| {
-            if failure.is_some() {
-                return false;
-            }
-            match self.admit(t) {
-                Ok(true) => {
+            Ok(match self.admit(t)? {
+                Admit::Keep => {
                     report.added += 1;
                     true
                 }
-                Ok(false) => {
+                Admit::BelowReward => {
                     report.below_reward += 1;
                     false
                 }
-                Err(e) => {
-                    failure = Some(e);
+                Admit::NoLoss => {
+                    report.no_loss += 1;
                     false
                 }
-            }
+            })
         })?;
-        if let Some(e) = failure {
-            // index_jsonl stops at nothing; name the record that failed.
-            let line = report.added + report.below_reward + 1;
-            return Err(Error::InvalidArgument(format!("{}: record {line}: {e}", path.display())));
+        if report.no_loss > 0 {
+            tracing::warn!(path = %path.display(), skipped = report.no_loss, max_tokens = self.config.max_tokens, "records with no trained token in the token limit were skipped");
         }
         Ok((items, report))
     }
