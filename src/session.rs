@@ -294,7 +294,8 @@ impl Session {
 
     /// The conversation as bytes: tokens, the attention cache and the pending logits, tied to this
     /// model's shape. [`Session::load_state`] restores it exactly (same next-token logits), on this
-    /// or any session of an identical model. Any generation in progress is not saved.
+    /// or any session of an identical model. Any generation in progress is not saved. The attached
+    /// adapter is not part of the state: restore into a session with the same adapter and scale.
     ///
     /// Layout (little-endian): magic `AGLMSES\0`, version `u32`, then `u32` vocab, layers, kv heads,
     /// head dim, hidden size; `u64` token count, `u64` cached positions, `u8` logits flag; the tokens

@@ -197,3 +197,27 @@ fn a_trained_adapter_hot_swaps_into_a_live_session() {
     let other = Model::load(common::model_path(), &LoadOptions { max_context: Some(64), ..LoadOptions::default() }).unwrap();
     assert!(other.session(None).set_adapter(Some((loaded, 1.0))).is_ok(), "same shape: allowed");
 }
+
+#[test]
+fn gradient_checkpointing_gives_the_same_gradients_and_dropout_changes_them() {
+    let model = model();
+    let t = agentlm::train::parse_record(&record("You are in room 2. Go to the door.", "THOUGHT: north.\nACTION: go to door 2", 1.0)).unwrap();
+    let mut cfg = config();
+    // Fresh adapters have B = 0: A's gradients are zero, B's are not; both are compared.
+    let base = Trainer::new(&model, cfg.clone(), None).unwrap();
+    let (loss, plain) = base.gradients(&t).unwrap();
+    cfg.gradient_checkpointing = true;
+    let ckpt = Trainer::new(&model, cfg.clone(), None).unwrap();
+    let (loss_ckpt, with_ckpt) = ckpt.gradients(&t).unwrap();
+    assert!((loss - loss_ckpt).abs() < 1e-6, "{loss} vs {loss_ckpt}");
+    for (k, g) in &plain {
+        let d = g.iter().zip(&with_ckpt[k]).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+        assert!(d < 1e-5, "{k}: {d}");
+    }
+    cfg.gradient_checkpointing = false;
+    cfg.lora.dropout = 0.5;
+    let drop = Trainer::new(&model, cfg, None).unwrap();
+    let (loss_drop, with_drop) = drop.gradients(&t).unwrap();
+    let moved = plain.iter().any(|(k, g)| g.iter().zip(&with_drop[k]).any(|(a, b)| (a - b).abs() > 1e-6));
+    assert!(moved && loss_drop.is_finite(), "dropout on the adapters' input changes the gradients");
+}

@@ -29,7 +29,15 @@ typedef struct {
   const char *goal_object, *goal_place;
 } house;
 
+/* Trims what models add around a name: a leading "the ", trailing spaces and punctuation. */
+static inline void trim_name(const char **name, size_t *len) {
+  while (*len && (**name == ' ')) (*name)++, (*len)--;
+  if (*len > 4 && memcmp(*name, "the ", 4) == 0) *name += 4, *len -= 4;
+  while (*len && strchr(" .,!\"'\n", (*name)[*len - 1])) (*len)--;
+}
+
 static inline place *find_place(house *h, const char *name, size_t len) {
+  trim_name(&name, &len);
   for (int i = 0; i < 5; i++)
     if (strlen(h->places[i].name) == len && memcmp(h->places[i].name, name, len) == 0) return &h->places[i];
   return NULL;
@@ -86,6 +94,11 @@ static inline place *object_at_place(house *h, const char *input, size_t len, co
   if (!at) return NULL;
   *at = 0;
   const char *name = at + strlen(sep);
+  const char *o = obj;
+  size_t olen = strlen(obj);
+  trim_name(&o, &olen);
+  memmove(obj, o, olen);
+  obj[olen] = 0;
   place *p = find_place(h, name, strlen(name));
   return p && p->name == h->at && !p->closed ? p : NULL;
 }
@@ -111,7 +124,9 @@ static inline bool tool_put(void *user, const char *input, size_t len, agentlm_t
   house *h = (house *)user;
   char obs[256] = "Nothing happened.";
   char obj[128];
-  place *p = h->holding ? object_at_place(h, input, len, " in/on ", obj, sizeof obj) : NULL;
+  place *p = NULL;
+  const char *seps[] = {" in/on ", " in ", " on ", " into "};
+  for (int i = 0; h->holding && !p && i < 4; i++) p = object_at_place(h, input, len, seps[i], obj, sizeof obj);
   for (int i = 0; p && strcmp(obj, h->holding) == 0 && i < 4; i++)
     if (!p->objects[i]) {
       p->objects[i] = h->holding;

@@ -105,7 +105,7 @@ static stats episode(const agentlm_model *m, const agentlm_adapter *adapter, goa
       if (verbose) printf("    ACTION: %s %s -> %s\n", s.tool.ptr, s.input.ptr, s.observation.ptr);
     } else if (s.kind == AGENTLM_STEP_INVALID || s.kind == AGENTLM_STEP_FINAL) {
       st.replies++;
-      if (verbose) printf("    invalid: %.70s\n", s.text.ptr);
+      if (verbose) printf("    invalid (%s): %.70s\n", s.answer.ptr, s.text.ptr);
     } else {
       break; /* step limit */
     }
@@ -248,7 +248,7 @@ int main(int argc, char **argv) {
   int kept = 0;
   for (uint32_t i = 0; i < episodes; i++) {
     goal g = RECORD_GOALS[i % (sizeof RECORD_GOALS / sizeof RECORD_GOALS[0])];
-    stats s = episode(m, NULL, g, 1, 0.7f, 100 + i, 6, t, 0);
+    stats s = episode(m, NULL, g, 1, 0.7f, 100 + i, 6, t, i < 2);
     kept += s.solved;
     printf("  episode %2u: %s %s: %s in %d replies\n", i, goal_verb(g), goal_what(g),
            s.solved ? "solved" : "unsolved", s.replies);
