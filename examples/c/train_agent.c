@@ -3,14 +3,16 @@
  *
  *   1. measure: the held-out masked loss on real AgentInstruct ALFWorld trajectories, and how many of
  *      the agent's free (unconstrained, greedy) replies in the text household are valid actions;
- *   2. record episodes in the household with constrained actions and sampling, keep the successful ones
- *      (reward 1, as AgentTuning keeps only trajectories with reward 1);
- *   3. train a LoRA adapter on them plus the AgentInstruct training split (loss only on the agent's
- *      turns marked for loss), printing step, loss and tokens/s;
- *   4. measure again with the adapter hot-swapped into new agents, and save it (PEFT format).
+ *   2. train a LoRA adapter on the AgentInstruct training split (loss only on the agent's turns marked
+ *      for loss), printing step, loss and tokens/s;
+ *   3. record episodes in the household with that adapter hot-swapped into new agents (constrained
+ *      actions, sampling) and keep the successful ones (reward 1, as AgentTuning keeps only
+ *      trajectories with reward 1);
+ *   4. go on training with the kept episodes added to the same trainer;
+ *   5. measure again with the final adapter, and save it (PEFT format).
  *
  *   train_agent MODEL ALFWORLD_JSONL [--steps N] [--episodes N] [--held-out N] [--max-tokens N]
- *               [--lr X] [--out DIR]
+ *               [--lr X] [--out DIR] [--measure-tasks N]
  *
  * ALFWORLD_JSONL: AgentInstruct's ALFWorld split (one trajectory per line); its last --held-out lines
  * (default 16) are the held-out set, the others are trained on. Prints a summary ending in
@@ -123,9 +125,11 @@ static stats episode(const agentlm_model *m, const agentlm_adapter *adapter, goa
 }
 
 /* Valid-action rate of free, greedy replies on the measurement tasks. */
+static size_t g_measure_tasks = sizeof MEASURE_GOALS / sizeof MEASURE_GOALS[0];
+
 static stats measure(const agentlm_model *m, const agentlm_adapter *adapter, int verbose) {
   stats total = {0, 0, 0};
-  for (size_t i = 0; i < sizeof MEASURE_GOALS / sizeof MEASURE_GOALS[0]; i++) {
+  for (size_t i = 0; i < g_measure_tasks; i++) {
     if (verbose) printf("  task %zu (%s %s)\n", i, goal_verb(MEASURE_GOALS[i]), goal_what(MEASURE_GOALS[i]));
     stats s = episode(m, adapter, MEASURE_GOALS[i], 0, 0.0f, 0, 3, NULL, verbose);
     total.replies += s.replies;
@@ -187,7 +191,7 @@ static bool on_progress(void *user, const agentlm_train_progress *p) {
 int main(int argc, char **argv) {
   if (argc < 3) {
     fprintf(stderr, "usage: train_agent MODEL ALFWORLD_JSONL [--steps N] [--episodes N] [--held-out N] "
-                    "[--max-tokens N] [--lr X] [--out DIR]\n");
+                    "[--max-tokens N] [--lr X] [--out DIR] [--measure-tasks N]\n");
     return 2;
   }
   uint32_t steps = 30, episodes = 12, max_tokens = 512;
@@ -205,6 +209,10 @@ int main(int argc, char **argv) {
     else if (strcmp(argv[i], "--max-tokens") == 0) max_tokens = (uint32_t)atoi(argv[++i]);
     else if (strcmp(argv[i], "--lr") == 0) lr = (float)atof(argv[++i]);
     else if (strcmp(argv[i], "--out") == 0) out = argv[++i];
+    else if (strcmp(argv[i], "--measure-tasks") == 0) {
+      size_t n = (size_t)atoi(argv[++i]);
+      if (n >= 1 && n < g_measure_tasks) g_measure_tasks = n;
+    }
     else {
       fprintf(stderr, "unknown argument %s\n", argv[i]);
       return 2;
@@ -244,22 +252,38 @@ int main(int argc, char **argv) {
   stats before = measure(m, NULL, 1);
   printf("valid actions before: %d of %d replies\n", before.valid, before.replies);
 
-  printf("recording %u constrained episodes (sampled):\n", episodes);
+  /* Round 1: AgentInstruct alone. */
+  uint32_t first = steps / 2;
+  printf("training round 1: %u steps on AgentInstruct (LoRA r=%u, alpha=%g, all linears, lr %.1e):\n", first,
+         tp.lora_rank, tp.lora_alpha, lr);
+  progress_state ps = {steps, 0, 0, 0};
+  double t_train = now();
+  TRY("train", agentlm_trainer_run(t, first, 0, on_progress, &ps, NULL, &e_));
+  t_train = now() - t_train;
+  double loss_mid = 0;
+  TRY("evaluate", agentlm_trainer_evaluate(t, &loss_mid, NULL, &e_));
+  printf("held-out masked loss after round 1: %.4f\n", loss_mid);
+
+  /* The round-1 adapter, hot-swapped into new agents, plays episodes; the successful ones are kept. */
+  agentlm_adapter *round1 = NULL;
+  TRY("adapter", agentlm_trainer_adapter(t, &round1, &e_));
+  printf("recording %u constrained episodes (sampled) with the round-1 adapter:\n", episodes);
   int kept = 0;
   for (uint32_t i = 0; i < episodes; i++) {
     goal g = RECORD_GOALS[i % (sizeof RECORD_GOALS / sizeof RECORD_GOALS[0])];
-    stats s = episode(m, NULL, g, 1, 0.7f, 100 + i, 6, t, i < 2);
+    stats s = episode(m, round1, g, 1, 0.7f, 100 + i, 6, t, i < 2);
     kept += s.solved;
     printf("  episode %2u: %s %s: %s in %d replies\n", i, goal_verb(g), goal_what(g),
            s.solved ? "solved" : "unsolved", s.replies);
   }
+  agentlm_adapter_free(round1);
   printf("kept %d successful episodes of %u (reward 1)\n", kept, episodes);
 
-  printf("training %u steps (LoRA r=%u, alpha=%g, all linears, lr %.1e):\n", steps, tp.lora_rank, tp.lora_alpha, lr);
-  progress_state ps = {steps, 0, 0, 0};
-  double t_train = now();
-  TRY("train", agentlm_trainer_run(t, steps, 0, on_progress, &ps, NULL, &e_));
-  t_train = now() - t_train;
+  /* Round 2: the same trainer goes on with the recorded episodes in its data. */
+  printf("training round 2: %u steps on AgentInstruct and the kept episodes:\n", steps - first);
+  double t2 = now();
+  TRY("train", agentlm_trainer_run(t, steps - first, 0, on_progress, &ps, NULL, &e_));
+  t_train += now() - t2;
   TRY("evaluate", agentlm_trainer_evaluate(t, &loss_after, NULL, &e_));
 
   agentlm_adapter *adapter = NULL;
@@ -273,8 +297,10 @@ int main(int argc, char **argv) {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
   printf("\n== summary ==\n");
-  printf("held-out loss %.4f -> %.4f (%u loss tokens of %zu AgentInstruct ALFWorld trajectories)\n", loss_before,
-         loss_after, eval_tokens, n_eval);
+  printf("held-out loss %.4f -> %.4f -> %.4f (before, after round 1, after round 2; %u loss tokens of %zu "
+         "AgentInstruct ALFWorld trajectories)\n",
+         loss_before, loss_mid, loss_after, eval_tokens, n_eval);
+  printf("recorded episodes kept: %d of %u\n", kept, episodes);
   printf("valid actions before: %d of %d replies; after: %d of %d replies\n", before.valid, before.replies,
          after.valid, after.replies);
   printf("training: %u steps in %.1f s, %.0f tokens/s; first step loss %.4f\n", steps, t_train,
