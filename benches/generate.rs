@@ -3,22 +3,13 @@
 //! `scripts/fetch-model.sh && cargo bench --bench generate`. Throughput is reported in tokens/s
 //! (criterion "elements"). Compare with llama.cpp on the same file: see docs/performance.md.
 
+mod common;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use agentlm::{LoadOptions, Model};
 
-fn model_path() -> PathBuf {
-    const NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-    if let Some(p) = std::env::var_os("AGENTLM_MODEL") {
-        return p.into();
-    }
-    let cache = std::env::var_os("AGENTLM_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/agentlm"));
-    cache.join(NAME)
-}
 
 /// 128 prompt tokens: a fixed English paragraph, tokenized, cut or repeated to length.
 fn prompt(model: &Model, n: usize) -> Vec<u32> {
@@ -30,7 +21,7 @@ fn prompt(model: &Model, n: usize) -> Vec<u32> {
 }
 
 fn bench(c: &mut Criterion) {
-    let path = model_path();
+    let path = common::model_path();
     assert!(path.is_file(), "{} not found: run scripts/fetch-model.sh", path.display());
     let model = Model::load(&path, &LoadOptions::default()).expect("load model");
     let ids = prompt(&model, 128);

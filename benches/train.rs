@@ -4,23 +4,14 @@
 //! `scripts/fetch-model.sh && cargo bench --bench train`. Throughput is reported in tokens/s
 //! (criterion "elements"): tokens run through the model per step. See docs/training.md.
 
+mod common;
+
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use std::path::PathBuf;
 use std::time::Duration;
 
 use agentlm::train::{DataKind, TrainConfig, Trainer};
 use agentlm::{LoadOptions, Model};
 
-fn model_path() -> PathBuf {
-    const NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-    if let Some(p) = std::env::var_os("AGENTLM_MODEL") {
-        return p.into();
-    }
-    let cache = std::env::var_os("AGENTLM_CACHE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/agentlm"));
-    cache.join(NAME)
-}
 
 /// A ReAct-style episode long enough to fill `tokens` tokens, loss on the agent's replies.
 fn episode(turns: usize) -> String {
@@ -34,7 +25,7 @@ fn episode(turns: usize) -> String {
 }
 
 fn bench(c: &mut Criterion) {
-    let path = model_path();
+    let path = common::model_path();
     assert!(path.is_file(), "{} not found: run scripts/fetch-model.sh", path.display());
     let model = Model::load(&path, &LoadOptions::default()).expect("load model");
     let mut g = c.benchmark_group("smollm2-135m-q4_1-cpu-lora-r8");

@@ -10,6 +10,7 @@
  * Prints "N passed, N failed" and exits non-zero on any failure.
  */
 #include "agentlm.h"
+#include "check.h"
 
 #include <stdint.h>
 #include <stdio.h>
@@ -17,43 +18,6 @@
 #include <string.h>
 #include <unistd.h>
 
-static int g_passed, g_failed;
-
-#define CHECK(cond)                                                                                \
-  do {                                                                                             \
-    if (cond) {                                                                                    \
-      g_passed++;                                                                                  \
-    } else {                                                                                       \
-      g_failed++;                                                                                  \
-      fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #cond);                              \
-    }                                                                                              \
-  } while (0)
-
-#define CHECK_STATUS(expr, want)                                                                   \
-  do {                                                                                             \
-    agentlm_status got_ = (expr);                                                                  \
-    if (got_ == (want)) {                                                                          \
-      g_passed++;                                                                                  \
-    } else {                                                                                       \
-      g_failed++;                                                                                  \
-      fprintf(stderr, "FAIL %s:%d: %s = %d (%s), want %d\n", __FILE__, __LINE__, #expr, (int)got_, \
-              agentlm_status_string(got_), (int)(want));                                           \
-    }                                                                                              \
-  } while (0)
-
-#define MUST(call)                                                                                 \
-  do {                                                                                             \
-    agentlm_error *err_ = NULL;                                                                    \
-    agentlm_status st_ = (call);                                                                   \
-    if (st_ < 0) {                                                                                 \
-      g_failed++;                                                                                  \
-      fprintf(stderr, "FAIL %s:%d: %s: %s\n", __FILE__, __LINE__, #call,                           \
-              agentlm_error_message(err_));                                                        \
-    } else {                                                                                       \
-      g_passed++;                                                                                  \
-    }                                                                                              \
-    agentlm_error_free(err_);                                                                      \
-  } while (0)
 
 static int g_tiny;
 

@@ -195,6 +195,34 @@ static inline bool tool_nothing(void *user, const char *input, size_t len, agent
   return true;
 }
 
+/* Registers the household's tools on `agent` (user_data: `h`): go to, open, take, put; then `calculate`
+ * when `calculator`; then the other ALFWorld verbs (look, inventory, examine, close) when `all_verbs`. */
+static inline agentlm_status house_add_tools(agentlm_agent *agent, house *h, int calculator, int all_verbs,
+                                             agentlm_error **err) {
+  struct {
+    const char *name, *description;
+    agentlm_tool_fn fn;
+    int group; /* 0 always, 1 calculator, 2 all verbs */
+  } tools[] = {
+      {"go to", "go to a place, e.g. go to table 1", tool_go, 0},
+      {"open", "open the closed place you are at, e.g. open cabinet 1", tool_open, 0},
+      {"take", "take an object from the place you are at, e.g. take book 1 from table 1", tool_take, 0},
+      {"put", "put what you hold in or on the place you are at, e.g. put book 1 in/on cabinet 1", tool_put, 0},
+      {"calculate", "evaluate arithmetic, e.g. calculate 12 * 7", tool_calculate, 1},
+      {"look", "look around", tool_look, 2},
+      {"inventory", "list what you carry", tool_inventory, 2},
+      {"examine", "examine something", tool_nothing, 2},
+      {"close", "close a place", tool_nothing, 2},
+  };
+  for (size_t i = 0; i < sizeof tools / sizeof tools[0]; i++) {
+    if ((tools[i].group == 1 && !calculator) || (tools[i].group == 2 && !all_verbs)) continue;
+    agentlm_status st = agentlm_agent_add_tool(agent, tools[i].name, strlen(tools[i].name), tools[i].description,
+                                               strlen(tools[i].description), NULL, 0, tools[i].fn, h, NULL, err);
+    if (st != AGENTLM_STATUS_OK) return st;
+  }
+  return AGENTLM_STATUS_OK;
+}
+
 /* A fresh house with the goal given. */
 static inline void house_init(house *h, int goal_put, const char *object, const char *place_name) {
   house fresh = {{{"countertop 1", 0, {"apple 1", "mug 1", NULL, NULL}},

@@ -66,21 +66,8 @@ int main(int argc, char **argv) {
   agentlm_model_free(model); /* the agent keeps the model alive */
   if (st != AGENTLM_STATUS_OK) return fail("agent", st, err);
 
-  struct {
-    const char *name, *description;
-    agentlm_tool_fn fn;
-  } tools[] = {
-      {"go to", "go to a place, e.g. go to table 1", tool_go},
-      {"open", "open the closed place you are at, e.g. open cabinet 1", tool_open},
-      {"take", "take an object from the place you are at, e.g. take book 1 from table 1", tool_take},
-      {"put", "put what you hold in or on the place you are at, e.g. put book 1 in/on cabinet 1", tool_put},
-      {"calculate", "evaluate arithmetic, e.g. calculate 12 * 7", tool_calculate},
-  };
-  for (size_t i = 0; i < sizeof tools / sizeof tools[0]; i++) {
-    st = agentlm_agent_add_tool(agent, tools[i].name, strlen(tools[i].name), tools[i].description,
-                                strlen(tools[i].description), NULL, 0, tools[i].fn, &h, NULL, &err);
-    if (st != AGENTLM_STATUS_OK) return fail("add tool", st, err);
-  }
+  st = house_add_tools(agent, &h, 1, 0, &err);
+  if (st != AGENTLM_STATUS_OK) return fail("add tool", st, err);
 
   printf("Task: put an apple in fridge 1 (%s mode)\n", constrained ? "constrained" : "free");
   int replies = 0, valid = 0, frames = 0, done = 0;

@@ -81,22 +81,7 @@ static stats episode(const agentlm_model *m, const agentlm_adapter *adapter, goa
   p.seed = seed;
   agentlm_agent *a = NULL;
   TRY("agent", agentlm_agent_new(m, &p, INSTRUCTIONS, strlen(INSTRUCTIONS), task, strlen(task), &a, &e_));
-  struct {
-    const char *name, *description;
-    agentlm_tool_fn fn;
-  } tools[] = {
-      {"go to", "go to a place, e.g. go to table 1", tool_go},
-      {"open", "open the closed place you are at, e.g. open cabinet 1", tool_open},
-      {"take", "take an object from the place you are at, e.g. take book 1 from table 1", tool_take},
-      {"put", "put what you hold in or on the place you are at, e.g. put book 1 in/on cabinet 1", tool_put},
-      {"look", "look around", tool_look},
-      {"inventory", "list what you carry", tool_inventory},
-      {"examine", "examine something", tool_nothing},
-      {"close", "close a place", tool_nothing},
-  };
-  for (size_t i = 0; i < sizeof tools / sizeof tools[0]; i++)
-    TRY("tool", agentlm_agent_add_tool(a, tools[i].name, strlen(tools[i].name), tools[i].description,
-                                       strlen(tools[i].description), NULL, 0, tools[i].fn, &h, NULL, &e_));
+  TRY("tools", house_add_tools(a, &h, 0, 1, &e_));
   if (adapter) TRY("adapter", agentlm_agent_set_adapter(a, adapter, 1.0f, &e_));
   for (;;) {
     agentlm_agent_step_result s;

@@ -526,6 +526,23 @@ pub unsafe extern "C" fn agentlm_trainer_adapter(
     })
 }
 
+/// Runs `f` on the trainer with the `(dir, dir_len)` path argument.
+unsafe fn with_dir(
+    trainer: *const agentlm_trainer,
+    dir: *const c_char,
+    dir_len: usize,
+    err: *mut *mut agentlm_error,
+    f: impl FnOnce(&Trainer, &str) -> crate::Result<()>,
+) -> agentlm_status {
+    boundary(err, || {
+        let dir = unsafe { str_arg(dir, dir_len, "dir") }?;
+        lock_trainer(trainer, |st| {
+            f(&st.trainer, dir)?;
+            Ok(AGENTLM_STATUS_OK)
+        })
+    })
+}
+
 /// Writes the trained adapter as a PEFT directory (each file replaced atomically).
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_trainer_save_adapter(
@@ -534,13 +551,7 @@ pub unsafe extern "C" fn agentlm_trainer_save_adapter(
     dir_len: usize,
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
-    boundary(err, || {
-        let dir = unsafe { str_arg(dir, dir_len, "dir") }?;
-        lock_trainer(trainer, |st| {
-            st.trainer.save_adapter(dir)?;
-            Ok(AGENTLM_STATUS_OK)
-        })
-    })
+    unsafe { with_dir(trainer, dir, dir_len, err, |t, dir| t.save_adapter(dir)) }
 }
 
 /// Saves a checkpoint directory (adapter, optimizer state, data and position) that
@@ -552,13 +563,7 @@ pub unsafe extern "C" fn agentlm_trainer_checkpoint(
     dir_len: usize,
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
-    boundary(err, || {
-        let dir = unsafe { str_arg(dir, dir_len, "dir") }?;
-        lock_trainer(trainer, |st| {
-            st.trainer.checkpoint(dir)?;
-            Ok(AGENTLM_STATUS_OK)
-        })
-    })
+    unsafe { with_dir(trainer, dir, dir_len, err, |t, dir| t.checkpoint(dir)) }
 }
 
 /// A trainer continuing from a checkpoint directory, on `model` (the model it was trained on).
