@@ -1,0 +1,3 @@
+module libagentlm.dev/agentlm
+
+go 1.22
