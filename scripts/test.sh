@@ -17,6 +17,13 @@ cargo test --locked --doc
 # The cxx bridge crate: its test is C++ driving the Rust API.
 cargo test --locked -p agentlm-cxx
 
+# The Go binding, linked against the library cargo just built (go vet, go test on the real model, the
+# Go example). CGO_LDFLAGS is how a Go program finds the library; see bindings/go/README.md.
+lib_dir="$CARGO_TARGET_DIR/debug"
+export CGO_LDFLAGS="-L$lib_dir -Wl,-rpath,$lib_dir ${CGO_LDFLAGS:-}"
+(cd bindings/go && go vet ./... && go test -count=1 ./...)
+(cd examples/go && go vet ./... && go run . -steps 2 "$AGENTLM_MODEL")
+
 # The C ABI: C and C++ tests (plain, AddressSanitizer+UBSan, valgrind), header checks, examples,
 # install-and-consume. The dev profile is optimised and shares the dependencies built above.
 build_dir="${AGENTLM_CMAKE_BUILD_DIR:-build}"

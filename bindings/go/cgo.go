@@ -33,7 +33,9 @@ func cstr(s string) (*C.char, C.size_t) {
 	if len(s) == 0 {
 		return nil, 0
 	}
-	return (*C.char)(unsafe.Pointer(unsafe.StringData(s))), C.size_t(len(s))
+	// The string header's first word is its data pointer (unsafe.StringData from Go 1.20 on; this form
+	// keeps the package building with Debian's Go 1.19).
+	return (*C.char)(*(*unsafe.Pointer)(unsafe.Pointer(&s))), C.size_t(len(s))
 }
 
 func handlePtr(h cgo.Handle) unsafe.Pointer { return C.agentlm_go_handle(C.uintptr_t(h)) }

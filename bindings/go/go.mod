@@ -1,3 +1,3 @@
 module libagentlm.dev/agentlm
 
-go 1.22
+go 1.19

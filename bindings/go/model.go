@@ -131,9 +131,13 @@ func (m *Model) ApplyChatTemplate(messages []Message) (string, error) {
 	err := m.use(func(p *C.agentlm_model) error {
 		n := len(messages)
 		// The array and the strings live in C memory: C must not receive Go pointers to Go pointers.
-		arr := (*C.agentlm_message)(C.malloc(C.size_t(max(n, 1)) * C.sizeof_agentlm_message))
+		slots := n
+		if slots == 0 {
+			slots = 1
+		}
+		arr := (*C.agentlm_message)(C.malloc(C.size_t(slots) * C.sizeof_agentlm_message))
 		defer C.free(unsafe.Pointer(arr))
-		msgs := unsafe.Slice(arr, max(n, 1))
+		msgs := unsafe.Slice(arr, slots)
 		for i, msg := range messages {
 			r, c := C.CString(msg.Role), C.CString(msg.Content)
 			defer C.free(unsafe.Pointer(r))
