@@ -24,6 +24,9 @@ export CGO_LDFLAGS="-L$lib_dir -Wl,-rpath,$lib_dir ${CGO_LDFLAGS:-}"
 (cd bindings/go && go vet ./... && go test -count=1 ./...)
 (cd examples/go && go vet ./... && go run . -steps 2 "$AGENTLM_MODEL")
 
+# The Swift binding's C module through its module map (no Swift toolchain here: see bindings/swift).
+bash scripts/check-swift-module.sh
+
 # The C ABI: C and C++ tests (plain, AddressSanitizer+UBSan, valgrind), header checks, examples,
 # install-and-consume. The dev profile is optimised and shares the dependencies built above.
 build_dir="${AGENTLM_CMAKE_BUILD_DIR:-build}"
