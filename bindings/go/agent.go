@@ -11,7 +11,6 @@ import (
 	"context"
 	"runtime"
 	"runtime/cgo"
-	"sync"
 	"time"
 	"unsafe"
 )
@@ -86,8 +85,7 @@ type goTool struct{ fn ToolFunc }
 
 // Agent steps a ReAct agent on a model. One goroutine at a time; Cancel from any goroutine.
 type Agent struct {
-	mu  sync.RWMutex
-	ptr *C.agentlm_agent
+	h handle[*C.agentlm_agent]
 }
 
 // NewAgent makes an agent for task, told instructions (the task family's rules).
@@ -117,32 +115,20 @@ func (m *Model) NewAgent(params AgentParams, instructions, task string) (*Agent,
 	if err != nil {
 		return nil, err
 	}
-	a := &Agent{ptr: out}
+	a := &Agent{h: handle[*C.agentlm_agent]{ptr: out, free: func(p *C.agentlm_agent) { C.agentlm_agent_free(p) }}}
 	runtime.SetFinalizer(a, (*Agent).Close)
 	return a, nil
 }
 
 // Close frees the agent (and its tools' handles). Safe to call more than once.
 func (a *Agent) Close() error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.ptr != nil {
-		C.agentlm_agent_free(a.ptr)
-		a.ptr = nil
-	}
+	a.h.close()
 	runtime.SetFinalizer(a, nil)
 	return nil
 }
 
 func (a *Agent) use(f func(p *C.agentlm_agent) error) error {
-	a.mu.RLock()
-	defer a.mu.RUnlock()
-	if a.ptr == nil {
-		return ErrClosed
-	}
-	err := f(a.ptr)
-	runtime.KeepAlive(a)
-	return err
+	return a.h.use(f)
 }
 
 // AddTool registers a tool (before the first step). fn may be nil: then the host answers actions with

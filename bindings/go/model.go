@@ -6,7 +6,6 @@ import "C"
 
 import (
 	"runtime"
-	"sync"
 	"unsafe"
 )
 
@@ -30,8 +29,7 @@ type ModelOptions struct {
 // Model is a loaded model: immutable and safe for concurrent use by any number of goroutines.
 // Close releases this handle; sessions, agents and trainers made from it keep the model alive.
 type Model struct {
-	mu  sync.RWMutex
-	ptr *C.agentlm_model
+	h handle[*C.agentlm_model]
 }
 
 // LoadModel loads a GGUF file or a Hugging Face model directory.
@@ -50,33 +48,21 @@ func LoadModel(path string, opts *ModelOptions) (*Model, error) {
 	if err := check("LoadModel", st, cerr); err != nil {
 		return nil, err
 	}
-	m := &Model{ptr: out}
+	m := &Model{h: handle[*C.agentlm_model]{ptr: out, free: func(p *C.agentlm_model) { C.agentlm_model_free(p) }}}
 	runtime.SetFinalizer(m, (*Model).Close)
 	return m, nil
 }
 
 // Close releases the handle. Safe to call more than once.
 func (m *Model) Close() error {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	if m.ptr != nil {
-		C.agentlm_model_free(m.ptr)
-		m.ptr = nil
-	}
+	m.h.close()
 	runtime.SetFinalizer(m, nil)
 	return nil
 }
 
 // use runs f with the live handle (shared lock: many goroutines may use a model at once).
 func (m *Model) use(f func(p *C.agentlm_model) error) error {
-	m.mu.RLock()
-	defer m.mu.RUnlock()
-	if m.ptr == nil {
-		return ErrClosed
-	}
-	err := f(m.ptr)
-	runtime.KeepAlive(m)
-	return err
+	return m.h.use(f)
 }
 
 // VocabSize is the number of token ids.

@@ -49,8 +49,7 @@ type Generation struct {
 // Session is one conversation with its KV cache. Use it from one goroutine at a time (an overlapping
 // call fails with StatusBusy); Cancel may be called from any goroutine.
 type Session struct {
-	mu  sync.RWMutex // read-held by calls (Cancel runs beside Generate), write-held by Close
-	ptr *C.agentlm_session
+	h handle[*C.agentlm_session]
 }
 
 // NewSession makes a conversation on m holding up to capacity tokens (0: the model's context).
@@ -65,32 +64,20 @@ func (m *Model) NewSession(capacity int) (*Session, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &Session{ptr: out}
+	s := &Session{h: handle[*C.agentlm_session]{ptr: out, free: func(p *C.agentlm_session) { C.agentlm_session_free(p) }}}
 	runtime.SetFinalizer(s, (*Session).Close)
 	return s, nil
 }
 
 // Close frees the session. Safe to call more than once.
 func (s *Session) Close() error {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.ptr != nil {
-		C.agentlm_session_free(s.ptr)
-		s.ptr = nil
-	}
+	s.h.close()
 	runtime.SetFinalizer(s, nil)
 	return nil
 }
 
 func (s *Session) use(f func(p *C.agentlm_session) error) error {
-	s.mu.RLock()
-	defer s.mu.RUnlock()
-	if s.ptr == nil {
-		return ErrClosed
-	}
-	err := f(s.ptr)
-	runtime.KeepAlive(s)
-	return err
+	return s.h.use(f)
 }
 
 // AppendText appends trusted text (prompts, rendered templates): special-token strings become control tokens.
@@ -221,6 +208,11 @@ func (s *Session) Generate(ctx context.Context, params GenerateParams, onText fu
 // watch calls cancel once if ctx is done before the returned stop function is called.
 func watch(ctx context.Context, cancel func()) (stop func()) {
 	if ctx.Done() == nil {
+		return func() {}
+	}
+	if ctx.Err() != nil {
+		// Already done: cancel before the call starts, not whenever the goroutine gets to run.
+		cancel()
 		return func() {}
 	}
 	var mu sync.Mutex

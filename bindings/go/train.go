@@ -11,19 +11,17 @@ import (
 	"fmt"
 	"runtime"
 	"runtime/cgo"
-	"sync"
 	"time"
 )
 
 // Adapter is a LoRA adapter loaded for a model (Hugging Face PEFT files). Immutable, safe for
 // concurrent use; sessions and agents it is attached to keep it alive after Close.
 type Adapter struct {
-	mu  sync.RWMutex
-	ptr *C.agentlm_adapter
+	h handle[*C.agentlm_adapter]
 }
 
 func newAdapter(p *C.agentlm_adapter) *Adapter {
-	a := &Adapter{ptr: p}
+	a := &Adapter{h: handle[*C.agentlm_adapter]{ptr: p, free: func(p *C.agentlm_adapter) { C.agentlm_adapter_free(p) }}}
 	runtime.SetFinalizer(a, (*Adapter).Close)
 	return a
 }
@@ -46,12 +44,7 @@ func (m *Model) LoadAdapter(dir string) (*Adapter, error) {
 
 // Close releases the handle. Safe to call more than once.
 func (a *Adapter) Close() error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if a.ptr != nil {
-		C.agentlm_adapter_free(a.ptr)
-		a.ptr = nil
-	}
+	a.h.close()
 	runtime.SetFinalizer(a, nil)
 	return nil
 }
@@ -61,14 +54,7 @@ func (a *Adapter) use(f func(p *C.agentlm_adapter) error) error {
 	if a == nil {
 		return f(nil)
 	}
-	a.mu.RLock()
-	defer a.mu.RUnlock()
-	if a.ptr == nil {
-		return ErrClosed
-	}
-	err := f(a.ptr)
-	runtime.KeepAlive(a)
-	return err
+	return a.h.use(f)
 }
 
 // Rank is the adapter's LoRA rank.
@@ -150,12 +136,11 @@ type progressSink struct {
 
 // Trainer fine-tunes a LoRA adapter on agent trajectories. One goroutine at a time; Cancel from any.
 type Trainer struct {
-	mu  sync.RWMutex
-	ptr *C.agentlm_trainer
+	h handle[*C.agentlm_trainer]
 }
 
 func newTrainer(p *C.agentlm_trainer) *Trainer {
-	t := &Trainer{ptr: p}
+	t := &Trainer{h: handle[*C.agentlm_trainer]{ptr: p, free: func(p *C.agentlm_trainer) { C.agentlm_trainer_free(p) }}}
 	runtime.SetFinalizer(t, (*Trainer).Close)
 	return t
 }
@@ -210,25 +195,13 @@ func (m *Model) ResumeTrainer(dir string) (*Trainer, error) {
 
 // Close frees the trainer. Safe to call more than once.
 func (t *Trainer) Close() error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	if t.ptr != nil {
-		C.agentlm_trainer_free(t.ptr)
-		t.ptr = nil
-	}
+	t.h.close()
 	runtime.SetFinalizer(t, nil)
 	return nil
 }
 
 func (t *Trainer) use(f func(p *C.agentlm_trainer) error) error {
-	t.mu.RLock()
-	defer t.mu.RUnlock()
-	if t.ptr == nil {
-		return ErrClosed
-	}
-	err := f(t.ptr)
-	runtime.KeepAlive(t)
-	return err
+	return t.h.use(f)
 }
 
 // AddJSON adds one record (AgentInstruct, ShareGPT or Agent-FLAN schema). It returns false when the
