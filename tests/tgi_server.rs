@@ -111,6 +111,19 @@ fn agenttuning_style_requests_match_the_generate_example() {
     let text = v["generated_text"].as_str().unwrap();
     assert!(!text.contains('\n'), "{text:?}");
     assert!(generate_cli(PROMPT, 64).starts_with(text));
+    // The full body TGI's Python client sends (every parameter, most of them null), as AgentBench's
+    // TGI agent posts it.
+    let client_body = json!({"inputs": PROMPT, "parameters": {
+        "best_of": null, "decoder_input_details": false, "details": false, "do_sample": false, "max_new_tokens": 24,
+        "repetition_penalty": null, "return_full_text": false, "seed": null, "stop": ["</s>"], "temperature": null,
+        "top_k": null, "top_p": null, "truncate": null, "typical_p": null, "watermark": false}, "stream": false});
+    let (st, v, body) = post(a, "/generate", &client_body);
+    assert_eq!(st, 200, "{body}");
+    assert_eq!(v["generated_text"].as_str().unwrap(), generate_cli(PROMPT, 24));
+    let mut full = client_body.clone();
+    full["parameters"]["return_full_text"] = json!(true);
+    let (_, v, _) = post(a, "/generate", &full);
+    assert_eq!(v["generated_text"].as_str().unwrap(), format!("{PROMPT}{}", generate_cli(PROMPT, 24)));
     // Sampling with temperature and top_p: seeded, so repeatable.
     let sampled = json!({"inputs": PROMPT, "parameters": {"max_new_tokens": 16, "do_sample": true, "temperature": 0.7, "top_p": 0.9, "seed": 3}});
     let (st1, v1, _) = post(a, "/generate", &sampled);
@@ -139,6 +152,9 @@ fn bad_requests_get_4xx_with_a_message() {
         (json!({"inputs": "hi", "parameters": {"temperature": -1}}).to_string(), 422),
         (json!({"inputs": "hi", "parameters": {"top_p": 1.5}}).to_string(), 422),
         (json!({"inputs": "hi", "parameters": {"stop": "x"}}).to_string(), 422),
+        (json!({"inputs": "hi", "parameters": {"best_of": 2}}).to_string(), 422),
+        (json!({"inputs": "hi", "parameters": {"typical_p": 0.5}}).to_string(), 422),
+        (json!({"inputs": 3}).to_string(), 422),
         (json!({"inputs": "x".repeat(5000)}).to_string(), 413),
     ] {
         let (st, b) = http(a, "POST", "/generate", body.as_bytes());

@@ -5,7 +5,7 @@
 //!     [--workers 4] [--max-input-tokens 4096] [--max-new-tokens 1024] [--max-body-bytes 1048576]`
 //!
 //! - `POST /generate` `{"inputs": "...", "parameters": {max_new_tokens, do_sample, temperature, top_p,
-//!   top_k, seed, stop | stop_sequences, truncate, repetition_penalty, details}}` →
+//!   top_k, seed, stop | stop_sequences, truncate, repetition_penalty, details, return_full_text}}` →
 //!   `{"generated_text": "..."}` (plus `details` when asked);
 //! - `POST /generate_stream`: the same, answered with server-sent events, one per token, the last
 //!   carrying `generated_text`;
@@ -32,6 +32,8 @@ struct Limits {
 }
 
 struct Job {
+    /// `return_full_text`: the input is prepended to the answer.
+    prefix: Option<String>,
     prompt_ids: Vec<u32>,
     params: GenerateParams,
     details: bool,
@@ -91,6 +93,16 @@ fn parse(model: &Model, limits: &Limits, body: &[u8]) -> Result<Job, Bad> {
     if top_k == Some(0) {
         return Err(bad("`top_k` must be strictly positive"));
     }
+    // Sent by TGI's Python client with their neutral values; anything else is not implemented here.
+    if int("best_of")?.is_some_and(|b| b > 1) {
+        return Err(bad("`best_of` > 1 is not supported"));
+    }
+    if num("typical_p")?.is_some() {
+        return Err(bad("`typical_p` is not supported"));
+    }
+    if flag("watermark")? {
+        return Err(bad("`watermark` is not supported"));
+    }
     let repetition_penalty = num("repetition_penalty")?;
     if repetition_penalty.is_some_and(|r| r <= 0.0) {
         return Err(bad("`repetition_penalty` must be strictly positive"));
@@ -149,7 +161,8 @@ fn parse(model: &Model, limits: &Limits, body: &[u8]) -> Result<Job, Bad> {
     }
     let params = GenerateParams { sampling, max_tokens: max_new, stop, ignore_eos: false };
     params.sampling.validate().map_err(|e| bad(e.to_string()))?;
-    Ok(Job { prompt_ids, params, details: flag("details")?, seed: sample.then_some(seed.unwrap_or(0)) })
+    let prefix = flag("return_full_text")?.then(|| inputs.to_string());
+    Ok(Job { prefix, prompt_ids, params, details: flag("details")?, seed: sample.then_some(seed.unwrap_or(0)) })
 }
 
 fn finish_name(f: FinishReason) -> &'static str {
@@ -247,6 +260,7 @@ fn handle(model: &Model, limits: &Limits, mut req: Request) {
                 Err(b) => req.respond(error_response(b)),
                 Ok(job) => match run(model, &job, |_, _| true) {
                     Ok((text, n, finish)) => {
+                        let text = format!("{}{text}", job.prefix.as_deref().unwrap_or(""));
                         let mut v = json!({"generated_text": text});
                         if job.details {
                             v["details"] = json!({"finish_reason": finish_name(finish), "generated_tokens": n, "seed": job.seed});
@@ -266,6 +280,7 @@ fn handle(model: &Model, limits: &Limits, mut req: Request) {
                     let model = model.clone();
                     let details = job.details;
                     let seed = job.seed;
+                    let prefix = job.prefix.clone().unwrap_or_default();
                     let producer = std::thread::spawn(move || {
                         let event = |v: Value| format!("data:{v}\n\n").into_bytes();
                         let r = run(&model, &job, |id, text| {
@@ -276,7 +291,7 @@ fn handle(model: &Model, limits: &Limits, mut req: Request) {
                         let last = match r {
                             Ok((text, n, finish)) => {
                                 let d = details.then(|| json!({"finish_reason": finish_name(finish), "generated_tokens": n, "seed": seed}));
-                                json!({"token": {"id": null, "text": "", "logprob": null, "special": true}, "generated_text": text, "details": d})
+                                json!({"token": {"id": null, "text": "", "logprob": null, "special": true}, "generated_text": format!("{prefix}{text}"), "details": d})
                             }
                             Err(e) => json!({"error": e, "error_type": "generation"}),
                         };
