@@ -84,6 +84,57 @@ int main(int argc, char** argv) {
   } catch (const agentlm::Error& e) {
     CHECK(e.status() == AGENTLM_STATUS_STATE);
   }
+  // LoRA: the PEFT reference adapter (argv[2]) changes the greedy text and merging reproduces it;
+  // a trainer learns, its adapter attaches, a throwing progress callback's exception reaches the caller.
+  if (argc > 2) {
+    agentlm::Adapter adapter(model, argv[2]);
+    CHECK(adapter.rank() == 8);
+    agentlm::GenerateOptions go;
+    go.max_tokens = 16;
+    go.ignore_eos = true;
+    auto greedy = [&](const agentlm::Model& m, const agentlm::Adapter* a) {
+      agentlm::Session x = m.session(256);
+      x.set_adapter(a);
+      x.append_text("Once upon a time, in a small village nestled between two mountains, there lived a");
+      return x.generate(go).text;
+    };
+    std::string base = greedy(model, nullptr), tuned = greedy(model, &adapter);
+    CHECK(base != tuned);
+    CHECK(greedy(model.merged(adapter), nullptr) == tuned);
+  }
+  agentlm_trainer_params tp = agentlm_trainer_params_default();
+  tp.lora_rank = 4;
+  tp.learning_rate = 2e-3f;
+  tp.max_tokens = 96;
+  agentlm::Trainer trainer(model, tp);
+  const char* rec =
+      "{\"conversations\":[{\"from\":\"human\",\"value\":\"You are in room 1. Go to the door.\"},"
+      "{\"from\":\"gpt\",\"value\":\"ACTION: go to door 1\"}]}";
+  CHECK(trainer.add_json(rec));
+  CHECK(trainer.add_json(rec, AGENTLM_DATA_EVAL));
+  double before = trainer.evaluate();
+  int calls = 0;
+  auto last = trainer.run(3, 0, [&](const agentlm_train_progress& p) {
+    calls++;
+    return p.loss > 0;
+  });
+  CHECK(calls == 3 && last.step == 3 && trainer.step() == 3 && trainer.evaluate() < before);
+  try {
+    trainer.run(2, 0, [](const agentlm_train_progress&) -> bool { throw std::runtime_error("halt"); });
+    CHECK(false);
+  } catch (const std::runtime_error& e) {
+    CHECK(std::string(e.what()) == "halt" && trainer.step() == 4);
+  }
+  agentlm::Adapter trained = trainer.adapter();
+  CHECK(trained.rank() == 4);
+  s.set_adapter(&trained, 1.0f);
+  s.set_adapter(nullptr);
+  try {
+    trainer.add_json("{");
+    CHECK(false);
+  } catch (const agentlm::Error& e) {
+    CHECK(e.status() == AGENTLM_STATUS_INVALID_ARGUMENT);
+  }
   std::printf("%d passed, %d failed\n", passed, failed);
   return failed == 0 ? 0 : 1;
 }

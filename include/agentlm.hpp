@@ -74,6 +74,12 @@ struct ModelDeleter {
 struct SessionDeleter {
   void operator()(agentlm_session* s) const noexcept { agentlm_session_free(s); }
 };
+struct AdapterDeleter {
+  void operator()(agentlm_adapter* a) const noexcept { agentlm_adapter_free(a); }
+};
+struct TrainerDeleter {
+  void operator()(agentlm_trainer* t) const noexcept { agentlm_trainer_free(t); }
+};
 }  // namespace detail
 
 /// The library version string.
@@ -117,6 +123,7 @@ struct Generation {
 };
 
 class Session;
+class Adapter;
 
 /// A loaded model. Immutable and thread-safe.
 class Model {
@@ -198,6 +205,9 @@ class Model {
   /// A new conversation holding up to `capacity` tokens (0: the context length).
   Session session(uint32_t capacity = 0) const;
 
+  /// A model with `adapter` merged into its weights at `scale`.
+  Model merged(const Adapter& adapter, float scale = 1.0f) const;
+
   agentlm_model* get() const noexcept { return handle_.get(); }
 
  private:
@@ -236,6 +246,9 @@ class Session {
   }
   /// Cancels the running (or next) generation. Thread-safe.
   void cancel() const noexcept { agentlm_session_cancel(get()); }
+
+  /// Applies a LoRA adapter at `scale` from now on; nullptr detaches it.
+  void set_adapter(const Adapter* adapter, float scale = 1.0f);
 
   /// Saved state (tokens, cache, logits).
   std::vector<uint8_t> save_state() const {
@@ -301,6 +314,130 @@ class Session {
   friend class Model;
   explicit Session(agentlm_session* raw) : handle_(raw) {}
   std::unique_ptr<agentlm_session, detail::SessionDeleter> handle_;
+};
+
+/// A LoRA adapter (Hugging Face PEFT files) loaded for a model. Move-only; thread-safe. Sessions it is
+/// attached to keep it alive after it is destroyed.
+class Adapter {
+ public:
+  Adapter(const Model& model, const std::string& dir) {
+    agentlm_adapter* raw = nullptr;
+    detail::call([&](agentlm_error** e) { return agentlm_adapter_load(model.get(), dir.data(), dir.size(), &raw, e); });
+    handle_.reset(raw);
+  }
+  uint32_t rank() const noexcept { return agentlm_adapter_rank(get()); }
+  void save(const std::string& dir) const {
+    detail::call([&](agentlm_error** e) { return agentlm_adapter_save(get(), dir.data(), dir.size(), e); });
+  }
+  agentlm_adapter* get() const noexcept { return handle_.get(); }
+
+ private:
+  friend class Trainer;
+  explicit Adapter(agentlm_adapter* raw) : handle_(raw) {}
+  std::unique_ptr<agentlm_adapter, detail::AdapterDeleter> handle_;
+};
+
+inline void Session::set_adapter(const Adapter* adapter, float scale) {
+  detail::call([&](agentlm_error** e) {
+    return agentlm_session_set_adapter(get(), adapter ? adapter->get() : nullptr, scale, e);
+  });
+}
+
+inline Model Model::merged(const Adapter& adapter, float scale) const {
+  agentlm_model* raw = nullptr;
+  detail::call([&](agentlm_error** e) { return agentlm_model_merge_adapter(get(), adapter.get(), scale, &raw, e); });
+  return Model(raw);
+}
+
+/// The incremental LoRA trainer. Move-only; one thread at a time (cancel() from any thread).
+class Trainer {
+ public:
+  /// A fresh adapter (`params` from agentlm_trainer_params_default()), or continuing from `start`.
+  explicit Trainer(const Model& model, const agentlm_trainer_params& params = agentlm_trainer_params_default(),
+                   const Adapter* start = nullptr) {
+    agentlm_trainer* raw = nullptr;
+    detail::call([&](agentlm_error** e) {
+      return agentlm_trainer_new(model.get(), &params, start ? start->get() : nullptr, &raw, e);
+    });
+    handle_.reset(raw);
+  }
+  /// Continues from a checkpoint directory.
+  static Trainer resume(const Model& model, const std::string& dir) {
+    agentlm_trainer* raw = nullptr;
+    detail::call([&](agentlm_error** e) { return agentlm_trainer_resume(model.get(), dir.data(), dir.size(), &raw, e); });
+    return Trainer(raw);
+  }
+  /// Adds one JSON record; false when its reward is below the threshold.
+  bool add_json(std::string_view json, agentlm_data_kind kind = AGENTLM_DATA_AGENT) {
+    bool added = false;
+    detail::call([&](agentlm_error** e) {
+      return agentlm_trainer_add_json(get(), kind, json.data(), json.size(), &added, e);
+    });
+    return added;
+  }
+  /// Adds every record of a JSONL file (streamed); returns how many were added.
+  size_t add_jsonl_file(const std::string& path, agentlm_data_kind kind = AGENTLM_DATA_AGENT) {
+    size_t added = 0;
+    detail::call([&](agentlm_error** e) {
+      return agentlm_trainer_add_jsonl_file(get(), kind, path.data(), path.size(), &added, e);
+    });
+    return added;
+  }
+  /// Up to `steps` optimizer steps or `max_seconds` (0: no limit); `on_step` may stop the run by
+  /// returning false, and an exception it throws stops the run and is rethrown here.
+  agentlm_train_progress run(uint32_t steps, double max_seconds = 0,
+                             const std::function<bool(const agentlm_train_progress&)>& on_step = {}) {
+    struct Ctx {
+      const std::function<bool(const agentlm_train_progress&)>* fn;
+      std::exception_ptr error;
+    } ctx{&on_step, nullptr};
+    agentlm_train_progress last{};
+    agentlm_error* err = nullptr;
+    agentlm_status st = agentlm_trainer_run(
+        get(), steps, max_seconds,
+        [](void* user, const agentlm_train_progress* p) -> bool {
+          auto* c = static_cast<Ctx*>(user);
+          if (!*c->fn) return true;
+          try {
+            return (*c->fn)(*p);
+          } catch (...) {
+            c->error = std::current_exception();
+            return false;
+          }
+        },
+        &ctx, &last, &err);
+    if (ctx.error) {
+      agentlm_error_free(err);
+      std::rethrow_exception(ctx.error);
+    }
+    detail::check(st, err);
+    return last;
+  }
+  void cancel() const noexcept { agentlm_trainer_cancel(get()); }
+  uint64_t step() const noexcept { return agentlm_trainer_step(get()); }
+  /// Token-weighted masked loss over the held-out records.
+  double evaluate() const {
+    double loss = 0;
+    detail::call([&](agentlm_error** e) { return agentlm_trainer_evaluate(get(), &loss, nullptr, e); });
+    return loss;
+  }
+  /// The adapter trained so far (a snapshot).
+  Adapter adapter() const {
+    agentlm_adapter* raw = nullptr;
+    detail::call([&](agentlm_error** e) { return agentlm_trainer_adapter(get(), &raw, e); });
+    return Adapter(raw);
+  }
+  void save_adapter(const std::string& dir) const {
+    detail::call([&](agentlm_error** e) { return agentlm_trainer_save_adapter(get(), dir.data(), dir.size(), e); });
+  }
+  void checkpoint(const std::string& dir) const {
+    detail::call([&](agentlm_error** e) { return agentlm_trainer_checkpoint(get(), dir.data(), dir.size(), e); });
+  }
+  agentlm_trainer* get() const noexcept { return handle_.get(); }
+
+ private:
+  explicit Trainer(agentlm_trainer* raw) : handle_(raw) {}
+  std::unique_ptr<agentlm_trainer, detail::TrainerDeleter> handle_;
 };
 
 inline Session Model::session(uint32_t capacity) const {
