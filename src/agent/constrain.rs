@@ -75,70 +75,14 @@ impl ActionGrammar {
         self.max_thought_bytes = n;
         self
     }
-}
 
-impl Constraint {
-    /// A matcher at the start of a reply.
-    pub fn new(grammar: ActionGrammar) -> Self {
-        Constraint { grammar, state: State::Start(0), tool: Vec::new(), wrap_up: 0 }
-    }
-
-    /// Hurries the reply to its end as its token budget runs out: `1` ends the thought at once, `2`
-    /// also closes the arguments at once (levels only rise).
-    pub fn wrap_up(&mut self, level: u8) {
-        self.wrap_up = self.wrap_up.max(level.min(2));
-    }
-
-    /// The grammar it follows.
-    pub fn grammar(&self) -> &ActionGrammar {
-        &self.grammar
-    }
-
-    /// Whether the action is complete (generation should stop).
-    pub fn is_done(&self) -> bool {
-        self.state == State::Done
-    }
-
-    /// Feeds generated text; returns false (and leaves the state unchanged) if it leaves the grammar.
-    pub fn advance(&mut self, text: &str) -> bool {
-        let mut next = self.clone();
-        for &b in text.as_bytes() {
-            if !next.push(b) {
-                return false;
-            }
-        }
-        *self = next;
-        true
-    }
-
-    /// Whether `text` may come next (the state is unchanged). Text after the action is complete is
-    /// refused.
-    pub fn allows(&self, text: &str) -> bool {
-        if text.is_empty() {
-            return false;
-        }
-        let mut probe = self.clone();
-        text.as_bytes().iter().all(|&b| probe.push(b))
-    }
-
-    /// Sets every logit whose token text (`pieces[id]`) may not come next to minus infinity. Tokens
-    /// whose text is not known (`None`: special or partial-UTF-8 tokens) are forbidden.
-    pub fn mask(&self, logits: &mut [f32], pieces: &[Option<String>]) {
-        for (l, p) in logits.iter_mut().zip(pieces) {
-            if !p.as_deref().is_some_and(|t| self.allows(t)) {
-                *l = f32::NEG_INFINITY;
-            }
-        }
-        for l in logits.iter_mut().skip(pieces.len()) {
-            *l = f32::NEG_INFINITY;
-        }
-    }
-
-    fn push(&mut self, b: u8) -> bool {
-        let g = &self.grammar;
+    /// Moves the cursor (`state`, the tool-name bytes matched so far) over one byte; false when the
+    /// byte leaves the grammar (the cursor is then meaningless).
+    fn push(&self, wrap_up: u8, state: &mut State, tool: &mut Vec<u8>, b: u8) -> bool {
+        let g = self;
         let tp = g.thought_prefix.as_bytes();
         let ap = g.action_prefix.as_bytes();
-        self.state = match self.state {
+        *state = match *state {
             State::Start(n) => {
                 // The two prefixes differ in their first byte (true of every format here).
                 if n == 0 && ap.first() == Some(&b) && tp.first() != Some(&b) {
@@ -170,29 +114,30 @@ impl Constraint {
             State::Thought(n) => {
                 if b == b'\n' {
                     State::AfterThought(0)
-                } else if n >= g.max_thought_bytes || self.wrap_up >= 1 {
+                } else if n >= g.max_thought_bytes || wrap_up >= 1 {
                     return false;
                 } else {
                     State::Thought(n + 1)
                 }
             }
             State::AfterThought(n) => {
-                let want = [g.separator.as_bytes(), ap].concat();
-                if want.get(n) != Some(&b) {
+                // The separator, then the action prefix.
+                let sep = g.separator.as_bytes();
+                let want = if n < sep.len() { sep.get(n) } else { ap.get(n - sep.len()) };
+                if want != Some(&b) {
                     return false;
                 }
-                if n + 1 == want.len() {
+                if n + 1 == sep.len() + ap.len() {
                     State::Tool(0)
                 } else {
                     State::AfterThought(n + 1)
                 }
             }
             State::Tool(n) => {
-                let mut name = self.tool.clone();
-                name.push(b);
-                let complete = g.tools.iter().any(|t| t.as_bytes() == &self.tool[..]);
-                if g.tools.iter().any(|t| t.as_bytes().starts_with(&name)) {
-                    self.tool = name;
+                let complete = g.tools.iter().any(|t| t.as_bytes() == &tool[..]);
+                // Some tool name goes on with `b` after what was matched.
+                if g.tools.iter().any(|t| t.as_bytes().starts_with(tool) && t.as_bytes().get(tool.len()) == Some(&b)) {
+                    tool.push(b);
                     State::Tool(n + 1)
                 } else if complete && g.args_open.as_bytes().first() == Some(&b) {
                     State::Args
@@ -215,7 +160,7 @@ impl Constraint {
                     } else {
                         State::Close(1)
                     }
-                } else if b == b'\n' || self.wrap_up >= 2 {
+                } else if b == b'\n' || wrap_up >= 2 {
                     return false;
                 } else {
                     State::Args
@@ -235,6 +180,63 @@ impl Constraint {
             State::Done => return false,
         };
         true
+    }
+}
+
+impl Constraint {
+    /// A matcher at the start of a reply.
+    pub fn new(grammar: ActionGrammar) -> Self {
+        Constraint { grammar, state: State::Start(0), tool: Vec::new(), wrap_up: 0 }
+    }
+
+    /// Hurries the reply to its end as its token budget runs out: `1` ends the thought at once, `2`
+    /// also closes the arguments at once (levels only rise).
+    pub fn wrap_up(&mut self, level: u8) {
+        self.wrap_up = self.wrap_up.max(level.min(2));
+    }
+
+    /// The grammar it follows.
+    pub fn grammar(&self) -> &ActionGrammar {
+        &self.grammar
+    }
+
+    /// Whether the action is complete (generation should stop).
+    pub fn is_done(&self) -> bool {
+        self.state == State::Done
+    }
+
+    /// Feeds generated text; returns false (and leaves the state unchanged) if it leaves the grammar.
+    pub fn advance(&mut self, text: &str) -> bool {
+        let (mut state, mut tool) = (self.state, self.tool.clone());
+        if !text.as_bytes().iter().all(|&b| self.grammar.push(self.wrap_up, &mut state, &mut tool, b)) {
+            return false;
+        }
+        self.state = state;
+        self.tool = tool;
+        true
+    }
+
+    /// Whether `text` may come next (the state is unchanged). Text after the action is complete is
+    /// refused. Called once per vocabulary entry per token: it copies only the cursor, never the grammar.
+    pub fn allows(&self, text: &str) -> bool {
+        if text.is_empty() {
+            return false;
+        }
+        let (mut state, mut tool) = (self.state, self.tool.clone());
+        text.as_bytes().iter().all(|&b| self.grammar.push(self.wrap_up, &mut state, &mut tool, b))
+    }
+
+    /// Sets every logit whose token text (`pieces[id]`) may not come next to minus infinity. Tokens
+    /// whose text is not known (`None`: special or partial-UTF-8 tokens) are forbidden.
+    pub fn mask(&self, logits: &mut [f32], pieces: &[Option<String>]) {
+        for (l, p) in logits.iter_mut().zip(pieces) {
+            if !p.as_deref().is_some_and(|t| self.allows(t)) {
+                *l = f32::NEG_INFINITY;
+            }
+        }
+        for l in logits.iter_mut().skip(pieces.len()) {
+            *l = f32::NEG_INFINITY;
+        }
     }
 }
 
