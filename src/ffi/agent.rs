@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::agentlm_status::*;
 use super::log::{with_sink, LogSink};
-use super::util::{boundary, handle, opt_out, read_params, str_arg, try_lock, write_out, Fail, SendPtr};
+use super::util::{boundary, handle, opt_out, read_params, str_arg, with_state, write_out, Fail, SendPtr};
 use super::{agentlm_error, agentlm_model, agentlm_status, agentlm_str};
 use crate::agent::{ActionFormat, Agent, AgentConfig, StepKind, Tool};
 use crate::generate::{CancelToken, SamplingParams};
@@ -174,10 +174,7 @@ pub struct agentlm_agent {
 
 pub(crate) fn lock_agent<T>(agent: *const agentlm_agent, f: impl FnOnce(&mut AgentState) -> Result<T, Fail>) -> Result<T, Fail> {
     let a = handle(agent, "agent")?;
-    let mut guard = try_lock(&a.state, "agent", |_| {})?;
-    let st = &mut *guard;
-    let sink = st.log.clone();
-    with_sink(sink.as_ref(), || f(st))
+    with_state(&a.state, "agent", |_| {}, |st| st.log.clone(), f)
 }
 
 /// Default agent parameters: ALFWorld format, the model's template, 30 steps, 128 tokens per reply,

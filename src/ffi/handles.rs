@@ -2,8 +2,8 @@
 
 use std::sync::Mutex;
 
-use super::log::{with_sink, LogSink};
-use super::util::{handle, try_lock, Fail};
+use super::log::LogSink;
+use super::util::{handle, with_state, Fail};
 use crate::generate::CancelToken;
 use crate::runtime::Model;
 use crate::session::Session;
@@ -45,10 +45,8 @@ impl agentlm_session {
 pub(crate) fn lock<T>(session: *const agentlm_session, f: impl FnOnce(&mut SessionState) -> Result<T, Fail>) -> Result<T, Fail> {
     let s = handle(session, "session")?;
     // A panic inside an earlier call: end any half-finished generation.
-    let mut guard = try_lock(&s.state, "session", |st| {
+    let repair = |st: &mut SessionState| {
         st.session.end();
-    })?;
-    let st = &mut *guard;
-    let sink = st.log.clone();
-    with_sink(sink.as_ref(), || f(st))
+    };
+    with_state(&s.state, "session", repair, |st| st.log.clone(), f)
 }

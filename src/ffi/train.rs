@@ -9,7 +9,7 @@ use super::agent::{lock_agent, agentlm_agent};
 use super::agentlm_status::*;
 use super::handles::{agentlm_model, agentlm_session, lock};
 use super::log::{with_sink, LogSink};
-use super::util::{boundary, catch_or, handle, opt_out, read_params, str_arg, try_lock, write_out, Fail};
+use super::util::{boundary, catch_or, handle, opt_out, read_params, str_arg, with_state, write_out, Fail};
 use super::{agentlm_error, agentlm_status};
 use crate::adapter::Adapter;
 use crate::formats::peft::{LoraConfig, TARGETS};
@@ -129,10 +129,7 @@ struct TrainerState {
 
 fn lock_trainer<T>(trainer: *const agentlm_trainer, f: impl FnOnce(&mut TrainerState) -> Result<T, Fail>) -> Result<T, Fail> {
     let t = handle(trainer, "trainer")?;
-    let mut guard = try_lock(&t.state, "trainer", |_| {})?;
-    let st = &mut *guard;
-    let sink = st.log.clone();
-    with_sink(sink.as_ref(), || f(st))
+    with_state(&t.state, "trainer", |_| {}, |st| st.log.clone(), f)
 }
 
 /// Loads a Hugging Face PEFT LoRA adapter directory (`dir`, UTF-8 path of `dir_len` bytes) for `model`.
