@@ -293,20 +293,32 @@ impl WeightSource for HfModelDir {
         let bytes = &map[e.start..e.end];
         let n: usize = e.shape.iter().product();
         let bad = |reason: String| FormatError::Tensor { path: path.clone(), name: name.into(), reason };
-        let width = match e.dtype {
-            Dtype::F32 => 4,
-            Dtype::F16 | Dtype::BF16 => 2,
-            other => return Err(bad(format!("dtype {other:?} is not supported (F32, F16, BF16)"))),
-        };
+        let width = float_width(e.dtype).map_err(bad)?;
         if bytes.len() != n * width {
             return Err(bad(format!("{} bytes for shape {:?} of {:?}", bytes.len(), e.shape, e.dtype)));
         }
-        let data: Vec<f32> = match e.dtype {
-            Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            _ => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-        };
-        Ok(HostTensor { shape: e.shape.clone(), data })
+        Ok(HostTensor { shape: e.shape.clone(), data: decode_f32(e.dtype, bytes) })
+    }
+}
+
+/// Bytes per element of the float dtypes the safetensors readers accept (F32, F16, BF16).
+///
+/// # Errors
+/// Any other dtype, named.
+pub(crate) fn float_width(dtype: Dtype) -> Result<usize, String> {
+    match dtype {
+        Dtype::F32 => Ok(4),
+        Dtype::F16 | Dtype::BF16 => Ok(2),
+        other => Err(format!("dtype {other:?} is not supported (F32, F16, BF16)")),
+    }
+}
+
+/// Little-endian values of a dtype [`float_width`] accepts, as f32.
+pub(crate) fn decode_f32(dtype: Dtype, bytes: &[u8]) -> Vec<f32> {
+    match dtype {
+        Dtype::F32 => bytes.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
+        Dtype::F16 => bytes.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
+        _ => bytes.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
     }
 }
 

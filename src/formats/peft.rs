@@ -5,12 +5,12 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
-use safetensors::{Dtype, SafeTensors};
+use safetensors::SafeTensors;
 use serde_json::{json, Value};
 
-use super::hf::{write_atomic, write_shard};
+use super::hf::{decode_f32, float_width, write_atomic, write_shard};
 use super::{FormatError, HostTensor};
 
 /// The Llama linear layers a LoRA can target, in the order adapters keep them.
@@ -244,12 +244,8 @@ pub(crate) fn read_tensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, 
     for (name, view) in st.tensors() {
         let data = view.data();
         let bad = |reason: String| FormatError::Tensor { path: path.to_path_buf(), name: name.clone(), reason };
-        let values: Vec<f32> = match view.dtype() {
-            Dtype::F32 => data.chunks_exact(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect(),
-            Dtype::F16 => data.chunks_exact(2).map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            Dtype::BF16 => data.chunks_exact(2).map(|b| half::bf16::from_le_bytes([b[0], b[1]]).to_f32()).collect(),
-            other => return Err(bad(format!("dtype {other:?} is not supported (F32, F16, BF16)"))),
-        };
+        float_width(view.dtype()).map_err(bad)?;
+        let values = decode_f32(view.dtype(), data);
         if values.iter().any(|v| !v.is_finite()) {
             return Err(bad("holds NaN or infinite values".into()));
         }
@@ -284,11 +280,6 @@ pub(crate) fn sync_dir(dir: &Path) {
     if let Ok(d) = std::fs::File::open(dir) {
         let _ = d.sync_all();
     }
-}
-
-/// The paths of an adapter directory's two files.
-pub fn adapter_files(dir: &Path) -> [PathBuf; 2] {
-    [dir.join(CONFIG_FILE), dir.join(WEIGHTS_FILE)]
 }
 
 #[cfg(test)]
