@@ -560,4 +560,4 @@ fn rope(x: Tensor<3>, cos: &Tensor<3>, sin: &Tensor<3>) -> Tensor<3> {
 }
 
 #[cfg(test)]
-mod tests;
+pub(crate) mod tests;

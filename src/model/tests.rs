@@ -24,7 +24,8 @@ impl WeightSource for Mem {
     }
 }
 
-fn config() -> LlamaConfig {
+/// A small model shape for unit tests (GQA, untied head).
+pub(crate) fn config() -> LlamaConfig {
     LlamaConfig {
         vocab_size: 37,
         hidden_size: 24,

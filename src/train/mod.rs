@@ -300,7 +300,7 @@ pub fn masked_loss(llama: &Llama, ids: &[u32], mask: &[bool], lora: Option<LoraA
     }
     let n = rows.len();
     // Only the rows that predict a trained token go through the head: [n, vocab], not [len, vocab].
-    let hidden = llama.hidden_states(&ids[..ids.len()], lora)?;
+    let hidden = llama.hidden_states(ids, lora)?;
     let device = hidden.device();
     let x = hidden.select(0, engine::upload_ids(&rows, &device));
     let logp = log_softmax(llama.head(x), 1);
@@ -441,8 +441,10 @@ impl Trainer {
         Ok(tok)
     }
 
-    fn admit(&self, t: &Trajectory) -> Result<Admit> {
-        if t.reward.is_some_and(|r| r < self.config.reward_threshold) {
+    /// Whether `t` is kept: below the reward threshold (when `filter_reward`), nothing to train on
+    /// within the token limit, or kept.
+    fn admit(&self, t: &Trajectory, filter_reward: bool) -> Result<Admit> {
+        if filter_reward && t.reward.is_some_and(|r| r < self.config.reward_threshold) {
             return Ok(Admit::BelowReward);
         }
         match self.tokenize(t) {
@@ -461,7 +463,7 @@ impl Trainer {
     /// # Errors
     /// A conversation that does not render or has nothing to train on.
     pub fn add_trajectory(&mut self, t: Trajectory, kind: DataKind) -> Result<bool> {
-        match self.admit(&t)? {
+        match self.admit(&t, true)? {
             Admit::Keep => {}
             Admit::BelowReward => return Ok(false),
             Admit::NoLoss => {
@@ -489,7 +491,7 @@ impl Trainer {
     /// I/O errors; the first malformed line or one that does not render, by number (nothing is added
     /// then). Records with nothing to train on within `max_tokens` are skipped and counted.
     pub fn add_jsonl_file(&mut self, path: impl AsRef<Path>, kind: DataKind) -> Result<AddReport> {
-        let (items, report) = self.index(path.as_ref())?;
+        let (items, report) = self.index(path.as_ref(), true)?;
         self.pools[kind.index()].items.extend(items);
         Ok(report)
     }
@@ -509,18 +511,15 @@ impl Trainer {
     /// # Errors
     /// As [`Trainer::add_jsonl_file`].
     pub fn add_eval_jsonl_file(&mut self, path: impl AsRef<Path>) -> Result<usize> {
-        let threshold = std::mem::replace(&mut self.config.reward_threshold, f64::NEG_INFINITY);
-        let r = self.index(path.as_ref());
-        self.config.reward_threshold = threshold;
-        let (items, report) = r?;
+        let (items, report) = self.index(path.as_ref(), false)?;
         self.eval.extend(items);
         Ok(report.added)
     }
 
-    fn index(&self, path: &Path) -> Result<(Vec<Source>, AddReport)> {
+    fn index(&self, path: &Path, filter_reward: bool) -> Result<(Vec<Source>, AddReport)> {
         let mut report = AddReport::default();
         let items = data::index_jsonl(path, |t| {
-            Ok(match self.admit(t)? {
+            Ok(match self.admit(t, filter_reward)? {
                 Admit::Keep => {
                     report.added += 1;
                     true
@@ -734,11 +733,19 @@ impl Trainer {
     /// # Errors
     /// As [`Trainer::tokenize`]; model errors.
     pub fn loss(&self, t: &Trajectory) -> Result<(f64, usize)> {
-        let llama = self.model.llama();
-        let weights = self.weights(self.upload(llama.device(), false));
-        let apply = LoraApply { weights: &weights, scale: 1.0, dropout: 0.0 };
+        self.loss_with(&self.frozen_weights(), t)
+    }
+
+    /// The current parameters as plain (non-autodiff) device tensors, for evaluation.
+    fn frozen_weights(&self) -> LoraWeights {
+        self.weights(self.upload(self.model.llama().device(), false))
+    }
+
+    /// The masked loss of `t` with `weights` applied, and its loss tokens.
+    fn loss_with(&self, weights: &LoraWeights, t: &Trajectory) -> Result<(f64, usize)> {
+        let apply = LoraApply { weights, scale: 1.0, dropout: 0.0 };
         let ex = self.tokenize(t)?;
-        let (loss, n) = self.model.compute(|| masked_loss(llama, &ex.ids, &ex.train, Some(apply)))?;
+        let (loss, n) = self.model.compute(|| masked_loss(self.model.llama(), &ex.ids, &ex.train, Some(apply)))?;
         Ok((f64::from(engine::readback(loss)?[0]), n))
     }
 
@@ -750,18 +757,15 @@ impl Trainer {
         if self.eval.is_empty() {
             return Err(Error::InvalidArgument("the trainer has no held-out examples".into()));
         }
-        let llama = self.model.llama();
-        let weights = self.weights(self.upload(llama.device(), false));
-        let apply = LoraApply { weights: &weights, scale: 1.0, dropout: 0.0 };
+        let weights = self.frozen_weights();
         let (mut total, mut tokens) = (0.0f64, 0usize);
         for src in &self.eval {
             if self.cancel.is_cancelled() {
                 self.cancel.reset();
                 return Err(Error::Cancelled);
             }
-            let ex = self.tokenize(&*src.load()?)?;
-            let (loss, n) = self.model.compute(|| masked_loss(llama, &ex.ids, &ex.train, Some(apply)))?;
-            total += f64::from(engine::readback(loss)?[0]) * n as f64;
+            let (loss, n) = self.loss_with(&weights, &*src.load()?)?;
+            total += loss * n as f64;
             tokens += n;
         }
         Ok(EvalReport { loss: total / tokens as f64, tokens, examples: self.eval.len() })
@@ -886,9 +890,8 @@ impl Trainer {
         let config = TrainConfig::from_json(&state["config"], &state_path)?;
         let files = peft::read_adapter(&dir)?;
         let start = Adapter::from_peft(model, &files)?;
-        let mut t = Trainer::new(model, config.clone(), Some(&start))?;
-        t.config = config;
-        t.config.validate()?;
+        // The adapter's own configuration (written by the same checkpoint) sets the LoRA shape.
+        let mut t = Trainer::new(model, config, Some(&start))?;
         let moments = peft::read_tensors(&dir.join("optimizer.safetensors"))?;
         for (i, n) in t.names.iter().enumerate() {
             let get = |suffix: &str| {

@@ -26,31 +26,17 @@ fn epochs_visit_every_example_once_in_a_seeded_order() {
 
 #[test]
 fn peft_initialisation_starts_as_a_no_op() {
-    let model = LlamaConfig {
-        vocab_size: 10,
-        hidden_size: 8,
-        intermediate_size: 16,
-        num_hidden_layers: 2,
-        num_attention_heads: 2,
-        num_key_value_heads: 1,
-        head_dim: 4,
-        rms_norm_eps: 1e-5,
-        rope_theta: 10000.0,
-        rope_scaling: None,
-        max_position_embeddings: 32,
-        tie_word_embeddings: true,
-        bos_token_id: None,
-        eos_token_ids: vec![],
-    };
+    // 2 layers, hidden 24, intermediate 40, 2 KV heads of 4.
+    let model = crate::model::tests::config();
     let lora = LoraConfig { r: 2, ..LoraConfig::default() };
     let t = init_lora(&model, &lora, 1).unwrap();
     assert_eq!(t.len(), 2 * 7 * 2);
     let a = &t[&tensor_name(1, "down_proj", true)];
-    assert_eq!(a.shape, [2, 16]);
-    let bound = 1.0 / 16f32.sqrt();
+    assert_eq!(a.shape, [2, 40]);
+    let bound = 1.0 / 40f32.sqrt();
     assert!(a.data.iter().all(|v| v.abs() <= bound) && a.data.iter().any(|v| v.abs() > bound / 2.0));
     assert!(t[&tensor_name(0, "k_proj", false)].data.iter().all(|&v| v == 0.0));
-    assert_eq!(t[&tensor_name(0, "k_proj", false)].shape, [4, 2]);
+    assert_eq!(t[&tensor_name(0, "k_proj", false)].shape, [8, 2]);
     assert_eq!(init_lora(&model, &lora, 1).unwrap(), t);
     assert_ne!(init_lora(&model, &lora, 2).unwrap(), t);
 }
