@@ -1,22 +1,13 @@
 // Tests of include/agentlm.hpp on the real model: RAII, exceptions, callbacks. Included twice on purpose.
 #include "agentlm.hpp"
 #include "agentlm.hpp"
+#include "check.h"
 
 #include <cstdio>
 #include <cstdlib>
 #include <stdexcept>
 #include <string>
 
-static int passed, failed;
-#define CHECK(c)                                                       \
-  do {                                                                 \
-    if (c) {                                                           \
-      passed++;                                                        \
-    } else {                                                           \
-      failed++;                                                        \
-      std::fprintf(stderr, "FAIL %s:%d: %s\n", __FILE__, __LINE__, #c); \
-    }                                                                  \
-  } while (0)
 
 int main(int argc, char** argv) {
   const char* path = argc > 1 ? argv[1] : std::getenv("AGENTLM_MODEL");
@@ -135,6 +126,6 @@ int main(int argc, char** argv) {
   } catch (const agentlm::Error& e) {
     CHECK(e.status() == AGENTLM_STATUS_INVALID_ARGUMENT);
   }
-  std::printf("%d passed, %d failed\n", passed, failed);
-  return failed == 0 ? 0 : 1;
+  std::printf("%d passed, %d failed\n", g_passed, g_failed);
+  return g_failed == 0 ? 0 : 1;
 }

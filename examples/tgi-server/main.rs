@@ -187,8 +187,7 @@ fn run(model: &Model, job: &Job, mut on_token: impl FnMut(u32, &str) -> bool) ->
                     session.cancel_token().cancel();
                 }
             }
-            Step::Finished { reason, text } => {
-                let _ = text;
+            Step::Finished { reason, .. } => {
                 let g = session.end().ok_or("generation ended without a result")?;
                 return Ok((g.text, n, reason));
             }
