@@ -7,6 +7,8 @@
 use std::fmt;
 use std::str::FromStr;
 
+pub mod kernels;
+
 pub use burn::tensor::activation::{silu, softmax};
 pub use burn::tensor::activation::log_softmax;
 pub use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};

@@ -1,0 +1,531 @@
+//! Block-quantized CPU kernels: matrices kept in (repacked) ggml block formats, multiplied by
+//! activations quantized to 8 bits per block of 32, as llama.cpp does.
+//!
+//! This is the CPU seam beside burn: burn's Flex backend dequantizes quantized weights on every
+//! matmul, so quantized inference on the CPU runs here instead, on host memory. Weights are repacked
+//! once at load into three internal layouts:
+//! - [`QKind::Q4`]: 4-bit unsigned values, an f32 scale and an f32 offset per 32 (`w = d·u + m`),
+//!   from `Q4_0`, `Q4_1` and `Q4_K` (all lossless: the same values ggml dequantizes to);
+//! - [`QKind::Q8`]: signed 8-bit values with an f32 scale per 32 (`Q8_0`) or per 16 (`Q6_K`);
+//! - [`QKind::F32`]: anything else, dequantized to f32 (`F16`, `Q5_*`, `Q2_K`, ...).
+//!
+//! The dot products use the best instruction set found at run time: AVX-512 VNNI (256-bit
+//! `vpdpbusd`), AVX2 (`vpmaddubsw`), else portable scalar code. Output rows are split across the
+//! current rayon pool. [`QMatrix::dequantize`] reproduces ggml's dequantization bit for bit, so the
+//! exact f32 path can be rebuilt from the repacked weights.
+
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+use std::sync::OnceLock;
+
+use rayon::prelude::*;
+
+use crate::formats::quant::{GgmlType, QK_K};
+
+/// Values per quantization block of the activations and of every weight layout.
+pub const QK: usize = 32;
+
+/// The instruction set the kernels use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Isa {
+    /// Portable Rust.
+    Scalar,
+    /// AVX2 + FMA + F16C.
+    Avx2,
+    /// AVX2 plus AVX-512 VNNI/VL (`vpdpbusd` on 256-bit registers).
+    Avx512Vnni,
+}
+
+impl Isa {
+    /// The best instruction set this CPU supports (detected once), lowered by the environment
+    /// variable `AGENTLM_ISA=scalar|avx2` (for tests and comparisons).
+    pub fn detected() -> Isa {
+        static ISA: OnceLock<Isa> = OnceLock::new();
+        *ISA.get_or_init(|| {
+            let best = Self::best_supported();
+            match std::env::var("AGENTLM_ISA").ok().as_deref() {
+                Some("scalar") => Isa::Scalar,
+                Some("avx2") => best.min(Isa::Avx2),
+                _ => best,
+            }
+        })
+    }
+
+    /// Every instruction set this CPU can run, lowest first.
+    pub fn available() -> Vec<Isa> {
+        let best = Self::best_supported();
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni].into_iter().filter(|i| *i <= best).collect()
+    }
+
+    fn best_supported() -> Isa {
+        #[cfg(target_arch = "x86_64")]
+        {
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            if avx2 && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+                return Isa::Avx512Vnni;
+            }
+            if avx2 {
+                return Isa::Avx2;
+            }
+        }
+        Isa::Scalar
+    }
+
+    /// Lower-case name (`scalar`, `avx2`, `avx512vnni`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Isa::Scalar => "scalar",
+            Isa::Avx2 => "avx2",
+            Isa::Avx512Vnni => "avx512vnni",
+        }
+    }
+}
+
+/// How a [`QMatrix`] stores its values.
+#[derive(Debug, Clone, PartialEq)]
+pub enum QKind {
+    /// Per block of 32: 16 bytes, byte `j` holding value `j` (low nibble) and `j + 16` (high);
+    /// `w = d·u + m`. `centered`: the source was `Q4_0`, dequantized as `(u - 8)·d`.
+    Q4 { qs: Vec<u8>, d: Vec<f32>, m: Vec<f32>, centered: bool },
+    /// Signed bytes, `w = s·q`, one scale per `group` (32 or 16) values.
+    Q8 { qs: Vec<i8>, s: Vec<f32>, group: usize },
+    /// Dense f32.
+    F32 { w: Vec<f32> },
+}
+
+/// A `[rows, cols]` weight matrix (PyTorch's `[out, in]`), rows stored one after another.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QMatrix {
+    rows: usize,
+    cols: usize,
+    kind: QKind,
+    /// The ggml type it was built from (for reports).
+    source: GgmlType,
+}
+
+/// Why a matrix could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum KernelError {
+    #[error("{0} bytes do not hold a {1}x{2} {3} matrix")]
+    Length(usize, usize, usize, &'static str),
+    #[error("{cols} columns are not a multiple of the {ty} block size {block}")]
+    Columns { cols: usize, ty: &'static str, block: usize },
+    #[error("tensor type {0} cannot be dequantized")]
+    Unsupported(&'static str),
+}
+
+fn f16(b: &[u8], at: usize) -> f32 {
+    half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
+}
+
+impl QMatrix {
+    /// Repacks `rows × cols` values stored as ggml type `ty` (row-major, `cols` along a row).
+    ///
+    /// # Errors
+    /// Wrong byte length, a row length that is not a whole number of blocks, a type with no
+    /// dequantizer.
+    pub fn from_ggml(ty: GgmlType, bytes: &[u8], rows: usize, cols: usize) -> Result<QMatrix, KernelError> {
+        let block = ty.block_size();
+        let fits = |multiple: usize| cols.is_multiple_of(multiple) && cols.is_multiple_of(block);
+        let need = (rows * cols / block.max(1)) * ty.block_bytes();
+        if rows.checked_mul(cols).is_none() || bytes.len() != need || !cols.is_multiple_of(block) {
+            if !cols.is_multiple_of(block) {
+                return Err(KernelError::Columns { cols, ty: ty.name(), block });
+            }
+            return Err(KernelError::Length(bytes.len(), rows, cols, ty.name()));
+        }
+        let n = rows * cols;
+        let blocks = || bytes.chunks_exact(ty.block_bytes());
+        let kind = match ty {
+            GgmlType::Q4_0 | GgmlType::Q4_1 if fits(QK) => {
+                let nb = n / QK;
+                let (mut qs, mut d, mut m) = (Vec::with_capacity(n / 2), Vec::with_capacity(nb), Vec::with_capacity(nb));
+                for b in blocks() {
+                    let scale = f16(b, 0);
+                    if ty == GgmlType::Q4_0 {
+                        d.push(scale);
+                        m.push(-8.0 * scale);
+                        qs.extend_from_slice(&b[2..18]);
+                    } else {
+                        d.push(scale);
+                        m.push(f16(b, 2));
+                        qs.extend_from_slice(&b[4..20]);
+                    }
+                }
+                QKind::Q4 { qs, d, m, centered: ty == GgmlType::Q4_0 }
+            }
+            GgmlType::Q4_K if fits(QK_K) => {
+                let nb = n / QK;
+                let (mut qs, mut d, mut m) = (Vec::with_capacity(n / 2), Vec::with_capacity(nb), Vec::with_capacity(nb));
+                for b in blocks() {
+                    let (sd, smin) = (f16(b, 0), f16(b, 2));
+                    let scales = &b[4..16];
+                    for chunk in 0..4 {
+                        let q = &b[16 + 32 * chunk..48 + 32 * chunk];
+                        for (sub, shift) in [(2 * chunk, 0u8), (2 * chunk + 1, 4u8)] {
+                            let (sc, mn) = scale_min_k4(sub, scales);
+                            d.push(sd * sc);
+                            m.push(-(smin * mn));
+                            // 32 values of this sub-block, repacked into the Q4 byte order.
+                            for j in 0..16 {
+                                let lo = (q[j] >> shift) & 0xF;
+                                let hi = (q[j + 16] >> shift) & 0xF;
+                                qs.push(lo | (hi << 4));
+                            }
+                        }
+                    }
+                }
+                QKind::Q4 { qs, d, m, centered: false }
+            }
+            GgmlType::Q8_0 if fits(QK) => {
+                let mut qs = Vec::with_capacity(n);
+                let mut s = Vec::with_capacity(n / QK);
+                for b in blocks() {
+                    s.push(f16(b, 0));
+                    qs.extend(b[2..34].iter().map(|&x| x as i8));
+                }
+                QKind::Q8 { qs, s, group: QK }
+            }
+            GgmlType::Q6_K if fits(QK_K) => {
+                let mut qs = vec![0i8; n];
+                let mut s = Vec::with_capacity(n / 16);
+                for (bi, b) in blocks().enumerate() {
+                    let d = f16(b, 208);
+                    let out = &mut qs[bi * QK_K..(bi + 1) * QK_K];
+                    for half in 0..2 {
+                        let ql = &b[64 * half..64 * half + 64];
+                        let qh = &b[128 + 32 * half..128 + 32 * half + 32];
+                        let y = &mut out[128 * half..128 * half + 128];
+                        for l in 0..32 {
+                            y[l] = (((ql[l] & 0xF) | ((qh[l] & 3) << 4)) as i8) - 32;
+                            y[l + 32] = (((ql[l + 32] & 0xF) | (((qh[l] >> 2) & 3) << 4)) as i8) - 32;
+                            y[l + 64] = (((ql[l] >> 4) | (((qh[l] >> 4) & 3) << 4)) as i8) - 32;
+                            y[l + 96] = (((ql[l + 32] >> 4) | (((qh[l] >> 6) & 3) << 4)) as i8) - 32;
+                        }
+                    }
+                    s.extend(b[192..208].iter().map(|&sc| d * f32::from(sc as i8)));
+                }
+                QKind::Q8 { qs, s, group: 16 }
+            }
+            _ => {
+                let mut w = vec![0f32; n];
+                crate::formats::quant::dequantize(ty, bytes, n, &mut w).map_err(|_| KernelError::Unsupported(ty.name()))?;
+                QKind::F32 { w }
+            }
+        };
+        Ok(QMatrix { rows, cols, kind, source: ty })
+    }
+
+    /// A dense f32 matrix (`w.len() == rows * cols`).
+    pub fn from_f32(w: Vec<f32>, rows: usize, cols: usize) -> QMatrix {
+        assert_eq!(w.len(), rows * cols, "QMatrix::from_f32 shape");
+        QMatrix { rows, cols, kind: QKind::F32 { w }, source: GgmlType::F32 }
+    }
+
+    /// Output features.
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    /// Input features.
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// The internal layout.
+    pub fn kind(&self) -> &QKind {
+        &self.kind
+    }
+    /// The ggml type the matrix was built from.
+    pub fn source_type(&self) -> GgmlType {
+        self.source
+    }
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match &self.kind {
+            QKind::Q4 { qs, d, m, .. } => qs.len() + 4 * (d.len() + m.len()),
+            QKind::Q8 { qs, s, .. } => qs.len() + 4 * s.len(),
+            QKind::F32 { w } => 4 * w.len(),
+        }
+    }
+
+    /// A copy with its rows reordered: row `i` of the result is row `order[i]` of `self`.
+    pub fn permute_rows(&self, order: &[usize]) -> QMatrix {
+        assert_eq!(order.len(), self.rows);
+        fn pick<T: Copy>(v: &[T], per_row: usize, order: &[usize]) -> Vec<T> {
+            order.iter().flat_map(|&r| v[r * per_row..(r + 1) * per_row].iter().copied()).collect()
+        }
+        let c = self.cols;
+        let kind = match &self.kind {
+            QKind::Q4 { qs, d, m, centered } => QKind::Q4 {
+                qs: pick(qs, c / 2, order),
+                d: pick(d, c / QK, order),
+                m: pick(m, c / QK, order),
+                centered: *centered,
+            },
+            QKind::Q8 { qs, s, group } => QKind::Q8 { qs: pick(qs, c, order), s: pick(s, c / group, order), group: *group },
+            QKind::F32 { w } => QKind::F32 { w: pick(w, c, order) },
+        };
+        QMatrix { rows: self.rows, cols: c, kind, source: self.source }
+    }
+
+    /// Row `r` in f32, exactly as ggml dequantizes it.
+    pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        let c = self.cols;
+        assert_eq!(out.len(), c);
+        match &self.kind {
+            QKind::Q4 { qs, d, m, centered } => {
+                for b in 0..c / QK {
+                    let blk = r * (c / QK) + b;
+                    let bytes = &qs[blk * 16..blk * 16 + 16];
+                    let y = &mut out[b * QK..(b + 1) * QK];
+                    for j in 0..16 {
+                        let (lo, hi) = (bytes[j] & 0xF, bytes[j] >> 4);
+                        if *centered {
+                            y[j] = (i32::from(lo) - 8) as f32 * d[blk];
+                            y[j + 16] = (i32::from(hi) - 8) as f32 * d[blk];
+                        } else {
+                            y[j] = d[blk] * f32::from(lo) + m[blk];
+                            y[j + 16] = d[blk] * f32::from(hi) + m[blk];
+                        }
+                    }
+                }
+            }
+            QKind::Q8 { qs, s, group } => {
+                let row = &qs[r * c..(r + 1) * c];
+                let sc = &s[r * (c / group)..(r + 1) * (c / group)];
+                for (i, (y, &q)) in out.iter_mut().zip(row).enumerate() {
+                    *y = if *group == QK { f32::from(q) * sc[i / group] } else { sc[i / group] * f32::from(q) };
+                }
+            }
+            QKind::F32 { w } => out.copy_from_slice(&w[r * c..(r + 1) * c]),
+        }
+    }
+
+    /// The whole matrix in f32, `[rows, cols]` row-major.
+    pub fn dequantize(&self) -> Vec<f32> {
+        let mut out = vec![0f32; self.rows * self.cols];
+        for (r, row) in out.chunks_exact_mut(self.cols).enumerate() {
+            self.dequantize_row(r, row);
+        }
+        out
+    }
+}
+
+/// ggml's `get_scale_min_k4`.
+fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
+    let (sc, m) = if j < 4 {
+        (q[j] & 63, q[j + 4] & 63)
+    } else {
+        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
+    };
+    (f32::from(sc), f32::from(m))
+}
+
+/// Activations quantized for the kernels: per row, signed bytes with an f32 scale per 32 values and
+/// the scaled sum of each block (for the `m` term of [`QKind::Q4`]). Reused between calls: it only
+/// grows.
+#[derive(Debug, Default, Clone)]
+pub struct QActs {
+    rows: usize,
+    cols: usize,
+    q: Vec<i8>,
+    d: Vec<f32>,
+    sum: Vec<f32>,
+}
+
+impl QActs {
+    /// Quantizes `rows` rows of `cols` values (`cols` a multiple of 32), as ggml's `quantize_row_q8_0`
+    /// (scale `max|x| / 127`, round half away from zero), also keeping `d · Σq` per block.
+    pub fn quantize(&mut self, x: &[f32], rows: usize, cols: usize) {
+        assert!(cols.is_multiple_of(QK) && x.len() == rows * cols, "QActs::quantize shape");
+        self.rows = rows;
+        self.cols = cols;
+        self.q.resize(rows * cols, 0);
+        self.d.resize(rows * cols / QK, 0.0);
+        self.sum.resize(rows * cols / QK, 0.0);
+        for (((xb, qb), d), s) in x.chunks_exact(QK).zip(self.q.chunks_exact_mut(QK)).zip(&mut self.d).zip(&mut self.sum) {
+            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+            let scale = amax / 127.0;
+            let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+            let mut total = 0i32;
+            for (q, &v) in qb.iter_mut().zip(xb) {
+                let r = (v * inv).round() as i32;
+                *q = r as i8;
+                total += r;
+            }
+            *d = scale;
+            *s = scale * total as f32;
+        }
+    }
+
+    fn row(&self, r: usize) -> ActRow<'_> {
+        let (c, nb) = (self.cols, self.cols / QK);
+        ActRow { q: &self.q[r * c..(r + 1) * c], d: &self.d[r * nb..(r + 1) * nb], sum: &self.sum[r * nb..(r + 1) * nb] }
+    }
+}
+
+/// One quantized activation row.
+#[derive(Clone, Copy)]
+pub(crate) struct ActRow<'a> {
+    pub q: &'a [i8],
+    pub d: &'a [f32],
+    pub sum: &'a [f32],
+}
+
+/// Rows of x processed together against one weight row (weights are unpacked once for all of them).
+const TILE: usize = 4;
+
+/// `out[t][o] = Σ_i w[o][i] · x[t][i]` for every part of `parts` side by side: `out` is
+/// `[rows, Σ parts.rows]` row-major, part `p` filling the columns after those of parts before it.
+/// `x` is `[rows, cols]` in f32 and `acts` its quantized form (from [`QActs::quantize`]) for the
+/// quantized parts. Work is split over output rows across the current rayon pool.
+pub fn matmul(parts: &[&QMatrix], x: &[f32], acts: &QActs, rows: usize, out: &mut [f32]) {
+    let isa = Isa::detected();
+    matmul_with(isa, parts, x, acts, rows, out);
+}
+
+/// [`matmul`] with a chosen instruction set (which must be one of [`Isa::available`]).
+pub fn matmul_with(isa: Isa, parts: &[&QMatrix], x: &[f32], acts: &QActs, rows: usize, out: &mut [f32]) {
+    assert!(Isa::available().contains(&isa), "instruction set {isa:?} is not available");
+    let width: usize = parts.iter().map(|p| p.rows).sum();
+    assert_eq!(out.len(), rows * width, "matmul output shape");
+    let cols = parts.first().map_or(0, |p| p.cols);
+    assert!(parts.iter().all(|p| p.cols == cols) && x.len() == rows * cols, "matmul input shape");
+    if parts.iter().any(|p| !matches!(p.kind, QKind::F32 { .. })) {
+        assert!(acts.rows == rows && acts.cols == cols, "matmul: activations not quantized for this input");
+    }
+    // Tasks: (part, first row, last row) of about equal work, at least a few per thread.
+    let threads = rayon::current_num_threads().max(1);
+    let total_work = width * rows.max(1);
+    let chunk = (width / (threads * 4)).max(if total_work > 4096 { 16 } else { width }).max(1);
+    let mut tasks = Vec::with_capacity(width / chunk + parts.len());
+    let mut col0 = 0;
+    for (pi, p) in parts.iter().enumerate() {
+        let mut r = 0;
+        while r < p.rows {
+            let e = (r + chunk).min(p.rows);
+            tasks.push((pi, r, e, col0));
+            r = e;
+        }
+        col0 += p.rows;
+    }
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let run = |&(pi, r0, r1, c0): &(usize, usize, usize, usize)| {
+        let w = parts[pi];
+        let mut res = [0f32; TILE];
+        let mut t = 0;
+        while t < rows {
+            let n = (rows - t).min(TILE);
+            for o in r0..r1 {
+                rows_dot(isa, w, o, x, acts, t, n, &mut res);
+                for (k, &v) in res[..n].iter().enumerate() {
+                    // SAFETY: tasks cover disjoint (row o, output column) ranges of `out`, which
+                    // outlives the parallel loop; index within `rows * width`.
+                    unsafe { *out_ptr.get().add((t + k) * width + c0 + o) = v };
+                }
+            }
+            t += n;
+        }
+    };
+    if tasks.len() == 1 || threads == 1 {
+        tasks.iter().for_each(run);
+    } else {
+        tasks.par_iter().for_each(run);
+    }
+}
+
+#[derive(Clone, Copy)]
+struct SendPtr(*mut f32);
+// SAFETY: used only for disjoint writes inside one `matmul` call.
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+impl SendPtr {
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
+/// Dot products of weight row `o` with activation rows `t..t + n` (`n <= TILE`) into `res[..n]`.
+#[allow(clippy::too_many_arguments)]
+fn rows_dot(isa: Isa, w: &QMatrix, o: usize, x: &[f32], acts: &QActs, t: usize, n: usize, res: &mut [f32; TILE]) {
+    let c = w.cols;
+    let nb = c / QK;
+    match &w.kind {
+        QKind::F32 { w } => {
+            let row = &w[o * c..(o + 1) * c];
+            for k in 0..n {
+                res[k] = dot_f32(row, &x[(t + k) * c..(t + k + 1) * c]);
+            }
+        }
+        QKind::Q4 { qs, d, m, .. } => {
+            let (qs, d, m) = (&qs[o * c / 2..(o + 1) * c / 2], &d[o * nb..(o + 1) * nb], &m[o * nb..(o + 1) * nb]);
+            let xs: [ActRow; TILE] = std::array::from_fn(|k| acts.row(t + k.min(n - 1)));
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: `isa` is one this CPU supports (checked by `matmul_with`).
+                Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::q4_rows(isa, qs, d, m, &xs[..n], res) },
+                _ => q4_rows_scalar(qs, d, m, &xs[..n], res),
+            }
+        }
+        QKind::Q8 { qs, s, group } => {
+            let ng = c / group;
+            let (qs, s) = (&qs[o * c..(o + 1) * c], &s[o * ng..(o + 1) * ng]);
+            let xs: [ActRow; TILE] = std::array::from_fn(|k| acts.row(t + k.min(n - 1)));
+            match isa {
+                #[cfg(target_arch = "x86_64")]
+                // SAFETY: as above.
+                Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::q8_rows(isa, qs, s, *group, &xs[..n], res) },
+                _ => q8_rows_scalar(qs, s, *group, &xs[..n], res),
+            }
+        }
+    }
+}
+
+fn q4_rows_scalar(qs: &[u8], d: &[f32], m: &[f32], xs: &[ActRow], res: &mut [f32; TILE]) {
+    for (k, x) in xs.iter().enumerate() {
+        let mut acc = 0f32;
+        for b in 0..d.len() {
+            let bytes = &qs[b * 16..b * 16 + 16];
+            let xq = &x.q[b * QK..(b + 1) * QK];
+            let mut isum = 0i32;
+            for j in 0..16 {
+                isum += i32::from(bytes[j] & 0xF) * i32::from(xq[j]) + i32::from(bytes[j] >> 4) * i32::from(xq[j + 16]);
+            }
+            acc += d[b] * x.d[b] * isum as f32 + m[b] * x.sum[b];
+        }
+        res[k] = acc;
+    }
+}
+
+fn q8_rows_scalar(qs: &[i8], s: &[f32], group: usize, xs: &[ActRow], res: &mut [f32; TILE]) {
+    for (k, x) in xs.iter().enumerate() {
+        let mut acc = 0f32;
+        for (g, (wq, &sc)) in qs.chunks_exact(group).zip(s).enumerate() {
+            let b = g * group / QK;
+            let xq = &x.q[g * group..(g + 1) * group];
+            let isum: i32 = wq.iter().zip(xq).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();
+            acc += sc * x.d[b] * isum as f32;
+        }
+        res[k] = acc;
+    }
+}
+
+/// f32 dot product with 16 independent accumulators (vectorised by the compiler).
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 16];
+    let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    for (x, y) in ca.zip(cb) {
+        for i in 0..16 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut tail = 0f32;
+    for (x, y) in ra.iter().zip(rb) {
+        tail += x * y;
+    }
+    acc.iter().sum::<f32>() + tail
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,185 @@
+use super::*;
+use crate::formats::quant::dequantize;
+
+/// Deterministic xorshift bytes.
+struct Gen(u64);
+impl Gen {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn byte(&mut self) -> u8 {
+        self.next() as u8
+    }
+    /// A uniform value in [lo, hi).
+    fn float(&mut self, lo: f32, hi: f32) -> f32 {
+        lo + (hi - lo) * ((self.next() >> 40) as f32 / (1u64 << 24) as f32)
+    }
+    fn f16(&mut self, lo: f32, hi: f32) -> [u8; 2] {
+        half::f16::from_f32(self.float(lo, hi)).to_le_bytes()
+    }
+}
+
+/// Random but well-formed blocks of `ty` for a `rows × cols` matrix (finite, realistic scales).
+fn random_blocks(ty: GgmlType, rows: usize, cols: usize, g: &mut Gen) -> Vec<u8> {
+    let n_blocks = rows * cols / ty.block_size();
+    let mut out = Vec::with_capacity(n_blocks * ty.block_bytes());
+    for _ in 0..n_blocks {
+        let mut b: Vec<u8> = (0..ty.block_bytes()).map(|_| g.byte()).collect();
+        match ty {
+            GgmlType::Q4_0 | GgmlType::Q8_0 => b[0..2].copy_from_slice(&g.f16(0.001, 0.05)),
+            GgmlType::Q4_1 => {
+                b[0..2].copy_from_slice(&g.f16(0.001, 0.02));
+                b[2..4].copy_from_slice(&g.f16(-0.15, 0.0));
+            }
+            GgmlType::Q4_K => {
+                b[0..2].copy_from_slice(&g.f16(0.0001, 0.001));
+                b[2..4].copy_from_slice(&g.f16(0.0001, 0.002));
+            }
+            GgmlType::Q6_K => b[208..210].copy_from_slice(&g.f16(0.0001, 0.001)),
+            GgmlType::F16 => {
+                for c in b.chunks_exact_mut(2) {
+                    c.copy_from_slice(&g.f16(-0.1, 0.1));
+                }
+            }
+            _ => unreachable!(),
+        }
+        out.extend(b);
+    }
+    out
+}
+
+const TYPES: [GgmlType; 6] = [GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::Q4_K, GgmlType::Q6_K, GgmlType::F16];
+
+#[test]
+fn repacked_weights_dequantize_bit_for_bit_like_ggml() {
+    let mut g = Gen(0x9E3779B97F4A7C15);
+    for ty in TYPES {
+        let (rows, cols) = (5, 512);
+        let bytes = random_blocks(ty, rows, cols, &mut g);
+        let m = QMatrix::from_ggml(ty, &bytes, rows, cols).unwrap();
+        let mut reference = vec![0f32; rows * cols];
+        dequantize(ty, &bytes, rows * cols, &mut reference).unwrap();
+        let ours = m.dequantize();
+        let same = ours.iter().zip(&reference).all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(same, "{ty:?}: dequantized values differ from ggml's");
+        let expected_kind = match ty {
+            GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q4_K => "q4",
+            GgmlType::Q8_0 | GgmlType::Q6_K => "q8",
+            _ => "f32",
+        };
+        let kind = match m.kind() {
+            QKind::Q4 { .. } => "q4",
+            QKind::Q8 { .. } => "q8",
+            QKind::F32 { .. } => "f32",
+        };
+        assert_eq!(kind, expected_kind, "{ty:?}");
+    }
+}
+
+/// Reference `W x` in f64 over the dequantized weights, and the bound the 8-bit activations allow:
+/// each activation moves by at most half its block's step `max|x| / 127`.
+fn reference(w: &[f32], x: &[f32], rows: usize, cols: usize, t: usize) -> Vec<(f64, f64)> {
+    let mut out = Vec::new();
+    for r in 0..t {
+        let xr = &x[r * cols..(r + 1) * cols];
+        for o in 0..rows {
+            let wr = &w[o * cols..(o + 1) * cols];
+            let exact: f64 = wr.iter().zip(xr).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+            let mut bound = 0f64;
+            for (wb, xb) in wr.chunks_exact(QK).zip(xr.chunks_exact(QK)) {
+                let step = f64::from(xb.iter().fold(0f32, |a, v| a.max(v.abs()))) / 127.0;
+                bound += wb.iter().map(|&v| f64::from(v).abs()).sum::<f64>() * step * 0.5;
+            }
+            out.push((exact, bound * 1.001 + 1e-5));
+        }
+    }
+    out
+}
+
+#[test]
+fn matmul_matches_the_dequantized_product_on_every_instruction_set() {
+    let mut g = Gen(42);
+    let cols = 768;
+    for t in [1usize, 3, 4, 6, 9] {
+        let x: Vec<f32> = (0..t * cols).map(|_| g.float(-2.0, 2.0)).collect();
+        let mut acts = QActs::default();
+        acts.quantize(&x, t, cols);
+        // Every type side by side in one call, as the fused projections run.
+        let mats: Vec<QMatrix> = TYPES
+            .iter()
+            .map(|&ty| {
+                let rows = 7 + ty.block_bytes() % 5;
+                QMatrix::from_ggml(ty, &random_blocks(ty, rows, cols, &mut g), rows, cols).unwrap()
+            })
+            .collect();
+        let parts: Vec<&QMatrix> = mats.iter().collect();
+        let width: usize = mats.iter().map(|m| m.rows()).sum();
+        let mut per_isa = Vec::new();
+        for isa in Isa::available() {
+            let mut out = vec![f32::NAN; t * width];
+            matmul_with(isa, &parts, &x, &acts, t, &mut out);
+            let mut c0 = 0;
+            for m in &mats {
+                let refs = reference(&m.dequantize(), &x, m.rows(), cols, t);
+                for r in 0..t {
+                    for o in 0..m.rows() {
+                        let (exact, bound) = refs[r * m.rows() + o];
+                        let got = f64::from(out[r * width + c0 + o]);
+                        // f32 weights see the unquantized input: only rounding remains.
+                        let bound = if matches!(m.kind(), QKind::F32 { .. }) { 1e-4 * (1.0 + exact.abs()) } else { bound };
+                        assert!(
+                            (got - exact).abs() <= bound,
+                            "{isa:?} {:?} t={t} row {r} out {o}: {got} vs {exact} (bound {bound})",
+                            m.source_type()
+                        );
+                    }
+                }
+                c0 += m.rows();
+            }
+            per_isa.push(out);
+        }
+        // The integer sums are exact on every instruction set: only the f32 accumulation order differs.
+        for other in &per_isa[1..] {
+            for (a, b) in per_isa[0].iter().zip(other) {
+                assert!((a - b).abs() <= 1e-4 * (1.0 + a.abs()), "instruction sets disagree: {a} vs {b}");
+            }
+        }
+    }
+}
+
+#[test]
+fn activation_quantization_rounds_like_ggml() {
+    let x: Vec<f32> = (0..64).map(|i| (i as f32 - 20.5) * 0.25).collect();
+    let mut a = QActs::default();
+    a.quantize(&x, 2, 32);
+    let amax = 20.5 * 0.25;
+    assert_eq!(a.d[0], amax / 127.0);
+    assert_eq!(a.q[0], -127);
+    // A zero block quantizes to zeros with a zero scale (no division by zero).
+    a.quantize(&[0.0; 32], 1, 32);
+    assert!(a.q.iter().all(|&q| q == 0) && a.d[0] == 0.0 && a.sum[0] == 0.0);
+}
+
+#[test]
+fn row_permutation_moves_whole_rows() {
+    let mut g = Gen(7);
+    for ty in [GgmlType::Q4_1, GgmlType::Q6_K, GgmlType::F16] {
+        let (rows, cols) = (4, 256);
+        let m = QMatrix::from_ggml(ty, &random_blocks(ty, rows, cols, &mut g), rows, cols).unwrap();
+        let p = m.permute_rows(&[2, 0, 3, 1]);
+        let (a, b) = (m.dequantize(), p.dequantize());
+        for (i, &src) in [2, 0, 3, 1].iter().enumerate() {
+            assert_eq!(b[i * cols..(i + 1) * cols], a[src * cols..(src + 1) * cols], "{ty:?}");
+        }
+    }
+}
+
+#[test]
+fn malformed_inputs_are_errors() {
+    assert!(matches!(QMatrix::from_ggml(GgmlType::Q4_1, &[0; 20], 1, 48), Err(KernelError::Columns { .. })));
+    assert!(matches!(QMatrix::from_ggml(GgmlType::Q4_1, &[0; 19], 1, 32), Err(KernelError::Length(..))));
+    assert!(matches!(QMatrix::from_ggml(GgmlType::Q4_K, &[0; 144], 1, 256).map(|m| m.rows()), Ok(1)));
+}
