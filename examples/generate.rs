@@ -3,7 +3,7 @@
 //! ```text
 //! cargo run --release --example generate -- --model PATH (--prompt TEXT | --prompt-file FILE) [--chat]
 //!     [--system TEXT] [--max-tokens N] [--greedy | --temperature T --top-k K --top-p P --seed S]
-//!     [--ignore-eos] [--stop STR]... [--backend cpu|wgpu|cuda] [--json]
+//!     [--ignore-eos] [--stop STR]... [--backend cpu|wgpu|cuda] [--precision auto|exact|quantized] [--json]
 //! ```
 //! Without `--chat` the prompt is tokenized raw; with it, it is rendered with the model's chat template.
 //! `--json` prints one object: prompt_ids, ids, text, prefill/decode tokens per second, backend.
@@ -12,11 +12,11 @@ use std::io::Write;
 use std::ops::ControlFlow;
 use std::process::ExitCode;
 
-use agentlm::{Backend, GenerateParams, LoadOptions, Message, Model, SamplingParams};
+use agentlm::{Backend, GenerateParams, LoadOptions, Message, Model, Precision, SamplingParams};
 
 const USAGE: &str = "usage: generate --model PATH (--prompt TEXT | --prompt-file FILE) [--chat] [--system TEXT] \
 [--max-tokens N] [--greedy | --temperature T --top-k K --top-p P --seed S] [--ignore-eos] [--stop STR]... \
-[--backend cpu|wgpu|cuda] [--json]";
+[--backend cpu|wgpu|cuda] [--precision auto|exact|quantized] [--json]";
 
 struct Args {
     model: String,
@@ -25,6 +25,7 @@ struct Args {
     system: Option<String>,
     params: GenerateParams,
     backend: Backend,
+    precision: Precision,
     json: bool,
 }
 
@@ -38,6 +39,7 @@ fn parse() -> Result<Args, String> {
     let mut sampling = SamplingParams { temperature: 1.0, ..SamplingParams::greedy() };
     let mut sampled = false;
     let mut backend = Backend::Cpu;
+    let mut precision = Precision::Auto;
     fn value(it: &mut impl Iterator<Item = String>, flag: &str) -> Result<String, String> {
         it.next().ok_or_else(|| format!("{flag} needs a value"))
     }
@@ -63,6 +65,7 @@ fn parse() -> Result<Args, String> {
             "--ignore-eos" => params.ignore_eos = true,
             "--stop" => params.stop.push(value(&mut it, &a)?),
             "--backend" => backend = value(&mut it, &a)?.parse().map_err(|e| format!("{e}"))?,
+            "--precision" => precision = value(&mut it, &a)?.parse()?,
             "--json" => json = true,
             "-h" | "--help" => return Err(USAGE.to_string()),
             other => return Err(format!("unknown argument {other:?}\n{USAGE}")),
@@ -79,12 +82,13 @@ fn parse() -> Result<Args, String> {
         system,
         params,
         backend,
+        precision,
         json,
     })
 }
 
 fn run(args: Args) -> Result<(), agentlm::Error> {
-    let model = Model::load(&args.model, &LoadOptions { backend: args.backend, ..LoadOptions::default() })?;
+    let model = Model::load(&args.model, &LoadOptions { backend: args.backend, precision: args.precision, ..LoadOptions::default() })?;
     let text = if args.chat {
         let mut messages = Vec::new();
         if let Some(s) = &args.system {
@@ -119,6 +123,7 @@ fn run(args: Args) -> Result<(), agentlm::Error> {
             "prefill_tokens_per_s": out.prefill_tokens_per_s(),
             "decode_tokens_per_s": out.decode_tokens_per_s(),
             "backend": model.backend().name(),
+            "precision": model.precision().name(),
         });
         println!("{obj}");
     } else {

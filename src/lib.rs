@@ -27,6 +27,7 @@ pub use train::{DataKind, TrainConfig, Trainer};
 pub use engine::Backend;
 pub use error::{Error, Result};
 pub use generate::{CancelToken, SamplingParams};
+pub use model::Precision;
 pub use runtime::{LoadOptions, Model, ModelFormat};
 pub use session::{FinishReason, GenerateParams, Generation, Session, Step};
 pub use template::{BuiltinTemplate, ChatTemplate, Message};

@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufFile, GgufWeights};
 use crate::formats::hf::HfModelDir;
 use crate::formats::FormatError;
-use crate::model::Llama;
+use crate::model::{Llama, Precision};
 use crate::session::Session;
 use crate::template::{ChatTemplate, Message};
 use crate::tokenizer::Tokenizer;
@@ -30,6 +30,9 @@ pub struct LoadOptions {
     pub threads: Option<usize>,
     /// Progress callback, called on the loading thread.
     pub progress: Option<ProgressFn>,
+    /// Numerics of the forward pass (default [`Precision::Auto`]: block-quantized kernels for a
+    /// quantized GGUF file on the CPU, exact f32 otherwise).
+    pub precision: Precision,
 }
 
 impl std::fmt::Debug for LoadOptions {
@@ -39,6 +42,7 @@ impl std::fmt::Debug for LoadOptions {
             .field("max_context", &self.max_context)
             .field("threads", &self.threads)
             .field("progress", &self.progress.is_some())
+            .field("precision", &self.precision)
             .finish()
     }
 }
@@ -97,6 +101,12 @@ impl Model {
         };
         let progress = options.progress.clone();
         let mut report = move |f: f32| progress.as_ref().is_none_or(|p| p(f));
+        if options.precision == Precision::Quantized && options.backend != Backend::Cpu {
+            return Err(Error::InvalidArgument("quantized precision runs on the CPU backend only".into()));
+        }
+        if options.precision == Precision::Quantized && path.is_dir() {
+            return Err(Error::InvalidArgument("quantized precision needs a GGUF file (a Hugging Face directory loads in f32)".into()));
+        }
         let device = options.backend.device()?;
         type Loader<'a> = Box<dyn FnOnce(&LlamaConfig, usize, &mut dyn FnMut(f32) -> bool) -> Result<Llama> + Send + 'a>;
         let (format, config, tokenizer, template_src, llama_loader): (_, LlamaConfig, Tokenizer, Option<String>, Loader);
@@ -115,12 +125,22 @@ impl Model {
         } else {
             let file = Arc::new(GgufFile::open(path)?);
             tokenizer = Tokenizer::from_gguf(&file)?;
+            let quantized = file.tensors().iter().any(|t| t.ggml_type.block_size() > 1);
             let weights = GgufWeights::new(file)?;
             config = weights.config().clone();
             template_src = tokenizer.chat_template().map(str::to_string);
             format = ModelFormat::Gguf;
             let device = device.clone();
-            llama_loader = Box::new(move |c, ctx, p| Ok(Llama::load_with_progress(&weights, c, &device, ctx, p)?));
+            let fast = match options.precision {
+                Precision::Exact => false,
+                Precision::Quantized => true,
+                Precision::Auto => options.backend == Backend::Cpu && quantized && Llama::quantized_path_supports(&config),
+            };
+            llama_loader = if fast {
+                Box::new(move |c, ctx, p| Ok(Llama::load_quantized(&weights, c, &device, ctx, p)?))
+            } else {
+                Box::new(move |c, ctx, p| Ok(Llama::load_with_progress(&weights, c, &device, ctx, p)?))
+            };
         }
         let context = options.max_context.unwrap_or(config.max_position_embeddings).min(config.max_position_embeddings).max(1);
         let template = match template_src {
@@ -167,6 +187,10 @@ impl Model {
     pub fn apply_chat_template(&self, messages: &[Message]) -> Result<String> {
         let t = self.chat_template().ok_or_else(|| Error::InvalidArgument("the model has no chat template".into()))?;
         Ok(t.render(messages, true)?)
+    }
+    /// The numerics the model computes with ([`Precision::Exact`] or [`Precision::Quantized`]).
+    pub fn precision(&self) -> Precision {
+        self.llama.precision()
     }
     /// The backend the weights live on.
     pub fn backend(&self) -> Backend {

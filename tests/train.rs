@@ -8,7 +8,7 @@ use agentlm::train::{DataKind, RunStop, TrainConfig, Trainer};
 use agentlm::{Adapter, LoadOptions, LoraConfig, Model};
 
 fn model() -> Model {
-    Model::load(common::model_path(), &LoadOptions::default()).unwrap()
+    Model::load(common::model_path(), &LoadOptions { precision: agentlm::Precision::Exact, ..LoadOptions::default() }).unwrap()
 }
 
 fn record(q: &str, a: &str, reward: f64) -> String {
@@ -194,7 +194,7 @@ fn a_trained_adapter_hot_swaps_into_a_live_session() {
     let loaded = Adapter::load(&model, dir.path().join("a")).unwrap();
     assert_eq!(loaded.to_peft().unwrap(), trained.to_peft().unwrap());
     // An adapter for a model of another shape is refused.
-    let other = Model::load(common::model_path(), &LoadOptions { max_context: Some(64), ..LoadOptions::default() }).unwrap();
+    let other = Model::load(common::model_path(), &LoadOptions { max_context: Some(64), precision: agentlm::Precision::Exact, ..LoadOptions::default() }).unwrap();
     assert!(other.session(None).set_adapter(Some((loaded, 1.0))).is_ok(), "same shape: allowed");
 }
 
@@ -220,4 +220,27 @@ fn gradient_checkpointing_gives_the_same_gradients_and_dropout_changes_them() {
     let (loss_drop, with_drop) = drop.gradients(&t).unwrap();
     let moved = plain.iter().any(|(k, g)| g.iter().zip(&with_drop[k]).any(|(a, b)| (a - b).abs() > 1e-6));
     assert!(moved && loss_drop.is_finite(), "dropout on the adapters' input changes the gradients");
+}
+
+/// A model loaded for the quantized CPU path trains on f32 weights rebuilt from its block weights,
+/// which are bit-identical to the exact path's: the same data gives the same loss. The trained
+/// adapter then runs on the quantized path in a live session.
+#[test]
+fn a_quantized_path_model_trains_on_the_exact_weights_and_serves_the_adapter() {
+    let exact = model();
+    let q = Model::load(common::model_path(), &LoadOptions { precision: agentlm::Precision::Quantized, ..LoadOptions::default() }).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let mut a = Trainer::new(&exact, config(), None).unwrap();
+    fill(&mut a, dir.path());
+    let mut b = Trainer::new(&q, config(), None).unwrap();
+    fill(&mut b, dir.path());
+    let (la, lb) = (a.evaluate().unwrap().loss, b.evaluate().unwrap().loss);
+    assert_eq!(la.to_bits(), lb.to_bits(), "held-out loss {la} (exact) vs {lb} (quantized-path model)");
+    b.run(3, None, |_| true).unwrap();
+    let mut s = q.session(None);
+    s.append_text("You are in room 3. Go to the door.").unwrap();
+    let base = s.logits().unwrap().to_vec();
+    s.set_adapter(Some((b.adapter().unwrap(), 1.0))).unwrap();
+    let tuned = s.logits().unwrap().to_vec();
+    assert!(tuned.iter().zip(&base).any(|(x, y)| (x - y).abs() > 1e-3), "the trained adapter changes the quantized path's logits");
 }

@@ -116,6 +116,29 @@ pub enum agentlm_backend {
     AGENTLM_BACKEND_CUDA = 2,
 }
 
+/// Forward-pass numerics (values of `agentlm_model_params.precision`).
+#[repr(i32)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum agentlm_precision {
+    /// Block-quantized kernels for a quantized GGUF file on the CPU, exact f32 otherwise.
+    AGENTLM_PRECISION_AUTO = 0,
+    /// Weights dequantized to f32 at load (Hugging Face parity).
+    AGENTLM_PRECISION_EXACT = 1,
+    /// CPU and GGUF only: weights kept in block form, 8-bit activations (llama.cpp's numerics).
+    AGENTLM_PRECISION_QUANTIZED = 2,
+}
+
+impl agentlm_precision {
+    fn from_i32(v: i32) -> Result<crate::Precision, Fail> {
+        match v {
+            0 => Ok(crate::Precision::Auto),
+            1 => Ok(crate::Precision::Exact),
+            2 => Ok(crate::Precision::Quantized),
+            _ => Err(Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("unknown precision {v}"))),
+        }
+    }
+}
+
 impl agentlm_backend {
     fn from_i32(v: i32) -> Result<Backend, Fail> {
         match v {
@@ -245,6 +268,8 @@ pub struct agentlm_model_params {
     pub log_user_data: *mut c_void,
     /// Most verbose `agentlm_log_level` forwarded to `log` (default `AGENTLM_LOG_WARN`).
     pub log_level: i32,
+    /// An `agentlm_precision` value (default `AGENTLM_PRECISION_AUTO`).
+    pub precision: i32,
 }
 
 /// Parameters of [`agentlm_session_new`]. Initialise with [`agentlm_session_params_default`].
@@ -389,6 +414,7 @@ pub extern "C" fn agentlm_model_params_default() -> agentlm_model_params {
         log: None,
         log_user_data: ptr::null_mut(),
         log_level: agentlm_log_level::AGENTLM_LOG_WARN as i32,
+        precision: agentlm_precision::AGENTLM_PRECISION_AUTO as i32,
     }
 }
 
@@ -413,6 +439,7 @@ pub unsafe extern "C" fn agentlm_model_load(
         let p = unsafe { read_params(params, agentlm_model_params_default()) }?;
         let out = opt_out(out, "out")?;
         let backend = agentlm_backend::from_i32(p.backend)?;
+        let precision = agentlm_precision::from_i32(p.precision)?;
         let log = LogSink::new(p.log, p.log_user_data, p.log_level)?;
         let progress = p.progress.map(|f| {
             let user = util::SendPtr(p.progress_user_data);
@@ -426,6 +453,7 @@ pub unsafe extern "C" fn agentlm_model_load(
             max_context: (p.max_context > 0).then_some(p.max_context as usize),
             threads: (p.n_threads > 0).then_some(p.n_threads as usize),
             progress,
+            precision,
         };
         let model = log::with_sink(log.as_ref(), || Model::load(path, &options))?;
         write_out(out, Box::into_raw(Box::new(agentlm_model { model, log })));

@@ -2,12 +2,14 @@
 //! layout) and `factor = scale · alpha / r`. The base weights are never modified; merging builds new ones.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use crate::config::LlamaConfig;
 use crate::engine::{self, Device, Tensor};
 use crate::formats::peft::{tensor_name, LoraConfig, TARGETS};
 use crate::formats::HostTensor;
 
+use super::host::HostPair;
 use super::ModelError;
 
 /// `(out, in)` of a targeted linear (one of [`TARGETS`]).
@@ -36,6 +38,8 @@ pub struct LoraWeights {
     pub(crate) layers: Vec<[Option<LoraPair>; 7]>,
     /// `alpha / r` (or rsLoRA's `alpha / sqrt(r)`).
     pub(crate) scaling: f32,
+    /// Host copies for the quantized CPU path, read back on first use.
+    pub(crate) host: OnceLock<Vec<[Option<HostPair>; 7]>>,
 }
 
 /// What a forward pass applies: weights, a multiplier on top of their scaling, and (training only)
@@ -102,7 +106,29 @@ impl LoraWeights {
                 model.num_hidden_layers
             )));
         }
-        Ok(LoraWeights { layers, scaling: lora.scaling() })
+        Ok(LoraWeights { layers, scaling: lora.scaling(), host: OnceLock::new() })
+    }
+
+    /// The matrices on the host for the quantized CPU path (read back once, then shared).
+    ///
+    /// # Errors
+    /// A device readback failure.
+    pub(crate) fn host_pairs(&self) -> Result<&[[Option<HostPair>; 7]], ModelError> {
+        if let Some(h) = self.host.get() {
+            return Ok(h);
+        }
+        let mut layers = Vec::with_capacity(self.layers.len());
+        for mods in &self.layers {
+            let mut out: [Option<HostPair>; 7] = Default::default();
+            for (slot, pair) in out.iter_mut().zip(mods) {
+                if let Some(p) = pair {
+                    let r = p.a.dims()[0];
+                    *slot = Some(HostPair { a: engine::readback(p.a.clone())?, b: engine::readback(p.b.clone())?, r });
+                }
+            }
+            layers.push(out);
+        }
+        Ok(self.host.get_or_init(|| layers))
     }
 
     /// The matrices back on the host, by PEFT name.

@@ -3,11 +3,15 @@
 //! Weights are immutable once loaded and the [`Llama`] value is `Send + Sync`: share it behind an `Arc`.
 //! Per-conversation state lives in a [`KvCache`] that the caller owns and passes to [`Llama::forward`].
 
+mod host;
 pub mod lora;
 mod rope;
 
+use std::sync::{Arc, OnceLock};
+
 use crate::config::LlamaConfig;
 use crate::engine::{self, silu, softmax, Device, EngineError, Tensor};
+use crate::formats::gguf::GgufWeights;
 use crate::formats::{FormatError, WeightSource};
 
 pub use lora::{LoraApply, LoraPair, LoraWeights};
@@ -69,17 +73,63 @@ struct Layer {
     w_down: Tensor<2>,
 }
 
-/// A loaded Llama model: immutable weights on one device.
+/// The f32 weights on the device (the exact path, training and GPUs).
 #[derive(Clone)]
-pub struct Llama {
-    config: LlamaConfig,
-    device: Device,
+struct Dense {
     /// `[vocab, hidden]`.
     embed: Tensor<2>,
     layers: Vec<Layer>,
     norm: Tensor<1>,
     /// `[hidden, vocab]`; `None` when tied to `embed` (then `embed` transposed is used).
     lm_head: Option<Tensor<2>>,
+}
+
+/// How a model computes: the numerics of its forward pass.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum Precision {
+    /// [`Precision::Quantized`] for a quantized GGUF file on the CPU backend, else [`Precision::Exact`].
+    #[default]
+    Auto,
+    /// Weights dequantized to f32 once at load; burn computes in f32 (Hugging Face parity).
+    Exact,
+    /// CPU only: GGUF weights kept in their block formats, activations quantized to 8 bits per
+    /// block of 32 for each product, as llama.cpp computes. Training and adapter merging build the
+    /// f32 weights on first use.
+    Quantized,
+}
+
+impl Precision {
+    /// Lower-case name (`auto`, `exact`, `quantized`).
+    pub fn name(self) -> &'static str {
+        match self {
+            Precision::Auto => "auto",
+            Precision::Exact => "exact",
+            Precision::Quantized => "quantized",
+        }
+    }
+}
+
+impl std::str::FromStr for Precision {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "auto" => Ok(Precision::Auto),
+            "exact" | "f32" => Ok(Precision::Exact),
+            "quantized" | "q" => Ok(Precision::Quantized),
+            _ => Err(format!("unknown precision {s:?} (expected auto, exact or quantized)")),
+        }
+    }
+}
+
+/// A loaded Llama model: immutable weights on one device.
+#[derive(Clone)]
+pub struct Llama {
+    config: LlamaConfig,
+    device: Device,
+    /// Set at load on the exact path; built from `host` on first use on the quantized path.
+    dense: OnceLock<Dense>,
+    /// Block-quantized host weights (the quantized CPU path).
+    host: Option<Arc<host::HostWeights>>,
     /// `[positions, head_dim]` rotate-half tables.
     rope_cos: Tensor<2>,
     rope_sin: Tensor<2>,
@@ -90,11 +140,16 @@ pub struct Llama {
 ///
 /// Preallocated to `capacity` positions and written in place. Owned by one session; not shared.
 pub struct KvCache {
-    /// Per layer `[kv_heads, capacity, head_dim]`.
-    k: Vec<Tensor<3>>,
-    v: Vec<Tensor<3>>,
+    store: CacheStore,
     len: usize,
     capacity: usize,
+}
+
+enum CacheStore {
+    /// Per layer `[kv_heads, capacity, head_dim]` on the device.
+    Device { k: Vec<Tensor<3>>, v: Vec<Tensor<3>> },
+    /// The quantized path's host cache.
+    Host(Box<host::HostCache>),
 }
 
 impl KvCache {
@@ -124,9 +179,12 @@ impl Clone for KvCache {
     /// A deep copy (the buffers are duplicated, not shared), for forking a conversation.
     fn clone(&self) -> Self {
         let deep = |t: &Tensor<3>| t.clone().add_scalar(0.0);
+        let store = match &self.store {
+            CacheStore::Device { k, v } => CacheStore::Device { k: k.iter().map(deep).collect(), v: v.iter().map(deep).collect() },
+            CacheStore::Host(h) => CacheStore::Host(h.clone()),
+        };
         KvCache {
-            k: self.k.iter().map(deep).collect(),
-            v: self.v.iter().map(deep).collect(),
+            store,
             len: self.len,
             capacity: self.capacity,
         }
@@ -191,14 +249,19 @@ impl Loader<'_> {
     /// A linear layer's HF `[out, in]` weight, uploaded transposed as `[in, out]`.
     fn linear(&self, name: &str, out: usize, inp: usize) -> Result<Tensor<2>, ModelError> {
         let w = self.host(name, &[out, inp])?;
-        let mut t = vec![0f32; w.len()];
-        for (o, row) in w.chunks_exact(inp).enumerate() {
-            for (i, &x) in row.iter().enumerate() {
-                t[i * out + o] = x;
-            }
-        }
-        Ok(engine::upload(t, [inp, out], self.device))
+        Ok(engine::upload(transpose(&w, out, inp), [inp, out], self.device))
     }
+}
+
+/// `[out, inp]` row-major to `[inp, out]`.
+fn transpose(w: &[f32], out: usize, inp: usize) -> Vec<f32> {
+    let mut t = vec![0f32; w.len()];
+    for (o, row) in w.chunks_exact(inp).enumerate() {
+        for (i, &x) in row.iter().enumerate() {
+            t[i * out + o] = x;
+        }
+    }
+    t
 }
 
 impl Llama {
@@ -270,18 +333,93 @@ impl Llama {
             }
             .into());
         };
-        let (cos, sin) = rope::tables(c, max_positions);
         report(c.num_hidden_layers + 2)?;
-        Ok(Llama {
+        Ok(Self::assemble(c, device, max_positions, OnceLock::from(Dense { embed, layers, norm, lm_head }), None))
+    }
+
+    /// Loads a GGUF file for the quantized CPU path ([`Precision::Quantized`]): its weights stay in
+    /// block form on the host. `device` (the CPU) holds the f32 weights if training or merging later
+    /// asks for them.
+    ///
+    /// # Errors
+    /// As [`Llama::load`]; [`ModelError::Config`] for a shape the kernels cannot run.
+    pub fn load_quantized(
+        weights: &GgufWeights,
+        config: &LlamaConfig,
+        device: &Device,
+        max_positions: usize,
+        progress: &mut dyn FnMut(f32) -> bool,
+    ) -> Result<Self, ModelError> {
+        check_config(config)?;
+        if max_positions == 0 {
+            return Err(ModelError::Config("max_positions is 0".into()));
+        }
+        let host = host::HostWeights::load(weights, config, max_positions, progress)?;
+        Ok(Self::assemble(config, device, max_positions, OnceLock::new(), Some(Arc::new(host))))
+    }
+
+    /// Whether a model of this shape can run on the quantized CPU path.
+    pub fn quantized_path_supports(config: &LlamaConfig) -> bool {
+        host::supports(config)
+    }
+
+    fn assemble(c: &LlamaConfig, device: &Device, positions: usize, dense: OnceLock<Dense>, host: Option<Arc<host::HostWeights>>) -> Llama {
+        let (cos, sin) = rope::tables(c, positions);
+        let hd = c.head_dim;
+        Llama {
             config: c.clone(),
             device: device.clone(),
-            embed,
-            layers,
-            norm,
-            lm_head,
-            rope_cos: engine::upload(cos, [max_positions, hd], device),
-            rope_sin: engine::upload(sin, [max_positions, hd], device),
-            rope_positions: max_positions,
+            dense,
+            host,
+            rope_cos: engine::upload(cos, [positions, hd], device),
+            rope_sin: engine::upload(sin, [positions, hd], device),
+            rope_positions: positions,
+        }
+    }
+
+    /// The precision this model computes with ([`Precision::Exact`] or [`Precision::Quantized`]).
+    pub fn precision(&self) -> Precision {
+        if self.host.is_some() {
+            Precision::Quantized
+        } else {
+            Precision::Exact
+        }
+    }
+
+    /// Bytes of weights held in block form by the quantized path (0 on the exact path).
+    pub fn quantized_bytes(&self) -> usize {
+        self.host.as_ref().map_or(0, |h| h.bytes())
+    }
+
+    /// The f32 device weights, built from the host weights on first use on the quantized path.
+    fn dense(&self) -> &Dense {
+        self.dense.get_or_init(|| {
+            let host = self.host.as_ref().expect("a model without device weights has host weights");
+            let c = &self.config;
+            let (embed, layers, norm, lm_head) = host.dequantized();
+            let d = &self.device;
+            let t = |w: Vec<f32>, out: usize, inp: usize| engine::upload(transpose(&w, out, inp), [inp, out], d);
+            let (h, q, kv, i) = (c.hidden_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim, c.intermediate_size);
+            let layers = layers
+                .into_iter()
+                .map(|[an, wq, wk, wv, wo, mn, wg, wu, wd]| Layer {
+                    attn_norm: engine::upload(an, [h], d),
+                    wq: t(wq, q, h),
+                    wk: t(wk, kv, h),
+                    wv: t(wv, kv, h),
+                    wo: t(wo, h, q),
+                    mlp_norm: engine::upload(mn, [h], d),
+                    w_gate: t(wg, i, h),
+                    w_up: t(wu, i, h),
+                    w_down: t(wd, h, i),
+                })
+                .collect();
+            Dense {
+                embed: engine::upload(embed, [c.vocab_size, h], d),
+                layers,
+                norm: engine::upload(norm, [h], d),
+                lm_head: lm_head.map(|w| t(w, c.vocab_size, h)),
+            }
         })
     }
 
@@ -305,14 +443,18 @@ impl Llama {
     pub fn new_cache(&self, capacity: usize) -> KvCache {
         let c = &self.config;
         let capacity = capacity.clamp(1, self.rope_positions);
-        let shape = [c.num_key_value_heads, capacity, c.head_dim];
-        let zeros = || Tensor::<3>::zeros(shape, &self.device);
-        KvCache {
-            k: (0..c.num_hidden_layers).map(|_| zeros()).collect(),
-            v: (0..c.num_hidden_layers).map(|_| zeros()).collect(),
-            len: 0,
-            capacity,
-        }
+        let store = match &self.host {
+            Some(host) => CacheStore::Host(Box::new(host.new_cache(c, capacity))),
+            None => {
+                let shape = [c.num_key_value_heads, capacity, c.head_dim];
+                let zeros = || Tensor::<3>::zeros(shape, &self.device);
+                CacheStore::Device {
+                    k: (0..c.num_hidden_layers).map(|_| zeros()).collect(),
+                    v: (0..c.num_hidden_layers).map(|_| zeros()).collect(),
+                }
+            }
+        };
+        KvCache { store, len: 0, capacity }
     }
 
     /// Copies the filled positions of `cache` to host memory: for each layer, keys then values, each
@@ -327,9 +469,18 @@ impl Llama {
         if len == 0 {
             return Ok(out);
         }
-        for (k, v) in cache.k.iter().zip(&cache.v) {
-            for t in [k, v] {
-                out.extend(engine::readback(t.clone().slice([0..c.num_key_value_heads, 0..len, 0..c.head_dim]))?);
+        match &cache.store {
+            CacheStore::Device { k, v } => {
+                for (k, v) in k.iter().zip(v) {
+                    for t in [k, v] {
+                        out.extend(engine::readback(t.clone().slice([0..c.num_key_value_heads, 0..len, 0..c.head_dim]))?);
+                    }
+                }
+            }
+            CacheStore::Host(h) => {
+                for l in 0..c.num_hidden_layers {
+                    h.export_layer(l, len, c.num_key_value_heads, c.head_dim, &mut out);
+                }
             }
         }
         Ok(out)
@@ -357,10 +508,15 @@ impl Llama {
             let shape = [c.num_key_value_heads, len, c.head_dim];
             let range = [0..c.num_key_value_heads, 0..len, 0..c.head_dim];
             for (i, chunk) in data.chunks_exact(2 * per).enumerate() {
-                let k = engine::upload(chunk[..per].to_vec(), shape, &self.device);
-                let v = engine::upload(chunk[per..].to_vec(), shape, &self.device);
-                cache.k[i] = cache.k[i].clone().slice_assign(range.clone(), k);
-                cache.v[i] = cache.v[i].clone().slice_assign(range.clone(), v);
+                match &mut cache.store {
+                    CacheStore::Device { k: kc, v: vc } => {
+                        let k = engine::upload(chunk[..per].to_vec(), shape, &self.device);
+                        let v = engine::upload(chunk[per..].to_vec(), shape, &self.device);
+                        kc[i] = kc[i].clone().slice_assign(range.clone(), k);
+                        vc[i] = vc[i].clone().slice_assign(range.clone(), v);
+                    }
+                    CacheStore::Host(h) => h.import_layer(i, len, c.num_key_value_heads, c.head_dim, chunk),
+                }
             }
         }
         cache.len = len;
@@ -393,9 +549,27 @@ impl Llama {
         if start + t > cache.capacity {
             return Err(ModelError::ContextFull { used: start, requested: t, capacity: cache.capacity });
         }
+        let (kcs, vcs) = match &mut cache.store {
+            CacheStore::Device { k, v } => (k, v),
+            CacheStore::Host(hc) => {
+                let host = self.host.as_ref().ok_or_else(|| ModelError::CacheState("a quantized-path cache used with an exact-path model".into()))?;
+                let pairs = match &lora {
+                    Some(l) => Some(l.weights.host_pairs()?),
+                    None => None,
+                };
+                let hl = pairs.map(|layers| host::HostLora { layers, factor: lora.as_ref().map_or(0.0, |l| l.factor() as f32) });
+                let logits = host.forward(&self.config, tokens, start, hc, which == Logits::All, hl.as_ref());
+                cache.len = start + t;
+                return Ok(logits);
+            }
+        };
+        if self.host.is_some() {
+            return Err(ModelError::CacheState("an exact-path cache used with a quantized-path model".into()));
+        }
         let ctx = self.context(start, t);
-        let mut x = self.embed.clone().select(0, engine::upload_ids(tokens, &self.device));
-        for (i, (layer, (kc, vc))) in self.layers.iter().zip(cache.k.iter_mut().zip(cache.v.iter_mut())).enumerate() {
+        let d = self.dense();
+        let mut x = d.embed.clone().select(0, engine::upload_ids(tokens, &self.device));
+        for (i, (layer, (kc, vc))) in d.layers.iter().zip(kcs.iter_mut().zip(vcs.iter_mut())).enumerate() {
             let lw = lora.as_ref().map(|l| (&l.weights.layers[i], l));
             x = self.block(layer, lw, x, &ctx, Some((kc, vc)));
         }
@@ -419,8 +593,9 @@ impl Llama {
             return Err(ModelError::ContextFull { used: 0, requested: tokens.len(), capacity: self.rope_positions });
         }
         let ctx = self.context(0, tokens.len());
-        let mut x = self.embed.clone().select(0, engine::upload_ids(tokens, &self.device));
-        for (i, layer) in self.layers.iter().enumerate() {
+        let d = self.dense();
+        let mut x = d.embed.clone().select(0, engine::upload_ids(tokens, &self.device));
+        for (i, layer) in d.layers.iter().enumerate() {
             let lw = lora.as_ref().map(|l| (&l.weights.layers[i], l));
             x = self.block(layer, lw, x, &ctx, None);
         }
@@ -429,10 +604,11 @@ impl Llama {
 
     /// Logits `[rows, vocab]` from final hidden states `[rows, hidden]` (last norm, then the head).
     pub fn head(&self, x: Tensor<2>) -> Tensor<2> {
-        let x = self.rms_norm(x, &self.norm);
-        match &self.lm_head {
+        let d = self.dense();
+        let x = self.rms_norm(x, &d.norm);
+        match &d.lm_head {
             Some(w) => x.matmul(w.clone()),
-            None => x.matmul(self.embed.clone().transpose()),
+            None => x.matmul(d.embed.clone().transpose()),
         }
     }
 
@@ -440,8 +616,8 @@ impl Llama {
     /// applying the adapter, without its per-token cost). Untargeted weights are shared, not copied.
     pub fn merged(&self, lora: &LoraWeights, scale: f32) -> Llama {
         let factor = f64::from(scale) * f64::from(lora.scaling);
-        let mut out = self.clone();
-        for (layer, mods) in out.layers.iter_mut().zip(&lora.layers) {
+        let mut dense = self.dense().clone();
+        for (layer, mods) in dense.layers.iter_mut().zip(&lora.layers) {
             let ws = [&mut layer.wq, &mut layer.wk, &mut layer.wv, &mut layer.wo, &mut layer.w_gate, &mut layer.w_up, &mut layer.w_down];
             for (w, pair) in ws.into_iter().zip(mods) {
                 if let Some(p) = pair {
@@ -449,7 +625,7 @@ impl Llama {
                 }
             }
         }
-        out
+        Llama { dense: OnceLock::from(dense), host: None, ..self.clone() }
     }
 
     fn check_tokens(&self, tokens: &[u32]) -> Result<(), ModelError> {

@@ -589,7 +589,7 @@ impl Trainer {
                 mods
             })
             .collect();
-        LoraWeights { layers, scaling: self.config.lora.scaling() }
+        LoraWeights { layers, scaling: self.config.lora.scaling(), host: Default::default() }
     }
 
     fn upload(&self, device: &Device, grad: bool) -> Vec<Tensor<2>> {

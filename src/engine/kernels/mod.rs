@@ -33,7 +33,7 @@ pub enum Isa {
     Scalar,
     /// AVX2 + FMA + F16C.
     Avx2,
-    /// AVX2 plus AVX-512 VNNI/VL (`vpdpbusd` on 256-bit registers).
+    /// AVX2 plus AVX-512 F/BW/VL/VNNI (`vpdpbusd`, two blocks per 512-bit register).
     Avx512Vnni,
 }
 
@@ -62,7 +62,11 @@ impl Isa {
         #[cfg(target_arch = "x86_64")]
         {
             let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
-            if avx2 && is_x86_feature_detected!("avx512vnni") && is_x86_feature_detected!("avx512vl") {
+            let avx512 = is_x86_feature_detected!("avx512f")
+                && is_x86_feature_detected!("avx512bw")
+                && is_x86_feature_detected!("avx512vl")
+                && is_x86_feature_detected!("avx512vnni");
+            if avx2 && avx512 {
                 return Isa::Avx512Vnni;
             }
             if avx2 {
@@ -411,19 +415,12 @@ pub fn matmul_with(isa: Isa, parts: &[&QMatrix], x: &[f32], acts: &QActs, rows: 
     }
     let out_ptr = SendPtr(out.as_mut_ptr());
     let run = |&(pi, r0, r1, c0): &(usize, usize, usize, usize)| {
-        let w = parts[pi];
-        let mut res = [0f32; TILE];
         let mut t = 0;
         while t < rows {
             let n = (rows - t).min(TILE);
-            for o in r0..r1 {
-                rows_dot(isa, w, o, x, acts, t, n, &mut res);
-                for (k, &v) in res[..n].iter().enumerate() {
-                    // SAFETY: tasks cover disjoint (row o, output column) ranges of `out`, which
-                    // outlives the parallel loop; index within `rows * width`.
-                    unsafe { *out_ptr.get().add((t + k) * width + c0 + o) = v };
-                }
-            }
+            // SAFETY: tasks write disjoint (output row range, column range) cells of `out`, which
+            // outlives the parallel loop.
+            unsafe { row_range(isa, parts[pi], r0..r1, x, acts, t, n, out_ptr, width, c0) };
             t += n;
         }
     };
@@ -445,43 +442,82 @@ impl SendPtr {
     }
 }
 
-/// Dot products of weight row `o` with activation rows `t..t + n` (`n <= TILE`) into `res[..n]`.
+/// Weight rows `range` against activation rows `t..t + n` (`n <= TILE`), written to
+/// `out[(t + k) * width + c0 + o]`.
+///
+/// # Safety
+/// No other thread writes those cells of `out` meanwhile; they are inside it.
 #[allow(clippy::too_many_arguments)]
-fn rows_dot(isa: Isa, w: &QMatrix, o: usize, x: &[f32], acts: &QActs, t: usize, n: usize, res: &mut [f32; TILE]) {
+unsafe fn row_range(
+    isa: Isa,
+    w: &QMatrix,
+    range: std::ops::Range<usize>,
+    x: &[f32],
+    acts: &QActs,
+    t: usize,
+    n: usize,
+    out: SendPtr,
+    width: usize,
+    c0: usize,
+) {
     let c = w.cols;
     let nb = c / QK;
+    let mut res = [0f32; TILE];
+    let put = |o: usize, res: &[f32; TILE]| {
+        for (k, &v) in res[..n].iter().enumerate() {
+            unsafe { *out.get().add((t + k) * width + c0 + o) = v };
+        }
+    };
     match &w.kind {
         QKind::F32 { w } => {
-            let row = &w[o * c..(o + 1) * c];
-            for k in 0..n {
-                res[k] = dot_f32(row, &x[(t + k) * c..(t + k + 1) * c]);
+            for o in range {
+                let row = &w[o * c..(o + 1) * c];
+                for k in 0..n {
+                    res[k] = dot_f32(row, &x[(t + k) * c..(t + k + 1) * c]);
+                }
+                put(o, &res);
             }
         }
         QKind::Q4 { qs, d, m, .. } => {
-            let (qs, d, m) = (&qs[o * c / 2..(o + 1) * c / 2], &d[o * nb..(o + 1) * nb], &m[o * nb..(o + 1) * nb]);
             let xs: [ActRow; TILE] = std::array::from_fn(|k| acts.row(t + k.min(n - 1)));
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: `isa` is one this CPU supports (checked by `matmul_with`).
-                Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::q4_rows(isa, qs, d, m, &xs[..n], res) },
-                _ => q4_rows_scalar(qs, d, m, &xs[..n], res),
+            let xs = &xs[..n];
+            for o in range {
+                let (qs, d, m) = (&qs[o * c / 2..(o + 1) * c / 2], &d[o * nb..(o + 1) * nb], &m[o * nb..(o + 1) * nb]);
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: `isa` is one this CPU supports (checked by `matmul_with`).
+                    Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::q4_rows_full(isa, qs, d, m, xs, &mut res) },
+                    _ => {
+                        q4_rows_scalar(qs, d, xs, &mut res);
+                        // The offset term: Σ_b m_b · (d · Σq)_b of each activation row.
+                        for (r, x) in res.iter_mut().zip(xs) {
+                            *r += dot_f32_portable(m, x.sum);
+                        }
+                    }
+                }
+                put(o, &res);
             }
         }
         QKind::Q8 { qs, s, group } => {
             let ng = c / group;
-            let (qs, s) = (&qs[o * c..(o + 1) * c], &s[o * ng..(o + 1) * ng]);
             let xs: [ActRow; TILE] = std::array::from_fn(|k| acts.row(t + k.min(n - 1)));
-            match isa {
-                #[cfg(target_arch = "x86_64")]
-                // SAFETY: as above.
-                Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::q8_rows(isa, qs, s, *group, &xs[..n], res) },
-                _ => q8_rows_scalar(qs, s, *group, &xs[..n], res),
+            let xs = &xs[..n];
+            for o in range {
+                let (qs, s) = (&qs[o * c..(o + 1) * c], &s[o * ng..(o + 1) * ng]);
+                match isa {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: as above.
+                    Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::q8_rows(isa, qs, s, *group, xs, &mut res) },
+                    _ => q8_rows_scalar(qs, s, *group, xs, &mut res),
+                }
+                put(o, &res);
             }
         }
     }
 }
 
-fn q4_rows_scalar(qs: &[u8], d: &[f32], m: &[f32], xs: &[ActRow], res: &mut [f32; TILE]) {
+/// Q4 row without its offset term (added by the caller).
+fn q4_rows_scalar(qs: &[u8], d: &[f32], xs: &[ActRow], res: &mut [f32; TILE]) {
     for (k, x) in xs.iter().enumerate() {
         let mut acc = 0f32;
         for b in 0..d.len() {
@@ -491,7 +527,7 @@ fn q4_rows_scalar(qs: &[u8], d: &[f32], m: &[f32], xs: &[ActRow], res: &mut [f32
             for j in 0..16 {
                 isum += i32::from(bytes[j] & 0xF) * i32::from(xq[j]) + i32::from(bytes[j] >> 4) * i32::from(xq[j + 16]);
             }
-            acc += d[b] * x.d[b] * isum as f32 + m[b] * x.sum[b];
+            acc += d[b] * x.d[b] * isum as f32;
         }
         res[k] = acc;
     }
@@ -510,8 +546,19 @@ fn q8_rows_scalar(qs: &[i8], s: &[f32], group: usize, xs: &[ActRow], res: &mut [
     }
 }
 
-/// f32 dot product with 16 independent accumulators (vectorised by the compiler).
+/// f32 dot product (AVX2/FMA when available).
+#[inline]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detected() >= Isa::Avx2 {
+        // SAFETY: AVX2 and FMA were detected.
+        return unsafe { x86::dot_f32(a, b) };
+    }
+    dot_f32_portable(a, b)
+}
+
+/// f32 dot product with 16 independent accumulators (vectorised by the compiler).
+fn dot_f32_portable(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 16];
     let (ca, cb) = (a.chunks_exact(16), b.chunks_exact(16));
     let (ra, rb) = (ca.remainder(), cb.remainder());

@@ -29,32 +29,31 @@ unsafe fn hsum(v: __m256) -> f32 {
 
 macro_rules! kernels {
     ($q4:ident, $q8:ident, $feat:literal, $dot:ident) => {
-        /// `res[k] = Σ_b d_b·xd_b·(u·x_k)_b + m_b·xsum_b` over the blocks of one Q4 row.
+        /// `res[k] = Σ_b d_b·xd_b·(u·x_k)_b` over the blocks of one Q4 row (the offset term is
+        /// the caller's).
         #[target_feature(enable = $feat)]
-        unsafe fn $q4<const N: usize>(qs: &[u8], d: &[f32], m: &[f32], xs: &[ActRow], res: &mut [f32; TILE]) {
+        unsafe fn $q4<const N: usize>(qs: &[u8], d: &[f32], xs: &[ActRow], res: &mut [f32; TILE]) {
             let nb = d.len();
-            debug_assert!(qs.len() == nb * 16 && m.len() == nb && xs.len() == N);
+            debug_assert!(qs.len() == nb * 16 && xs.len() == N);
             debug_assert!(xs.iter().all(|x| x.q.len() == nb * QK && x.d.len() == nb));
             let mask = _mm_set1_epi8(0x0F);
             let mut acc = [_mm256_setzero_ps(); N];
-            let mut macc = [0f32; N];
             for b in 0..nb {
                 let raw = _mm_loadu_si128(qs.as_ptr().add(b * 16) as *const __m128i);
                 let lo = _mm_and_si128(raw, mask);
                 let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
                 let w = _mm256_set_m128i(hi, lo);
-                let (wd, wm) = (*d.get_unchecked(b), *m.get_unchecked(b));
+                let wd = *d.get_unchecked(b);
                 for k in 0..N {
                     let x = xs.get_unchecked(k);
                     let xv = _mm256_loadu_si256(x.q.as_ptr().add(b * QK) as *const __m256i);
                     let p = $dot(w, xv);
                     let scale = _mm256_set1_ps(wd * *x.d.get_unchecked(b));
                     acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[k]);
-                    macc[k] += wm * *x.sum.get_unchecked(b);
                 }
             }
             for k in 0..N {
-                res[k] = hsum(acc[k]) + macc[k];
+                res[k] = hsum(acc[k]);
             }
         }
 
@@ -92,19 +91,150 @@ macro_rules! kernels {
 kernels!(q4_avx2, q8_avx2, "avx2,fma", dot_avx2);
 kernels!(q4_vnni, q8_vnni, "avx2,fma,avx512vnni,avx512vl", dot_vnni);
 
+
+/// `Σ_b m_b · s_b` (the Q4 offset term) with AVX2.
+#[inline]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn offset_term(m: &[f32], s: &[f32]) -> f32 {
+    let mut acc = _mm256_setzero_ps();
+    let n = m.len();
+    let mut b = 0;
+    while b + 8 <= n {
+        acc = _mm256_fmadd_ps(_mm256_loadu_ps(m.as_ptr().add(b)), _mm256_loadu_ps(s.as_ptr().add(b)), acc);
+        b += 8;
+    }
+    let mut sum = hsum(acc);
+    while b < n {
+        sum += *m.get_unchecked(b) * *s.get_unchecked(b);
+        b += 1;
+    }
+    sum
+}
+
+/// The AVX-512 Q4 kernel: two blocks per 512-bit `vpdpbusd`. The 32 bytes of a block pair unpack
+/// to `[b0 low, b1 low, b0 high, b1 high]` (16 values each), so each activation pair is permuted
+/// to that lane order; lanes 0-3 and 8-11 then sum block 0, lanes 4-7 and 12-15 block 1. Includes
+/// the offset term.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma")]
+unsafe fn q4_zmm<const N: usize>(qs: &[u8], d: &[f32], m: &[f32], xs: &[ActRow], res: &mut [f32; TILE]) {
+    let nb = d.len();
+    let mask = _mm256_set1_epi8(0x0F);
+    let idx = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
+    let mut acc = [_mm512_setzero_ps(); N];
+    let mut b = 0;
+    while b + 2 <= nb {
+        let raw = _mm256_loadu_si256(qs.as_ptr().add(b * 16) as *const __m256i);
+        let lo = _mm256_and_si256(raw, mask);
+        let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+        let w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+        let wd = _mm_castpd_ps(_mm_load_sd(d.as_ptr().add(b) as *const f64));
+        for k in 0..N {
+            let x = xs.get_unchecked(k);
+            let xv = _mm512_loadu_si512(x.q.as_ptr().add(b * QK) as *const __m512i);
+            let xv = _mm512_shuffle_i64x2(xv, xv, 0b11_01_10_00);
+            let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xv);
+            let xd = _mm_castpd_ps(_mm_load_sd(x.d.as_ptr().add(b) as *const f64));
+            let scale = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_mul_ps(wd, xd)));
+            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc[k]);
+        }
+        b += 2;
+    }
+    for k in 0..N {
+        let x = xs.get_unchecked(k);
+        let mut r = _mm512_reduce_add_ps(acc[k]);
+        if b < nb {
+            // An odd last block: the 256-bit way.
+            let raw = _mm_loadu_si128(qs.as_ptr().add(b * 16) as *const __m128i);
+            let m4 = _mm_set1_epi8(0x0F);
+            let w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
+            let xv = _mm256_loadu_si256(x.q.as_ptr().add(b * QK) as *const __m256i);
+            r += hsum(_mm256_cvtepi32_ps(dot_vnni(w, xv))) * (*d.get_unchecked(b) * *x.d.get_unchecked(b));
+        }
+        res[k] = r + offset_term(m, x.sum);
+    }
+}
+
+/// The AVX-512 Q8 kernel: two blocks per 512-bit `vpdpbusd`, signs moved onto the activations.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma")]
+unsafe fn q8_zmm<const N: usize>(qs: &[i8], s: &[f32], group: usize, xs: &[ActRow], res: &mut [f32; TILE]) {
+    let nb = qs.len() / QK;
+    let zero = _mm512_setzero_si512();
+    // Scale lanes: per 16 values (4 lanes) for group 16; per 32 (8 lanes) for group 32.
+    let idx16 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
+    let idx32 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    let idxd = idx32;
+    let mut acc = [_mm512_setzero_ps(); N];
+    let mut b = 0;
+    while b + 2 <= nb {
+        let w = _mm512_loadu_si512(qs.as_ptr().add(b * QK) as *const __m512i);
+        let neg = _mm512_movepi8_mask(w);
+        let aw = _mm512_abs_epi8(w);
+        let ws = if group == QK {
+            _mm512_permutexvar_ps(idx32, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(s.as_ptr().add(b) as *const f64))))
+        } else {
+            _mm512_permutexvar_ps(idx16, _mm512_castps128_ps512(_mm_loadu_ps(s.as_ptr().add(2 * b))))
+        };
+        for k in 0..N {
+            let x = xs.get_unchecked(k);
+            let xv = _mm512_loadu_si512(x.q.as_ptr().add(b * QK) as *const __m512i);
+            let xv = _mm512_mask_sub_epi8(xv, neg, zero, xv);
+            let p = _mm512_dpbusd_epi32(zero, aw, xv);
+            let xd = _mm512_permutexvar_ps(idxd, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(x.d.as_ptr().add(b) as *const f64))));
+            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(ws, xd), acc[k]);
+        }
+        b += 2;
+    }
+    for k in 0..N {
+        let x = xs.get_unchecked(k);
+        let mut r = _mm512_reduce_add_ps(acc[k]);
+        if b < nb {
+            let w = _mm256_loadu_si256(qs.as_ptr().add(b * QK) as *const __m256i);
+            let xv = _mm256_loadu_si256(x.q.as_ptr().add(b * QK) as *const __m256i);
+            let p = _mm256_cvtepi32_ps(dot_vnni(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w)));
+            let ws = if group == QK {
+                _mm256_set1_ps(*s.get_unchecked(b))
+            } else {
+                _mm256_set_m128(_mm_set1_ps(*s.get_unchecked(2 * b + 1)), _mm_set1_ps(*s.get_unchecked(2 * b)))
+            };
+            r += hsum(_mm256_mul_ps(p, ws)) * *x.d.get_unchecked(b);
+        }
+        res[k] = r;
+    }
+}
+
+/// Q4 row against `xs.len()` (1 to [`TILE`]) activation rows, offset term included.
+///
+/// # Safety
+/// The CPU supports `isa` (AVX2 + FMA; for [`Isa::Avx512Vnni`] also AVX-512 F/BW/VL/VNNI).
+pub(super) unsafe fn q4_rows_full(isa: Isa, qs: &[u8], d: &[f32], m: &[f32], xs: &[ActRow], res: &mut [f32; TILE]) {
+    if isa == Isa::Avx512Vnni {
+        match xs.len() {
+            1 => q4_zmm::<1>(qs, d, m, xs, res),
+            2 => q4_zmm::<2>(qs, d, m, xs, res),
+            3 => q4_zmm::<3>(qs, d, m, xs, res),
+            _ => q4_zmm::<4>(qs, d, m, xs, res),
+        }
+    } else {
+        q4_rows(isa, qs, d, xs, res);
+        for (r, x) in res.iter_mut().zip(xs) {
+            *r += offset_term(m, x.sum);
+        }
+    }
+}
+
 /// Q4 row against `xs.len()` (1 to [`TILE`]) activation rows.
 ///
 /// # Safety
 /// The CPU supports `isa` (AVX2 + FMA, plus AVX-512 VNNI/VL for [`Isa::Avx512Vnni`]); slices as
 /// the Q4 layout implies.
-pub(super) unsafe fn q4_rows(isa: Isa, qs: &[u8], d: &[f32], m: &[f32], xs: &[ActRow], res: &mut [f32; TILE]) {
+pub(super) unsafe fn q4_rows(isa: Isa, qs: &[u8], d: &[f32], xs: &[ActRow], res: &mut [f32; TILE]) {
     macro_rules! go {
         ($f:ident) => {
             match xs.len() {
-                1 => $f::<1>(qs, d, m, xs, res),
-                2 => $f::<2>(qs, d, m, xs, res),
-                3 => $f::<3>(qs, d, m, xs, res),
-                _ => $f::<4>(qs, d, m, xs, res),
+                1 => $f::<1>(qs, d, xs, res),
+                2 => $f::<2>(qs, d, xs, res),
+                3 => $f::<3>(qs, d, xs, res),
+                _ => $f::<4>(qs, d, xs, res),
             }
         };
     }
@@ -131,8 +261,42 @@ pub(super) unsafe fn q8_rows(isa: Isa, qs: &[i8], s: &[f32], group: usize, xs: &
         };
     }
     if isa == Isa::Avx512Vnni {
-        go!(q8_vnni)
+        match xs.len() {
+            1 => q8_zmm::<1>(qs, s, group, xs, res),
+            2 => q8_zmm::<2>(qs, s, group, xs, res),
+            3 => q8_zmm::<3>(qs, s, group, xs, res),
+            _ => q8_zmm::<4>(qs, s, group, xs, res),
+        }
     } else {
         go!(q8_avx2)
     }
+}
+
+/// f32 dot product with four 8-wide FMA accumulators.
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA.
+#[target_feature(enable = "avx2,fma")]
+pub(super) unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let n = a.len().min(b.len());
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [_mm256_setzero_ps(); 4];
+    let mut i = 0;
+    while i + 32 <= n {
+        for (j, acc) in acc.iter_mut().enumerate() {
+            *acc = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8 * j)), _mm256_loadu_ps(pb.add(i + 8 * j)), *acc);
+        }
+        i += 32;
+    }
+    while i + 8 <= n {
+        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
+        i += 8;
+    }
+    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+    let mut sum = hsum(v);
+    while i < n {
+        sum += *pa.add(i) * *pb.add(i);
+        i += 1;
+    }
+    sum
 }
