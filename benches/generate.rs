@@ -8,7 +8,7 @@ mod common;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 use std::time::Duration;
 
-use agentlm::{LoadOptions, Model};
+use agentlm::{LoadOptions, Model, Precision};
 
 
 /// 128 prompt tokens: a fixed English paragraph, tokenized, cut or repeated to length.
@@ -23,10 +23,15 @@ fn prompt(model: &Model, n: usize) -> Vec<u32> {
 fn bench(c: &mut Criterion) {
     let path = common::model_path();
     assert!(path.is_file(), "{} not found: run scripts/fetch-model.sh", path.display());
-    let model = Model::load(&path, &LoadOptions::default()).expect("load model");
-    let ids = prompt(&model, 128);
+    for precision in [Precision::Quantized, Precision::Exact] {
+        let model = Model::load(&path, &LoadOptions { precision, ..LoadOptions::default() }).expect("load model");
+        run(c, &model, precision);
+    }
+}
 
-    let mut g = c.benchmark_group("smollm2-135m-q4_1-cpu");
+fn run(c: &mut Criterion, model: &Model, precision: Precision) {
+    let ids = prompt(model, 128);
+    let mut g = c.benchmark_group(format!("smollm2-135m-q4_1-cpu-{}", precision.name()));
     g.sample_size(10).measurement_time(Duration::from_secs(20));
     g.throughput(Throughput::Elements(ids.len() as u64));
     let mut session = model.session(Some(512));

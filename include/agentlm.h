@@ -138,6 +138,23 @@ enum agentlm_backend
 typedef int32_t agentlm_backend;
 #endif // __cplusplus
 
+// Forward-pass numerics (values of `agentlm_model_params.precision`).
+enum agentlm_precision
+#ifdef __cplusplus
+  : int32_t
+#endif // __cplusplus
+ {
+  // Block-quantized kernels for a quantized GGUF file on the CPU, exact f32 otherwise.
+  AGENTLM_PRECISION_AUTO = 0,
+  // Weights dequantized to f32 at load (Hugging Face parity).
+  AGENTLM_PRECISION_EXACT = 1,
+  // CPU and GGUF only: weights kept in block form, 8-bit activations (llama.cpp's numerics).
+  AGENTLM_PRECISION_QUANTIZED = 2,
+};
+#ifndef __cplusplus
+typedef int32_t agentlm_precision;
+#endif // __cplusplus
+
 // Why a generation ended (`agentlm_generation.finish_reason`, `agentlm_token.finish_reason`).
 enum agentlm_finish_reason
 #ifdef __cplusplus
@@ -333,6 +350,8 @@ typedef struct agentlm_model_params {
   void *log_user_data;
   // Most verbose `agentlm_log_level` forwarded to `log` (default `AGENTLM_LOG_WARN`).
   int32_t log_level;
+  // An `agentlm_precision` value (default `AGENTLM_PRECISION_AUTO`).
+  int32_t precision;
 } agentlm_model_params;
 
 // A borrowed UTF-8 string: `len` bytes at `ptr` (no terminating NUL needed). `ptr` may be NULL when

@@ -172,6 +172,7 @@ impl HostWeights {
         let mut report = |done: usize| if progress(done as f32 / steps) { Ok(()) } else { Err(ModelError::Aborted) };
         let (h, hd) = (c.hidden_size, c.head_dim);
         let (q_out, kv_out) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+        report(0)?;
         let embed = matrix(w, "model.embed_tokens.weight", c.vocab_size, h, None)?;
         report(1)?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);

@@ -1,6 +1,6 @@
-//! x86-64 dot-product kernels: AVX2 (`vpmaddubsw` + `vpmaddwd`) and AVX-512 VNNI (`vpdpbusd` on
-//! 256-bit registers). One weight block is unpacked once and multiplied with up to [`TILE`]
-//! activation rows; integer block sums are scaled in f32 with FMA.
+//! x86-64 dot-product kernels: AVX2 (`vpmaddubsw` + `vpmaddwd`, one block per 256-bit register)
+//! and AVX-512 VNNI (`vpdpbusd`, two blocks per 512-bit register). Weight blocks are unpacked once
+//! and multiplied with up to [`TILE`] activation rows; integer block sums are scaled in f32 with FMA.
 
 use std::arch::x86_64::*;
 
@@ -89,7 +89,6 @@ macro_rules! kernels {
 }
 
 kernels!(q4_avx2, q8_avx2, "avx2,fma", dot_avx2);
-kernels!(q4_vnni, q8_vnni, "avx2,fma,avx512vnni,avx512vl", dot_vnni);
 
 
 /// `Σ_b m_b · s_b` (the Q4 offset term) with AVX2.
@@ -238,11 +237,8 @@ pub(super) unsafe fn q4_rows(isa: Isa, qs: &[u8], d: &[f32], xs: &[ActRow], res:
             }
         };
     }
-    if isa == Isa::Avx512Vnni {
-        go!(q4_vnni)
-    } else {
-        go!(q4_avx2)
-    }
+    debug_assert!(isa >= Isa::Avx2);
+    go!(q4_avx2)
 }
 
 /// Q8 row against `xs.len()` (1 to [`TILE`]) activation rows.
