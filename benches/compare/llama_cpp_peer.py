@@ -9,6 +9,7 @@ import resource
 import time
 
 import numpy as np
+import llama_cpp
 from llama_cpp import Llama
 
 
@@ -35,8 +36,11 @@ def main():
         llm = Llama(**kwargs)
     load_s = time.perf_counter() - t
 
+    n_vocab = llm.n_vocab()
+
     def last_logits():
-        return np.asarray(llm.scores[llm.n_tokens - 1])
+        # The logits of the batch's last token, straight from the context (eval() requests them).
+        return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(n_vocab,))
 
     t = time.perf_counter()
     llm.eval(ids)

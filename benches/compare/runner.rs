@@ -61,6 +61,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let opts = LoadOptions { threads: Some(threads), precision, max_context: Some(n_prompt + n_gen + 8), ..LoadOptions::default() };
     let model = Model::load(&model_path, &opts)?;
     let load_s = t.elapsed().as_secs_f64();
+    let (_, rss_loaded) = rss_kib();
     let base = model.tokenizer().encode(TEXT, false)?;
     let ids: Vec<u32> = base.iter().cycle().take(n_prompt).copied().collect();
     if let Some(path) = ids_out {
@@ -92,6 +93,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "decode_tok_s": (n_gen - 1) as f64 / decode_s,
         "peak_rss_mib": peak as f64 / 1024.0,
         "start_rss_mib": rss_start as f64 / 1024.0,
+        "loaded_rss_mib": rss_loaded as f64 / 1024.0,
         "ids": out,
     });
     println!("{report}");

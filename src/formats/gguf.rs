@@ -541,6 +541,21 @@ impl GgufFile {
         Ok((info, bytes))
     }
 
+    /// Drops the resident pages of a tensor's data (best effort; `madvise(MADV_DONTNEED)` on Unix):
+    /// loaders that copy a tensor call this so the file's pages do not add to the process's
+    /// resident set on top of the copy. The data stays readable: the pages are read from the file
+    /// again if touched.
+    pub fn release_pages(&self, name: &str) {
+        #[cfg(unix)]
+        if let Some(info) = self.tensor_info(name) {
+            // SAFETY: the map is read-only and the file is not modified while open (the contract
+            // of `open`), so dropped pages re-read to the same bytes; no reference observes a change.
+            let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, info.offset as usize, info.n_bytes as usize) };
+        }
+        #[cfg(not(unix))]
+        let _ = name;
+    }
+
     /// A tensor dequantized to f32, shape in PyTorch order (`dims` reversed), data row-major.
     /// GGUF layout is returned unchanged (no Q/K unpermutation: that is [`GgufWeights`]' job).
     ///

@@ -121,6 +121,7 @@ fn matrix(w: &GgufWeights, name: &str, out: usize, inp: usize, n_head: Option<us
         });
     }
     let m = QMatrix::from_ggml(info.ggml_type, bytes, out, inp).map_err(|e| tensor_err(w, name, e.to_string()))?;
+    w.file().release_pages(&g);
     Ok(match n_head {
         None => m,
         Some(n) => {
