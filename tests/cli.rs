@@ -27,13 +27,14 @@ fn json_output_matches_golden_greedy_tokens() {
     let user = p["messages"][0]["content"].as_str().unwrap();
     let (ok, stdout, stderr) = run(&[
         "--model", model.to_str().unwrap(), "--prompt", user, "--chat", "--max-tokens", "48", "--greedy", "--ignore-eos",
-        "--backend", "cpu", "--json",
+        "--backend", "cpu", "--precision", "exact", "--json",
     ]);
     assert!(ok, "{stderr}");
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
     assert_eq!(v["prompt_ids"], p["input_ids"]);
     assert_eq!(v["ids"], p["greedy_ids"]);
     assert_eq!(v["backend"], "cpu");
+    assert_eq!(v["precision"], "exact");
     assert!(v["text"].as_str().unwrap().starts_with("The capital of France is Paris."));
     assert!(v["prefill_tokens_per_s"].as_f64().unwrap() > 0.0);
     assert!(v["decode_tokens_per_s"].as_f64().unwrap() > 0.0);
@@ -75,6 +76,8 @@ fn usage_errors() {
     assert!(!ok && err.contains("--greedy"), "{err}");
     let (ok, _, err) = run(&["--model", "m", "--prompt", "x", "--backend", "tpu"]);
     assert!(!ok && err.contains("tpu"), "{err}");
+    let (ok, _, err) = run(&["--model", "m", "--prompt", "x", "--precision", "fast"]);
+    assert!(!ok && err.contains("fast"), "{err}");
     let (ok, _, err) = run(&["--model", "/nonexistent/model.gguf", "--prompt", "x"]);
     assert!(!ok && err.contains("/nonexistent/model.gguf"), "{err}");
     if !agentlm::Backend::Cuda.is_compiled() {
