@@ -37,7 +37,7 @@ int main(int argc, char** argv) {
   CHECK(model.vocab_size() == 49152 && model.architecture() == "llama" && model.has_chat_template());
   auto ids = model.tokenize("Hello world");
   CHECK(model.detokenize(ids) == "Hello world");
-  std::string prompt = model.apply_chat_template({{"user", "What is the capital of France?"}});
+  std::string prompt = model.apply_chat_template({{"user", "What is the capital of France? Answer in one sentence."}});
   CHECK(prompt.find("<|im_start|>assistant\n") != std::string::npos);
 
   agentlm::Session s = model.session(256);

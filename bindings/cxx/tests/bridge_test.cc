@@ -27,7 +27,7 @@ int32_t run_bridge_test(rust::Str model_path) {
   rust::Box<bridge::Model> model = bridge::load_model(model_path);
   check(model->vocab_size() == 49152, "vocab size");
   rust::Vec<bridge::ChatMessage> msgs;
-  msgs.push_back(bridge::ChatMessage{"user", "What is the capital of France?"});
+  msgs.push_back(bridge::ChatMessage{"user", "What is the capital of France? Answer in one sentence."});
   rust::String prompt = model->apply_chat_template(msgs);
   check(std::string(prompt).find("<|im_start|>assistant\n") != std::string::npos, "chat template");
 

@@ -398,10 +398,11 @@ pub fn matmul_with(isa: Isa, parts: &[&QMatrix], x: &[f32], acts: &QActs, rows: 
     if parts.iter().any(|p| !matches!(p.kind, QKind::F32 { .. })) {
         assert!(acts.rows == rows && acts.cols == cols, "matmul: activations not quantized for this input");
     }
-    // Tasks: (part, first row, last row) of about equal work, at least a few per thread.
+    // Tasks: (part, first row, last row) of about equal work, a few per thread; one task when the
+    // product is too small to be worth waking another thread (about 10 µs of work).
     let threads = rayon::current_num_threads().max(1);
-    let total_work = width * rows.max(1);
-    let chunk = (width / (threads * 4)).max(if total_work > 4096 { 16 } else { width }).max(1);
+    let work = width * cols * rows.max(1);
+    let chunk = if threads == 1 || work < 1 << 18 { width.max(1) } else { width.div_ceil(threads * 4).next_multiple_of(4).max(16) };
     let mut tasks = Vec::with_capacity(width / chunk + parts.len());
     let mut col0 = 0;
     for (pi, p) in parts.iter().enumerate() {
@@ -476,6 +477,22 @@ unsafe fn row_range(
                     res[k] = dot_f32(row, &x[(t + k) * c..(t + k + 1) * c]);
                 }
                 put(o, &res);
+            }
+        }
+        #[cfg(target_arch = "x86_64")]
+        QKind::Q4 { qs, d, m, .. } if n == 1 && isa == Isa::Avx512Vnni => {
+            // Decode: several weight rows per call.
+            let x = acts.row(t);
+            let mut o = range.start;
+            while o < range.end {
+                let r = if o + x86::GEMV_ROWS <= range.end { x86::GEMV_ROWS } else { 1 };
+                let (b0, b1) = (o * nb, (o + r) * nb);
+                // SAFETY: AVX-512 VNNI is available (`isa`); the slices hold rows o..o + r.
+                unsafe { x86::q4_gemv_rows(&qs[b0 * 16..b1 * 16], &d[b0..b1], &m[b0..b1], &x, &mut res[..r]) };
+                for (k, &v) in res[..r].iter().enumerate() {
+                    unsafe { *out.get().add(t * width + c0 + o + k) = v };
+                }
+                o += r;
             }
         }
         QKind::Q4 { qs, d, m, .. } => {

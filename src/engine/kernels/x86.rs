@@ -153,51 +153,60 @@ unsafe fn q4_zmm<const N: usize>(qs: &[u8], d: &[f32], m: &[f32], xs: &[ActRow],
     }
 }
 
-/// The AVX-512 Q8 kernel: two blocks per 512-bit `vpdpbusd`, signs moved onto the activations.
+/// Decode (one activation row) against `R` consecutive Q4 weight rows at once: the activation
+/// block is loaded once for all rows and the rows' accumulators are independent, so neither the
+/// FMA latency chain nor one row's memory stream limits the loop. Offset terms included.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma")]
-unsafe fn q8_zmm<const N: usize>(qs: &[i8], s: &[f32], group: usize, xs: &[ActRow], res: &mut [f32; TILE]) {
-    let nb = qs.len() / QK;
-    let zero = _mm512_setzero_si512();
-    // Scale lanes: per 16 values (4 lanes) for group 16; per 32 (8 lanes) for group 32.
-    let idx16 = _mm512_set_epi32(3, 3, 3, 3, 2, 2, 2, 2, 1, 1, 1, 1, 0, 0, 0, 0);
-    let idx32 = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
-    let idxd = idx32;
-    let mut acc = [_mm512_setzero_ps(); N];
+unsafe fn q4_gemv<const R: usize>(qs: &[u8], d: &[f32], m: &[f32], x: &ActRow, res: &mut [f32]) {
+    let nb = x.d.len();
+    debug_assert!(qs.len() == R * nb * 16 && d.len() == R * nb && m.len() == R * nb && res.len() == R);
+    let mask = _mm256_set1_epi8(0x0F);
+    let idx = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
+    let mut acc = [_mm512_setzero_ps(); R];
     let mut b = 0;
     while b + 2 <= nb {
-        let w = _mm512_loadu_si512(qs.as_ptr().add(b * QK) as *const __m512i);
-        let neg = _mm512_movepi8_mask(w);
-        let aw = _mm512_abs_epi8(w);
-        let ws = if group == QK {
-            _mm512_permutexvar_ps(idx32, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(s.as_ptr().add(b) as *const f64))))
-        } else {
-            _mm512_permutexvar_ps(idx16, _mm512_castps128_ps512(_mm_loadu_ps(s.as_ptr().add(2 * b))))
-        };
-        for k in 0..N {
-            let x = xs.get_unchecked(k);
-            let xv = _mm512_loadu_si512(x.q.as_ptr().add(b * QK) as *const __m512i);
-            let xv = _mm512_mask_sub_epi8(xv, neg, zero, xv);
-            let p = _mm512_dpbusd_epi32(zero, aw, xv);
-            let xd = _mm512_permutexvar_ps(idxd, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(x.d.as_ptr().add(b) as *const f64))));
-            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), _mm512_mul_ps(ws, xd), acc[k]);
+        let xv = _mm512_loadu_si512(x.q.as_ptr().add(b * QK) as *const __m512i);
+        let xv = _mm512_shuffle_i64x2(xv, xv, 0b11_01_10_00);
+        let xd = _mm_castpd_ps(_mm_load_sd(x.d.as_ptr().add(b) as *const f64));
+        for r in 0..R {
+            let blk = r * nb + b;
+            let raw = _mm256_loadu_si256(qs.as_ptr().add(blk * 16) as *const __m256i);
+            let lo = _mm256_and_si256(raw, mask);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+            let w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+            let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xv);
+            let wd = _mm_castpd_ps(_mm_load_sd(d.as_ptr().add(blk) as *const f64));
+            let scale = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_mul_ps(wd, xd)));
+            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc[r]);
         }
         b += 2;
     }
-    for k in 0..N {
-        let x = xs.get_unchecked(k);
-        let mut r = _mm512_reduce_add_ps(acc[k]);
+    for r in 0..R {
+        let mut v = _mm512_reduce_add_ps(acc[r]);
         if b < nb {
-            let w = _mm256_loadu_si256(qs.as_ptr().add(b * QK) as *const __m256i);
-            let xv = _mm256_loadu_si256(x.q.as_ptr().add(b * QK) as *const __m256i);
-            let p = _mm256_cvtepi32_ps(dot_vnni(_mm256_sign_epi8(w, w), _mm256_sign_epi8(xv, w)));
-            let ws = if group == QK {
-                _mm256_set1_ps(*s.get_unchecked(b))
-            } else {
-                _mm256_set_m128(_mm_set1_ps(*s.get_unchecked(2 * b + 1)), _mm_set1_ps(*s.get_unchecked(2 * b)))
-            };
-            r += hsum(_mm256_mul_ps(p, ws)) * *x.d.get_unchecked(b);
+            let blk = r * nb + b;
+            let raw = _mm_loadu_si128(qs.as_ptr().add(blk * 16) as *const __m128i);
+            let m4 = _mm_set1_epi8(0x0F);
+            let w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
+            let xq = _mm256_loadu_si256(x.q.as_ptr().add(b * QK) as *const __m256i);
+            v += hsum(_mm256_cvtepi32_ps(dot_vnni(w, xq))) * (*d.get_unchecked(blk) * *x.d.get_unchecked(b));
         }
-        res[k] = r;
+        *res.get_unchecked_mut(r) = v + offset_term(&m[r * nb..(r + 1) * nb], x.sum);
+    }
+}
+
+/// Rows per [`q4_gemv_rows`] call.
+pub(super) const GEMV_ROWS: usize = 4;
+
+/// One activation row against `res.len()` (1 or [`GEMV_ROWS`]) consecutive Q4 rows.
+///
+/// # Safety
+/// The CPU supports AVX-512 F/BW/VL/VNNI; slices as the Q4 layout implies for that many rows.
+pub(super) unsafe fn q4_gemv_rows(qs: &[u8], d: &[f32], m: &[f32], x: &ActRow, res: &mut [f32]) {
+    if res.len() == GEMV_ROWS {
+        q4_gemv::<GEMV_ROWS>(qs, d, m, x, res)
+    } else {
+        q4_gemv::<1>(qs, d, m, x, res)
     }
 }
 
@@ -244,7 +253,7 @@ pub(super) unsafe fn q4_rows(isa: Isa, qs: &[u8], d: &[f32], xs: &[ActRow], res:
 /// Q8 row against `xs.len()` (1 to [`TILE`]) activation rows.
 ///
 /// # Safety
-/// As [`q4_rows`].
+/// The CPU supports AVX2 and FMA; slices as the Q8 layout implies.
 pub(super) unsafe fn q8_rows(isa: Isa, qs: &[i8], s: &[f32], group: usize, xs: &[ActRow], res: &mut [f32; TILE]) {
     macro_rules! go {
         ($f:ident) => {
@@ -256,16 +265,9 @@ pub(super) unsafe fn q8_rows(isa: Isa, qs: &[i8], s: &[f32], group: usize, xs: &
             }
         };
     }
-    if isa == Isa::Avx512Vnni {
-        match xs.len() {
-            1 => q8_zmm::<1>(qs, s, group, xs, res),
-            2 => q8_zmm::<2>(qs, s, group, xs, res),
-            3 => q8_zmm::<3>(qs, s, group, xs, res),
-            _ => q8_zmm::<4>(qs, s, group, xs, res),
-        }
-    } else {
-        go!(q8_avx2)
-    }
+    // AVX2 also on AVX-512 CPUs: measured faster for Q8 rows (benches/kernels.rs, AMD EPYC).
+    debug_assert!(isa >= Isa::Avx2);
+    go!(q8_avx2)
 }
 
 /// f32 dot product with four 8-wide FMA accumulators.
