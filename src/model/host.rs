@@ -405,10 +405,7 @@ fn attention(
         let inv = 1.0 / sum;
         o.fill(0.0);
         for (j, &p) in sc.iter().enumerate() {
-            let w = p * inv;
-            for (o, &v) in o.iter_mut().zip(&vals[j * hd..(j + 1) * hd]) {
-                *o += w * v;
-            }
+            kernels::axpy(p * inv, &vals[j * hd..(j + 1) * hd], o);
         }
     };
     let work = t * nh * end * hd;
