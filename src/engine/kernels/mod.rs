@@ -335,6 +335,11 @@ pub struct QActs {
     q: Vec<i8>,
     d: Vec<f32>,
     sum: Vec<f32>,
+    /// Per pair of blocks, the 64 values in the lane order the AVX-512 Q4 kernels unpack weights
+    /// to (`[b0 0-15, b1 0-15, b0 16-31, b1 16-31]`), and the pair's scales spread over those lanes
+    /// (`[d0 ×4, d1 ×4, d0 ×4, d1 ×4]`). Rows with an odd number of blocks leave the last one out.
+    qz: Vec<i8>,
+    dz: Vec<f32>,
 }
 
 impl QActs {
@@ -360,11 +365,34 @@ impl QActs {
             *d = scale;
             *s = scale * total as f32;
         }
+        let (nb, pairs) = (cols / QK, cols / (2 * QK));
+        self.qz.resize(rows * pairs * 2 * QK, 0);
+        self.dz.resize(rows * pairs * 16, 0.0);
+        for r in 0..rows {
+            for p in 0..pairs {
+                let src = &self.q[r * cols + p * 2 * QK..r * cols + (p + 1) * 2 * QK];
+                let dst = &mut self.qz[(r * pairs + p) * 2 * QK..(r * pairs + p + 1) * 2 * QK];
+                for (lane, from) in [0, 32, 16, 48].into_iter().enumerate() {
+                    dst[lane * 16..lane * 16 + 16].copy_from_slice(&src[from..from + 16]);
+                }
+                let (d0, d1) = (self.d[r * nb + 2 * p], self.d[r * nb + 2 * p + 1]);
+                let dz = &mut self.dz[(r * pairs + p) * 16..(r * pairs + p + 1) * 16];
+                for (i, v) in dz.iter_mut().enumerate() {
+                    *v = if (i / 4) % 2 == 0 { d0 } else { d1 };
+                }
+            }
+        }
     }
 
     fn row(&self, r: usize) -> ActRow<'_> {
-        let (c, nb) = (self.cols, self.cols / QK);
-        ActRow { q: &self.q[r * c..(r + 1) * c], d: &self.d[r * nb..(r + 1) * nb], sum: &self.sum[r * nb..(r + 1) * nb] }
+        let (c, nb, pairs) = (self.cols, self.cols / QK, self.cols / (2 * QK));
+        ActRow {
+            q: &self.q[r * c..(r + 1) * c],
+            d: &self.d[r * nb..(r + 1) * nb],
+            sum: &self.sum[r * nb..(r + 1) * nb],
+            qz: &self.qz[r * pairs * 2 * QK..(r + 1) * pairs * 2 * QK],
+            dz: &self.dz[r * pairs * 16..(r + 1) * pairs * 16],
+        }
     }
 }
 
@@ -374,6 +402,8 @@ pub(crate) struct ActRow<'a> {
     pub q: &'a [i8],
     pub d: &'a [f32],
     pub sum: &'a [f32],
+    pub qz: &'a [i8],
+    pub dz: &'a [f32],
 }
 
 /// Rows of x processed together against one weight row (weights are unpacked once for all of them).
@@ -487,6 +517,12 @@ unsafe fn row_range(
             while o < range.end {
                 let r = if o + x86::GEMV_ROWS <= range.end { x86::GEMV_ROWS } else { 1 };
                 let (b0, b1) = (o * nb, (o + r) * nb);
+                // Ask for the rows after the next group now: short per-layer streams otherwise wait
+                // for the hardware prefetcher to ramp up.
+                let ahead = ((o + 2 * x86::GEMV_ROWS).min(range.end)) * nb;
+                prefetch(&qs[(b1 * 16).min(ahead * 16)..ahead * 16]);
+                prefetch(&d[b1.min(ahead)..ahead]);
+                prefetch(&m[b1.min(ahead)..ahead]);
                 // SAFETY: AVX-512 VNNI is available (`isa`); the slices hold rows o..o + r.
                 unsafe { x86::q4_gemv_rows(&qs[b0 * 16..b1 * 16], &d[b0..b1], &m[b0..b1], &x, &mut res[..r]) };
                 for (k, &v) in res[..r].iter().enumerate() {
@@ -519,7 +555,12 @@ unsafe fn row_range(
             let ng = c / group;
             let xs: [ActRow; TILE] = std::array::from_fn(|k| acts.row(t + k.min(n - 1)));
             let xs = &xs[..n];
+            let end = range.end;
             for o in range {
+                if n == 1 && o + 4 < end {
+                    prefetch(&qs[(o + 4) * c..(o + 5) * c]);
+                    prefetch(&s[(o + 4) * ng..(o + 5) * ng]);
+                }
                 let (qs, s) = (&qs[o * c..(o + 1) * c], &s[o * ng..(o + 1) * ng]);
                 match isa {
                     #[cfg(target_arch = "x86_64")]
@@ -531,6 +572,23 @@ unsafe fn row_range(
             }
         }
     }
+}
+
+/// Hints the CPU to bring `data` into cache (no effect where there is no prefetch instruction).
+#[inline]
+fn prefetch<T>(data: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let (p, len) = (data.as_ptr().cast::<u8>(), std::mem::size_of_val(data));
+        let mut i = 0;
+        while i < len {
+            // SAFETY: prefetching is a hint: it never faults and the address is inside `data`.
+            unsafe { std::arch::x86_64::_mm_prefetch(p.add(i).cast::<i8>(), std::arch::x86_64::_MM_HINT_T0) };
+            i += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = data;
 }
 
 /// Q4 row without its offset term (added by the caller).

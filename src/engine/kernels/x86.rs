@@ -111,9 +111,9 @@ unsafe fn offset_term(m: &[f32], s: &[f32]) -> f32 {
 }
 
 /// The AVX-512 Q4 kernel: two blocks per 512-bit `vpdpbusd`. The 32 bytes of a block pair unpack
-/// to `[b0 low, b1 low, b0 high, b1 high]` (16 values each), so each activation pair is permuted
-/// to that lane order; lanes 0-3 and 8-11 then sum block 0, lanes 4-7 and 12-15 block 1. Includes
-/// the offset term.
+/// to `[b0 low, b1 low, b0 high, b1 high]` (16 values each), the lane order in which
+/// [`super::QActs`] keeps a copy of the activations (`qz`, with spread scales `dz`); lanes 0-3 and
+/// 8-11 then sum block 0, lanes 4-7 and 12-15 block 1. Includes the offset term.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma")]
 unsafe fn q4_zmm<const N: usize>(qs: &[u8], d: &[f32], m: &[f32], xs: &[ActRow], res: &mut [f32; TILE]) {
     let nb = d.len();
@@ -126,14 +126,13 @@ unsafe fn q4_zmm<const N: usize>(qs: &[u8], d: &[f32], m: &[f32], xs: &[ActRow],
         let lo = _mm256_and_si256(raw, mask);
         let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
         let w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-        let wd = _mm_castpd_ps(_mm_load_sd(d.as_ptr().add(b) as *const f64));
+        // The weight scales spread over the lanes once; the activations come pre-arranged.
+        let wd = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(d.as_ptr().add(b) as *const f64))));
         for k in 0..N {
             let x = xs.get_unchecked(k);
-            let xv = _mm512_loadu_si512(x.q.as_ptr().add(b * QK) as *const __m512i);
-            let xv = _mm512_shuffle_i64x2(xv, xv, 0b11_01_10_00);
+            let xv = _mm512_loadu_si512(x.qz.as_ptr().add(b * QK) as *const __m512i);
             let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xv);
-            let xd = _mm_castpd_ps(_mm_load_sd(x.d.as_ptr().add(b) as *const f64));
-            let scale = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_mul_ps(wd, xd)));
+            let scale = _mm512_mul_ps(wd, _mm512_loadu_ps(x.dz.as_ptr().add(b * 8)));
             acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc[k]);
         }
         b += 2;
@@ -165,8 +164,7 @@ unsafe fn q4_gemv<const R: usize>(qs: &[u8], d: &[f32], m: &[f32], x: &ActRow, r
     let mut acc = [_mm512_setzero_ps(); R];
     let mut b = 0;
     while b + 2 <= nb {
-        let xv = _mm512_loadu_si512(x.q.as_ptr().add(b * QK) as *const __m512i);
-        let xv = _mm512_shuffle_i64x2(xv, xv, 0b11_01_10_00);
+        let xv = _mm512_loadu_si512(x.qz.as_ptr().add(b * QK) as *const __m512i);
         let xd = _mm_castpd_ps(_mm_load_sd(x.d.as_ptr().add(b) as *const f64));
         for r in 0..R {
             let blk = r * nb + b;
