@@ -4,9 +4,10 @@
 //! This is the CPU seam beside burn: burn's Flex backend dequantizes quantized weights on every
 //! matmul, so quantized inference on the CPU runs here instead, on host memory. Weights are repacked
 //! once at load into three internal layouts:
-//! - [`QKind::Q4`]: 4-bit unsigned values, an f32 scale and an f32 offset per 32 (`w = d·u + m`),
+//! - [`QKind::Q4`]: 4-bit unsigned values, a scale and an offset per 32 (`w = d·u + m`; f16 as in the
+//!   file for `Q4_0`/`Q4_1`, f32 for `Q4_K` whose products f16 cannot hold),
 //!   from `Q4_0`, `Q4_1` and `Q4_K` (all lossless: the same values ggml dequantizes to);
-//! - [`QKind::Q8`]: signed 8-bit values with an f32 scale per 32 (`Q8_0`) or per 16 (`Q6_K`);
+//! - [`QKind::Q8`]: signed 8-bit values with a scale per 32 (`Q8_0`, f16) or per 16 (`Q6_K`, f32);
 //! - [`QKind::F32`]: anything else, dequantized to f32 (`F16`, `Q5_*`, `Q2_K`, ...).
 //!
 //! The dot products use the best instruction set found at run time: AVX-512 VNNI (256-bit
@@ -61,7 +62,7 @@ impl Isa {
     fn best_supported() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
-            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma");
+            let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
             let avx512 = is_x86_feature_detected!("avx512f")
                 && is_x86_feature_detected!("avx512bw")
                 && is_x86_feature_detected!("avx512vl")
@@ -86,14 +87,131 @@ impl Isa {
     }
 }
 
+/// A per-block scale as stored: f16 where the source's scales are f16 (`Q4_0`, `Q4_1`, `Q8_0`: the
+/// file's bytes per weight, and the memory traffic of a decode step, stay as small as the file's),
+/// f32 where they are products that f16 cannot hold exactly (`Q4_K`, `Q6_K`).
+pub trait Scale: Copy + Send + Sync + std::fmt::Debug + PartialEq + 'static {
+    /// The value in f32 (exact).
+    fn get(self) -> f32;
+    /// Two consecutive scales in the low lanes.
+    ///
+    /// # Safety
+    /// `p` points at two readable values; the CPU supports F16C (f16) / SSE2 (f32).
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn pair(p: *const Self) -> std::arch::x86_64::__m128;
+    /// Eight consecutive scales.
+    ///
+    /// # Safety
+    /// `p` points at eight readable values; the CPU supports AVX and F16C.
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn eight(p: *const Self) -> std::arch::x86_64::__m256;
+    /// One scale, read with the same instructions as [`Scale::pair`].
+    ///
+    /// # Safety
+    /// `p` points at a readable value; the CPU supports F16C (f16).
+    #[cfg(target_arch = "x86_64")]
+    unsafe fn one(p: *const Self) -> f32;
+}
+
+impl Scale for f32 {
+    #[inline(always)]
+    fn get(self) -> f32 {
+        self
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn pair(p: *const f32) -> std::arch::x86_64::__m128 {
+        use std::arch::x86_64::*;
+        unsafe { _mm_castpd_ps(_mm_load_sd(p.cast::<f64>())) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn eight(p: *const f32) -> std::arch::x86_64::__m256 {
+        unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn one(p: *const f32) -> f32 {
+        unsafe { *p }
+    }
+}
+
+impl Scale for half::f16 {
+    #[inline(always)]
+    fn get(self) -> f32 {
+        self.to_f32()
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn pair(p: *const half::f16) -> std::arch::x86_64::__m128 {
+        use std::arch::x86_64::*;
+        unsafe { _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned())) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn eight(p: *const half::f16) -> std::arch::x86_64::__m256 {
+        use std::arch::x86_64::*;
+        unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast::<__m128i>())) }
+    }
+    #[cfg(target_arch = "x86_64")]
+    #[inline(always)]
+    unsafe fn one(p: *const half::f16) -> f32 {
+        use std::arch::x86_64::*;
+        unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(p.cast::<u16>().read_unaligned())))) }
+    }
+}
+
+/// Scales of a [`QMatrix`], one per block (or per half block for `Q6_K`).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Scales {
+    F16(Vec<half::f16>),
+    F32(Vec<f32>),
+}
+
+impl Scales {
+    /// Number of scales.
+    pub fn len(&self) -> usize {
+        match self {
+            Scales::F16(v) => v.len(),
+            Scales::F32(v) => v.len(),
+        }
+    }
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Scale `i` in f32.
+    pub fn get(&self, i: usize) -> f32 {
+        match self {
+            Scales::F16(v) => v[i].to_f32(),
+            Scales::F32(v) => v[i],
+        }
+    }
+    fn bytes(&self) -> usize {
+        match self {
+            Scales::F16(v) => 2 * v.len(),
+            Scales::F32(v) => 4 * v.len(),
+        }
+    }
+    fn pick(&self, per_row: usize, order: &[usize]) -> Scales {
+        fn pick<T: Copy>(v: &[T], per_row: usize, order: &[usize]) -> Vec<T> {
+            order.iter().flat_map(|&r| v[r * per_row..(r + 1) * per_row].iter().copied()).collect()
+        }
+        match self {
+            Scales::F16(v) => Scales::F16(pick(v, per_row, order)),
+            Scales::F32(v) => Scales::F32(pick(v, per_row, order)),
+        }
+    }
+}
+
 /// How a [`QMatrix`] stores its values.
 #[derive(Debug, Clone, PartialEq)]
 pub enum QKind {
     /// Per block of 32: 16 bytes, byte `j` holding value `j` (low nibble) and `j + 16` (high);
     /// `w = d·u + m`. `centered`: the source was `Q4_0`, dequantized as `(u - 8)·d`.
-    Q4 { qs: Vec<u8>, d: Vec<f32>, m: Vec<f32>, centered: bool },
+    Q4 { qs: Vec<u8>, d: Scales, m: Scales, centered: bool },
     /// Signed bytes, `w = s·q`, one scale per `group` (32 or 16) values.
-    Q8 { qs: Vec<i8>, s: Vec<f32>, group: usize },
+    Q8 { qs: Vec<i8>, s: Scales, group: usize },
     /// Dense f32.
     F32 { w: Vec<f32> },
 }
@@ -146,18 +264,19 @@ impl QMatrix {
                 let nb = n / QK;
                 let (mut qs, mut d, mut m) = (Vec::with_capacity(n / 2), Vec::with_capacity(nb), Vec::with_capacity(nb));
                 for b in blocks() {
-                    let scale = f16(b, 0);
+                    let scale = half::f16::from_le_bytes([b[0], b[1]]);
+                    d.push(scale);
                     if ty == GgmlType::Q4_0 {
-                        d.push(scale);
-                        m.push(-8.0 * scale);
+                        // -8·d is exact in f16 (a power-of-two multiple), barring overflow at the
+                        // very top of the f16 range, which no real weight scale reaches.
+                        m.push(half::f16::from_f32(-8.0 * scale.to_f32()));
                         qs.extend_from_slice(&b[2..18]);
                     } else {
-                        d.push(scale);
-                        m.push(f16(b, 2));
+                        m.push(half::f16::from_le_bytes([b[2], b[3]]));
                         qs.extend_from_slice(&b[4..20]);
                     }
                 }
-                QKind::Q4 { qs, d, m, centered: ty == GgmlType::Q4_0 }
+                QKind::Q4 { qs, d: Scales::F16(d), m: Scales::F16(m), centered: ty == GgmlType::Q4_0 }
             }
             GgmlType::Q4_K if fits(QK_K) => {
                 let nb = n / QK;
@@ -180,16 +299,16 @@ impl QMatrix {
                         }
                     }
                 }
-                QKind::Q4 { qs, d, m, centered: false }
+                QKind::Q4 { qs, d: Scales::F32(d), m: Scales::F32(m), centered: false }
             }
             GgmlType::Q8_0 if fits(QK) => {
                 let mut qs = Vec::with_capacity(n);
                 let mut s = Vec::with_capacity(n / QK);
                 for b in blocks() {
-                    s.push(f16(b, 0));
+                    s.push(half::f16::from_le_bytes([b[0], b[1]]));
                     qs.extend(b[2..34].iter().map(|&x| x as i8));
                 }
-                QKind::Q8 { qs, s, group: QK }
+                QKind::Q8 { qs, s: Scales::F16(s), group: QK }
             }
             GgmlType::Q6_K if fits(QK_K) => {
                 let mut qs = vec![0i8; n];
@@ -210,7 +329,7 @@ impl QMatrix {
                     }
                     s.extend(b[192..208].iter().map(|&sc| d * f32::from(sc as i8)));
                 }
-                QKind::Q8 { qs, s, group: 16 }
+                QKind::Q8 { qs, s: Scales::F32(s), group: 16 }
             }
             _ => {
                 let mut w = vec![0f32; n];
@@ -246,8 +365,8 @@ impl QMatrix {
     /// Bytes held.
     pub fn bytes(&self) -> usize {
         match &self.kind {
-            QKind::Q4 { qs, d, m, .. } => qs.len() + 4 * (d.len() + m.len()),
-            QKind::Q8 { qs, s, .. } => qs.len() + 4 * s.len(),
+            QKind::Q4 { qs, d, m, .. } => qs.len() + d.bytes() + m.bytes(),
+            QKind::Q8 { qs, s, .. } => qs.len() + s.bytes(),
             QKind::F32 { w } => 4 * w.len(),
         }
     }
@@ -262,11 +381,11 @@ impl QMatrix {
         let kind = match &self.kind {
             QKind::Q4 { qs, d, m, centered } => QKind::Q4 {
                 qs: pick(qs, c / 2, order),
-                d: pick(d, c / QK, order),
-                m: pick(m, c / QK, order),
+                d: d.pick(c / QK, order),
+                m: m.pick(c / QK, order),
                 centered: *centered,
             },
-            QKind::Q8 { qs, s, group } => QKind::Q8 { qs: pick(qs, c, order), s: pick(s, c / group, order), group: *group },
+            QKind::Q8 { qs, s, group } => QKind::Q8 { qs: pick(qs, c, order), s: s.pick(c / group, order), group: *group },
             QKind::F32 { w } => QKind::F32 { w: pick(w, c, order) },
         };
         QMatrix { rows: self.rows, cols: c, kind, source: self.source }
@@ -282,23 +401,24 @@ impl QMatrix {
                     let blk = r * (c / QK) + b;
                     let bytes = &qs[blk * 16..blk * 16 + 16];
                     let y = &mut out[b * QK..(b + 1) * QK];
+                    let (db, mb) = (d.get(blk), m.get(blk));
                     for j in 0..16 {
                         let (lo, hi) = (bytes[j] & 0xF, bytes[j] >> 4);
                         if *centered {
-                            y[j] = (i32::from(lo) - 8) as f32 * d[blk];
-                            y[j + 16] = (i32::from(hi) - 8) as f32 * d[blk];
+                            y[j] = (i32::from(lo) - 8) as f32 * db;
+                            y[j + 16] = (i32::from(hi) - 8) as f32 * db;
                         } else {
-                            y[j] = d[blk] * f32::from(lo) + m[blk];
-                            y[j + 16] = d[blk] * f32::from(hi) + m[blk];
+                            y[j] = db * f32::from(lo) + mb;
+                            y[j + 16] = db * f32::from(hi) + mb;
                         }
                     }
                 }
             }
             QKind::Q8 { qs, s, group } => {
                 let row = &qs[r * c..(r + 1) * c];
-                let sc = &s[r * (c / group)..(r + 1) * (c / group)];
+                let first = r * (c / group);
                 for (i, (y, &q)) in out.iter_mut().zip(row).enumerate() {
-                    *y = if *group == QK { f32::from(q) * sc[i / group] } else { sc[i / group] * f32::from(q) };
+                    *y = f32::from(q) * s.get(first + i / group);
                 }
             }
             QKind::F32 { w } => out.copy_from_slice(&w[r * c..(r + 1) * c]),
@@ -492,10 +612,11 @@ unsafe fn row_range(
     c0: usize,
 ) {
     let c = w.cols;
-    let nb = c / QK;
     let mut res = [0f32; TILE];
-    let put = |o: usize, res: &[f32; TILE]| {
-        for (k, &v) in res[..n].iter().enumerate() {
+    // Writes the values of output row `o` for activation rows t, t + 1, ...
+    let put = |o: usize, res: &[f32]| {
+        for (k, &v) in res.iter().enumerate() {
+            // SAFETY: the caller's contract: these cells are this task's and inside `out`.
             unsafe { *out.get().add((t + k) * width + c0 + o) = v };
         }
     };
@@ -506,71 +627,108 @@ unsafe fn row_range(
                 for k in 0..n {
                     res[k] = dot_f32(row, &x[(t + k) * c..(t + k + 1) * c]);
                 }
-                put(o, &res);
+                put(o, &res[..n]);
             }
         }
-        #[cfg(target_arch = "x86_64")]
-        QKind::Q4 { qs, d, m, .. } if n == 1 && isa == Isa::Avx512Vnni => {
-            // Decode: several weight rows per call.
-            let x = acts.row(t);
-            let mut o = range.start;
-            while o < range.end {
-                let r = if o + x86::GEMV_ROWS <= range.end { x86::GEMV_ROWS } else { 1 };
-                let (b0, b1) = (o * nb, (o + r) * nb);
-                // Ask for the rows after the next group now: short per-layer streams otherwise wait
-                // for the hardware prefetcher to ramp up.
-                let ahead = ((o + 2 * x86::GEMV_ROWS).min(range.end)) * nb;
-                prefetch(&qs[(b1 * 16).min(ahead * 16)..ahead * 16]);
-                prefetch(&d[b1.min(ahead)..ahead]);
-                prefetch(&m[b1.min(ahead)..ahead]);
-                // SAFETY: AVX-512 VNNI is available (`isa`); the slices hold rows o..o + r.
-                unsafe { x86::q4_gemv_rows(&qs[b0 * 16..b1 * 16], &d[b0..b1], &m[b0..b1], &x, &mut res[..r]) };
-                for (k, &v) in res[..r].iter().enumerate() {
-                    unsafe { *out.get().add(t * width + c0 + o + k) = v };
+        QKind::Q4 { qs, d: Scales::F16(d), m: Scales::F16(m), .. } => q4_range(isa, qs, d, m, c, range, acts, t, n, &put),
+        QKind::Q4 { qs, d: Scales::F32(d), m: Scales::F32(m), .. } => q4_range(isa, qs, d, m, c, range, acts, t, n, &put),
+        QKind::Q4 { .. } => unreachable!("Q4 scale and offset share one width"),
+        QKind::Q8 { qs, s: Scales::F16(s), group } => q8_range(isa, qs, s, *group, c, range, acts, t, n, &put),
+        QKind::Q8 { qs, s: Scales::F32(s), group } => q8_range(isa, qs, s, *group, c, range, acts, t, n, &put),
+    }
+}
+
+/// Q4 weight rows `range` against activation rows `t..t + n`; results go to `put(row, values)`.
+#[allow(clippy::too_many_arguments)]
+fn q4_range<S: Scale>(
+    isa: Isa,
+    qs: &[u8],
+    d: &[S],
+    m: &[S],
+    c: usize,
+    range: std::ops::Range<usize>,
+    acts: &QActs,
+    t: usize,
+    n: usize,
+    put: &dyn Fn(usize, &[f32]),
+) {
+    let nb = c / QK;
+    let mut res = [0f32; TILE];
+    #[cfg(target_arch = "x86_64")]
+    if n == 1 && isa == Isa::Avx512Vnni {
+        // Decode: several weight rows per call.
+        let x = acts.row(t);
+        let mut o = range.start;
+        while o < range.end {
+            let r = if o + x86::GEMV_ROWS <= range.end { x86::GEMV_ROWS } else { 1 };
+            let (b0, b1) = (o * nb, (o + r) * nb);
+            // Ask for the rows after the next group now: short per-layer streams otherwise wait
+            // for the hardware prefetcher to ramp up.
+            let ahead = ((o + 2 * x86::GEMV_ROWS).min(range.end)) * nb;
+            prefetch(&qs[(b1 * 16).min(ahead * 16)..ahead * 16]);
+            prefetch(&d[b1.min(ahead)..ahead]);
+            prefetch(&m[b1.min(ahead)..ahead]);
+            // SAFETY: AVX-512 VNNI is available (`isa`); the slices hold rows o..o + r.
+            unsafe { x86::q4_gemv_rows(&qs[b0 * 16..b1 * 16], &d[b0..b1], &m[b0..b1], &x, &mut res[..r]) };
+            for k in 0..r {
+                put(o + k, &res[k..k + 1]);
+            }
+            o += r;
+        }
+        return;
+    }
+    let xs: [ActRow; TILE] = std::array::from_fn(|k| acts.row(t + k.min(n - 1)));
+    let xs = &xs[..n];
+    for o in range {
+        let (qs, d, m) = (&qs[o * c / 2..(o + 1) * c / 2], &d[o * nb..(o + 1) * nb], &m[o * nb..(o + 1) * nb]);
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: `isa` is one this CPU supports (checked by `matmul_with`).
+            Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::q4_rows_full(isa, qs, d, m, xs, &mut res) },
+            _ => {
+                q4_rows_scalar(qs, d, xs, &mut res);
+                // The offset term: Σ_b m_b · (d · Σq)_b of each activation row.
+                for (r, x) in res.iter_mut().zip(xs) {
+                    *r += m.iter().zip(x.sum).map(|(m, s)| m.get() * s).sum::<f32>();
                 }
-                o += r;
             }
         }
-        QKind::Q4 { qs, d, m, .. } => {
-            let xs: [ActRow; TILE] = std::array::from_fn(|k| acts.row(t + k.min(n - 1)));
-            let xs = &xs[..n];
-            for o in range {
-                let (qs, d, m) = (&qs[o * c / 2..(o + 1) * c / 2], &d[o * nb..(o + 1) * nb], &m[o * nb..(o + 1) * nb]);
-                match isa {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: `isa` is one this CPU supports (checked by `matmul_with`).
-                    Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::q4_rows_full(isa, qs, d, m, xs, &mut res) },
-                    _ => {
-                        q4_rows_scalar(qs, d, xs, &mut res);
-                        // The offset term: Σ_b m_b · (d · Σq)_b of each activation row.
-                        for (r, x) in res.iter_mut().zip(xs) {
-                            *r += dot_f32_portable(m, x.sum);
-                        }
-                    }
-                }
-                put(o, &res);
-            }
+        put(o, &res[..n]);
+    }
+}
+
+/// Q8 weight rows `range` against activation rows `t..t + n`; results go to `put(row, values)`.
+#[allow(clippy::too_many_arguments)]
+fn q8_range<S: Scale>(
+    isa: Isa,
+    qs: &[i8],
+    s: &[S],
+    group: usize,
+    c: usize,
+    range: std::ops::Range<usize>,
+    acts: &QActs,
+    t: usize,
+    n: usize,
+    put: &dyn Fn(usize, &[f32]),
+) {
+    let ng = c / group;
+    let mut res = [0f32; TILE];
+    let xs: [ActRow; TILE] = std::array::from_fn(|k| acts.row(t + k.min(n - 1)));
+    let xs = &xs[..n];
+    let end = range.end;
+    for o in range {
+        if n == 1 && o + 4 < end {
+            prefetch(&qs[(o + 4) * c..(o + 5) * c]);
+            prefetch(&s[(o + 4) * ng..(o + 5) * ng]);
         }
-        QKind::Q8 { qs, s, group } => {
-            let ng = c / group;
-            let xs: [ActRow; TILE] = std::array::from_fn(|k| acts.row(t + k.min(n - 1)));
-            let xs = &xs[..n];
-            let end = range.end;
-            for o in range {
-                if n == 1 && o + 4 < end {
-                    prefetch(&qs[(o + 4) * c..(o + 5) * c]);
-                    prefetch(&s[(o + 4) * ng..(o + 5) * ng]);
-                }
-                let (qs, s) = (&qs[o * c..(o + 1) * c], &s[o * ng..(o + 1) * ng]);
-                match isa {
-                    #[cfg(target_arch = "x86_64")]
-                    // SAFETY: as above.
-                    Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::q8_rows(isa, qs, s, *group, xs, &mut res) },
-                    _ => q8_rows_scalar(qs, s, *group, xs, &mut res),
-                }
-                put(o, &res);
-            }
+        let (qs, s) = (&qs[o * c..(o + 1) * c], &s[o * ng..(o + 1) * ng]);
+        match isa {
+            #[cfg(target_arch = "x86_64")]
+            // SAFETY: as above.
+            Isa::Avx2 | Isa::Avx512Vnni => unsafe { x86::q8_rows(isa, qs, s, group, xs, &mut res) },
+            _ => q8_rows_scalar(qs, s, group, xs, &mut res),
         }
+        put(o, &res[..n]);
     }
 }
 
@@ -592,7 +750,7 @@ fn prefetch<T>(data: &[T]) {
 }
 
 /// Q4 row without its offset term (added by the caller).
-fn q4_rows_scalar(qs: &[u8], d: &[f32], xs: &[ActRow], res: &mut [f32; TILE]) {
+fn q4_rows_scalar<S: Scale>(qs: &[u8], d: &[S], xs: &[ActRow], res: &mut [f32; TILE]) {
     for (k, x) in xs.iter().enumerate() {
         let mut acc = 0f32;
         for b in 0..d.len() {
@@ -602,16 +760,16 @@ fn q4_rows_scalar(qs: &[u8], d: &[f32], xs: &[ActRow], res: &mut [f32; TILE]) {
             for j in 0..16 {
                 isum += i32::from(bytes[j] & 0xF) * i32::from(xq[j]) + i32::from(bytes[j] >> 4) * i32::from(xq[j + 16]);
             }
-            acc += d[b] * x.d[b] * isum as f32;
+            acc += d[b].get() * x.d[b] * isum as f32;
         }
         res[k] = acc;
     }
 }
 
-fn q8_rows_scalar(qs: &[i8], s: &[f32], group: usize, xs: &[ActRow], res: &mut [f32; TILE]) {
+fn q8_rows_scalar<S: Scale>(qs: &[i8], s: &[S], group: usize, xs: &[ActRow], res: &mut [f32; TILE]) {
     for (k, x) in xs.iter().enumerate() {
         let mut acc = 0f32;
-        for (g, (wq, &sc)) in qs.chunks_exact(group).zip(s).enumerate() {
+        for (g, (wq, sc)) in qs.chunks_exact(group).zip(s.iter().map(|v| v.get())).enumerate() {
             let b = g * group / QK;
             let xq = &x.q[g * group..(g + 1) * group];
             let isum: i32 = wq.iter().zip(xq).map(|(&a, &b)| i32::from(a) * i32::from(b)).sum();

@@ -4,7 +4,7 @@
 
 use std::arch::x86_64::*;
 
-use super::{ActRow, Isa, QK, TILE};
+use super::{ActRow, Isa, Scale, QK, TILE};
 
 #[inline]
 #[target_feature(enable = "avx2")]
@@ -32,7 +32,7 @@ macro_rules! kernels {
         /// `res[k] = Σ_b d_b·xd_b·(u·x_k)_b` over the blocks of one Q4 row (the offset term is
         /// the caller's).
         #[target_feature(enable = $feat)]
-        unsafe fn $q4<const N: usize>(qs: &[u8], d: &[f32], xs: &[ActRow], res: &mut [f32; TILE]) {
+        unsafe fn $q4<S: Scale, const N: usize>(qs: &[u8], d: &[S], xs: &[ActRow], res: &mut [f32; TILE]) {
             let nb = d.len();
             debug_assert!(qs.len() == nb * 16 && xs.len() == N);
             debug_assert!(xs.iter().all(|x| x.q.len() == nb * QK && x.d.len() == nb));
@@ -43,7 +43,7 @@ macro_rules! kernels {
                 let lo = _mm_and_si128(raw, mask);
                 let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
                 let w = _mm256_set_m128i(hi, lo);
-                let wd = *d.get_unchecked(b);
+                let wd = S::one(d.as_ptr().add(b));
                 for k in 0..N {
                     let x = xs.get_unchecked(k);
                     let xv = _mm256_loadu_si256(x.q.as_ptr().add(b * QK) as *const __m256i);
@@ -59,7 +59,7 @@ macro_rules! kernels {
 
         /// `res[k] = Σ_g s_g·xd·(q·x_k)_g` over one Q8 row (scales per 32 or per 16 values).
         #[target_feature(enable = $feat)]
-        unsafe fn $q8<const N: usize>(qs: &[i8], s: &[f32], group: usize, xs: &[ActRow], res: &mut [f32; TILE]) {
+        unsafe fn $q8<S: Scale, const N: usize>(qs: &[i8], s: &[S], group: usize, xs: &[ActRow], res: &mut [f32; TILE]) {
             let nb = qs.len() / QK;
             debug_assert!(xs.len() == N && s.len() * group == qs.len());
             debug_assert!(xs.iter().all(|x| x.q.len() == nb * QK && x.d.len() == nb));
@@ -69,9 +69,10 @@ macro_rules! kernels {
                 let aw = _mm256_sign_epi8(w, w);
                 // Lanes 0-3 sum values 0-15 of the block, lanes 4-7 values 16-31.
                 let ws = if group == QK {
-                    _mm256_set1_ps(*s.get_unchecked(b))
+                    _mm256_set1_ps(S::one(s.as_ptr().add(b)))
                 } else {
-                    _mm256_set_m128(_mm_set1_ps(*s.get_unchecked(2 * b + 1)), _mm_set1_ps(*s.get_unchecked(2 * b)))
+                    let p = S::pair(s.as_ptr().add(2 * b));
+                    _mm256_set_m128(_mm_permute_ps(p, 0b01_01_01_01), _mm_permute_ps(p, 0))
                 };
                 for k in 0..N {
                     let x = xs.get_unchecked(k);
@@ -88,23 +89,23 @@ macro_rules! kernels {
     };
 }
 
-kernels!(q4_avx2, q8_avx2, "avx2,fma", dot_avx2);
+kernels!(q4_avx2, q8_avx2, "avx2,fma,f16c", dot_avx2);
 
 
 /// `Σ_b m_b · s_b` (the Q4 offset term) with AVX2.
 #[inline]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn offset_term(m: &[f32], s: &[f32]) -> f32 {
+#[target_feature(enable = "avx2,fma,f16c")]
+unsafe fn offset_term<S: Scale>(m: &[S], s: &[f32]) -> f32 {
     let mut acc = _mm256_setzero_ps();
     let n = m.len();
     let mut b = 0;
     while b + 8 <= n {
-        acc = _mm256_fmadd_ps(_mm256_loadu_ps(m.as_ptr().add(b)), _mm256_loadu_ps(s.as_ptr().add(b)), acc);
+        acc = _mm256_fmadd_ps(S::eight(m.as_ptr().add(b)), _mm256_loadu_ps(s.as_ptr().add(b)), acc);
         b += 8;
     }
     let mut sum = hsum(acc);
     while b < n {
-        sum += *m.get_unchecked(b) * *s.get_unchecked(b);
+        sum += S::one(m.as_ptr().add(b)) * *s.get_unchecked(b);
         b += 1;
     }
     sum
@@ -114,8 +115,8 @@ unsafe fn offset_term(m: &[f32], s: &[f32]) -> f32 {
 /// to `[b0 low, b1 low, b0 high, b1 high]` (16 values each), the lane order in which
 /// [`super::QActs`] keeps a copy of the activations (`qz`, with spread scales `dz`); lanes 0-3 and
 /// 8-11 then sum block 0, lanes 4-7 and 12-15 block 1. Includes the offset term.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma")]
-unsafe fn q4_zmm<const N: usize>(qs: &[u8], d: &[f32], m: &[f32], xs: &[ActRow], res: &mut [f32; TILE]) {
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
+unsafe fn q4_zmm<S: Scale, const N: usize>(qs: &[u8], d: &[S], m: &[S], xs: &[ActRow], res: &mut [f32; TILE]) {
     let nb = d.len();
     let mask = _mm256_set1_epi8(0x0F);
     let idx = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
@@ -127,7 +128,7 @@ unsafe fn q4_zmm<const N: usize>(qs: &[u8], d: &[f32], m: &[f32], xs: &[ActRow],
         let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
         let w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
         // The weight scales spread over the lanes once; the activations come pre-arranged.
-        let wd = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_castpd_ps(_mm_load_sd(d.as_ptr().add(b) as *const f64))));
+        let wd = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(S::pair(d.as_ptr().add(b))));
         for k in 0..N {
             let x = xs.get_unchecked(k);
             let xv = _mm512_loadu_si512(x.qz.as_ptr().add(b * QK) as *const __m512i);
@@ -146,7 +147,7 @@ unsafe fn q4_zmm<const N: usize>(qs: &[u8], d: &[f32], m: &[f32], xs: &[ActRow],
             let m4 = _mm_set1_epi8(0x0F);
             let w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
             let xv = _mm256_loadu_si256(x.q.as_ptr().add(b * QK) as *const __m256i);
-            r += hsum(_mm256_cvtepi32_ps(dot_vnni(w, xv))) * (*d.get_unchecked(b) * *x.d.get_unchecked(b));
+            r += hsum(_mm256_cvtepi32_ps(dot_vnni(w, xv))) * (S::one(d.as_ptr().add(b)) * *x.d.get_unchecked(b));
         }
         res[k] = r + offset_term(m, x.sum);
     }
@@ -155,8 +156,8 @@ unsafe fn q4_zmm<const N: usize>(qs: &[u8], d: &[f32], m: &[f32], xs: &[ActRow],
 /// Decode (one activation row) against `R` consecutive Q4 weight rows at once: the activation
 /// block is loaded once for all rows and the rows' accumulators are independent, so neither the
 /// FMA latency chain nor one row's memory stream limits the loop. Offset terms included.
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma")]
-unsafe fn q4_gemv<const R: usize>(qs: &[u8], d: &[f32], m: &[f32], x: &ActRow, res: &mut [f32]) {
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
+unsafe fn q4_gemv<S: Scale, const R: usize>(qs: &[u8], d: &[S], m: &[S], x: &ActRow, res: &mut [f32]) {
     let nb = x.d.len();
     debug_assert!(qs.len() == R * nb * 16 && d.len() == R * nb && m.len() == R * nb && res.len() == R);
     let mask = _mm256_set1_epi8(0x0F);
@@ -173,7 +174,7 @@ unsafe fn q4_gemv<const R: usize>(qs: &[u8], d: &[f32], m: &[f32], x: &ActRow, r
             let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
             let w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
             let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xv);
-            let wd = _mm_castpd_ps(_mm_load_sd(d.as_ptr().add(blk) as *const f64));
+            let wd = S::pair(d.as_ptr().add(blk));
             let scale = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_mul_ps(wd, xd)));
             acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc[r]);
         }
@@ -187,7 +188,7 @@ unsafe fn q4_gemv<const R: usize>(qs: &[u8], d: &[f32], m: &[f32], x: &ActRow, r
             let m4 = _mm_set1_epi8(0x0F);
             let w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
             let xq = _mm256_loadu_si256(x.q.as_ptr().add(b * QK) as *const __m256i);
-            v += hsum(_mm256_cvtepi32_ps(dot_vnni(w, xq))) * (*d.get_unchecked(blk) * *x.d.get_unchecked(b));
+            v += hsum(_mm256_cvtepi32_ps(dot_vnni(w, xq))) * (S::one(d.as_ptr().add(blk)) * *x.d.get_unchecked(b));
         }
         *res.get_unchecked_mut(r) = v + offset_term(&m[r * nb..(r + 1) * nb], x.sum);
     }
@@ -200,11 +201,11 @@ pub(super) const GEMV_ROWS: usize = 4;
 ///
 /// # Safety
 /// The CPU supports AVX-512 F/BW/VL/VNNI; slices as the Q4 layout implies for that many rows.
-pub(super) unsafe fn q4_gemv_rows(qs: &[u8], d: &[f32], m: &[f32], x: &ActRow, res: &mut [f32]) {
+pub(super) unsafe fn q4_gemv_rows<S: Scale>(qs: &[u8], d: &[S], m: &[S], x: &ActRow, res: &mut [f32]) {
     if res.len() == GEMV_ROWS {
-        q4_gemv::<GEMV_ROWS>(qs, d, m, x, res)
+        q4_gemv::<S, GEMV_ROWS>(qs, d, m, x, res)
     } else {
-        q4_gemv::<1>(qs, d, m, x, res)
+        q4_gemv::<S, 1>(qs, d, m, x, res)
     }
 }
 
@@ -212,13 +213,13 @@ pub(super) unsafe fn q4_gemv_rows(qs: &[u8], d: &[f32], m: &[f32], x: &ActRow, r
 ///
 /// # Safety
 /// The CPU supports `isa` (AVX2 + FMA; for [`Isa::Avx512Vnni`] also AVX-512 F/BW/VL/VNNI).
-pub(super) unsafe fn q4_rows_full(isa: Isa, qs: &[u8], d: &[f32], m: &[f32], xs: &[ActRow], res: &mut [f32; TILE]) {
+pub(super) unsafe fn q4_rows_full<S: Scale>(isa: Isa, qs: &[u8], d: &[S], m: &[S], xs: &[ActRow], res: &mut [f32; TILE]) {
     if isa == Isa::Avx512Vnni {
         match xs.len() {
-            1 => q4_zmm::<1>(qs, d, m, xs, res),
-            2 => q4_zmm::<2>(qs, d, m, xs, res),
-            3 => q4_zmm::<3>(qs, d, m, xs, res),
-            _ => q4_zmm::<4>(qs, d, m, xs, res),
+            1 => q4_zmm::<S, 1>(qs, d, m, xs, res),
+            2 => q4_zmm::<S, 2>(qs, d, m, xs, res),
+            3 => q4_zmm::<S, 3>(qs, d, m, xs, res),
+            _ => q4_zmm::<S, 4>(qs, d, m, xs, res),
         }
     } else {
         q4_rows(isa, qs, d, xs, res);
@@ -233,14 +234,14 @@ pub(super) unsafe fn q4_rows_full(isa: Isa, qs: &[u8], d: &[f32], m: &[f32], xs:
 /// # Safety
 /// The CPU supports `isa` (AVX2 + FMA, plus AVX-512 VNNI/VL for [`Isa::Avx512Vnni`]); slices as
 /// the Q4 layout implies.
-pub(super) unsafe fn q4_rows(isa: Isa, qs: &[u8], d: &[f32], xs: &[ActRow], res: &mut [f32; TILE]) {
+pub(super) unsafe fn q4_rows<S: Scale>(isa: Isa, qs: &[u8], d: &[S], xs: &[ActRow], res: &mut [f32; TILE]) {
     macro_rules! go {
         ($f:ident) => {
             match xs.len() {
-                1 => $f::<1>(qs, d, xs, res),
-                2 => $f::<2>(qs, d, xs, res),
-                3 => $f::<3>(qs, d, xs, res),
-                _ => $f::<4>(qs, d, xs, res),
+                1 => $f::<S, 1>(qs, d, xs, res),
+                2 => $f::<S, 2>(qs, d, xs, res),
+                3 => $f::<S, 3>(qs, d, xs, res),
+                _ => $f::<S, 4>(qs, d, xs, res),
             }
         };
     }
@@ -252,14 +253,14 @@ pub(super) unsafe fn q4_rows(isa: Isa, qs: &[u8], d: &[f32], xs: &[ActRow], res:
 ///
 /// # Safety
 /// The CPU supports AVX2 and FMA; slices as the Q8 layout implies.
-pub(super) unsafe fn q8_rows(isa: Isa, qs: &[i8], s: &[f32], group: usize, xs: &[ActRow], res: &mut [f32; TILE]) {
+pub(super) unsafe fn q8_rows<S: Scale>(isa: Isa, qs: &[i8], s: &[S], group: usize, xs: &[ActRow], res: &mut [f32; TILE]) {
     macro_rules! go {
         ($f:ident) => {
             match xs.len() {
-                1 => $f::<1>(qs, s, group, xs, res),
-                2 => $f::<2>(qs, s, group, xs, res),
-                3 => $f::<3>(qs, s, group, xs, res),
-                _ => $f::<4>(qs, s, group, xs, res),
+                1 => $f::<S, 1>(qs, s, group, xs, res),
+                2 => $f::<S, 2>(qs, s, group, xs, res),
+                3 => $f::<S, 3>(qs, s, group, xs, res),
+                _ => $f::<S, 4>(qs, s, group, xs, res),
             }
         };
     }
