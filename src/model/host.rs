@@ -316,11 +316,16 @@ impl HostWeights {
                 }
             }
             s.act.resize(t * inter, 0.0);
-            for (a, gu) in s.act.chunks_exact_mut(inter).zip(s.gu.chunks_exact(2 * inter)) {
+            let swiglu = |(a, gu): (&mut [f32], &[f32])| {
                 let (g, u) = gu.split_at(inter);
                 for ((a, &g), &u) in a.iter_mut().zip(g).zip(u) {
                     *a = g / (1.0 + (-g).exp()) * u;
                 }
+            };
+            if t >= 8 {
+                s.act.par_chunks_exact_mut(inter).zip(s.gu.par_chunks_exact(2 * inter)).for_each(swiglu);
+            } else {
+                s.act.chunks_exact_mut(inter).zip(s.gu.chunks_exact(2 * inter)).for_each(swiglu);
             }
             s.acts.quantize(&s.act, t, inter);
             kernels::matmul(&[&layer.down], &s.act, &s.acts, t, &mut s.out);

@@ -472,20 +472,28 @@ impl QActs {
         self.q.resize(rows * cols, 0);
         self.d.resize(rows * cols / QK, 0.0);
         self.sum.resize(rows * cols / QK, 0.0);
-        for (((xb, qb), d), s) in x.chunks_exact(QK).zip(self.q.chunks_exact_mut(QK)).zip(&mut self.d).zip(&mut self.sum) {
-            let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
-            let scale = amax / 127.0;
-            let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
-            let mut total = 0i32;
-            for (q, &v) in qb.iter_mut().zip(xb) {
-                let r = (v * inv).round() as i32;
-                *q = r as i8;
-                total += r;
+        // Rows in parallel for a prefill-sized input; each block as ggml's scalar code computes it
+        // (compiled for AVX2 where available, with the same rounding).
+        let per_row = |((xr, qr), (dr, sr)): ((&[f32], &mut [i8]), (&mut [f32], &mut [f32]))| {
+            #[cfg(target_arch = "x86_64")]
+            if Isa::detected() >= Isa::Avx2 {
+                // SAFETY: AVX2 and FMA were detected.
+                return unsafe { quantize_row_avx2(xr, qr, dr, sr) };
             }
-            *d = scale;
-            *s = scale * total as f32;
+            quantize_row(xr, qr, dr, sr)
+        };
+        let nb = cols / QK;
+        let rows_iter = x.chunks_exact(cols).zip(self.q.chunks_exact_mut(cols));
+        let scales_iter = self.d.chunks_exact_mut(nb).zip(self.sum.chunks_exact_mut(nb));
+        if rows >= 16 && rayon::current_num_threads() > 1 {
+            x.par_chunks_exact(cols)
+                .zip(self.q.par_chunks_exact_mut(cols))
+                .zip(self.d.par_chunks_exact_mut(nb).zip(self.sum.par_chunks_exact_mut(nb)))
+                .for_each(per_row);
+        } else {
+            rows_iter.zip(scales_iter).for_each(per_row);
         }
-        let (nb, pairs) = (cols / QK, cols / (2 * QK));
+        let pairs = cols / (2 * QK);
         self.qz.resize(rows * pairs * 2 * QK, 0);
         self.dz.resize(rows * pairs * 16, 0.0);
         for r in 0..rows {
@@ -514,6 +522,34 @@ impl QActs {
             dz: &self.dz[r * pairs * 16..(r + 1) * pairs * 16],
         }
     }
+}
+
+/// Quantizes one row (see [`QActs::quantize`]).
+#[inline(always)]
+fn quantize_row(x: &[f32], q: &mut [i8], d: &mut [f32], sum: &mut [f32]) {
+    for (((xb, qb), d), s) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).zip(d).zip(sum) {
+        let amax = xb.iter().fold(0f32, |a, v| a.max(v.abs()));
+        let scale = amax / 127.0;
+        let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+        let mut total = 0i32;
+        for (q, &v) in qb.iter_mut().zip(xb) {
+            let r = (v * inv).round() as i32;
+            *q = r as i8;
+            total += r;
+        }
+        *d = scale;
+        *s = scale * total as f32;
+    }
+}
+
+/// [`quantize_row`] compiled for AVX2 (the same arithmetic, vectorised).
+///
+/// # Safety
+/// The CPU supports AVX2 and FMA.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn quantize_row_avx2(x: &[f32], q: &mut [i8], d: &mut [f32], sum: &mut [f32]) {
+    quantize_row(x, q, d, sum)
 }
 
 /// One quantized activation row.
