@@ -42,6 +42,8 @@ def main():
         # The logits of the batch's last token, straight from the context (eval() requests them).
         return np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(n_vocab,))
 
+    llm.eval(ids)  # warm-up (as the other runners): first-call allocations
+    llm.reset()
     t = time.perf_counter()
     llm.eval(ids)
     nxt = int(np.argmax(last_logits()))

@@ -4,14 +4,18 @@
 # process; medians of N runs after one warm-up run each. Prints a table and the ratios.
 #
 #   bash benches/compare/run.sh [--runs 5] [--prompt-tokens 128] [--gen-tokens 128] [--threads 2]
-#                               [--precision auto|exact|quantized] [--model FILE]
+#                               [--precision auto|exact|quantized] [--model FILE] [--torch]
+#
+# --torch also runs PyTorch f32 (transformers, the GGUF dequantized to f32); it installs torch,
+# transformers, gguf and accelerate into the same virtual environment (several GB) on first use.
+# Each runner does one discarded prefill of the prompt before timing (PyTorch selects its kernels then).
 #
 # Never a timed test: run it by hand or in a benchmark job, on an otherwise idle machine.
 set -euo pipefail
 
 here="$(cd "$(dirname "$0")" && pwd)"
 root="$(cd "$here/../.." && pwd)"
-runs=5 prompt=128 gen=128 threads=2 precision=auto model=""
+runs=5 prompt=128 gen=128 threads=2 precision=auto model="" with_torch=0
 while [ $# -gt 0 ]; do
     case "$1" in
         --runs) runs="$2"; shift 2 ;;
@@ -20,6 +24,7 @@ while [ $# -gt 0 ]; do
         --threads) threads="$2"; shift 2 ;;
         --precision) precision="$2"; shift 2 ;;
         --model) model="$2"; shift 2 ;;
+        --torch) with_torch=1; shift ;;
         *) echo "unknown argument $1" >&2; exit 2 ;;
     esac
 done
@@ -33,6 +38,11 @@ if ! "$venv/bin/python" -c "import llama_cpp; assert llama_cpp.__version__ == '0
     CMAKE_ARGS="-DGGML_NATIVE=ON" "$venv/bin/pip" install --quiet --no-binary llama-cpp-python llama-cpp-python==0.3.36 numpy >&2
 fi
 
+if [ $with_torch = 1 ] && ! "$venv/bin/python" -c "import torch, transformers, gguf, accelerate" 2>/dev/null; then
+    echo "installing torch, transformers, gguf and accelerate into $venv (once) ..." >&2
+    "$venv/bin/pip" install --quiet torch transformers gguf accelerate >&2
+fi
+
 (cd "$root" && cargo build --release --quiet --example compare-runner)
 target="${CARGO_TARGET_DIR:-$root/target}"
 runner="$target/release/examples/compare-runner"
@@ -41,14 +51,17 @@ trap 'rm -rf "$work"' EXIT
 
 ours() { "$runner" "$model" --prompt-tokens "$prompt" --gen-tokens "$gen" --threads "$threads" --precision "$precision" --ids-out "$work/ids.json"; }
 peer() { "$venv/bin/python" "$here/llama_cpp_peer.py" "$model" --ids "$work/ids.json" --gen-tokens "$gen" --threads "$threads"; }
+torch_peer() { "$venv/bin/python" "$here/torch_peer.py" "$model" --ids "$work/ids.json" --gen-tokens "$gen" --threads "$threads" 2>/dev/null; }
 
 echo "warm-up ..." >&2
 ours > /dev/null
 peer > /dev/null
+[ $with_torch = 0 ] || torch_peer > /dev/null
 for i in $(seq 1 "$runs"); do
     echo "run $i of $runs ..." >&2
     ours >> "$work/ours.jsonl"
     peer >> "$work/peer.jsonl"
+    [ $with_torch = 0 ] || torch_peer >> "$work/torch.jsonl"
 done
 
 python3 - "$work" "$model" <<'PY'
@@ -57,7 +70,7 @@ work, model = sys.argv[1:]
 def load(name):
     p = os.path.join(work, name)
     return [json.loads(l) for l in open(p)] if os.path.exists(p) else []
-engines = [("libagentlm", load("ours.jsonl")), ("llama.cpp", load("peer.jsonl"))]
+engines = [("libagentlm", load("ours.jsonl")), ("llama.cpp", load("peer.jsonl")), ("PyTorch f32", load("torch.jsonl"))]
 engines = [(n, r) for n, r in engines if r]
 med = lambda rs, k: statistics.median(r[k] for r in rs)
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())

@@ -68,6 +68,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         std::fs::write(path, serde_json::to_string(&ids)?)?;
     }
     let mut s = model.session(Some(n_prompt + n_gen + 1));
+    // Warm-up, as the other runners: one prefill of the prompt, discarded.
+    s.append_tokens(&ids)?;
+    s.logits()?;
+    s.reset();
     let t = Instant::now();
     s.append_tokens(&ids)?;
     let mut next = argmax(s.logits()?);
