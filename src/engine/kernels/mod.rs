@@ -10,9 +10,9 @@
 //! - [`QKind::Q8`]: signed 8-bit values with a scale per 32 (`Q8_0`, f16) or per 16 (`Q6_K`, f32);
 //! - [`QKind::F32`]: anything else, dequantized to f32 (`F16`, `Q5_*`, `Q2_K`, ...).
 //!
-//! The dot products use the best instruction set found at run time: AVX-512 VNNI (256-bit
-//! `vpdpbusd`), AVX2 (`vpmaddubsw`), else portable scalar code. Output rows are split across the
-//! current rayon pool. [`QMatrix::dequantize`] reproduces ggml's dequantization bit for bit, so the
+//! The dot products use the best instruction set found at run time: AVX-512 VNNI (`vpdpbusd` on two
+//! Q4 blocks per 512-bit register), AVX2 (`vpmaddubsw`; also for Q8 rows on AVX-512 CPUs, where it
+//! measured faster), else portable scalar code. Output rows are split across the current rayon pool. [`QMatrix::dequantize`] reproduces ggml's dequantization bit for bit, so the
 //! exact f32 path can be rebuilt from the repacked weights.
 
 #[cfg(target_arch = "x86_64")]
@@ -139,7 +139,8 @@ impl Scale for f32 {
 impl Scale for half::f16 {
     #[inline(always)]
     fn get(self) -> f32 {
-        self.to_f32()
+        // The portable conversion inlines (the intrinsic version is a call per value).
+        self.to_f32_const()
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
