@@ -105,6 +105,8 @@ pub struct Session {
     tokens: Vec<u32>,
     /// Logits after the last cached token, when it is the last token.
     logits: Option<Vec<f32>>,
+    /// The last logits buffer, kept for the next forward pass to write into (no allocation per token).
+    spare: Vec<f32>,
     cancel: CancelToken,
     /// The generation begun by [`Session::begin`], if any.
     active: Option<Active>,
@@ -115,7 +117,7 @@ pub struct Session {
 impl Session {
     pub(crate) fn new(model: Model, capacity: usize) -> Session {
         let cache = model.llama().new_cache(capacity);
-        Session { model, cache, tokens: Vec::new(), logits: None, cancel: CancelToken::default(), active: None, adapter: None }
+        Session { model, cache, tokens: Vec::with_capacity(capacity), logits: None, spare: Vec::new(), cancel: CancelToken::default(), active: None, adapter: None }
     }
 
     /// The model this session runs on.
@@ -143,7 +145,7 @@ impl Session {
         self.active = None;
         self.tokens.clear();
         self.cache.clear();
-        self.logits = None;
+        self.drop_logits();
     }
 
     /// Rewinds the conversation to its first `len` tokens (no-op when it is not longer), e.g. to drop
@@ -154,7 +156,7 @@ impl Session {
         if len < self.tokens.len() {
             self.tokens.truncate(len);
             self.cache.truncate(len);
-            self.logits = None;
+            self.drop_logits();
         }
     }
 
@@ -165,6 +167,7 @@ impl Session {
             cache: self.cache.clone(),
             tokens: self.tokens.clone(),
             logits: self.logits.clone(),
+            spare: Vec::new(),
             cancel: CancelToken::default(),
             active: None,
             adapter: self.adapter.clone(),
@@ -193,7 +196,7 @@ impl Session {
         if !same {
             self.active = None;
             self.cache.clear();
-            self.logits = None;
+            self.drop_logits();
             self.adapter = adapter;
         }
         Ok(())
@@ -232,7 +235,7 @@ impl Session {
             return Err(ModelError::ContextFull { used: self.tokens.len(), requested: ids.len(), capacity: self.cache.capacity() }.into());
         }
         if !ids.is_empty() {
-            self.logits = None;
+            self.drop_logits();
             self.active = None;
         }
         self.tokens.extend_from_slice(ids);
@@ -259,8 +262,9 @@ impl Session {
             let to = (from + PREFILL_CHUNK).min(self.tokens.len());
             let (model, tokens, cache) = (&self.model, &self.tokens[from..to], &mut self.cache);
             let lora = lora_apply(&self.adapter);
-            let logits = model.compute(|| model.llama().forward_with(tokens, cache, Logits::Last, lora))?;
-            self.logits = Some(logits);
+            let mut buf = std::mem::take(&mut self.spare);
+            model.compute(|| model.llama().forward_into(tokens, cache, Logits::Last, lora, &mut buf))?;
+            self.logits = Some(buf);
         }
         Ok(self.cache.len() - start)
     }
@@ -279,6 +283,13 @@ impl Session {
         self.logits.as_deref().ok_or_else(|| Error::InvalidArgument("no logits available".into()))
     }
 
+    /// Forgets the current logits, keeping their buffer for the next forward pass.
+    fn drop_logits(&mut self) {
+        if let Some(v) = self.logits.take() {
+            self.spare = v;
+        }
+    }
+
     /// After `process_pending`, every token is cached; if the last one was cached by an earlier call
     /// whose logits were since dropped, run it again to get them.
     fn recompute_last_logits(&mut self) -> Result<()> {
@@ -287,7 +298,9 @@ impl Session {
             self.cache.truncate(last);
             let (model, tokens, cache) = (&self.model, &self.tokens[last..], &mut self.cache);
             let lora = lora_apply(&self.adapter);
-            self.logits = Some(model.compute(|| model.llama().forward_with(tokens, cache, Logits::Last, lora))?);
+            let mut buf = std::mem::take(&mut self.spare);
+            model.compute(|| model.llama().forward_into(tokens, cache, Logits::Last, lora, &mut buf))?;
+            self.logits = Some(buf);
         }
         Ok(())
     }
@@ -561,7 +574,7 @@ impl Session {
             return Ok(self.finish(a, FinishReason::ContextFull));
         }
         self.tokens.push(id);
-        self.logits = None;
+        self.drop_logits();
         a.out.ids.push(id);
         if !a.params.ignore_eos && self.model.tokenizer().eos_ids().contains(&id) {
             // The EOS token itself has no text; what the stop matcher held back is released with it.

@@ -249,8 +249,9 @@ impl HostWeights {
     }
 
     /// Runs `tokens` after `start` cached positions, writing their keys and values into `cache`;
-    /// returns the logits of the last position (`all`: of every position, row-major).
-    /// Callers have checked the token ids and the capacity.
+    /// writes the logits of the last position (`all`: of every position, row-major) into `logits`
+    /// (resized; no allocation once it has the room). Callers have checked the token ids and the
+    /// capacity.
     pub(crate) fn forward(
         &self,
         c: &LlamaConfig,
@@ -259,7 +260,8 @@ impl HostWeights {
         cache: &mut HostCache,
         all: bool,
         lora: Option<&HostLora>,
-    ) -> Vec<f32> {
+        logits: &mut Vec<f32>,
+    ) {
         let (h, nh, nkv, hd, inter) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size);
         let t = tokens.len();
         let (q_w, kv_w) = (nh * hd, nkv * hd);
@@ -339,9 +341,8 @@ impl HostWeights {
         rms_norm(last, &self.norm, eps, h, &mut s.h);
         s.acts.quantize(&s.h, rows, h);
         let head = self.lm_head.as_ref().unwrap_or(&self.embed);
-        let mut logits = vec![0f32; rows * head.rows()];
-        kernels::matmul(&[head], &s.h, &s.acts, rows, &mut logits);
-        logits
+        logits.resize(rows * head.rows(), 0.0);
+        kernels::matmul(&[head], &s.h, &s.acts, rows, logits);
     }
 }
 

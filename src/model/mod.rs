@@ -544,6 +544,24 @@ impl Llama {
         which: Logits,
         lora: Option<LoraApply>,
     ) -> Result<Vec<f32>, ModelError> {
+        let mut out = Vec::new();
+        self.forward_into(tokens, cache, which, lora, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Llama::forward_with`] writing the logits into `out` (resized). On the quantized path a
+    /// buffer reused from step to step means a decode step allocates nothing.
+    ///
+    /// # Errors
+    /// As [`Llama::forward`].
+    pub fn forward_into(
+        &self,
+        tokens: &[u32],
+        cache: &mut KvCache,
+        which: Logits,
+        lora: Option<LoraApply>,
+        out: &mut Vec<f32>,
+    ) -> Result<(), ModelError> {
         self.check_tokens(tokens)?;
         let (start, t) = (cache.len, tokens.len());
         if start + t > cache.capacity {
@@ -558,9 +576,9 @@ impl Llama {
                     None => None,
                 };
                 let hl = pairs.map(|layers| host::HostLora { layers, factor: lora.as_ref().map_or(0.0, |l| l.factor() as f32) });
-                let logits = host.forward(&self.config, tokens, start, hc, which == Logits::All, hl.as_ref());
+                host.forward(&self.config, tokens, start, hc, which == Logits::All, hl.as_ref(), out);
                 cache.len = start + t;
-                return Ok(logits);
+                return Ok(());
             }
         };
         if self.host.is_some() {
@@ -578,7 +596,8 @@ impl Llama {
             Logits::Last => x.slice([t - 1..t, 0..self.config.hidden_size]),
             Logits::All => x,
         };
-        Ok(engine::readback(self.head(x))?)
+        *out = engine::readback(self.head(x))?;
+        Ok(())
     }
 
     /// Final hidden states (before the last norm) of every position of `tokens` run from an empty

@@ -59,6 +59,12 @@ impl Isa {
         [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni].into_iter().filter(|i| *i <= best).collect()
     }
 
+    /// Whether this CPU can run it.
+    pub fn is_supported(self) -> bool {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        self <= *BEST.get_or_init(Self::best_supported)
+    }
+
     fn best_supported() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
@@ -577,7 +583,7 @@ pub fn matmul(parts: &[&QMatrix], x: &[f32], acts: &QActs, rows: usize, out: &mu
 
 /// [`matmul`] with a chosen instruction set (which must be one of [`Isa::available`]).
 pub fn matmul_with(isa: Isa, parts: &[&QMatrix], x: &[f32], acts: &QActs, rows: usize, out: &mut [f32]) {
-    assert!(Isa::available().contains(&isa), "instruction set {isa:?} is not available");
+    assert!(isa.is_supported(), "instruction set {isa:?} is not available");
     let width: usize = parts.iter().map(|p| p.rows).sum();
     assert_eq!(out.len(), rows * width, "matmul output shape");
     let cols = parts.first().map_or(0, |p| p.cols);
@@ -590,19 +596,18 @@ pub fn matmul_with(isa: Isa, parts: &[&QMatrix], x: &[f32], acts: &QActs, rows: 
     let threads = rayon::current_num_threads().max(1);
     let work = width * cols * rows.max(1);
     let chunk = if threads == 1 || work < 1 << 18 { width.max(1) } else { width.div_ceil(threads * 4).next_multiple_of(4).max(16) };
-    let mut tasks = Vec::with_capacity(width / chunk + parts.len());
-    let mut col0 = 0;
-    for (pi, p) in parts.iter().enumerate() {
-        let mut r = 0;
-        while r < p.rows {
-            let e = (r + chunk).min(p.rows);
-            tasks.push((pi, r, e, col0));
-            r = e;
-        }
-        col0 += p.rows;
-    }
+    // Task i: chunk i of the parts' rows laid end to end (computed, not collected: no allocation).
+    let total: usize = parts.iter().map(|p| p.rows.div_ceil(chunk)).sum();
     let out_ptr = SendPtr(out.as_mut_ptr());
-    let run = |&(pi, r0, r1, c0): &(usize, usize, usize, usize)| {
+    let run = |mut i: usize| {
+        let mut c0 = 0;
+        let mut pi = 0;
+        while i >= parts[pi].rows.div_ceil(chunk) {
+            i -= parts[pi].rows.div_ceil(chunk);
+            c0 += parts[pi].rows;
+            pi += 1;
+        }
+        let (r0, r1) = (i * chunk, ((i + 1) * chunk).min(parts[pi].rows));
         let mut t = 0;
         while t < rows {
             let n = (rows - t).min(TILE);
@@ -612,10 +617,10 @@ pub fn matmul_with(isa: Isa, parts: &[&QMatrix], x: &[f32], acts: &QActs, rows: 
             t += n;
         }
     };
-    if tasks.len() == 1 || threads == 1 {
-        tasks.iter().for_each(run);
+    if total <= 1 || threads == 1 {
+        (0..total).for_each(run);
     } else {
-        tasks.par_iter().for_each(run);
+        (0..total).into_par_iter().for_each(run);
     }
 }
 
