@@ -333,7 +333,18 @@ int main(int argc, char **argv) {
   const char *t = getenv("AGENTLM_TEST_TINY");
   g_tiny = t && *t && strcmp(t, "0") != 0;
   agentlm_model *m = NULL;
-  MUST(agentlm_model_load(argv[1], strlen(argv[1]), NULL, &m, &err_));
+  /* The PEFT parity checks compare exact token sequences: the f32 path (the default for a quantized
+     GGUF is the quantized path, whose greedy text may differ at near-ties). */
+  agentlm_model_params mp = agentlm_model_params_default();
+  mp.precision = 7;
+  CHECK_STATUS(agentlm_model_load(argv[1], strlen(argv[1]), &mp, &m, NULL), AGENTLM_STATUS_INVALID_ARGUMENT);
+  mp.precision = AGENTLM_PRECISION_QUANTIZED;
+  mp.backend = AGENTLM_BACKEND_WGPU;
+  CHECK_STATUS(agentlm_model_load(argv[1], strlen(argv[1]), &mp, &m, NULL), AGENTLM_STATUS_INVALID_ARGUMENT);
+  CHECK(m == NULL);
+  mp.backend = AGENTLM_BACKEND_CPU;
+  mp.precision = AGENTLM_PRECISION_EXACT;
+  MUST(agentlm_model_load(argv[1], strlen(argv[1]), &mp, &m, &err_));
   if (!m) {
     printf("%d passed, %d failed\n", g_passed, g_failed + 1);
     return 1;

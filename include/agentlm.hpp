@@ -96,6 +96,8 @@ struct ModelOptions {
   int32_t backend = AGENTLM_BACKEND_CPU;
   uint32_t threads = 0;
   uint32_t max_context = 0;
+  /// An agentlm_precision value: quantized kernels for a quantized GGUF on the CPU by default.
+  int32_t precision = AGENTLM_PRECISION_AUTO;
   /// Progress in [0, 1]; return false to abort loading.
   std::function<bool(float)> progress;
 };
@@ -133,6 +135,7 @@ class Model {
     p.backend = options.backend;
     p.n_threads = options.threads;
     p.max_context = options.max_context;
+    p.precision = options.precision;
     struct Progress {
       const std::function<bool(float)>* fn;
       std::exception_ptr error;

@@ -347,12 +347,33 @@ impl GgufFile {
         Self::parse(path.to_path_buf(), map)
     }
 
+    /// Parses a GGUF held in memory (copied into a private anonymous map): for files that may
+    /// change on disk while in use (read them, then parse the copy), for data that never was a file,
+    /// and for fuzzing. `name` stands in for the path in error messages.
+    ///
+    /// # Errors
+    /// As [`GgufFile::open`].
+    pub fn from_bytes(bytes: &[u8], name: &str) -> Result<Self, FormatError> {
+        let path = PathBuf::from(name);
+        let io = |source| FormatError::Io { path: path.clone(), source };
+        // An anonymous map cannot be empty: keep one byte beyond the data and parse the data only.
+        let mut map = memmap2::MmapMut::map_anon(bytes.len() + 1).map_err(io)?;
+        map[..bytes.len()].copy_from_slice(bytes);
+        let map = map.make_read_only().map_err(io)?;
+        Self::parse_len(path.clone(), map, bytes.len())
+    }
+
     fn parse(path: PathBuf, map: memmap2::Mmap) -> Result<Self, FormatError> {
-        let mut c = Cursor { buf: &map, pos: 0, path: &path };
+        let len = map.len();
+        Self::parse_len(path, map, len)
+    }
+
+    fn parse_len(path: PathBuf, map: memmap2::Mmap, len: usize) -> Result<Self, FormatError> {
+        let mut c = Cursor { buf: &map[..len], pos: 0, path: &path };
         let unsupported = |reason: String| FormatError::Unsupported { path: path.clone(), reason };
 
-        if map.len() < 4 {
-            return Err(c.err(format!("{} bytes is too short for a GGUF header", map.len())));
+        if len < 4 {
+            return Err(c.err(format!("{len} bytes is too short for a GGUF header")));
         }
         if c.take(4, "magic")? != MAGIC {
             return Err(c.err(format!("bad magic {:02x?}: not a GGUF file", &map[..4])));
@@ -423,7 +444,7 @@ impl GgufFile {
         };
         // The header was parsed from the map, so `pos` is at most the file length.
         let data_offset = (c.pos as u64).div_ceil(alignment) * alignment;
-        let file_len = map.len() as u64;
+        let file_len = len as u64;
 
         let mut tensors = Vec::with_capacity(raw.len());
         for RawTensorInfo { name, dims, type_id, rel_offset } in raw {

@@ -760,3 +760,22 @@ fn real_model_weights_in_hf_layout() {
     assert_eq!(emb.shape, [c.vocab_size, c.hidden_size]);
     assert_eq!(w.tensor("model.norm.weight").unwrap().shape, [c.hidden_size]);
 }
+
+#[test]
+fn parsing_from_memory_matches_the_file_and_sees_only_the_given_bytes() {
+    let good = sample();
+    let (a, b) = (open(&good).unwrap(), GgufFile::from_bytes(&good, "sample.gguf").unwrap());
+    assert_eq!(a.tensors(), b.tensors());
+    assert_eq!(a.metadata_keys().collect::<Vec<_>>(), b.metadata_keys().collect::<Vec<_>>());
+    for t in a.tensors() {
+        assert_eq!(a.tensor_bytes(&t.name).unwrap().1, b.tensor_bytes(&t.name).unwrap().1);
+    }
+    // Every truncation is an error naming the stand-in path, as from a file (the map's spare byte
+    // past the data is never read).
+    let data_end = good.len() - 28;
+    for len in 0..data_end {
+        let e = GgufFile::from_bytes(&good[..len], "sample.gguf").expect_err(&format!("truncated at {len} accepted"));
+        assert!(e.to_string().contains("sample.gguf"), "{e}");
+    }
+    assert!(GgufFile::from_bytes(&good[..data_end], "sample.gguf").is_ok());
+}
