@@ -24,21 +24,10 @@ pub fn gguf(data: &[u8]) {
     }
 }
 
-const FORMATS: [ActionFormat; 8] = [
-    ActionFormat::Alfworld,
-    ActionFormat::Os,
-    ActionFormat::Db,
-    ActionFormat::WebShop,
-    ActionFormat::Kg,
-    ActionFormat::Mind2Web,
-    ActionFormat::React,
-    ActionFormat::Json,
-];
-
 /// Every ReAct action format's parser on arbitrary model output.
 pub fn action_parsers(data: &[u8]) {
     let text = String::from_utf8_lossy(data);
-    for f in FORMATS {
+    for f in ActionFormat::ALL {
         let _ = f.parse(&text);
     }
 }

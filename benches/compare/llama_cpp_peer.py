@@ -3,28 +3,18 @@
 Runs the same prompt ids as the Rust runner (read from a JSON file), then greedy tokens, and prints
 one JSON object with the same fields: prefill and decode tokens/s, peak resident set, generated ids.
 """
-import argparse
-import json
-import resource
 import time
 
 import numpy as np
 import llama_cpp
 from llama_cpp import Llama
 
-
-def rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+from peer_report import parse_args, report, rss_mib
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("model")
-    ap.add_argument("--ids", required=True, help="JSON file with the prompt token ids")
-    ap.add_argument("--gen-tokens", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=2)
-    a = ap.parse_args()
-    ids = json.load(open(a.ids))
+    a = parse_args()
+    ids = a.prompt_ids
     start = rss_mib()
     kwargs = dict(model_path=a.model, n_ctx=len(ids) + a.gen_tokens + 8, n_batch=512, n_threads=a.threads,
                   n_threads_batch=a.threads, verbose=False)
@@ -55,18 +45,7 @@ def main():
         nxt = int(np.argmax(last_logits()))
         out.append(nxt)
     decode_s = time.perf_counter() - t
-    print(json.dumps({
-        "engine": "llama.cpp",
-        "threads": a.threads,
-        "prompt_tokens": len(ids),
-        "gen_tokens": a.gen_tokens,
-        "load_s": load_s,
-        "prefill_tok_s": len(ids) / prefill_s,
-        "decode_tok_s": (a.gen_tokens - 1) / decode_s,
-        "peak_rss_mib": rss_mib(),
-        "start_rss_mib": start,
-        "ids": out,
-    }))
+    report("llama.cpp", a.threads, ids, out, load_s, prefill_s, decode_s, start)
 
 
 if __name__ == "__main__":

@@ -3,29 +3,19 @@
 Loads the same GGUF file (transformers dequantizes it to f32), runs the same prompt ids and greedy
 tokens with the KV cache, and prints one JSON object with the same fields as the other runners.
 """
-import argparse
-import json
 import os
-import resource
 import time
 import warnings
 
 import torch
 from transformers import AutoModelForCausalLM
 
-
-def rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+from peer_report import parse_args, report, rss_mib
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("model")
-    ap.add_argument("--ids", required=True, help="JSON file with the prompt token ids")
-    ap.add_argument("--gen-tokens", type=int, default=128)
-    ap.add_argument("--threads", type=int, default=2)
-    a = ap.parse_args()
-    ids = json.load(open(a.ids))
+    a = parse_args()
+    ids = a.prompt_ids
     torch.set_num_threads(a.threads)
     start = rss_mib()
     t = time.perf_counter()
@@ -50,18 +40,7 @@ def main():
             nxt = int(out.logits[0, -1].argmax())
             gen.append(nxt)
         decode_s = time.perf_counter() - t
-    print(json.dumps({
-        "engine": "PyTorch f32",
-        "threads": a.threads,
-        "prompt_tokens": len(ids),
-        "gen_tokens": a.gen_tokens,
-        "load_s": load_s,
-        "prefill_tok_s": len(ids) / prefill_s,
-        "decode_tok_s": (a.gen_tokens - 1) / decode_s,
-        "peak_rss_mib": rss_mib(),
-        "start_rss_mib": start,
-        "ids": gen,
-    }))
+    report("PyTorch f32", a.threads, ids, gen, load_s, prefill_s, decode_s, start)
 
 
 if __name__ == "__main__":

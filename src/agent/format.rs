@@ -60,6 +60,18 @@ pub const ALFWORLD_VERBS: &[&str] =
     &["go to", "take", "put", "open", "close", "toggle", "clean", "heat", "cool", "use", "examine", "inventory", "look"];
 
 impl ActionFormat {
+    /// Every format, in declaration order.
+    pub const ALL: [ActionFormat; 8] = [
+        ActionFormat::Alfworld,
+        ActionFormat::Os,
+        ActionFormat::Db,
+        ActionFormat::WebShop,
+        ActionFormat::Kg,
+        ActionFormat::Mind2Web,
+        ActionFormat::React,
+        ActionFormat::Json,
+    ];
+
     /// By name: `alfworld`, `os`, `db`, `webshop`, `kg`, `mind2web`, `react`, `json`.
     pub fn from_name(name: &str) -> Option<Self> {
         Some(match name {

@@ -78,16 +78,7 @@ fn react_and_json() {
 
 #[test]
 fn names_round_trip() {
-    for f in [
-        ActionFormat::Alfworld,
-        ActionFormat::Os,
-        ActionFormat::Db,
-        ActionFormat::WebShop,
-        ActionFormat::Kg,
-        ActionFormat::Mind2Web,
-        ActionFormat::React,
-        ActionFormat::Json,
-    ] {
+    for f in ActionFormat::ALL {
         assert_eq!(ActionFormat::from_name(f.name()), Some(f));
     }
 }

@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use crate::formats::quant::{GgmlType, QK_K};
+use crate::formats::quant::{scale_min_k4, GgmlType, QK_K};
 
 /// Values per quantization block of the activations and of every weight layout.
 pub const QK: usize = 32;
@@ -442,15 +442,6 @@ impl QMatrix {
     }
 }
 
-/// ggml's `get_scale_min_k4`.
-fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
-    let (sc, m) = if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
-    };
-    (f32::from(sc), f32::from(m))
-}
 
 /// Activations quantized for the kernels: per row, signed bytes with an f32 scale per 32 values and
 /// the scaled sum of each block (for the `m` term of [`QKind::Q4`]). Reused between calls: it only
