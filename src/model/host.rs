@@ -15,7 +15,7 @@ use crate::engine::kernels::{self, dot_f32, QActs, QMatrix};
 use crate::formats::gguf::{hf_to_gguf_name, GgufWeights};
 use crate::formats::{FormatError, WeightSource};
 
-use super::{rope, ModelError};
+use super::ModelError;
 
 /// One layer's weights: Q/K/V and gate/up are run as one product each.
 pub(crate) struct HostLayer {
@@ -160,10 +160,11 @@ pub(crate) fn supports(c: &LlamaConfig) -> bool {
 
 impl HostWeights {
     /// Repacks the GGUF weights (`progress` gets a fraction after each layer; `false` aborts).
+    /// `rope` holds the rotate-half `cos` and `sin` tables (`model::rope::tables`).
     pub(crate) fn load(
         w: &GgufWeights,
         c: &LlamaConfig,
-        positions: usize,
+        rope: (Vec<f32>, Vec<f32>),
         progress: &mut dyn FnMut(f32) -> bool,
     ) -> Result<HostWeights, ModelError> {
         if !supports(c) {
@@ -202,8 +203,8 @@ impl HostWeights {
         } else {
             return Err(tensor_err(w, "lm_head.weight", "missing and tie_word_embeddings is false".into()));
         };
-        let (cos, sin) = rope::tables(c, positions);
         report(c.num_hidden_layers + 2)?;
+        let (cos, sin) = rope;
         Ok(HostWeights { embed, layers, norm, lm_head, cos, sin })
     }
 

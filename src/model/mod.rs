@@ -334,7 +334,8 @@ impl Llama {
             .into());
         };
         report(c.num_hidden_layers + 2)?;
-        Ok(Self::assemble(c, device, max_positions, OnceLock::from(Dense { embed, layers, norm, lm_head }), None))
+        let rope = rope::tables(c, max_positions);
+        Ok(Self::assemble(c, device, max_positions, rope, OnceLock::from(Dense { embed, layers, norm, lm_head }), None))
     }
 
     /// Loads a GGUF file for the quantized CPU path ([`Precision::Quantized`]): its weights stay in
@@ -354,8 +355,10 @@ impl Llama {
         if max_positions == 0 {
             return Err(ModelError::Config("max_positions is 0".into()));
         }
-        let host = host::HostWeights::load(weights, config, max_positions, progress)?;
-        Ok(Self::assemble(config, device, max_positions, OnceLock::new(), Some(Arc::new(host))))
+        // One set of RoPE tables: the host path keeps a copy, the device tables serve training.
+        let rope = rope::tables(config, max_positions);
+        let host = host::HostWeights::load(weights, config, rope.clone(), progress)?;
+        Ok(Self::assemble(config, device, max_positions, rope, OnceLock::new(), Some(Arc::new(host))))
     }
 
     /// Whether a model of this shape can run on the quantized CPU path.
@@ -363,8 +366,14 @@ impl Llama {
         host::supports(config)
     }
 
-    fn assemble(c: &LlamaConfig, device: &Device, positions: usize, dense: OnceLock<Dense>, host: Option<Arc<host::HostWeights>>) -> Llama {
-        let (cos, sin) = rope::tables(c, positions);
+    fn assemble(
+        c: &LlamaConfig,
+        device: &Device,
+        positions: usize,
+        (cos, sin): (Vec<f32>, Vec<f32>),
+        dense: OnceLock<Dense>,
+        host: Option<Arc<host::HostWeights>>,
+    ) -> Llama {
         let hd = c.head_dim;
         Llama {
             config: c.clone(),

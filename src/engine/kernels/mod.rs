@@ -22,7 +22,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use crate::formats::quant::{scale_min_k4, GgmlType, QK_K};
+use crate::formats::quant::{f16_at, scale_min_k4, GgmlType, QK_K};
 
 /// Values per quantization block of the activations and of every weight layout.
 pub const QK: usize = 32;
@@ -44,7 +44,7 @@ impl Isa {
     pub fn detected() -> Isa {
         static ISA: OnceLock<Isa> = OnceLock::new();
         *ISA.get_or_init(|| {
-            let best = Self::best_supported();
+            let best = Self::best();
             match std::env::var("AGENTLM_ISA").ok().as_deref() {
                 Some("scalar") => Isa::Scalar,
                 Some("avx2") => best.min(Isa::Avx2),
@@ -55,17 +55,21 @@ impl Isa {
 
     /// Every instruction set this CPU can run, lowest first.
     pub fn available() -> Vec<Isa> {
-        let best = Self::best_supported();
-        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni].into_iter().filter(|i| *i <= best).collect()
+        [Isa::Scalar, Isa::Avx2, Isa::Avx512Vnni].into_iter().filter(|i| i.is_supported()).collect()
     }
 
     /// Whether this CPU can run it.
     pub fn is_supported(self) -> bool {
-        static BEST: OnceLock<Isa> = OnceLock::new();
-        self <= *BEST.get_or_init(Self::best_supported)
+        self <= Self::best()
     }
 
-    fn best_supported() -> Isa {
+    /// The best instruction set of this CPU, detected once.
+    fn best() -> Isa {
+        static BEST: OnceLock<Isa> = OnceLock::new();
+        *BEST.get_or_init(Self::probe)
+    }
+
+    fn probe() -> Isa {
         #[cfg(target_arch = "x86_64")]
         {
             let avx2 = is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c");
@@ -244,10 +248,6 @@ pub enum KernelError {
     Unsupported(&'static str),
 }
 
-fn f16(b: &[u8], at: usize) -> f32 {
-    half::f16::from_le_bytes([b[at], b[at + 1]]).to_f32()
-}
-
 impl QMatrix {
     /// Repacks `rows × cols` values stored as ggml type `ty` (row-major, `cols` along a row).
     ///
@@ -255,19 +255,18 @@ impl QMatrix {
     /// Wrong byte length, a row length that is not a whole number of blocks, a type with no
     /// dequantizer.
     pub fn from_ggml(ty: GgmlType, bytes: &[u8], rows: usize, cols: usize) -> Result<QMatrix, KernelError> {
-        let block = ty.block_size();
-        let fits = |multiple: usize| cols.is_multiple_of(multiple) && cols.is_multiple_of(block);
-        let need = (rows * cols / block.max(1)) * ty.block_bytes();
-        if rows.checked_mul(cols).is_none() || bytes.len() != need || !cols.is_multiple_of(block) {
-            if !cols.is_multiple_of(block) {
-                return Err(KernelError::Columns { cols, ty: ty.name(), block });
-            }
-            return Err(KernelError::Length(bytes.len(), rows, cols, ty.name()));
+        let block = ty.block_size().max(1);
+        if !cols.is_multiple_of(block) {
+            return Err(KernelError::Columns { cols, ty: ty.name(), block });
         }
-        let n = rows * cols;
+        let n = rows.checked_mul(cols);
+        let need = n.and_then(|n| (n / block).checked_mul(ty.block_bytes()));
+        let Some(n) = n.filter(|_| need == Some(bytes.len())) else {
+            return Err(KernelError::Length(bytes.len(), rows, cols, ty.name()));
+        };
         let blocks = || bytes.chunks_exact(ty.block_bytes());
         let kind = match ty {
-            GgmlType::Q4_0 | GgmlType::Q4_1 if fits(QK) => {
+            GgmlType::Q4_0 | GgmlType::Q4_1 => {
                 let nb = n / QK;
                 let (mut qs, mut d, mut m) = (Vec::with_capacity(n / 2), Vec::with_capacity(nb), Vec::with_capacity(nb));
                 for b in blocks() {
@@ -285,11 +284,11 @@ impl QMatrix {
                 }
                 QKind::Q4 { qs, d: Scales::F16(d), m: Scales::F16(m), centered: ty == GgmlType::Q4_0 }
             }
-            GgmlType::Q4_K if fits(QK_K) => {
+            GgmlType::Q4_K => {
                 let nb = n / QK;
                 let (mut qs, mut d, mut m) = (Vec::with_capacity(n / 2), Vec::with_capacity(nb), Vec::with_capacity(nb));
                 for b in blocks() {
-                    let (sd, smin) = (f16(b, 0), f16(b, 2));
+                    let (sd, smin) = (f16_at(b, 0), f16_at(b, 2));
                     let scales = &b[4..16];
                     for chunk in 0..4 {
                         let q = &b[16 + 32 * chunk..48 + 32 * chunk];
@@ -308,7 +307,7 @@ impl QMatrix {
                 }
                 QKind::Q4 { qs, d: Scales::F32(d), m: Scales::F32(m), centered: false }
             }
-            GgmlType::Q8_0 if fits(QK) => {
+            GgmlType::Q8_0 => {
                 let mut qs = Vec::with_capacity(n);
                 let mut s = Vec::with_capacity(n / QK);
                 for b in blocks() {
@@ -317,11 +316,11 @@ impl QMatrix {
                 }
                 QKind::Q8 { qs, s: Scales::F16(s), group: QK }
             }
-            GgmlType::Q6_K if fits(QK_K) => {
+            GgmlType::Q6_K => {
                 let mut qs = vec![0i8; n];
                 let mut s = Vec::with_capacity(n / 16);
                 for (bi, b) in blocks().enumerate() {
-                    let d = f16(b, 208);
+                    let d = f16_at(b, 208);
                     let out = &mut qs[bi * QK_K..(bi + 1) * QK_K];
                     for half in 0..2 {
                         let ql = &b[64 * half..64 * half + 64];
@@ -481,15 +480,16 @@ impl QActs {
             quantize_row(xr, qr, dr, sr)
         };
         let nb = cols / QK;
-        let rows_iter = x.chunks_exact(cols).zip(self.q.chunks_exact_mut(cols));
-        let scales_iter = self.d.chunks_exact_mut(nb).zip(self.sum.chunks_exact_mut(nb));
         if rows >= 16 && rayon::current_num_threads() > 1 {
             x.par_chunks_exact(cols)
                 .zip(self.q.par_chunks_exact_mut(cols))
                 .zip(self.d.par_chunks_exact_mut(nb).zip(self.sum.par_chunks_exact_mut(nb)))
                 .for_each(per_row);
         } else {
-            rows_iter.zip(scales_iter).for_each(per_row);
+            x.chunks_exact(cols)
+                .zip(self.q.chunks_exact_mut(cols))
+                .zip(self.d.chunks_exact_mut(nb).zip(self.sum.chunks_exact_mut(nb)))
+                .for_each(per_row);
         }
         let pairs = cols / (2 * QK);
         self.qz.resize(rows * pairs * 2 * QK, 0);
@@ -572,7 +572,7 @@ pub fn matmul(parts: &[&QMatrix], x: &[f32], acts: &QActs, rows: usize, out: &mu
     matmul_with(isa, parts, x, acts, rows, out);
 }
 
-/// [`matmul`] with a chosen instruction set (which must be one of [`Isa::available`]).
+/// [`matmul`] with a chosen instruction set (one this CPU supports: [`Isa::is_supported`]).
 pub fn matmul_with(isa: Isa, parts: &[&QMatrix], x: &[f32], acts: &QActs, rows: usize, out: &mut [f32]) {
     assert!(isa.is_supported(), "instruction set {isa:?} is not available");
     let width: usize = parts.iter().map(|p| p.rows).sum();
