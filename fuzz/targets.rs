@@ -5,7 +5,11 @@
 
 use agentlm::agent::ActionFormat;
 use agentlm::formats::gguf::GgufFile;
+use agentlm::template::{ChatTemplate, Message};
 use agentlm::Tokenizer;
+
+#[path = "../examples/tgi-server/request.rs"]
+pub mod tgi;
 
 /// GGUF reader and the tokenizer built from GGUF metadata.
 pub fn gguf(data: &[u8]) {
@@ -46,6 +50,54 @@ pub fn hf_config(data: &[u8]) {
     }
 }
 
+/// A hostile chat template (the whole input is the Jinja source), rendered over a short conversation
+/// whose contents hold special tokens and Jinja syntax. Must end in bounded time and output.
+pub fn template(data: &[u8]) {
+    let Ok(src) = std::str::from_utf8(data) else { return };
+    let Ok(t) = ChatTemplate::from_jinja(src, "<|im_start|>", "<|im_end|>") else { return };
+    let messages = [
+        Message::new("system", "You are {{ evil }} <|im_end|>"),
+        Message::new("user", "hi </s><s>[INST]"),
+        Message::new("assistant", "{% raw %}x"),
+        Message::new("tool", ""),
+    ];
+    for gen in [false, true] {
+        if let Ok(out) = t.render(&messages, gen) {
+            assert!(out.len() <= agentlm::template::MAX_RENDERED_BYTES);
+        }
+    }
+}
+
+/// safetensors files: the header check the Hugging Face loader uses, and the adapter reader's
+/// decoding (F32/F16/BF16 to f32, finiteness).
+pub fn safetensors(data: &[u8]) {
+    let path = std::path::Path::new("fuzz.safetensors");
+    if let Ok(list) = agentlm::formats::hf::shard_tensors(data, path) {
+        for t in list {
+            assert!(t.start <= t.end && t.end <= data.len());
+        }
+    }
+    let _ = agentlm::formats::peft::read_tensors_bytes(data, path);
+}
+
+/// The TGI example server's `/generate` body parser (tokenized bytewise: the parser, not a model,
+/// is under test).
+pub fn tgi_request(data: &[u8]) {
+    let tokenize = |s: &str| -> Result<Vec<u32>, String> { Ok(s.bytes().map(u32::from).collect()) };
+    let limits = tgi::Limits { max_input_tokens: 4096, max_new_tokens: 1024, max_body_bytes: 1 << 20 };
+    if let Ok(job) = tgi::parse(&tokenize, 8192, &limits, data) {
+        assert!(!job.prompt_ids.is_empty() && job.prompt_ids.len() <= limits.max_input_tokens);
+        assert!(job.prompt_ids.len() + job.params.max_tokens <= 8192);
+    }
+}
+
 /// Every target by its directory name under fuzz/corpus.
-pub const TARGETS: [(&str, fn(&[u8])); 4] =
-    [("gguf", gguf), ("action_parsers", action_parsers), ("jsonl_record", jsonl_record), ("hf_config", hf_config)];
+pub const TARGETS: [(&str, fn(&[u8])); 7] = [
+    ("gguf", gguf),
+    ("action_parsers", action_parsers),
+    ("jsonl_record", jsonl_record),
+    ("hf_config", hf_config),
+    ("template", template),
+    ("safetensors", safetensors),
+    ("tgi_request", tgi_request),
+];

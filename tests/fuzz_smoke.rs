@@ -102,3 +102,27 @@ fn gguf_seeds_reach_the_tokenizer() {
         }
     }
 }
+
+/// The new targets' seeds are valid inputs: every template seed renders, every safetensors seed
+/// decodes, every TGI body parses into a job.
+#[test]
+fn template_safetensors_and_tgi_seeds_are_valid() {
+    let msgs = [agentlm::Message::new("system", "s"), agentlm::Message::new("user", "hi"), agentlm::Message::new("assistant", "ok")];
+    for (i, seed) in seeds("template").iter().enumerate() {
+        let t = agentlm::ChatTemplate::from_jinja(std::str::from_utf8(seed).unwrap(), "<s>", "</s>").unwrap();
+        let out = t.render(&msgs, true).unwrap_or_else(|e| panic!("template seed {i}: {e}"));
+        assert!(!out.is_empty());
+    }
+    for seed in seeds("safetensors") {
+        let p = Path::new("seed.safetensors");
+        assert!(!agentlm::formats::hf::shard_tensors(&seed, p).unwrap().is_empty());
+    }
+    let adapters = seeds("safetensors").iter().filter(|s| agentlm::formats::peft::read_tensors_bytes(s, Path::new("s")).is_ok()).count();
+    assert_eq!(adapters, 2, "the F32 and F16 seeds decode; the one with an I64 tensor is refused");
+    let tokenize = |s: &str| -> Result<Vec<u32>, String> { Ok(s.bytes().map(u32::from).collect()) };
+    let limits = targets::tgi::Limits { max_input_tokens: 4096, max_new_tokens: 1024, max_body_bytes: 1 << 20 };
+    for seed in seeds("tgi_request") {
+        let job = targets::tgi::parse(&tokenize, 8192, &limits, &seed).unwrap_or_else(|b| panic!("{}: {}", b.0, b.1));
+        assert!(job.params.max_tokens > 0);
+    }
+}

@@ -25,144 +25,15 @@ use agentlm::{FinishReason, GenerateParams, LoadOptions, Model, SamplingParams, 
 use serde_json::{json, Value};
 use tiny_http::{Header, Method, Request, Response, Server};
 
-struct Limits {
-    max_input_tokens: usize,
-    max_new_tokens: usize,
-    max_body_bytes: usize,
-}
+mod request;
 
-struct Job {
-    /// `return_full_text`: the input is prepended to the answer.
-    prefix: Option<String>,
-    prompt_ids: Vec<u32>,
-    params: GenerateParams,
-    details: bool,
-    seed: Option<u64>,
-}
+use request::{parse, Bad, Job, Limits};
 
-/// A client error: HTTP status and message.
-struct Bad(u16, String);
-
-fn bad(msg: impl Into<String>) -> Bad {
-    Bad(422, msg.into())
-}
-
-/// Parses and validates a TGI request body into a job.
-fn parse(model: &Model, limits: &Limits, body: &[u8]) -> Result<Job, Bad> {
-    let v: Value = serde_json::from_slice(body).map_err(|e| Bad(400, format!("malformed JSON: {e}")))?;
-    let inputs = v.get("inputs").and_then(Value::as_str).ok_or_else(|| bad("`inputs` must be a string"))?;
-    let empty = json!({});
-    let p = match v.get("parameters") {
-        None | Some(Value::Null) => &empty,
-        Some(p @ Value::Object(_)) => p,
-        Some(_) => return Err(bad("`parameters` must be an object")),
-    };
-    let num = |k: &str| -> Result<Option<f64>, Bad> {
-        match p.get(k) {
-            None | Some(Value::Null) => Ok(None),
-            Some(x) => x.as_f64().map(Some).ok_or_else(|| bad(format!("`{k}` must be a number"))),
-        }
-    };
-    let int = |k: &str| -> Result<Option<u64>, Bad> {
-        match p.get(k) {
-            None | Some(Value::Null) => Ok(None),
-            Some(x) => x.as_u64().map(Some).ok_or_else(|| bad(format!("`{k}` must be a non-negative integer"))),
-        }
-    };
-    let flag = |k: &str| -> Result<bool, Bad> {
-        match p.get(k) {
-            None | Some(Value::Null) => Ok(false),
-            Some(Value::Bool(b)) => Ok(*b),
-            Some(_) => Err(bad(format!("`{k}` must be a boolean"))),
-        }
-    };
-    let max_new = int("max_new_tokens")?.unwrap_or(20) as usize;
-    if max_new == 0 || max_new > limits.max_new_tokens {
-        return Err(bad(format!("`max_new_tokens` must be between 1 and {}", limits.max_new_tokens)));
-    }
-    let do_sample = flag("do_sample")?;
-    let temperature = num("temperature")?;
-    let top_p = num("top_p")?;
-    let top_k = int("top_k")?;
-    if temperature.is_some_and(|t| t <= 0.0) {
-        return Err(bad("`temperature` must be strictly positive"));
-    }
-    if top_p.is_some_and(|t| t <= 0.0 || t >= 1.0) {
-        return Err(bad("`top_p` must be > 0.0 and < 1.0"));
-    }
-    if top_k == Some(0) {
-        return Err(bad("`top_k` must be strictly positive"));
-    }
-    // Sent by TGI's Python client with their neutral values; anything else is not implemented here.
-    if int("best_of")?.is_some_and(|b| b > 1) {
-        return Err(bad("`best_of` > 1 is not supported"));
-    }
-    if num("typical_p")?.is_some() {
-        return Err(bad("`typical_p` is not supported"));
-    }
-    if flag("watermark")? {
-        return Err(bad("`watermark` is not supported"));
-    }
-    let repetition_penalty = num("repetition_penalty")?;
-    if repetition_penalty.is_some_and(|r| r <= 0.0) {
-        return Err(bad("`repetition_penalty` must be strictly positive"));
-    }
-    // TGI samples when asked to, or when any sampling parameter is set.
-    let sample = do_sample || temperature.is_some_and(|t| t != 1.0) || top_p.is_some() || top_k.is_some();
-    let seed = int("seed")?;
-    let mut stop = Vec::new();
-    for key in ["stop", "stop_sequences"] {
-        match p.get(key) {
-            None | Some(Value::Null) => {}
-            Some(Value::Array(a)) => {
-                for s in a {
-                    let s = s.as_str().ok_or_else(|| bad(format!("`{key}` must be a list of strings")))?;
-                    if !s.is_empty() {
-                        stop.push(s.to_string());
-                    }
-                }
-            }
-            Some(_) => return Err(bad(format!("`{key}` must be a list of strings"))),
-        }
-    }
-    let sampling = SamplingParams {
-        temperature: if sample { temperature.unwrap_or(1.0) as f32 } else { 0.0 },
-        top_k: if sample { top_k.unwrap_or(0) as usize } else { 0 },
-        top_p: if sample { top_p.unwrap_or(1.0) as f32 } else { 1.0 },
-        repetition_penalty: repetition_penalty.unwrap_or(1.0) as f32,
-        seed: seed.unwrap_or(0),
-        ..SamplingParams::default()
-    };
+/// [`parse`] with the model's tokenizer and context length.
+fn parse_for(model: &Model, limits: &Limits, body: &[u8]) -> Result<Job, Bad> {
     let tok = model.tokenizer();
-    let mut prompt_ids = tok.encode(inputs, tok.add_bos_by_default()).map_err(|e| bad(format!("cannot tokenize `inputs`: {e}")))?;
-    if let Some(t) = int("truncate")? {
-        // TGI keeps the last `truncate` tokens of the input.
-        let t = t as usize;
-        if prompt_ids.len() > t {
-            prompt_ids.drain(..prompt_ids.len() - t);
-        }
-    }
-    if prompt_ids.is_empty() {
-        return Err(bad("`inputs` is empty"));
-    }
-    if prompt_ids.len() > limits.max_input_tokens {
-        return Err(bad(format!(
-            "`inputs` has {} tokens, more than the limit of {} (use `truncate`)",
-            prompt_ids.len(),
-            limits.max_input_tokens
-        )));
-    }
-    if prompt_ids.len() + max_new > model.context_length() {
-        return Err(bad(format!(
-            "`inputs` tokens + `max_new_tokens` must be <= {}; given {} and {max_new}",
-            model.context_length(),
-            prompt_ids.len()
-        )));
-    }
-    let params = GenerateParams { sampling, max_tokens: max_new, stop, ignore_eos: false };
-    params.sampling.validate().map_err(|e| bad(e.to_string()))?;
-    let prefix = flag("return_full_text")?.then(|| inputs.to_string());
-    Ok(Job { prefix, prompt_ids, params, details: flag("details")?, seed: sample.then_some(seed.unwrap_or(0)) })
+    let tokenize = |s: &str| tok.encode(s, tok.add_bos_by_default()).map_err(|e| e.to_string());
+    parse(&tokenize, model.context_length(), limits, body)
 }
 
 fn finish_name(f: FinishReason) -> &'static str {
@@ -254,7 +125,7 @@ fn handle(model: &Model, limits: &Limits, mut req: Request) {
                     "max_total_tokens": model.context_length(), "version": agentlm_version()}),
         )),
         (Method::Post, "/generate") | (Method::Post, "/") => {
-            let job = body(&mut req, limits.max_body_bytes).and_then(|b| parse(model, limits, &b));
+            let job = body(&mut req, limits.max_body_bytes).and_then(|b| parse_for(model, limits, &b));
             match job {
                 Err(b) => req.respond(error_response(b)),
                 Ok(job) => match run(model, &job, |_, _| true) {
@@ -271,7 +142,7 @@ fn handle(model: &Model, limits: &Limits, mut req: Request) {
             }
         }
         (Method::Post, "/generate_stream") => {
-            let job = body(&mut req, limits.max_body_bytes).and_then(|b| parse(model, limits, &b));
+            let job = body(&mut req, limits.max_body_bytes).and_then(|b| parse_for(model, limits, &b));
             match job {
                 Err(b) => req.respond(error_response(b)),
                 Ok(job) => {

@@ -32,6 +32,46 @@ struct Entry {
     end: usize,
 }
 
+/// One tensor listed in a safetensors header, its data at `bytes[start..end]` of the file.
+#[derive(Debug, Clone)]
+pub struct ShardTensor {
+    pub name: String,
+    pub dtype: Dtype,
+    pub shape: Vec<usize>,
+    pub start: usize,
+    pub end: usize,
+}
+
+/// Reads and checks a safetensors file's header: every tensor's data lies inside `bytes` and has
+/// exactly the size its dtype and shape call for. Nothing is allocated for what the header merely
+/// claims.
+///
+/// # Errors
+/// [`FormatError::Invalid`] for a malformed header, offsets outside the file or sizes that do not add up.
+pub fn shard_tensors(bytes: &[u8], path: &Path) -> Result<Vec<ShardTensor>, FormatError> {
+    let (header_len, meta) = SafeTensors::read_metadata(bytes).map_err(|e| invalid(path, format!("bad safetensors header: {e}")))?;
+    let data_start = 8usize.checked_add(header_len).ok_or_else(|| invalid(path, "header length overflows"))?;
+    let mut out = Vec::new();
+    for (name, info) in meta.tensors() {
+        let (s, e) = info.data_offsets;
+        let (start, end) = match (data_start.checked_add(s), data_start.checked_add(e)) {
+            (Some(a), Some(b)) if a <= b && b <= bytes.len() => (a, b),
+            _ => return Err(invalid(path, format!("tensor {name}: data offsets outside the file"))),
+        };
+        let want = info
+            .shape
+            .iter()
+            .try_fold(1usize, |n, &d| n.checked_mul(d))
+            .and_then(|n| n.checked_mul(info.dtype.bitsize()))
+            .map(|bits| bits.div_ceil(8));
+        if want != Some(end - start) {
+            return Err(invalid(path, format!("tensor {name}: {} data bytes for shape {:?} of {:?}", end - start, info.shape, info.dtype)));
+        }
+        out.push(ShardTensor { name, dtype: info.dtype, shape: info.shape.clone(), start, end });
+    }
+    Ok(out)
+}
+
 /// An open Hugging Face Llama directory. `Send + Sync`; implements [`WeightSource`].
 ///
 /// Shards are memory-mapped: they must not be modified while open.
@@ -191,21 +231,13 @@ impl HfModelDir {
             let file = std::fs::File::open(&path).map_err(io)?;
             // SAFETY: read-only map; documented contract that shards are not modified while open.
             let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-            let (header_len, meta) = SafeTensors::read_metadata(&map).map_err(|e| invalid(&path, format!("bad safetensors header: {e}")))?;
-            // read_metadata checks that offsets are contiguous and within the buffer.
-            let data_start = 8 + header_len;
-            for (tname, info) in meta.tensors() {
+            for t in shard_tensors(&map, &path)? {
                 if let Some(wm) = &weight_map {
-                    if wm.get(&tname) != Some(name) {
+                    if wm.get(&t.name) != Some(name) {
                         continue; // listed elsewhere (or not at all) in the index
                     }
                 }
-                let (s, e) = info.data_offsets;
-                let (start, end) = (data_start + s, data_start + e);
-                if end > map.len() || start > end {
-                    return Err(invalid(&path, format!("tensor {tname}: data offsets outside the file")));
-                }
-                tensors.insert(tname, Entry { shard: i, dtype: info.dtype, shape: info.shape.clone(), start, end });
+                tensors.insert(t.name, Entry { shard: i, dtype: t.dtype, shape: t.shape, start: t.start, end: t.end });
             }
             shards.push((path, map));
         }

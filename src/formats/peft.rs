@@ -238,7 +238,16 @@ pub fn read_adapter(dir: &Path) -> Result<PeftAdapter, FormatError> {
 /// Reads every tensor of a safetensors file as f32.
 pub(crate) fn read_tensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, FormatError> {
     let bytes = std::fs::read(path).map_err(|source| FormatError::Io { path: path.to_path_buf(), source })?;
-    let st = SafeTensors::deserialize(&bytes)
+    read_tensors_bytes(&bytes, path)
+}
+
+/// [`read_adapter`]'s safetensors decoding on bytes already in memory (`path` names them in errors):
+/// every tensor as f32, F32/F16/BF16 only, no NaN or infinity.
+///
+/// # Errors
+/// A malformed file, another dtype, non-finite values.
+pub fn read_tensors_bytes(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, HostTensor>, FormatError> {
+    let st = SafeTensors::deserialize(bytes)
         .map_err(|e| FormatError::Invalid { path: path.to_path_buf(), reason: format!("bad safetensors: {e}") })?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {

@@ -40,8 +40,35 @@ pub enum TemplateError {
     TooLong(usize),
 }
 
-/// Largest prompt a template may render (a guard against runaway templates).
+/// Largest prompt a template may render (a guard against runaway templates): rendering stops with
+/// [`TemplateError::TooLong`] as soon as the output passes it.
 pub const MAX_RENDERED_BYTES: usize = 16 << 20;
+
+/// Instructions one render may execute (minijinja "fuel"): a template that loops for longer fails
+/// with [`TemplateError::Render`]. Real chat templates use a few hundred per message; this allows
+/// conversations of tens of thousands of messages.
+pub const RENDER_FUEL: u64 = 50_000_000;
+
+/// An `io::Write` that refuses to grow past `cap` bytes (minijinja then stops rendering).
+struct CappedWriter {
+    out: Vec<u8>,
+    cap: usize,
+    overflowed: bool,
+}
+
+impl std::io::Write for CappedWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.out.len() + buf.len() > self.cap {
+            self.overflowed = true;
+            return Err(std::io::Error::other("chat template output cap reached"));
+        }
+        self.out.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
 
 /// A compiled Jinja chat template plus the special-token strings it may refer to.
 ///
@@ -103,6 +130,7 @@ impl ChatTemplate {
         env.set_lstrip_blocks(true);
         env.set_keep_trailing_newline(false);
         env.set_recursion_limit(64);
+        env.set_fuel(Some(RENDER_FUEL));
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         env.add_function("raise_exception", raise_exception);
         env.add_filter("tojson", tojson);
@@ -143,13 +171,20 @@ impl ChatTemplate {
             Kind::Builtin(b) => b.render(messages, add_generation_prompt)?,
             Kind::Jinja { env, bos_token, eos_token } => {
                 let tmpl = env.get_template("chat").map_err(|e| TemplateError::Render(e.to_string()))?;
-                tmpl.render(minijinja::context! {
+                let mut w = CappedWriter { out: Vec::new(), cap: MAX_RENDERED_BYTES, overflowed: false };
+                let ctx = minijinja::context! {
                     messages => messages,
                     add_generation_prompt => add_generation_prompt,
                     bos_token => bos_token,
                     eos_token => eos_token,
-                })
-                .map_err(|e| TemplateError::Render(format!("{e:#}")))?
+                };
+                match tmpl.render_captured_to(ctx, &mut w) {
+                    Ok(_) => {}
+                    Err(_) if w.overflowed => return Err(TemplateError::TooLong(MAX_RENDERED_BYTES)),
+                    Err(e) => return Err(TemplateError::Render(format!("{e:#}"))),
+                }
+                // minijinja writes whole `str`s, so the bytes are UTF-8.
+                String::from_utf8(w.out).map_err(|e| TemplateError::Render(e.to_string()))?
             }
         };
         if out.len() > MAX_RENDERED_BYTES {
@@ -189,5 +224,26 @@ mod tests {
         let e = t.render(&[], false).unwrap_err();
         assert!(e.to_string().contains("roles must alternate"), "{e}");
         assert!(matches!(ChatTemplate::from_jinja("{% if %}", "", ""), Err(TemplateError::Syntax(_))));
+    }
+
+    #[test]
+    fn hostile_templates_hit_their_limits() {
+        let render = |src: &str| ChatTemplate::from_jinja(src, "", "").unwrap().render(&[Message::new("user", "x")], true);
+        // Output cap: stops while rendering, not after building the whole string.
+        let big = "{% for i in range(100000) %}{% for j in range(100000) %}0123456789abcdef{% endfor %}{% endfor %}";
+        assert!(matches!(render(big), Err(TemplateError::TooLong(MAX_RENDERED_BYTES))), "{:?}", render(big).map(|s| s.len()));
+        // Fuel: a loop that produces nothing still ends.
+        let spin = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}";
+        let e = render(spin).unwrap_err();
+        assert!(matches!(e, TemplateError::Render(_)) && e.to_string().contains("fuel"), "{e}");
+        // Recursion limit.
+        let deep = "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}";
+        assert!(matches!(render(deep), Err(TemplateError::Render(_))));
+        // minijinja's own cap on string repetition.
+        assert!(matches!(render("{{ 'ab' * 1000000000000 }}"), Err(TemplateError::Render(_))));
+        // The limits leave real use alone: a 20,000-message conversation still renders.
+        let t = ChatTemplate::from_jinja(SMOLLM2, "", "").unwrap();
+        let msgs: Vec<Message> = (0..20_000).map(|i| Message::new(if i % 2 == 0 { "user" } else { "assistant" }, "hello there")).collect();
+        assert!(t.render(&msgs, true).unwrap().len() > 20_000 * 11);
     }
 }
