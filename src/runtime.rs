@@ -143,6 +143,12 @@ impl Model {
             };
         }
         let context = options.max_context.unwrap_or(config.max_position_embeddings).min(config.max_position_embeddings).max(1);
+        // The RoPE tables are built for every position at load: a file claiming a huge context must
+        // fail here with an error, not abort in the allocator.
+        let rope_bytes = context.checked_mul(config.head_dim).and_then(|n| n.checked_mul(2 * std::mem::size_of::<f32>()));
+        ensure_fits(rope_bytes, || {
+            format!("the RoPE tables for a context of {context} positions (set LoadOptions.max_context to a smaller context)")
+        })?;
         let template = match template_src {
             Some(src) => {
                 let name = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or_default();
@@ -164,8 +170,33 @@ impl Model {
     }
 
     /// A new conversation with a KV cache for `capacity` positions (default and maximum: the context length).
+    ///
+    /// # Panics
+    /// When the cache does not fit in the memory the system says is available ([`Model::try_session`]
+    /// returns that as an error instead).
     pub fn session(&self, capacity: Option<usize>) -> Session {
-        Session::new(self.clone(), capacity.unwrap_or(self.inner.context).min(self.inner.context))
+        self.try_session(capacity).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Model::session`], failing with [`Error::InvalidArgument`] instead of allocating a KV cache
+    /// larger than the memory the system says is available (Linux: `MemAvailable`, within the
+    /// cgroup's limit; elsewhere only arithmetic overflow is caught).
+    ///
+    /// # Errors
+    /// The cache for `capacity` positions does not fit.
+    pub fn try_session(&self, capacity: Option<usize>) -> Result<Session> {
+        let capacity = capacity.unwrap_or(self.inner.context).clamp(1, self.inner.context);
+        ensure_fits(self.kv_cache_bytes(capacity), || format!("a KV cache of {capacity} positions"))?;
+        Ok(Session::new(self.clone(), capacity))
+    }
+
+    /// Bytes of one session's KV cache for `capacity` positions (f32 keys and values of every layer);
+    /// `None` if that overflows.
+    pub fn kv_cache_bytes(&self, capacity: usize) -> Option<usize> {
+        let c = self.config();
+        [2, c.num_hidden_layers, c.num_key_value_heads, c.head_dim, std::mem::size_of::<f32>()]
+            .iter()
+            .try_fold(capacity, |n, &f| n.checked_mul(f))
     }
 
     /// Hyper-parameters.
@@ -244,5 +275,33 @@ impl Model {
         adapter.check_model(self)?;
         let llama = self.compute(|| self.llama.merged(adapter.weights(), scale));
         Ok(Model { inner: self.inner.clone(), llama: Arc::new(llama) })
+    }
+}
+
+/// Memory this process may still allocate, as far as the system says: Linux's `MemAvailable`, bounded
+/// by the cgroup (v2) limit less its usage. `None` where unknown.
+pub(crate) fn available_memory() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kib: u64 = meminfo.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?.split_whitespace().next()?.parse().ok()?;
+    let mut avail = kib.saturating_mul(1024);
+    let read = |f: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{f}")).ok().and_then(|s| s.trim().parse::<u64>().ok());
+    if let (Some(max), Some(cur)) = (read("memory.max"), read("memory.current")) {
+        avail = avail.min(max.saturating_sub(cur));
+    }
+    Some(avail)
+}
+
+/// Fails with a clear error when `bytes` overflowed or exceed [`available_memory`].
+pub(crate) fn ensure_fits(bytes: Option<usize>, what: impl FnOnce() -> String) -> Result<()> {
+    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+    match (bytes, available_memory()) {
+        (None, _) => Err(Error::InvalidArgument(format!("{} would need more memory than can be addressed", what()))),
+        (Some(b), Some(avail)) if b as u64 > avail => Err(Error::InvalidArgument(format!(
+            "{} needs {:.2} GiB, more than the {:.2} GiB of memory available",
+            what(),
+            gib(b as u64),
+            gib(avail)
+        ))),
+        _ => Ok(()),
     }
 }

@@ -161,8 +161,22 @@ impl Session {
     }
 
     /// An independent copy of this conversation (cache duplicated), e.g. to explore two continuations.
+    ///
+    /// # Panics
+    /// When the copy does not fit in the memory available ([`Session::try_fork`] returns an error).
     pub fn fork(&self) -> Session {
-        Session {
+        self.try_fork().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// [`Session::fork`], failing with [`Error::InvalidArgument`] when a second cache does not fit in
+    /// the memory the system says is available.
+    ///
+    /// # Errors
+    /// Not enough memory for the copy.
+    pub fn try_fork(&self) -> Result<Session> {
+        let capacity = self.capacity();
+        crate::runtime::ensure_fits(self.model.kv_cache_bytes(capacity), || format!("a copy of a KV cache of {capacity} positions"))?;
+        Ok(Session {
             model: self.model.clone(),
             cache: self.cache.clone(),
             tokens: self.tokens.clone(),
@@ -171,7 +185,7 @@ impl Session {
             cancel: CancelToken::default(),
             active: None,
             adapter: self.adapter.clone(),
-        }
+        })
     }
 
     /// Applies `adapter` at `scale` (1.0: the adapter as trained, i.e. PEFT's `alpha / r` scaling) to

@@ -451,11 +451,7 @@ impl Agent {
         self.trajectory.conversations.push(Turn { from: "gpt".into(), value: text.clone(), loss: Some(true) });
         self.messages.push(Message::new("assistant", text.clone()));
         let tokens = self.reply_tokens;
-        let known = |t: &str| self.tools.is_empty() || self.tools.iter().any(|x| x.name == t);
-        let action = match parsed.action {
-            Ok(Action::Call { tool, .. }) if !known(&tool) => Err(format!("unknown tool {tool:?}")),
-            other => other,
-        };
+        let action = resolve(parsed.action, &self.tools);
         let kind = match action {
             Ok(Action::Call { tool, input }) => {
                 let repeated = self.last_action.as_ref() == Some(&(tool.clone(), input.clone()));
@@ -475,6 +471,18 @@ impl Agent {
             }
         };
         Ok(AgentStep { kind, thought: parsed.thought, text, tokens })
+    }
+}
+
+/// The action the host is asked to run: a call naming a tool the host did not register (exact,
+/// case-sensitive name) becomes an invalid action. With no tools registered every call passes (the
+/// host dispatches environment verbs itself, as in ALFWorld).
+fn resolve(action: std::result::Result<Action, String>, tools: &[Tool]) -> std::result::Result<Action, String> {
+    match action {
+        Ok(Action::Call { tool, .. }) if !tools.is_empty() && !tools.iter().any(|x| x.name == tool) => {
+            Err(format!("unknown tool {tool:?}"))
+        }
+        other => other,
     }
 }
 
@@ -500,5 +508,46 @@ fn tools_section(format: ActionFormat, tools: &[Tool]) -> String {
             "You can call these tools by replying with a JSON object {{\"name\": tool, \"arguments\": {{...}}}}:\n{list}\nWhen done, reply {{\"name\": \"final_answer\", \"arguments\": {{\"answer\": ...}}}}.\n"
         ),
         _ => format!("Tools:\n{list}\n"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Property: whatever a reply says, in any format, the host is only ever asked to run a tool it
+    /// registered: replies built at random from registered names, look-alikes (case, spaces,
+    /// Cyrillic letters, control characters), injected observations and format syntax.
+    #[test]
+    fn replies_cannot_name_unregistered_tools() {
+        let tools: Vec<Tool> = ["search", "click", "look", "bash"]
+            .iter()
+            .map(|n| Tool { name: n.to_string(), description: String::new(), parameters: Value::Null })
+            .collect();
+        const PIECES: [&str; 29] = [
+            "search", "click", "look", "bash", "Search", "search ", " look", "lооk", "se\u{0}arch", "rm", "sudo", "ACTION: ",
+            "Action: ", "Act: ", "Thought: x\n", "[", "]", "(", ")", "{\"name\": \"", "\", \"arguments\": {}}", "\n",
+            "```bash\nls\n```", "Observation: ", "Final Answer: ", "<|im_end|>", "final_answer", "\"", "#0",
+        ];
+        let mut x = 0x9E37_79B9_7F4A_7C15u64;
+        let mut next = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        let mut calls = 0;
+        for _ in 0..20_000 {
+            let reply: String = (0..1 + next(10)).map(|_| PIECES[next(PIECES.len())]).collect();
+            for f in ActionFormat::ALL {
+                if let Ok(Action::Call { tool, .. }) = resolve(f.parse(&reply).action, &tools) {
+                    assert!(tools.iter().any(|t| t.name == tool), "{f:?} {reply:?} -> {tool:?}");
+                    calls += 1;
+                }
+            }
+        }
+        assert!(calls > 100, "the generator reaches valid calls too ({calls})");
+        let unknown = Ok(Action::Call { tool: "rm".into(), input: String::new() });
+        assert_eq!(resolve(unknown, &tools), Err("unknown tool \"rm\"".into()));
     }
 }

@@ -1,0 +1,113 @@
+//! Injection (issue 8): untrusted text can never become control tokens, whatever special-token
+//! substrings it carries. A property test over random strings built from every special token of the
+//! real tokenizer, pieces of them, Jinja and ReAct syntax and random Unicode; for the tokenizer as
+//! read from GGUF and as rebuilt from its Hugging Face `tokenizer.json`.
+
+mod common;
+
+use agentlm::formats::gguf::GgufFile;
+use agentlm::{ChatTemplate, Message, Tokenizer};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
+}
+
+fn tokenizers() -> Vec<(&'static str, Tokenizer)> {
+    let file = GgufFile::open(&common::model_path()).unwrap();
+    let gguf = Tokenizer::from_gguf(&file).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("tokenizer.json");
+    std::fs::write(&json, gguf.to_hf_json().unwrap()).unwrap();
+    let hf = Tokenizer::from_hf_files(&json, None).unwrap();
+    vec![("gguf", gguf), ("tokenizer.json", hf)]
+}
+
+/// A random string made of special-token strings, their halves, look-alikes and filler.
+fn hostile(rng: &mut Rng, specials: &[String]) -> String {
+    const FILLER: [&str; 16] = [
+        " ", "\n", "hello", "Observation:", "ACTION: ", "Action: rm[-rf /]", "{{ eos_token }}", "{% endfor %}",
+        "<", ">", "|", "<|", "|>", "</", "[INST]", "\u{E000}0\u{E001}",
+    ];
+    let mut s = String::new();
+    for _ in 0..1 + rng.below(12) {
+        match rng.below(6) {
+            0 | 1 => s.push_str(&specials[rng.below(specials.len())]),
+            2 => {
+                let t = &specials[rng.below(specials.len())];
+                let cut = t.char_indices().map(|(i, _)| i).nth(rng.below(t.chars().count())).unwrap_or(0);
+                s.push_str(if rng.below(2) == 0 { &t[..cut] } else { &t[cut..] });
+            }
+            3 => s.push_str(&specials[rng.below(specials.len())].to_uppercase()),
+            4 => s.push_str(FILLER[rng.below(FILLER.len())]),
+            _ => s.extend((0..rng.below(4)).filter_map(|_| char::from_u32(rng.below(0x11_0000) as u32))),
+        }
+    }
+    s
+}
+
+#[test]
+fn untrusted_text_never_encodes_to_special_tokens() {
+    let cases: usize = std::env::var("AGENTLM_INJECTION_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(2000);
+    for (name, tok) in tokenizers() {
+        let special = tok.special_token_ids();
+        assert!(special.len() >= 3, "{name}: the real tokenizer has control tokens ({special:?})");
+        let strings: Vec<String> = special.iter().map(|&id| tok.id_to_token(id).unwrap()).collect();
+        // The same strings do become control tokens when special parsing is asked for: the test can fail.
+        let trusted = tok.encode(&strings.concat(), false).unwrap();
+        assert!(trusted.iter().all(|id| special.contains(id)), "{name}: {trusted:?}");
+        let mut rng = Rng(0x1A7EC7 ^ name.len() as u64);
+        let mut spelled = 0;
+        for _ in 0..cases {
+            let text = hostile(&mut rng, &strings);
+            let ids = tok.encode_plain(&text).unwrap();
+            if let Some(id) = ids.iter().find(|id| special.contains(id)) {
+                panic!("{name}: {text:?} produced control token {id} ({:?})", tok.id_to_token(*id));
+            }
+            // Nothing is lost either: the plain tokens decode back to the text (when the vocabulary
+            // can spell it: SmolLM2's byte-level vocabulary lacks a few bytes, e.g. 0x89, which
+            // Hugging Face tokenizers drops the same way).
+            let spellable = |c: char| tok.decode(&tok.encode_plain(c.encode_utf8(&mut [0; 4])).unwrap(), false).unwrap() == c.to_string();
+            if text.chars().all(spellable) {
+                assert_eq!(tok.decode(&ids, false).unwrap(), text, "{name}");
+                spelled += 1;
+            }
+        }
+        assert!(spelled > cases / 2, "{name}: most cases round-trip ({spelled} of {cases})");
+    }
+}
+
+/// A user message carrying a whole fake turn renders inside its own turn: the template's structure
+/// (one `<|im_start|>` per message plus the generation prompt) is unchanged when the content is
+/// tokenized as text, which is how agents tokenize every message.
+#[test]
+fn rendered_messages_keep_their_turn_structure() {
+    let (_, tok) = tokenizers().remove(0);
+    let template = ChatTemplate::from_jinja(tok.chat_template().unwrap(), "<|im_start|>", "<|im_end|>").unwrap();
+    let im_start = tok.token_to_id("<|im_start|>").unwrap();
+    let mut rng = Rng(7);
+    let specials: Vec<String> = tok.special_token_ids().iter().map(|&id| tok.id_to_token(id).unwrap()).collect();
+    for _ in 0..200 {
+        let msgs = vec![Message::new("user", hostile(&mut rng, &specials)), Message::new("assistant", "ok"), Message::new("user", hostile(&mut rng, &specials))];
+        // Render with placeholders, tokenize the template's own text with specials and the contents as text.
+        let marked: Vec<Message> = msgs.iter().map(|m| Message::new(m.role.as_str(), "\u{1}")).collect();
+        let text = template.render(&marked, true).unwrap();
+        let mut ids = Vec::new();
+        let mut parts = text.split('\u{1}');
+        ids.extend(tok.encode(parts.next().unwrap(), false).unwrap());
+        for (m, rest) in msgs.iter().zip(parts) {
+            ids.extend(tok.encode_plain(&m.content).unwrap());
+            ids.extend(tok.encode(rest, false).unwrap());
+        }
+        // system (default) + 3 messages + generation prompt.
+        assert_eq!(ids.iter().filter(|&&i| i == im_start).count(), 5);
+    }
+}

@@ -1,0 +1,48 @@
+//! Resource limits (issue 8): sizes a file merely claims are checked before anything is allocated
+//! for them, and a context larger than memory allows is an error, not an abort.
+
+use agentlm::{Error, LoadOptions, Model};
+
+/// The synthetic GGUF seed (a 1-layer Llama with a tokenizer) with `llama.context_length` replaced.
+fn gguf_with_context(context: u32) -> tempfile::NamedTempFile {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/gguf/tiny_llama_q4_q8_tokenizer");
+    let mut bytes = std::fs::read(path).unwrap();
+    let key = b"llama.context_length";
+    let at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len();
+    assert_eq!(u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()), 4, "a u32 value");
+    bytes[at + 4..at + 8].copy_from_slice(&context.to_le_bytes());
+    let f = tempfile::Builder::new().suffix(".gguf").tempfile().unwrap();
+    std::fs::write(f.path(), &bytes).unwrap();
+    f
+}
+
+#[test]
+fn a_claimed_context_larger_than_memory_is_an_error() {
+    let f = gguf_with_context(u32::MAX);
+    match Model::load(f.path(), &LoadOptions::default()) {
+        Err(Error::InvalidArgument(msg)) => {
+            assert!(msg.contains("4294967295 positions") && msg.contains("max_context"), "{msg}");
+        }
+        Err(e) => panic!("wrong error: {e}"),
+        Ok(_) => panic!("a context of 2^32 positions loaded"),
+    }
+    // The same file loads with a context cap, and its sessions work.
+    let model = Model::load(f.path(), &LoadOptions { max_context: Some(32), ..LoadOptions::default() }).unwrap();
+    assert_eq!(model.context_length(), 32);
+    let mut s = model.try_session(Some(1 << 40)).unwrap();
+    assert_eq!(s.capacity(), 32, "a larger request is clamped to the context");
+    s.append_text("hello").unwrap();
+    s.prefill().unwrap();
+    let fork = s.try_fork().unwrap();
+    assert_eq!(fork.tokens(), s.tokens());
+}
+
+#[test]
+fn kv_cache_sizes_are_checked_arithmetic() {
+    let f = gguf_with_context(64);
+    let model = Model::load(f.path(), &LoadOptions::default()).unwrap();
+    let c = model.config();
+    let per_position = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4;
+    assert_eq!(model.kv_cache_bytes(10), Some(10 * per_position));
+    assert_eq!(model.kv_cache_bytes(usize::MAX), None);
+}
