@@ -801,23 +801,52 @@ impl Trainer {
     /// Saves everything needed to continue exactly: the adapter (PEFT files), the optimizer moments,
     /// the settings, the data (in-memory records inline, file records by path and offset) and the
     /// position in it. The directory is written under a temporary name and swapped in, so a crash
-    /// leaves the previous checkpoint (`dir`, or `dir` with `.old` appended mid-swap) intact.
+    /// leaves the previous checkpoint (`dir`, or `dir` with `.old` appended mid-swap) intact. A write
+    /// that fails (a full disk) removes the temporary directory and leaves `dir` as it was.
     ///
     /// # Errors
-    /// I/O errors.
+    /// I/O errors, naming the file.
     pub fn checkpoint(&self, dir: impl AsRef<Path>) -> Result<()> {
         let dir = dir.as_ref();
-        let io = |path: &Path| {
-            let path = path.to_path_buf();
-            move |source| Error::Io { path, source }
-        };
         let tmp = sibling(dir, ".tmp");
         let old = sibling(dir, ".old");
         if tmp.exists() {
+            // What a crashed checkpoint left.
             std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
         }
-        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        peft::write_adapter(&tmp, &self.peft())?;
+        if let Err(e) = self.write_checkpoint_files(&tmp) {
+            // A failed write (a full disk) leaves nothing behind; `dir` is untouched.
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(e);
+        }
+        if dir.exists() {
+            if old.exists() {
+                std::fs::remove_dir_all(&old).map_err(io(&old))?;
+            }
+            if let Err(e) = std::fs::rename(dir, &old) {
+                let _ = std::fs::remove_dir_all(&tmp);
+                return Err(io(dir)(e));
+            }
+        }
+        if let Err(e) = std::fs::rename(&tmp, dir) {
+            // Put the previous checkpoint back.
+            let _ = std::fs::rename(&old, dir);
+            let _ = std::fs::remove_dir_all(&tmp);
+            return Err(io(dir)(e));
+        }
+        if let Some(parent) = dir.parent() {
+            peft::sync_dir(parent);
+        }
+        if old.exists() {
+            std::fs::remove_dir_all(&old).map_err(io(&old))?;
+        }
+        Ok(())
+    }
+
+    /// The files of a checkpoint, written into `tmp` (created).
+    fn write_checkpoint_files(&self, tmp: &Path) -> Result<()> {
+        std::fs::create_dir_all(tmp).map_err(io(tmp))?;
+        peft::write_adapter(tmp, &self.peft())?;
         let moments: Vec<(String, HostTensor)> = self
             .names
             .iter()
@@ -853,20 +882,7 @@ impl Trainer {
         });
         let state = serde_json::to_string_pretty(&state).expect("JSON value serializes");
         crate::formats::hf::write_atomic(&tmp.join("trainer_state.json"), |f| std::io::Write::write_all(f, state.as_bytes()))?;
-        peft::sync_dir(&tmp);
-        if dir.exists() {
-            if old.exists() {
-                std::fs::remove_dir_all(&old).map_err(io(&old))?;
-            }
-            std::fs::rename(dir, &old).map_err(io(dir))?;
-        }
-        std::fs::rename(&tmp, dir).map_err(io(dir))?;
-        if let Some(parent) = dir.parent() {
-            peft::sync_dir(parent);
-        }
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(io(&old))?;
-        }
+        peft::sync_dir(tmp);
         Ok(())
     }
 
@@ -931,6 +947,12 @@ impl Trainer {
         t.set_position(&pos);
         Ok(t)
     }
+}
+
+/// Maps an I/O error to [`Error::Io`] naming `path`.
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
+    let path = path.to_path_buf();
+    move |source| Error::Io { path, source }
 }
 
 fn sibling(dir: &Path, suffix: &str) -> PathBuf {
