@@ -6,6 +6,7 @@
 //! reproduces that with minijinja, byte for byte on the templates models ship.
 
 mod builtin;
+mod guard;
 
 pub use builtin::{BuiltinTemplate, LLAMA2_AGENTLM_SYSTEM};
 
@@ -124,7 +125,12 @@ fn python_compact_json(v: &serde_json::Value) -> String {
 
 impl ChatTemplate {
     /// Compiles a Jinja template (as found in `tokenizer_config.json` or GGUF `tokenizer.chat_template`).
+    ///
+    /// # Errors
+    /// [`TemplateError::Syntax`] for a template that does not compile, or that could store a namespace
+    /// inside a namespace (a self-containing value crashes rendering; see `guard.rs`).
     pub fn from_jinja(source: &str, bos_token: &str, eos_token: &str) -> Result<Self, TemplateError> {
+        guard::check(source).map_err(|why| TemplateError::Syntax(format!("refused: {why}")))?;
         let mut env = minijinja::Environment::new();
         env.set_trim_blocks(true);
         env.set_lstrip_blocks(true);
@@ -224,6 +230,48 @@ mod tests {
         let e = t.render(&[], false).unwrap_err();
         assert!(e.to_string().contains("roles must alternate"), "{e}");
         assert!(matches!(ChatTemplate::from_jinja("{% if %}", "", ""), Err(TemplateError::Syntax(_))));
+    }
+
+    /// Found by the `template` fuzz target: a namespace stored in itself made printing it recurse
+    /// until the stack overflowed (an abort). Such templates are refused when compiled; the patterns
+    /// real templates use still compile and render.
+    #[test]
+    fn templates_that_could_nest_a_namespace_in_itself_are_refused() {
+        let refused = [
+            "{% set ns = namespace(n=0) %}{% set ns.n = ns %}{{ ns }}",
+            "{% set ns = namespace(n=0) %}{% set ns.n = [ns] %}{{ ns }}",
+            "{% set ns = namespace(n=0) %}{% set ns.n = {'a': ns} %}{{ ns }}",
+            "{% set ns = namespace(n=0) %}{% set x = ns %}{% set ns.n = x %}",
+            "{% set ns = namespace(n=0) %}{% set ns2 = namespace(a=ns) %}{% set ns.b = ns2.a %}",
+            "{% set ns = namespace(n=0) %}{% for x in [ns] %}{% set ns.n = x %}{% endfor %}",
+            "{% set ns = namespace(n=0) %}{% set ns.n = ns.n or ns %}",
+            "{% macro f(a) %}{% set a.x = a %}{% endmacro %}{% set ns = namespace() %}{{ f(ns) }}",
+            "{% macro f(a, b) %}{% set a.x = b %}{% endmacro %}{% set ns = namespace() %}{{ f(ns, ns) }}",
+            "{% set mk = namespace %}{% set ns = mk() %}{% set ns.x = ns %}",
+            "{% set ns = namespace(n=0) %}{% set ns.n = [ns]|first %}",
+            "{% set ns = namespace(n=0) %}{% set a, b = [ns, 1] %}{% set ns.n = a %}",
+            "{% set ns = namespace(n=0) %}{% with y = ns %}{% set ns.n = y %}{% endwith %}",
+        ];
+        for src in refused {
+            match ChatTemplate::from_jinja(src, "", "") {
+                Err(TemplateError::Syntax(m)) => assert!(m.contains("refused"), "{src}: {m}"),
+                Err(e) => panic!("{src}: wrong error {e}"),
+                Ok(_) => panic!("{src}: compiled"),
+            }
+        }
+        let fuzz_found = include_str!("../../fuzz/corpus/template/regression_self_namespace");
+        assert!(ChatTemplate::from_jinja(fuzz_found, "", "").is_err());
+        let accepted = [
+            "{% set ns = namespace(found=false, n=0, sys='') %}{% for m in messages %}{% if m.role == 'system' %}{% set ns.sys = m.content %}{% set ns.found = true %}{% endif %}{% set ns.n = ns.n + 1 %}{% endfor %}{{ ns.sys }}{{ ns.n }}{{ ns.found }}",
+            "{% set ns = namespace(parts=[]) %}{% for m in messages %}{% set ns.parts = ns.parts + [m.content] %}{% endfor %}{{ ns.parts|join(',') }}",
+            "{%- set ns = namespace(last='') -%}{%- for m in messages|reverse -%}{%- if ns.last == '' and m.role == 'user' -%}{%- set ns.last = m['content'].strip() -%}{%- endif -%}{%- endfor -%}[{{ ns.last }}]",
+            "{% macro t(m) %}<{{ m.role }}>{{ m.content }}{% endmacro %}{% set ns = namespace(x='') %}{% for m in messages %}{% set ns.x = t(m) %}{% endfor %}{{ ns.x }}",
+            SMOLLM2,
+        ];
+        for src in accepted {
+            let t = ChatTemplate::from_jinja(src, "", "").unwrap_or_else(|e| panic!("{src}: {e}"));
+            assert!(!t.render(&[Message::new("system", "s"), Message::new("user", " hi ")], true).unwrap().is_empty(), "{src}");
+        }
     }
 
     #[test]
