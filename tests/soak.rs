@@ -1,0 +1,206 @@
+//! Concurrency soak (issue 8): many threads run agents' sessions on one shared model with random
+//! cancels, adapter swaps and session forks; every run that was not cancelled must produce exactly
+//! the tokens the same script produced serially, a cancelled one a prefix of them, and the process's
+//! memory must stay flat.
+//!
+//! CI runs a short version. The long run and the valgrind run (docs/security.md):
+//! ```sh
+//! AGENTLM_SOAK_SECS=600 AGENTLM_SOAK_THREADS=8 cargo test --release --test soak -- --nocapture
+//! AGENTLM_SOAK_TINY=1 AGENTLM_SOAK_SECS=30 valgrind --tool=helgrind <the soak test binary> --nocapture
+//! ```
+
+mod common;
+
+use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use agentlm::{Adapter, FinishReason, GenerateParams, LoadOptions, Model, SamplingParams, Session};
+
+fn env(name: &str, default: u64) -> u64 {
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// One task, fully determined by its index.
+struct Script {
+    prompt: String,
+    sampling: SamplingParams,
+    /// Adapter scale for the first and the second half (`None`: no adapter); a swap when they differ.
+    scales: [Option<f32>; 2],
+    tokens: usize,
+}
+
+fn script(i: usize) -> Script {
+    const TOPICS: [&str; 6] = ["the kitchen", "a drawer", "the weather", "a robot arm", "prime numbers", "a cup of tea"];
+    let scale = |k: usize| [None, Some(1.0), Some(2.0)][k % 3];
+    let mut sampling = if i % 2 == 0 { SamplingParams::greedy() } else { SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, ..SamplingParams::default() } };
+    sampling.seed = i as u64 * 7919;
+    Script {
+        prompt: format!("<|im_start|>user\nTell me about {} ({i}).<|im_end|>\n<|im_start|>assistant\n", TOPICS[i % TOPICS.len()]),
+        sampling,
+        scales: [scale(i), scale(i / 3 + 1)],
+        tokens: 6,
+    }
+}
+
+/// Tokens of the main session and of its fork at the end of a run.
+#[derive(Debug, Clone, PartialEq)]
+struct Outcome {
+    main: Vec<u32>,
+    fork: Vec<u32>,
+}
+
+enum Run {
+    Done(Outcome),
+    /// Cancelled: which session (0 main, 1 fork) and its tokens then.
+    Cancelled(usize, Vec<u32>),
+}
+
+fn set_scale(s: &mut Session, adapter: &Adapter, scale: Option<f32>) {
+    s.set_adapter(scale.map(|k| (adapter.clone(), k))).unwrap();
+}
+
+fn gen(s: &mut Session, sc: &Script, seed_offset: u64) -> FinishReason {
+    let mut sampling = sc.sampling.clone();
+    sampling.seed += seed_offset;
+    let p = GenerateParams { sampling, max_tokens: sc.tokens, stop: vec![], ignore_eos: true };
+    s.generate(&p, |_| ControlFlow::Continue(())).unwrap().finish
+}
+
+/// Runs script `i`: prompt, generate with the first adapter scale, fork, swap to the second scale,
+/// generate on both. `publish` hands each live session's cancel token to the chaos thread.
+fn run(model: &Model, adapter: &Adapter, i: usize, publish: &dyn Fn(Option<agentlm::CancelToken>)) -> Run {
+    let sc = script(i);
+    let mut s = model.try_session(Some(256)).unwrap();
+    publish(Some(s.cancel_token()));
+    set_scale(&mut s, adapter, sc.scales[0]);
+    s.append_text(&sc.prompt).unwrap();
+    if gen(&mut s, &sc, 0) == FinishReason::Cancelled {
+        return Run::Cancelled(0, s.tokens().to_vec());
+    }
+    let mut f = s.try_fork().unwrap();
+    set_scale(&mut s, adapter, sc.scales[1]);
+    if gen(&mut s, &sc, 1) == FinishReason::Cancelled {
+        return Run::Cancelled(0, s.tokens().to_vec());
+    }
+    publish(Some(f.cancel_token()));
+    if gen(&mut f, &sc, 2) == FinishReason::Cancelled {
+        return Run::Cancelled(1, f.tokens().to_vec());
+    }
+    publish(None);
+    Run::Done(Outcome { main: s.tokens().to_vec(), fork: f.tokens().to_vec() })
+}
+
+fn rss_kib() -> u64 {
+    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0)
+}
+
+#[test]
+fn threads_with_cancels_swaps_and_forks_match_the_serial_run() {
+    let secs = env("AGENTLM_SOAK_SECS", 30);
+    let threads = env("AGENTLM_SOAK_THREADS", 8) as usize;
+    let scripts = env("AGENTLM_SOAK_SCRIPTS", 12) as usize;
+    let tiny = std::env::var_os("AGENTLM_SOAK_TINY").is_some();
+    // The tiny GGUF (fuzz seed) keeps valgrind runs short; its adapter is random (not a no-op).
+    let (model, adapter) = if tiny {
+        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/gguf/tiny_llama_q4_q8_tokenizer");
+        let tmp = std::env::temp_dir().join(format!("agentlm-soak-{}.gguf", std::process::id()));
+        std::fs::copy(p, &tmp).unwrap();
+        let m = Model::load(&tmp, &LoadOptions::default()).unwrap();
+        std::fs::remove_file(&tmp).unwrap();
+        let mut peft = Adapter::new_initialized(&m, &Default::default(), 1).unwrap().to_peft().unwrap();
+        for (k, t) in peft.tensors.iter_mut() {
+            for (j, v) in t.data.iter_mut().enumerate() {
+                *v = ((j * 31 + k.len()) % 17) as f32 / 17.0 - 0.5;
+            }
+        }
+        let a = Adapter::from_peft(&m, &peft).unwrap();
+        (m, a)
+    } else {
+        let m = Model::load(common::model_path(), &LoadOptions::default()).unwrap();
+        let a = Adapter::load(&m, common::shared("golden/smollm2_lora_r8")).unwrap();
+        (m, a)
+    };
+
+    // The serial reference, one script at a time.
+    let t0 = Instant::now();
+    let reference: Vec<Outcome> = (0..scripts)
+        .map(|i| match run(&model, &adapter, i, &|_| {}) {
+            Run::Done(o) => o,
+            Run::Cancelled(..) => unreachable!("nothing cancels the serial run"),
+        })
+        .collect();
+    let per_script = t0.elapsed() / scripts as u32;
+    eprintln!("serial reference: {scripts} scripts in {:.1} s", t0.elapsed().as_secs_f64());
+    // The scripts differ: adapters and sampling change the continuations.
+    let distinct: std::collections::HashSet<_> = reference.iter().map(|o| o.fork[o.fork.len() - 6..].to_vec()).collect();
+    assert!(distinct.len() > scripts / 2, "{} distinct continuations of {scripts}", distinct.len());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let slots: Arc<Vec<Mutex<Option<agentlm::CancelToken>>>> = Arc::new((0..threads).map(|_| Mutex::new(None)).collect());
+    let (done, cancelled, checked_prefix) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
+    let mut rss = Vec::new();
+    std::thread::scope(|scope| {
+        for t in 0..threads {
+            let (model, adapter, reference, stop, slots) = (&model, &adapter, &reference, &stop, &slots);
+            let (done, cancelled, checked_prefix) = (&done, &cancelled, &checked_prefix);
+            scope.spawn(move || {
+                let mut k = t;
+                while !stop.load(Ordering::Relaxed) {
+                    let i = (k * 7 + t) % scripts;
+                    k += 1;
+                    let publish = |c: Option<agentlm::CancelToken>| *slots[t].lock().unwrap() = c;
+                    match run(model, adapter, i, &publish) {
+                        Run::Done(o) => {
+                            assert_eq!(o, reference[i], "thread {t}, script {i}: differs from the serial run");
+                            done.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Run::Cancelled(which, tokens) => {
+                            let want = if which == 0 { &reference[i].main } else { &reference[i].fork };
+                            // The fork starts from the main session after its first half.
+                            let ok = want.starts_with(&tokens) || (which == 0 && reference[i].fork.starts_with(&tokens));
+                            assert!(ok, "thread {t}, script {i}: a cancelled session's tokens are not a prefix of the serial run's");
+                            cancelled.fetch_add(1, Ordering::Relaxed);
+                            checked_prefix.fetch_add(tokens.len(), Ordering::Relaxed);
+                        }
+                    }
+                    publish(None);
+                }
+            });
+        }
+        // Chaos: cancel a random thread's live session every 0.5-1.5 serial script times (so about
+        // one run in three is cancelled whatever the machine's speed); sample RSS every 5 s.
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let start = Instant::now();
+        let mut next_sample = start;
+        while start.elapsed() < Duration::from_secs(secs) {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            std::thread::sleep(per_script.mul_f64(0.5 + (x % 1000) as f64 / 1000.0));
+            if let Some(c) = slots[(x >> 20) as usize % threads].lock().unwrap().as_ref() {
+                c.cancel();
+            }
+            if Instant::now() >= next_sample {
+                rss.push(rss_kib());
+                next_sample += Duration::from_secs(5);
+            }
+        }
+        stop.store(true, Ordering::Relaxed);
+    });
+    rss.push(rss_kib());
+    let (done, cancelled) = (done.into_inner(), cancelled.into_inner());
+    eprintln!(
+        "soak: {threads} threads, {secs} s: {done} runs equal to the serial run, {cancelled} cancelled (prefixes checked, {} tokens), RSS samples (MiB): {:?}",
+        checked_prefix.into_inner(),
+        rss.iter().map(|k| k / 1024).collect::<Vec<_>>()
+    );
+    assert!(done >= threads, "every thread finished runs ({done})");
+    assert!(cancelled > 0, "the chaos thread cancelled something");
+    // Flat memory: after the first quarter (allocator warm-up), RSS grows by at most 10 % + 32 MiB.
+    let warm = rss[rss.len() / 4];
+    let last = *rss.last().unwrap();
+    assert!(last <= warm + warm / 10 + 32 * 1024, "RSS grew from {warm} KiB to {last} KiB");
+}
