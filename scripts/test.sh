@@ -34,6 +34,9 @@ cmake -S . -B "$build_dir" -DAGENTLM_CARGO_PROFILE=dev -DAGENTLM_TEST_MODEL="$AG
 cmake --build "$build_dir" -j "$(nproc)"
 ctest --test-dir "$build_dir" --output-on-failure
 
+# A short libFuzzer run of every fuzz target (skipped with a notice where there is no nightly toolchain).
+bash scripts/fuzz-smoke.sh 15
+
 if [ "${AGENTLM_TEST_WGPU:-0}" = "1" ]; then
     bash scripts/check-wgpu.sh
 fi
