@@ -114,6 +114,10 @@ enum agentlm_status
   AGENTLM_STATUS_BUSY = -14,
   // The session's context is full.
   AGENTLM_STATUS_CONTEXT_FULL = -15,
+  // A handle argument is not a live handle of its type: already freed, never returned by this
+  // library, or a handle of another type. Detected before the pointer is read (see `docs/c-api.md`
+  // for the one case that cannot be told apart: an address reused by a new handle of the same type).
+  AGENTLM_STATUS_INVALID_HANDLE = -16,
   // A bug: the library panicked. The handle involved stays usable but its state may be reset.
   AGENTLM_STATUS_PANIC = -99,
 };
@@ -301,7 +305,7 @@ typedef struct agentlm_adapter agentlm_adapter;
 typedef struct agentlm_agent agentlm_agent;
 
 // An error: a status and a message. Created by the library, freed by the caller with
-// [`agentlm_error_free`]. Not thread-safe to free twice; safe to read from any thread.
+// [`agentlm_error_free`] (a second free is detected and ignored). Safe to read from any thread.
 typedef struct agentlm_error agentlm_error;
 
 // A loaded model (opaque). Immutable and thread-safe; each handle is one reference.
@@ -580,13 +584,15 @@ uint32_t agentlm_abi_version(void);
 const char *agentlm_status_string(int32_t status);
 
 // The error's message: NUL-terminated UTF-8, owned by the error, valid until [`agentlm_error_free`].
-// Returns `""` for NULL.
+// Returns `""` for NULL, and a static message saying so for a pointer that is not a live error
+// (already freed, or never returned by this library).
 const char *agentlm_error_message(const struct agentlm_error *error);
 
-// The error's status code (`AGENTLM_STATUS_OK` for NULL).
+// The error's status code (`AGENTLM_STATUS_OK` for NULL, `AGENTLM_STATUS_INVALID_HANDLE` for a pointer
+// that is not a live error).
 agentlm_status agentlm_error_status(const struct agentlm_error *error);
 
-// Frees an error. `NULL` is a no-op.
+// Frees an error. `NULL` is a no-op, and so is a pointer that is not a live error (a second free).
 void agentlm_error_free(struct agentlm_error *error);
 
 // Whether `backend` (an `agentlm_backend` value) is compiled into this library. Thread-safe.
@@ -610,26 +616,29 @@ agentlm_status agentlm_model_load(const char *path,
                                   struct agentlm_error **err);
 
 // A new reference to the same model (reference counted; free each with [`agentlm_model_free`]).
-// Returns NULL for NULL. Thread-safe.
+// Returns NULL for NULL or a pointer that is not a live model. Thread-safe.
 struct agentlm_model *agentlm_model_retain(const struct agentlm_model *model);
 
 // Releases a model reference. Sessions keep their model alive, so a model may be freed while its
-// sessions are still in use. `NULL` is a no-op.
+// sessions are still in use. `NULL` is a no-op, and so is a pointer that is not a live model (a second
+// free).
 void agentlm_model_free(struct agentlm_model *model);
 
-// The architecture name (`"llama"`), a static string; `""` for NULL.
+// The architecture name (`"llama"`), a static string; `""` for NULL or a pointer that is not a live
+// model.
 const char *agentlm_model_architecture(const struct agentlm_model *model);
 
-// Vocabulary size (number of token ids); 0 for NULL.
+// Vocabulary size (number of token ids); 0 for NULL or a pointer that is not a live model.
 uint32_t agentlm_model_vocab_size(const struct agentlm_model *model);
 
-// Longest context a session can hold (after `max_context`); 0 for NULL.
+// Longest context a session can hold (after `max_context`); 0 for NULL or a pointer that is not a
+// live model.
 uint32_t agentlm_model_context_length(const struct agentlm_model *model);
 
-// Whether the model ships a chat template; false for NULL.
+// Whether the model ships a chat template; false for NULL or a pointer that is not a live model.
 bool agentlm_model_has_chat_template(const struct agentlm_model *model);
 
-// The `agentlm_backend` the model runs on; -1 for NULL.
+// The `agentlm_backend` the model runs on; -1 for NULL or a pointer that is not a live model.
 int32_t agentlm_model_backend(const struct agentlm_model *model);
 
 // Tokenizes `text_len` bytes of UTF-8 at `text` (`AGENTLM_TOKENIZE_*` flags) into `ids` (room for
@@ -688,10 +697,12 @@ agentlm_status agentlm_session_new(const struct agentlm_model *model,
                                    struct agentlm_session **out,
                                    struct agentlm_error **err);
 
-// Frees a session. `NULL` is a no-op. Must not race with other calls on the session.
+// Frees a session. `NULL` is a no-op, and so is a pointer that is not a live session (a second free).
+// Freed from inside one of the session's own callbacks, the running call is cancelled and the session
+// is released when it returns; any other call on the freed handle gets `AGENTLM_STATUS_INVALID_HANDLE`.
 void agentlm_session_free(struct agentlm_session *session);
 
-// Tokens the session can hold. 0 for NULL. Thread-safe.
+// Tokens the session can hold. 0 for NULL or a pointer that is not a live session. Thread-safe.
 uint32_t agentlm_session_capacity(const struct agentlm_session *session);
 
 // Appends trusted text (a prompt, a rendered chat template): special-token strings in it become
@@ -740,7 +751,8 @@ agentlm_status agentlm_session_fork(const struct agentlm_session *session,
 
 // Requests cancellation of the session's running (or next) prefill or generation; it stops at the next
 // token or prefill chunk with the state consistent. The one call that may be made from another thread
-// while the session is busy. Returns `AGENTLM_STATUS_NULL_POINTER` for NULL.
+// while the session is busy. Returns `AGENTLM_STATUS_NULL_POINTER` for NULL,
+// `AGENTLM_STATUS_INVALID_HANDLE` for a pointer that is not a live session.
 agentlm_status agentlm_session_cancel(const struct agentlm_session *session);
 
 // Generates a continuation of the conversation, calling `on_token` (may be NULL) for every token.
@@ -821,7 +833,9 @@ agentlm_status agentlm_agent_new(const struct agentlm_model *model,
                                  struct agentlm_agent **out,
                                  struct agentlm_error **err);
 
-// Frees an agent (and its tools' `user_data` through their free functions). `NULL` is a no-op.
+// Frees an agent (and its tools' `user_data` through their free functions). `NULL` is a no-op, and so
+// is a pointer that is not a live agent (a second free). Freed from inside one of its own callbacks,
+// the running step is cancelled and the agent is released when it returns.
 void agentlm_agent_free(struct agentlm_agent *agent);
 
 // Registers a tool: `name` as the model writes it (for ALFWorld, an action verb such as `go to`), a
@@ -841,7 +855,8 @@ agentlm_status agentlm_agent_add_tool(const struct agentlm_agent *agent,
                                       agentlm_free_fn free_user_data,
                                       struct agentlm_error **err);
 
-// Sets a tool's observation (`text_len` bytes of UTF-8; copied). Call from within the tool's callback.
+// Sets a tool's observation (`text_len` bytes of UTF-8; copied). Call from within the tool's callback:
+// afterwards `result` is stale and the call returns `AGENTLM_STATUS_INVALID_HANDLE`.
 agentlm_status agentlm_tool_result_set(struct agentlm_tool_result *result,
                                        const char *text,
                                        size_t text_len);
@@ -864,10 +879,12 @@ agentlm_status agentlm_agent_submit_observation(const struct agentlm_agent *agen
                                                 size_t text_len,
                                                 struct agentlm_error **err);
 
-// Cancels the reply being generated (or the next one), from any thread.
+// Cancels the reply being generated (or the next one), from any thread. `AGENTLM_STATUS_NULL_POINTER`
+// for NULL, `AGENTLM_STATUS_INVALID_HANDLE` for a pointer that is not a live agent.
 agentlm_status agentlm_agent_cancel(const struct agentlm_agent *agent);
 
-// Whether the episode is over (final answer or step limit); false for NULL or a busy agent.
+// Whether the episode is over (final answer or step limit); false for NULL, a busy agent, or a pointer
+// that is not a live agent.
 bool agentlm_agent_is_finished(const struct agentlm_agent *agent);
 
 // Records the episode's reward and outcome (`outcome_len` bytes of UTF-8) in its trajectory.
@@ -900,10 +917,11 @@ agentlm_status agentlm_adapter_save(const struct agentlm_adapter *adapter,
                                     size_t dir_len,
                                     struct agentlm_error **err);
 
-// The adapter's rank (0 for NULL).
+// The adapter's rank (0 for NULL or a pointer that is not a live adapter).
 uint32_t agentlm_adapter_rank(const struct agentlm_adapter *adapter);
 
-// Frees an adapter handle. `NULL` is a no-op. Sessions it is attached to keep using it.
+// Frees an adapter handle. `NULL` is a no-op, and so is a pointer that is not a live adapter (a second
+// free). Sessions it is attached to keep using it.
 void agentlm_adapter_free(struct agentlm_adapter *adapter);
 
 // Applies `adapter` at `scale` (1: as trained) to the session from now on; NULL detaches. The
@@ -941,7 +959,9 @@ agentlm_status agentlm_trainer_new(const struct agentlm_model *model,
                                    struct agentlm_trainer **out,
                                    struct agentlm_error **err);
 
-// Frees a trainer. `NULL` is a no-op. Must not race with other calls on it.
+// Frees a trainer. `NULL` is a no-op, and so is a pointer that is not a live trainer (a second free).
+// Freed from inside its own progress callback, the run is cancelled and the trainer is released when
+// it returns.
 void agentlm_trainer_free(struct agentlm_trainer *trainer);
 
 // Adds one JSON record (AgentInstruct `conversations`, ShareGPT, or Agent-FLAN `conversation`
@@ -985,10 +1005,11 @@ agentlm_status agentlm_trainer_run(const struct agentlm_trainer *trainer,
                                    struct agentlm_error **err);
 
 // Requests that the running (or next) [`agentlm_trainer_run`] or [`agentlm_trainer_evaluate`] stop at
-// the next example. May be called from any thread.
+// the next example. May be called from any thread. `AGENTLM_STATUS_NULL_POINTER` for NULL,
+// `AGENTLM_STATUS_INVALID_HANDLE` for a pointer that is not a live trainer.
 agentlm_status agentlm_trainer_cancel(const struct agentlm_trainer *trainer);
 
-// Optimizer steps taken (0 for NULL or a busy trainer).
+// Optimizer steps taken (0 for NULL, a busy trainer, or a pointer that is not a live trainer).
 uint64_t agentlm_trainer_step(const struct agentlm_trainer *trainer);
 
 // Mean masked loss over the held-out examples (`AGENTLM_DATA_EVAL`), token-weighted; `tokens` (may be

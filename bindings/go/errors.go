@@ -33,6 +33,7 @@ const (
 	StatusAborted         Status = -13
 	StatusBusy            Status = -14
 	StatusContextFull     Status = -15
+	StatusInvalidHandle   Status = -16
 	StatusPanic           Status = -99
 )
 

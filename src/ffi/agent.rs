@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use super::agentlm_status::*;
 use super::log::{with_sink, LogSink};
+use super::registry::{self, Kind, Tracked, Users};
 use super::util::{boundary, handle, opt_out, read_params, str_arg, with_state, write_out, Fail, SendPtr};
 use super::{agentlm_error, agentlm_model, agentlm_status, agentlm_str};
 use crate::agent::{ActionFormat, Agent, AgentConfig, StepKind, Tool};
@@ -170,6 +171,18 @@ pub(crate) struct AgentState {
 pub struct agentlm_agent {
     cancel: CancelToken,
     pub(crate) state: Mutex<AgentState>,
+    users: Users,
+}
+
+impl Tracked for agentlm_agent {
+    const KIND: Kind = Kind::Agent;
+    fn users(&self) -> &Users {
+        &self.users
+    }
+    /// An agent freed while a step runs (from its own tool or log callback): the step stops early.
+    fn on_free(&self) {
+        self.cancel.cancel();
+    }
 }
 
 pub(crate) fn lock_agent<T>(agent: *const agentlm_agent, f: impl FnOnce(&mut AgentState) -> Result<T, Fail>) -> Result<T, Fail> {
@@ -254,18 +267,21 @@ pub unsafe extern "C" fn agentlm_agent_new(
         let a = agentlm_agent {
             cancel: agent.cancel_token(),
             state: Mutex::new(AgentState { agent, callbacks: HashMap::new(), strings: Default::default(), log: m.log.clone() }),
+            users: Users::default(),
         };
-        write_out(out, Box::into_raw(Box::new(a)));
+        write_out(out, registry::register(a));
         Ok(AGENTLM_STATUS_OK)
     })
 }
 
-/// Frees an agent (and its tools' `user_data` through their free functions). `NULL` is a no-op.
+/// Frees an agent (and its tools' `user_data` through their free functions). `NULL` is a no-op, and so
+/// is a pointer that is not a live agent (a second free). Freed from inside one of its own callbacks,
+/// the running step is cancelled and the agent is released when it returns.
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_agent_free(agent: *mut agentlm_agent) {
-    if !agent.is_null() {
-        super::util::catch_or((), || drop(unsafe { Box::from_raw(agent) }));
-    }
+    super::util::catch_or((), || {
+        registry::release(agent);
+    });
 }
 
 /// Registers a tool: `name` as the model writes it (for ALFWorld, an action verb such as `go to`), a
@@ -309,13 +325,15 @@ pub unsafe extern "C" fn agentlm_agent_add_tool(
     })
 }
 
-/// Sets a tool's observation (`text_len` bytes of UTF-8; copied). Call from within the tool's callback.
+/// Sets a tool's observation (`text_len` bytes of UTF-8; copied). Call from within the tool's callback:
+/// afterwards `result` is stale and the call returns `AGENTLM_STATUS_INVALID_HANDLE`.
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_tool_result_set(result: *mut agentlm_tool_result, text: *const c_char, text_len: usize) -> agentlm_status {
     boundary(std::ptr::null_mut(), || {
+        registry::check_scoped(result.cast_const().cast(), Kind::ToolResult, "result")?;
         let text = unsafe { str_arg(text, text_len, "text") }?;
-        // SAFETY: the pointer the library passed to the callback, valid during it.
-        let r = unsafe { result.as_mut() }.ok_or_else(|| Fail::new(AGENTLM_STATUS_NULL_POINTER, "result is NULL"))?;
+        // SAFETY: registered, so the object the library passed to the running callback.
+        let r = unsafe { &mut *result };
         r.text = Some(text.to_string());
         Ok(AGENTLM_STATUS_OK)
     })
@@ -363,8 +381,10 @@ pub unsafe extern "C" fn agentlm_agent_step(
                     let mut result = agentlm_tool_result { text: None };
                     let mut arg = input.as_bytes().to_vec();
                     arg.push(0);
+                    let live = registry::scoped((&raw const result).cast(), Kind::ToolResult);
                     // SAFETY: the host's callback, called as documented.
-                    let ok = unsafe { f(cb.user.0, arg.as_ptr().cast(), input.len(), &mut result) };
+                    let ok = unsafe { f(cb.user.0, arg.as_ptr().cast(), input.len(), &raw mut result) };
+                    drop(live);
                     observation = result.text.unwrap_or_else(|| if ok { String::new() } else { "The tool failed.".into() });
                     st.agent.submit_observation(&observation)?;
                 }
@@ -403,19 +423,18 @@ pub unsafe extern "C" fn agentlm_agent_submit_observation(
     })
 }
 
-/// Cancels the reply being generated (or the next one), from any thread.
+/// Cancels the reply being generated (or the next one), from any thread. `AGENTLM_STATUS_NULL_POINTER`
+/// for NULL, `AGENTLM_STATUS_INVALID_HANDLE` for a pointer that is not a live agent.
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_agent_cancel(agent: *const agentlm_agent) -> agentlm_status {
-    match unsafe { agent.as_ref() } {
-        Some(a) => {
-            a.cancel.cancel();
-            AGENTLM_STATUS_OK
-        }
-        None => AGENTLM_STATUS_NULL_POINTER,
-    }
+    boundary(std::ptr::null_mut(), || {
+        handle(agent, "agent")?.cancel.cancel();
+        Ok(AGENTLM_STATUS_OK)
+    })
 }
 
-/// Whether the episode is over (final answer or step limit); false for NULL or a busy agent.
+/// Whether the episode is over (final answer or step limit); false for NULL, a busy agent, or a pointer
+/// that is not a live agent.
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_agent_is_finished(agent: *const agentlm_agent) -> bool {
     lock_agent(agent, |st| Ok(st.agent.is_finished())).unwrap_or(false)

@@ -3,6 +3,7 @@
 use std::sync::Mutex;
 
 use super::log::LogSink;
+use super::registry::{self, Kind, Tracked, Users};
 use super::util::{handle, with_state, Fail};
 use crate::generate::CancelToken;
 use crate::runtime::Model;
@@ -12,6 +13,21 @@ use crate::session::Session;
 pub struct agentlm_model {
     pub(crate) model: Model,
     pub(crate) log: Option<LogSink>,
+    users: Users,
+}
+
+impl agentlm_model {
+    /// A new registered handle.
+    pub(crate) fn new_raw(model: Model, log: Option<LogSink>) -> *mut agentlm_model {
+        registry::register(agentlm_model { model, log, users: Users::default() })
+    }
+}
+
+impl Tracked for agentlm_model {
+    const KIND: Kind = Kind::Model;
+    fn users(&self) -> &Users {
+        &self.users
+    }
 }
 
 /// A session (opaque): one conversation and its KV cache. One caller at a time; `agentlm_session_cancel`
@@ -20,6 +36,18 @@ pub struct agentlm_session {
     pub(crate) cancel: CancelToken,
     pub(crate) capacity: usize,
     state: Mutex<SessionState>,
+    users: Users,
+}
+
+impl Tracked for agentlm_session {
+    const KIND: Kind = Kind::Session;
+    fn users(&self) -> &Users {
+        &self.users
+    }
+    /// A session freed while a call runs on it (from its own callback): that call stops early.
+    fn on_free(&self) {
+        self.cancel.cancel();
+    }
 }
 
 /// What a session call works on, behind the session's lock.
@@ -36,8 +64,9 @@ impl agentlm_session {
             cancel: session.cancel_token(),
             capacity: session.capacity(),
             state: Mutex::new(SessionState { session, text: vec![0], log }),
+            users: Users::default(),
         };
-        Box::into_raw(Box::new(s))
+        registry::register(s)
     }
 }
 

@@ -18,6 +18,7 @@
 mod agent;
 mod handles;
 mod log;
+mod registry;
 mod train;
 mod util;
 
@@ -36,7 +37,8 @@ pub use handles::{agentlm_model, agentlm_session};
 use handles::{lock, SessionState};
 pub use log::agentlm_log_fn;
 use log::LogSink;
-use util::{boundary, opt_out, read_params, slice_arg, str_arg, write_out, Fail};
+use registry::{Kind, Tracked, Users};
+use util::{boundary, handle, opt_out, read_params, slice_arg, str_arg, write_out, Fail};
 
 /// Major version of this library (semantic versioning; before 1.0 minor versions may break the ABI).
 pub const AGENTLM_VERSION_MAJOR: u32 = 0;
@@ -98,6 +100,10 @@ pub enum agentlm_status {
     AGENTLM_STATUS_BUSY = -14,
     /// The session's context is full.
     AGENTLM_STATUS_CONTEXT_FULL = -15,
+    /// A handle argument is not a live handle of its type: already freed, never returned by this
+    /// library, or a handle of another type. Detected before the pointer is read (see `docs/c-api.md`
+    /// for the one case that cannot be told apart: an address reused by a new handle of the same type).
+    AGENTLM_STATUS_INVALID_HANDLE = -16,
     /// A bug: the library panicked. The handle involved stays usable but its state may be reset.
     AGENTLM_STATUS_PANIC = -99,
 }
@@ -207,10 +213,24 @@ pub enum agentlm_log_level {
 }
 
 /// An error: a status and a message. Created by the library, freed by the caller with
-/// [`agentlm_error_free`]. Not thread-safe to free twice; safe to read from any thread.
+/// [`agentlm_error_free`] (a second free is detected and ignored). Safe to read from any thread.
 pub struct agentlm_error {
     status: agentlm_status,
     message: std::ffi::CString,
+    users: Users,
+}
+
+impl agentlm_error {
+    pub(crate) fn new_raw(status: agentlm_status, message: std::ffi::CString) -> *mut agentlm_error {
+        registry::register(agentlm_error { status, message, users: Users::default() })
+    }
+}
+
+impl Tracked for agentlm_error {
+    const KIND: Kind = Kind::Error;
+    fn users(&self) -> &Users {
+        &self.users
+    }
 }
 
 /// A borrowed UTF-8 string: `len` bytes at `ptr` (no terminating NUL needed). `ptr` may be NULL when
@@ -368,27 +388,35 @@ pub extern "C" fn agentlm_status_string(status: i32) -> *const c_char {
 }
 
 /// The error's message: NUL-terminated UTF-8, owned by the error, valid until [`agentlm_error_free`].
-/// Returns `""` for NULL.
+/// Returns `""` for NULL, and a static message saying so for a pointer that is not a live error
+/// (already freed, or never returned by this library).
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_error_message(error: *const agentlm_error) -> *const c_char {
-    match unsafe { error.as_ref() } {
-        Some(e) => e.message.as_ptr(),
-        None => c"".as_ptr(),
+    if error.is_null() {
+        return c"".as_ptr();
     }
+    util::catch_or(c"".as_ptr(), || match registry::pin(error, "error") {
+        Ok(e) => e.message.as_ptr(),
+        Err(_) => c"invalid agentlm_error handle: already freed, or never returned by this library".as_ptr(),
+    })
 }
 
-/// The error's status code (`AGENTLM_STATUS_OK` for NULL).
+/// The error's status code (`AGENTLM_STATUS_OK` for NULL, `AGENTLM_STATUS_INVALID_HANDLE` for a pointer
+/// that is not a live error).
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_error_status(error: *const agentlm_error) -> agentlm_status {
-    unsafe { error.as_ref() }.map_or(AGENTLM_STATUS_OK, |e| e.status)
+    if error.is_null() {
+        return AGENTLM_STATUS_OK;
+    }
+    util::catch_or(AGENTLM_STATUS_PANIC, || registry::pin(error, "error").map_or_else(|f| f.status, |e| e.status))
 }
 
-/// Frees an error. `NULL` is a no-op.
+/// Frees an error. `NULL` is a no-op, and so is a pointer that is not a live error (a second free).
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_error_free(error: *mut agentlm_error) {
-    if !error.is_null() {
-        drop(unsafe { Box::from_raw(error) });
-    }
+    util::catch_or((), || {
+        registry::release(error);
+    });
 }
 
 /// Whether `backend` (an `agentlm_backend` value) is compiled into this library. Thread-safe.
@@ -456,61 +484,66 @@ pub unsafe extern "C" fn agentlm_model_load(
             precision,
         };
         let model = log::with_sink(log.as_ref(), || Model::load(path, &options))?;
-        write_out(out, Box::into_raw(Box::new(agentlm_model { model, log })));
+        write_out(out, agentlm_model::new_raw(model, log));
         Ok(AGENTLM_STATUS_OK)
     })
 }
 
 /// A new reference to the same model (reference counted; free each with [`agentlm_model_free`]).
-/// Returns NULL for NULL. Thread-safe.
+/// Returns NULL for NULL or a pointer that is not a live model. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_model_retain(model: *const agentlm_model) -> *mut agentlm_model {
-    util::catch_or(ptr::null_mut(), || match unsafe { model.as_ref() } {
-        Some(m) => Box::into_raw(Box::new(agentlm_model { model: m.model.clone(), log: m.log.clone() })),
-        None => ptr::null_mut(),
+    util::catch_or(ptr::null_mut(), || match registry::pin(model, "model") {
+        Ok(m) => agentlm_model::new_raw(m.model.clone(), m.log.clone()),
+        Err(_) => ptr::null_mut(),
     })
 }
 
 /// Releases a model reference. Sessions keep their model alive, so a model may be freed while its
-/// sessions are still in use. `NULL` is a no-op.
+/// sessions are still in use. `NULL` is a no-op, and so is a pointer that is not a live model (a second
+/// free).
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_model_free(model: *mut agentlm_model) {
-    if !model.is_null() {
-        util::catch_or((), || drop(unsafe { Box::from_raw(model) }));
-    }
+    util::catch_or((), || {
+        registry::release(model);
+    });
 }
 
-/// The architecture name (`"llama"`), a static string; `""` for NULL.
+/// Runs a query that cannot report errors on a live model; `fallback` for NULL or a dead handle.
+fn model_query<T>(model: *const agentlm_model, fallback: T, f: impl FnOnce(&agentlm_model) -> T) -> T {
+    util::catch_or(None, || registry::pin(model, "model").ok().map(|m| f(&m))).unwrap_or(fallback)
+}
+
+/// The architecture name (`"llama"`), a static string; `""` for NULL or a pointer that is not a live
+/// model.
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_model_architecture(model: *const agentlm_model) -> *const c_char {
-    match unsafe { model.as_ref() } {
-        Some(_) => c"llama".as_ptr(),
-        None => c"".as_ptr(),
-    }
+    model_query(model, c"".as_ptr(), |_| c"llama".as_ptr())
 }
 
-/// Vocabulary size (number of token ids); 0 for NULL.
+/// Vocabulary size (number of token ids); 0 for NULL or a pointer that is not a live model.
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_model_vocab_size(model: *const agentlm_model) -> u32 {
-    unsafe { model.as_ref() }.map_or(0, |m| m.model.config().vocab_size as u32)
+    model_query(model, 0, |m| m.model.config().vocab_size as u32)
 }
 
-/// Longest context a session can hold (after `max_context`); 0 for NULL.
+/// Longest context a session can hold (after `max_context`); 0 for NULL or a pointer that is not a
+/// live model.
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_model_context_length(model: *const agentlm_model) -> u32 {
-    unsafe { model.as_ref() }.map_or(0, |m| m.model.context_length() as u32)
+    model_query(model, 0, |m| m.model.context_length() as u32)
 }
 
-/// Whether the model ships a chat template; false for NULL.
+/// Whether the model ships a chat template; false for NULL or a pointer that is not a live model.
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_model_has_chat_template(model: *const agentlm_model) -> bool {
-    unsafe { model.as_ref() }.is_some_and(|m| m.model.chat_template().is_some())
+    model_query(model, false, |m| m.model.chat_template().is_some())
 }
 
-/// The `agentlm_backend` the model runs on; -1 for NULL.
+/// The `agentlm_backend` the model runs on; -1 for NULL or a pointer that is not a live model.
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_model_backend(model: *const agentlm_model) -> i32 {
-    unsafe { model.as_ref() }.map_or(-1, |m| agentlm_backend::to_i32(m.model.backend()))
+    model_query(model, -1, |m| agentlm_backend::to_i32(m.model.backend()))
 }
 
 /// Tokenizes `text_len` bytes of UTF-8 at `text` (`AGENTLM_TOKENIZE_*` flags) into `ids` (room for
@@ -529,7 +562,7 @@ pub unsafe extern "C" fn agentlm_model_tokenize(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let m = util::handle(model, "model")?;
+        let m = handle(model, "model")?;
         let text = unsafe { str_arg(text, text_len, "text") }?;
         let n_ids = opt_out(n_ids, "n_ids")?;
         if flags & !(AGENTLM_TOKENIZE_ADD_BOS | AGENTLM_TOKENIZE_PARSE_SPECIAL) != 0 {
@@ -567,7 +600,7 @@ pub unsafe extern "C" fn agentlm_model_detokenize(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let m = util::handle(model, "model")?;
+        let m = handle(model, "model")?;
         let ids = unsafe { slice_arg(ids, n_ids, "ids") }?;
         let text_len = opt_out(text_len, "text_len")?;
         let vocab = m.model.config().vocab_size;
@@ -595,7 +628,7 @@ pub unsafe extern "C" fn agentlm_model_apply_chat_template(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let m = util::handle(model, "model")?;
+        let m = handle(model, "model")?;
         let msgs = unsafe { slice_arg(messages, n_messages, "messages") }?;
         let text_len = opt_out(text_len, "text_len")?;
         let mut list = Vec::with_capacity(msgs.len());
@@ -656,7 +689,7 @@ pub unsafe extern "C" fn agentlm_session_new(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let m = util::handle(model, "model")?;
+        let m = handle(model, "model")?;
         let p = unsafe { read_params(params, agentlm_session_params_default()) }?;
         let out = opt_out(out, "out")?;
         let session = m.model.session((p.capacity > 0).then_some(p.capacity as usize));
@@ -665,18 +698,20 @@ pub unsafe extern "C" fn agentlm_session_new(
     })
 }
 
-/// Frees a session. `NULL` is a no-op. Must not race with other calls on the session.
+/// Frees a session. `NULL` is a no-op, and so is a pointer that is not a live session (a second free).
+/// Freed from inside one of the session's own callbacks, the running call is cancelled and the session
+/// is released when it returns; any other call on the freed handle gets `AGENTLM_STATUS_INVALID_HANDLE`.
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_session_free(session: *mut agentlm_session) {
-    if !session.is_null() {
-        util::catch_or((), || drop(unsafe { Box::from_raw(session) }));
-    }
+    util::catch_or((), || {
+        registry::release(session);
+    });
 }
 
-/// Tokens the session can hold. 0 for NULL. Thread-safe.
+/// Tokens the session can hold. 0 for NULL or a pointer that is not a live session. Thread-safe.
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_session_capacity(session: *const agentlm_session) -> u32 {
-    unsafe { session.as_ref() }.map_or(0, |s| s.capacity as u32)
+    util::catch_or(0, || registry::pin(session, "session").map_or(0, |s| s.capacity as u32))
 }
 
 /// Appends trusted text (a prompt, a rendered chat template): special-token strings in it become
@@ -784,16 +819,14 @@ pub unsafe extern "C" fn agentlm_session_fork(
 
 /// Requests cancellation of the session's running (or next) prefill or generation; it stops at the next
 /// token or prefill chunk with the state consistent. The one call that may be made from another thread
-/// while the session is busy. Returns `AGENTLM_STATUS_NULL_POINTER` for NULL.
+/// while the session is busy. Returns `AGENTLM_STATUS_NULL_POINTER` for NULL,
+/// `AGENTLM_STATUS_INVALID_HANDLE` for a pointer that is not a live session.
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_session_cancel(session: *const agentlm_session) -> agentlm_status {
-    match unsafe { session.as_ref() } {
-        Some(s) => {
-            s.cancel.cancel();
-            AGENTLM_STATUS_OK
-        }
-        None => AGENTLM_STATUS_NULL_POINTER,
-    }
+    boundary(ptr::null_mut(), || {
+        handle(session, "session")?.cancel.cancel();
+        Ok(AGENTLM_STATUS_OK)
+    })
 }
 
 fn generate_params(p: &agentlm_generate_params) -> Result<GenerateParams, Fail> {

@@ -9,6 +9,7 @@ use super::agent::{lock_agent, agentlm_agent};
 use super::agentlm_status::*;
 use super::handles::{agentlm_model, agentlm_session, lock};
 use super::log::{with_sink, LogSink};
+use super::registry::{self, pin_opt, Kind, Tracked, Users};
 use super::util::{boundary, catch_or, handle, opt_out, read_params, str_arg, with_state, write_out, Fail};
 use super::{agentlm_error, agentlm_status};
 use crate::adapter::Adapter;
@@ -21,6 +22,20 @@ use crate::train::{AdamWConfig, DataKind, RunStop, StepReport, TrainConfig, Trai
 /// while it is attached.
 pub struct agentlm_adapter {
     adapter: Adapter,
+    users: Users,
+}
+
+impl agentlm_adapter {
+    fn new_raw(adapter: Adapter) -> *mut agentlm_adapter {
+        registry::register(agentlm_adapter { adapter, users: Users::default() })
+    }
+}
+
+impl Tracked for agentlm_adapter {
+    const KIND: Kind = Kind::Adapter;
+    fn users(&self) -> &Users {
+        &self.users
+    }
 }
 
 /// [`agentlm_trainer_params::target_modules`] bits: the Llama linears LoRA adapts.
@@ -120,6 +135,18 @@ pub type agentlm_train_progress_fn = Option<unsafe extern "C" fn(user_data: *mut
 pub struct agentlm_trainer {
     cancel: CancelToken,
     state: Mutex<TrainerState>,
+    users: Users,
+}
+
+impl Tracked for agentlm_trainer {
+    const KIND: Kind = Kind::Trainer;
+    fn users(&self) -> &Users {
+        &self.users
+    }
+    /// A trainer freed while it runs (from its own progress or log callback): the run stops early.
+    fn on_free(&self) {
+        self.cancel.cancel();
+    }
 }
 
 struct TrainerState {
@@ -147,7 +174,7 @@ pub unsafe extern "C" fn agentlm_adapter_load(
         let dir = unsafe { str_arg(dir, dir_len, "dir") }?;
         let out = opt_out(out, "out")?;
         let adapter = with_sink(m.log.as_ref(), || Adapter::load(&m.model, dir))?;
-        write_out(out, Box::into_raw(Box::new(agentlm_adapter { adapter })));
+        write_out(out, agentlm_adapter::new_raw(adapter));
         Ok(AGENTLM_STATUS_OK)
     })
 }
@@ -168,22 +195,24 @@ pub unsafe extern "C" fn agentlm_adapter_save(
     })
 }
 
-/// The adapter's rank (0 for NULL).
+/// The adapter's rank (0 for NULL or a pointer that is not a live adapter).
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_adapter_rank(adapter: *const agentlm_adapter) -> u32 {
-    unsafe { adapter.as_ref() }.map_or(0, |a| a.adapter.config().r as u32)
+    catch_or(0, || registry::pin(adapter, "adapter").map_or(0, |a| a.adapter.config().r as u32))
 }
 
-/// Frees an adapter handle. `NULL` is a no-op. Sessions it is attached to keep using it.
+/// Frees an adapter handle. `NULL` is a no-op, and so is a pointer that is not a live adapter (a second
+/// free). Sessions it is attached to keep using it.
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_adapter_free(adapter: *mut agentlm_adapter) {
-    if !adapter.is_null() {
-        catch_or((), || drop(unsafe { Box::from_raw(adapter) }));
-    }
+    catch_or((), || {
+        registry::release(adapter);
+    });
 }
 
-fn attachment(adapter: *const agentlm_adapter, scale: f32) -> Option<(Adapter, f32)> {
-    unsafe { adapter.as_ref() }.map(|a| (a.adapter.clone(), scale))
+/// The attachment an `(adapter, scale)` argument pair asks for: NULL detaches.
+fn attachment(adapter: *const agentlm_adapter, scale: f32) -> Result<Option<(Adapter, f32)>, Fail> {
+    Ok(pin_opt(adapter, "adapter")?.map(|a| (a.adapter.clone(), scale)))
 }
 
 /// Applies `adapter` at `scale` (1: as trained) to the session from now on; NULL detaches. The
@@ -196,8 +225,9 @@ pub unsafe extern "C" fn agentlm_session_set_adapter(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
+        let attach = attachment(adapter, scale)?;
         lock(session, |st| {
-            st.session.set_adapter(attachment(adapter, scale))?;
+            st.session.set_adapter(attach)?;
             Ok(AGENTLM_STATUS_OK)
         })
     })
@@ -213,8 +243,9 @@ pub unsafe extern "C" fn agentlm_agent_set_adapter(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
+        let attach = attachment(adapter, scale)?;
         lock_agent(agent, |st| {
-            st.agent.set_adapter(attachment(adapter, scale))?;
+            st.agent.set_adapter(attach)?;
             Ok(AGENTLM_STATUS_OK)
         })
     })
@@ -238,7 +269,7 @@ pub unsafe extern "C" fn agentlm_model_merge_adapter(
             return Err(Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("scale {scale} is not finite")));
         }
         let merged = with_sink(m.log.as_ref(), || m.model.merged(&a.adapter, scale))?;
-        write_out(out, Box::into_raw(Box::new(agentlm_model { model: merged, log: m.log.clone() })));
+        write_out(out, agentlm_model::new_raw(merged, m.log.clone()));
         Ok(AGENTLM_STATUS_OK)
     })
 }
@@ -292,7 +323,11 @@ fn train_config(p: &agentlm_trainer_params) -> Result<TrainConfig, Fail> {
 }
 
 fn new_trainer(trainer: Trainer, log: Option<LogSink>) -> *mut agentlm_trainer {
-    Box::into_raw(Box::new(agentlm_trainer { cancel: trainer.cancel_token(), state: Mutex::new(TrainerState { trainer, log }) }))
+    registry::register(agentlm_trainer {
+        cancel: trainer.cancel_token(),
+        state: Mutex::new(TrainerState { trainer, log }),
+        users: Users::default(),
+    })
 }
 
 /// Creates a trainer for `model` (which must have a chat template): a fresh adapter, or continuing
@@ -311,19 +346,21 @@ pub unsafe extern "C" fn agentlm_trainer_new(
         let p = unsafe { read_params(params, agentlm_trainer_params_default()) }?;
         let out = opt_out(out, "out")?;
         let config = train_config(&p)?;
-        let start = unsafe { start.as_ref() }.map(|a| &a.adapter);
-        let trainer = with_sink(m.log.as_ref(), || Trainer::new(&m.model, config, start))?;
+        let start = pin_opt(start, "start")?;
+        let trainer = with_sink(m.log.as_ref(), || Trainer::new(&m.model, config, start.as_deref().map(|a| &a.adapter)))?;
         write_out(out, new_trainer(trainer, m.log.clone()));
         Ok(AGENTLM_STATUS_OK)
     })
 }
 
-/// Frees a trainer. `NULL` is a no-op. Must not race with other calls on it.
+/// Frees a trainer. `NULL` is a no-op, and so is a pointer that is not a live trainer (a second free).
+/// Freed from inside its own progress callback, the run is cancelled and the trainer is released when
+/// it returns.
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_trainer_free(trainer: *mut agentlm_trainer) {
-    if !trainer.is_null() {
-        catch_or((), || drop(unsafe { Box::from_raw(trainer) }));
-    }
+    catch_or((), || {
+        registry::release(trainer);
+    });
 }
 
 fn kind(k: i32) -> Result<Option<DataKind>, Fail> {
@@ -467,19 +504,17 @@ pub unsafe extern "C" fn agentlm_trainer_run(
 }
 
 /// Requests that the running (or next) [`agentlm_trainer_run`] or [`agentlm_trainer_evaluate`] stop at
-/// the next example. May be called from any thread.
+/// the next example. May be called from any thread. `AGENTLM_STATUS_NULL_POINTER` for NULL,
+/// `AGENTLM_STATUS_INVALID_HANDLE` for a pointer that is not a live trainer.
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_trainer_cancel(trainer: *const agentlm_trainer) -> agentlm_status {
-    match unsafe { trainer.as_ref() } {
-        Some(t) => {
-            t.cancel.cancel();
-            AGENTLM_STATUS_OK
-        }
-        None => AGENTLM_STATUS_NULL_POINTER,
-    }
+    boundary(std::ptr::null_mut(), || {
+        handle(trainer, "trainer")?.cancel.cancel();
+        Ok(AGENTLM_STATUS_OK)
+    })
 }
 
-/// Optimizer steps taken (0 for NULL or a busy trainer).
+/// Optimizer steps taken (0 for NULL, a busy trainer, or a pointer that is not a live trainer).
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_trainer_step(trainer: *const agentlm_trainer) -> u64 {
     lock_trainer(trainer, |st| Ok(st.trainer.step())).unwrap_or(0)
@@ -518,7 +553,7 @@ pub unsafe extern "C" fn agentlm_trainer_adapter(
     boundary(err, || {
         let out = opt_out(out, "out")?;
         let adapter = lock_trainer(trainer, |st| Ok(st.trainer.adapter()?))?;
-        write_out(out, Box::into_raw(Box::new(agentlm_adapter { adapter })));
+        write_out(out, agentlm_adapter::new_raw(adapter));
         Ok(AGENTLM_STATUS_OK)
     })
 }

@@ -3,6 +3,7 @@
 use std::ffi::{c_char, c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use super::registry::{Pinned, Tracked};
 use super::{agentlm_error, agentlm_status, agentlm_status::*};
 use crate::engine::EngineError;
 use crate::formats::FormatError;
@@ -84,6 +85,7 @@ pub(crate) fn status_string(status: i32) -> &'static str {
         -13 => "aborted by the progress callback\0",
         -14 => "session busy\0",
         -15 => "context full\0",
+        -16 => "invalid handle\0",
         -99 => "internal panic\0",
         _ => "unknown status\0",
     }
@@ -106,9 +108,9 @@ pub(crate) fn boundary(err: *mut *mut agentlm_error, body: impl FnOnce() -> Resu
     };
     if !err.is_null() {
         let message = CString::new(fail.message.replace('\0', " ")).unwrap_or_default();
-        let e = Box::new(agentlm_error { status: fail.status, message });
+        let e = agentlm_error::new_raw(fail.status, message);
         // SAFETY: the caller passes either NULL or a writable `agentlm_error *` slot.
-        unsafe { err.write(Box::into_raw(e)) };
+        unsafe { err.write(e) };
     }
     fail.status
 }
@@ -154,10 +156,10 @@ pub(crate) fn write_out<T>(p: *mut T, v: T) {
     unsafe { p.write(v) }
 }
 
-/// A required handle argument.
-pub(crate) fn handle<'a, T>(p: *const T, what: &str) -> Result<&'a T, Fail> {
-    // SAFETY: the caller passes NULL or a live handle.
-    unsafe { p.as_ref() }.ok_or_else(|| Fail::new(AGENTLM_STATUS_NULL_POINTER, format!("{what} is NULL")))
+/// A required handle argument, looked up in the registry of live handles before it is read and
+/// pinned for the call: `NULL_POINTER` for NULL, `INVALID_HANDLE` when freed or not a handle of its type.
+pub(crate) fn handle<T: Tracked>(p: *const T, what: &str) -> Result<Pinned<T>, Fail> {
+    super::registry::pin(p, what)
 }
 
 /// Reads a parameter struct that starts with `uint32_t struct_size`: NULL means `default`; a size
@@ -229,9 +231,13 @@ fn try_lock<'a, S>(
             m.clear_poison();
             Ok(g)
         }
-        Err(std::sync::TryLockError::WouldBlock) => {
-            Err(Fail::new(AGENTLM_STATUS_BUSY, format!("another call is running on this {what}")))
-        }
+        Err(std::sync::TryLockError::WouldBlock) => Err(Fail::new(
+            AGENTLM_STATUS_BUSY,
+            format!(
+                "another call is running on this {what} (a call from one of its own callbacks, or from a second thread); \
+                 only agentlm_{what}_cancel may overlap a running call"
+            ),
+        )),
     }
 }
 
