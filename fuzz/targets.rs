@@ -91,8 +91,11 @@ pub fn tgi_request(data: &[u8]) {
     }
 }
 
+/// A fuzz target's body.
+pub type Target = fn(&[u8]);
+
 /// Every target by its directory name under fuzz/corpus.
-pub const TARGETS: [(&str, fn(&[u8])); 7] = [
+pub const TARGETS: [(&str, Target); 7] = [
     ("gguf", gguf),
     ("action_parsers", action_parsers),
     ("jsonl_record", jsonl_record),

@@ -96,7 +96,7 @@ fn rendered_messages_keep_their_turn_structure() {
     let mut rng = Rng(7);
     let specials: Vec<String> = tok.special_token_ids().iter().map(|&id| tok.id_to_token(id).unwrap()).collect();
     for _ in 0..200 {
-        let msgs = vec![Message::new("user", hostile(&mut rng, &specials)), Message::new("assistant", "ok"), Message::new("user", hostile(&mut rng, &specials))];
+        let msgs = [Message::new("user", hostile(&mut rng, &specials)), Message::new("assistant", "ok"), Message::new("user", hostile(&mut rng, &specials))];
         // Render with placeholders, tokenize the template's own text with specials and the contents as text.
         let marked: Vec<Message> = msgs.iter().map(|m| Message::new(m.role.as_str(), "\u{1}")).collect();
         let text = template.render(&marked, true).unwrap();

@@ -21,7 +21,7 @@ use std::process::ExitCode;
 use std::sync::mpsc;
 use std::sync::Arc;
 
-use agentlm::{FinishReason, GenerateParams, LoadOptions, Model, SamplingParams, Step};
+use agentlm::{FinishReason, LoadOptions, Model, Step};
 use serde_json::{json, Value};
 use tiny_http::{Header, Method, Request, Response, Server};
 

@@ -179,7 +179,7 @@ impl Agent {
             outcome: None,
         };
         Ok(Agent {
-            session: model.session(config.capacity),
+            session: model.try_session(config.capacity)?,
             template,
             messages: vec![Message::new("user", first)],
             trajectory,

@@ -692,7 +692,7 @@ pub unsafe extern "C" fn agentlm_session_new(
         let m = handle(model, "model")?;
         let p = unsafe { read_params(params, agentlm_session_params_default()) }?;
         let out = opt_out(out, "out")?;
-        let session = m.model.session((p.capacity > 0).then_some(p.capacity as usize));
+        let session = m.model.try_session((p.capacity > 0).then_some(p.capacity as usize))?;
         write_out(out, agentlm_session::new_raw(session, m.log.clone()));
         Ok(AGENTLM_STATUS_OK)
     })
@@ -811,7 +811,7 @@ pub unsafe extern "C" fn agentlm_session_fork(
 ) -> agentlm_status {
     boundary(err, || {
         let out = opt_out(out, "out")?;
-        let copy = lock(session, |st| Ok(agentlm_session::new_raw(st.session.fork(), st.log.clone())))?;
+        let copy = lock(session, |st| Ok(agentlm_session::new_raw(st.session.try_fork()?, st.log.clone())))?;
         write_out(out, copy);
         Ok(AGENTLM_STATUS_OK)
     })
