@@ -162,6 +162,8 @@ static agentlm_model *load_model(void) {
   p.log_user_data = &seen;
   p.log_level = AGENTLM_LOG_INFO;
   p.max_context = 2048;
+  /* This suite runs on a private copy of the file (the other C tests map it). */
+  p.copy_file = 1;
   MUST(agentlm_model_load(g_model_path, strlen(g_model_path), &p, &m, &err_));
   CHECK(m != NULL);
   CHECK(last == 1.0f); /* monotonic, ends at 1 */

@@ -356,6 +356,9 @@ typedef struct agentlm_model_params {
   int32_t log_level;
   // An `agentlm_precision` value (default `AGENTLM_PRECISION_AUTO`).
   int32_t precision;
+  // Non-zero: read the model files into private memory instead of mapping them while loading, so
+  // a file changed or truncated on disk meanwhile cannot fault the process (default 0).
+  uint32_t copy_file;
 } agentlm_model_params;
 
 // A borrowed UTF-8 string: `len` bytes at `ptr` (no terminating NUL needed). `ptr` may be NULL when

@@ -98,6 +98,9 @@ struct ModelOptions {
   uint32_t max_context = 0;
   /// An agentlm_precision value: quantized kernels for a quantized GGUF on the CPU by default.
   int32_t precision = AGENTLM_PRECISION_AUTO;
+  /// Read the model files into private memory instead of mapping them while loading (for files that
+  /// may change on disk meanwhile).
+  bool copy_file = false;
   /// Progress in [0, 1]; return false to abort loading.
   std::function<bool(float)> progress;
 };
@@ -136,6 +139,7 @@ class Model {
     p.n_threads = options.threads;
     p.max_context = options.max_context;
     p.precision = options.precision;
+    p.copy_file = options.copy_file ? 1u : 0u;
     struct Progress {
       const std::function<bool(float)>* fn;
       std::exception_ptr error;

@@ -33,6 +33,11 @@ pub struct LoadOptions {
     /// Numerics of the forward pass (default [`Precision::Auto`]: block-quantized kernels for a
     /// quantized GGUF file on the CPU, exact f32 otherwise).
     pub precision: Precision,
+    /// Read the model files into private memory instead of memory-mapping them while loading. A
+    /// file that is changed or truncated on disk *during* loading then cannot fault the process
+    /// (with a map it can, as with any mapped file); the cost is a copy of the file in memory at
+    /// load time. After loading, neither way keeps the file.
+    pub copy_file: bool,
 }
 
 impl std::fmt::Debug for LoadOptions {
@@ -43,6 +48,7 @@ impl std::fmt::Debug for LoadOptions {
             .field("threads", &self.threads)
             .field("progress", &self.progress.is_some())
             .field("precision", &self.precision)
+            .field("copy_file", &self.copy_file)
             .finish()
     }
 }
@@ -111,7 +117,7 @@ impl Model {
         type Loader<'a> = Box<dyn FnOnce(&LlamaConfig, usize, &mut dyn FnMut(f32) -> bool) -> Result<Llama> + Send + 'a>;
         let (format, config, tokenizer, template_src, llama_loader): (_, LlamaConfig, Tokenizer, Option<String>, Loader);
         if path.is_dir() {
-            let dir = HfModelDir::open(path)?;
+            let dir = HfModelDir::open_with(path, options.copy_file)?;
             let tok_json = dir.tokenizer_json_path().ok_or_else(|| FormatError::Invalid {
                 path: path.to_path_buf(),
                 reason: "no tokenizer.json in the model directory".into(),
@@ -123,7 +129,7 @@ impl Model {
             let device = device.clone();
             llama_loader = Box::new(move |c, ctx, p| Ok(Llama::load_with_progress(&dir, c, &device, ctx, p)?));
         } else {
-            let file = Arc::new(GgufFile::open(path)?);
+            let file = Arc::new(GgufFile::open_with(path, options.copy_file)?);
             tokenizer = Tokenizer::from_gguf(&file)?;
             let quantized = file.tensors().iter().any(|t| t.ggml_type.block_size() > 1);
             let weights = GgufWeights::new(file)?;

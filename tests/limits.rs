@@ -46,3 +46,32 @@ fn kv_cache_sizes_are_checked_arithmetic() {
     assert_eq!(model.kv_cache_bytes(10), Some(10 * per_position));
     assert_eq!(model.kv_cache_bytes(usize::MAX), None);
 }
+
+/// `LoadOptions::copy_file` / `GgufFile::open_with(.., true)`: the file is read into private memory,
+/// so truncating it on disk while it is open (which would fault a mapped reader on its next access)
+/// changes nothing.
+#[test]
+fn a_copied_file_may_be_truncated_while_open() {
+    use agentlm::formats::gguf::GgufFile;
+    let f = gguf_with_context(64);
+    let file = GgufFile::open_with(f.path(), true).unwrap();
+    let before: Vec<Vec<f32>> = file.tensors().iter().map(|t| file.tensor_f32(&t.name).unwrap().data).collect();
+    std::fs::OpenOptions::new().write(true).open(f.path()).unwrap().set_len(0).unwrap();
+    let after: Vec<Vec<f32>> = file.tensors().iter().map(|t| file.tensor_f32(&t.name).unwrap().data).collect();
+    assert_eq!(before, after);
+    assert!(!before.is_empty());
+
+    // Through the model loader: same greedy tokens with and without the copy.
+    let f = gguf_with_context(64);
+    let greedy = |copy_file: bool| {
+        let m = Model::load(f.path(), &LoadOptions { copy_file, ..LoadOptions::default() }).unwrap();
+        let mut s = m.try_session(None).unwrap();
+        s.append_text("hello there").unwrap();
+        let p = agentlm::GenerateParams { max_tokens: 8, ignore_eos: true, ..Default::default() };
+        s.generate(&p, |_| std::ops::ControlFlow::Continue(())).unwrap().ids
+    };
+    assert_eq!(greedy(true), greedy(false));
+    // An empty file is an error with the copy too, not a crash.
+    std::fs::write(f.path(), b"").unwrap();
+    assert!(Model::load(f.path(), &LoadOptions { copy_file: true, ..LoadOptions::default() }).is_err());
+}

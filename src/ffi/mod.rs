@@ -290,6 +290,9 @@ pub struct agentlm_model_params {
     pub log_level: i32,
     /// An `agentlm_precision` value (default `AGENTLM_PRECISION_AUTO`).
     pub precision: i32,
+    /// Non-zero: read the model files into private memory instead of mapping them while loading, so
+    /// a file changed or truncated on disk meanwhile cannot fault the process (default 0).
+    pub copy_file: u32,
 }
 
 /// Parameters of [`agentlm_session_new`]. Initialise with [`agentlm_session_params_default`].
@@ -443,6 +446,7 @@ pub extern "C" fn agentlm_model_params_default() -> agentlm_model_params {
         log_user_data: ptr::null_mut(),
         log_level: agentlm_log_level::AGENTLM_LOG_WARN as i32,
         precision: agentlm_precision::AGENTLM_PRECISION_AUTO as i32,
+        copy_file: 0,
     }
 }
 
@@ -482,6 +486,7 @@ pub unsafe extern "C" fn agentlm_model_load(
             threads: (p.n_threads > 0).then_some(p.n_threads as usize),
             progress,
             precision,
+            copy_file: p.copy_file != 0,
         };
         let model = log::with_sink(log.as_ref(), || Model::load(path, &options))?;
         write_out(out, agentlm_model::new_raw(model, log));

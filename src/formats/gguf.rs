@@ -193,6 +193,9 @@ pub struct GgufFile {
     metadata_index: HashMap<String, usize>,
     tensors: Vec<GgufTensorInfo>,
     tensor_index: HashMap<String, usize>,
+    /// The map is of the file itself (dropped pages are read again from it), not a private copy
+    /// (where dropping pages would zero them).
+    file_backed: bool,
 }
 
 impl fmt::Debug for GgufFile {
@@ -339,12 +342,21 @@ impl GgufFile {
     /// overflowing dimensions, a misaligned, out-of-file or overlapping data range, or a duplicate
     /// name; [`FormatError::Unsupported`] for GGUF v1, a future version or a big-endian file.
     pub fn open(path: &Path) -> Result<Self, FormatError> {
+        Self::open_with(path, false)
+    }
+
+    /// [`GgufFile::open`]; with `copy`, the file is read into private memory instead of mapped, so
+    /// it may change on disk at any time without effect (at the cost of holding a copy).
+    ///
+    /// # Errors
+    /// As [`GgufFile::open`].
+    pub fn open_with(path: &Path, copy: bool) -> Result<Self, FormatError> {
         let io = |source| FormatError::Io { path: path.to_path_buf(), source };
         let file = std::fs::File::open(path).map_err(io)?;
-        // SAFETY: the map is read-only and never handed out beyond `&self` borrows; the documented
-        // contract (as for every mmap) is that the file is not modified while open.
-        let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
-        Self::parse(path.to_path_buf(), map)
+        // The map is read-only and never handed out beyond `&self` borrows.
+        let map = super::map_file(&file, copy).map_err(io)?;
+        let len = map.len();
+        Self::parse_len(path.to_path_buf(), map, len, !copy)
     }
 
     /// Parses a GGUF held in memory (copied into a private anonymous map): for files that may
@@ -360,15 +372,10 @@ impl GgufFile {
         let mut map = memmap2::MmapMut::map_anon(bytes.len() + 1).map_err(io)?;
         map[..bytes.len()].copy_from_slice(bytes);
         let map = map.make_read_only().map_err(io)?;
-        Self::parse_len(path.clone(), map, bytes.len())
+        Self::parse_len(path.clone(), map, bytes.len(), false)
     }
 
-    fn parse(path: PathBuf, map: memmap2::Mmap) -> Result<Self, FormatError> {
-        let len = map.len();
-        Self::parse_len(path, map, len)
-    }
-
-    fn parse_len(path: PathBuf, map: memmap2::Mmap, len: usize) -> Result<Self, FormatError> {
+    fn parse_len(path: PathBuf, map: memmap2::Mmap, len: usize, file_backed: bool) -> Result<Self, FormatError> {
         let mut c = Cursor { buf: &map[..len], pos: 0, path: &path };
         let unsupported = |reason: String| FormatError::Unsupported { path: path.clone(), reason };
 
@@ -493,7 +500,7 @@ impl GgufFile {
             }
         }
 
-        Ok(GgufFile { path, map, version, alignment, data_offset, metadata, metadata_index, tensors, tensor_index })
+        Ok(GgufFile { path, map, version, alignment, data_offset, metadata, metadata_index, tensors, tensor_index, file_backed })
     }
 
     /// The path the file was opened from.
@@ -565,10 +572,11 @@ impl GgufFile {
     /// Drops the resident pages of a tensor's data (best effort; `madvise(MADV_DONTNEED)` on Unix):
     /// loaders that copy a tensor call this so the file's pages do not add to the process's
     /// resident set on top of the copy. The data stays readable: the pages are read from the file
-    /// again if touched.
+    /// again if touched. A no-op for a private copy ([`GgufFile::from_bytes`], `open_with(.., true)`),
+    /// whose dropped pages would read back as zeros.
     pub fn release_pages(&self, name: &str) {
         #[cfg(unix)]
-        if let Some(info) = self.tensor_info(name) {
+        if let (true, Some(info)) = (self.file_backed, self.tensor_info(name)) {
             // SAFETY: the map is read-only and the file is not modified while open (the contract
             // of `open`), so dropped pages re-read to the same bytes; no reference observes a change.
             let _ = unsafe { self.map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, info.offset as usize, info.n_bytes as usize) };

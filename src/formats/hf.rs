@@ -186,6 +186,12 @@ pub fn parse_llama_config(json_text: &str, path: &Path) -> Result<LlamaConfig, F
 impl HfModelDir {
     /// Opens a model directory and validates its config and every safetensors header.
     pub fn open(dir: &Path) -> Result<Self, FormatError> {
+        Self::open_with(dir, false)
+    }
+
+    /// [`HfModelDir::open`]; with `copy`, every shard is read into private memory instead of mapped,
+    /// so the files may change on disk at any time without effect.
+    pub fn open_with(dir: &Path, copy: bool) -> Result<Self, FormatError> {
         let config_path = dir.join("config.json");
         if !config_path.is_file() {
             return Err(invalid(dir, "no config.json: not a Hugging Face model directory"));
@@ -229,8 +235,8 @@ impl HfModelDir {
             let path = dir.join(name);
             let io = |source| FormatError::Io { path: path.clone(), source };
             let file = std::fs::File::open(&path).map_err(io)?;
-            // SAFETY: read-only map; documented contract that shards are not modified while open.
-            let map = unsafe { memmap2::Mmap::map(&file) }.map_err(io)?;
+            // Read-only map (the documented contract: shards are not modified while open), or a copy.
+            let map = super::map_file(&file, copy).map_err(io)?;
             for t in shard_tensors(&map, &path)? {
                 if let Some(wm) = &weight_map {
                     if wm.get(&t.name) != Some(name) {

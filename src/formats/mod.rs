@@ -8,6 +8,29 @@ pub mod peft;
 
 use std::path::PathBuf;
 
+/// Maps `file` read-only for parsing. With `copy`, reads it into private anonymous memory instead:
+/// the result no longer depends on the file, so a file changed or truncated on disk (even while it
+/// is being read here) cannot fault the process; a size change while reading is an I/O error.
+pub(crate) fn map_file(file: &std::fs::File, copy: bool) -> std::io::Result<memmap2::Mmap> {
+    if !copy {
+        // SAFETY: read-only map; the documented contract (as for every mmap) is that the file is not
+        // modified while it is mapped. `copy` is the option for hosts that cannot promise that.
+        return unsafe { memmap2::Mmap::map(file) };
+    }
+    let len = usize::try_from(file.metadata()?.len()).map_err(std::io::Error::other)?;
+    if len == 0 {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "empty file"));
+    }
+    let mut map = memmap2::MmapMut::map_anon(len)?;
+    let mut reader = file;
+    std::io::Read::read_exact(&mut reader, &mut map[..])?;
+    let mut extra = [0u8; 1];
+    if std::io::Read::read(&mut reader, &mut extra)? != 0 {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, "the file grew while it was read"));
+    }
+    map.make_read_only()
+}
+
 /// An error reading a model file. Always names the file.
 #[derive(Debug, thiserror::Error)]
 pub enum FormatError {
