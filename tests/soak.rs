@@ -1,5 +1,5 @@
-//! Concurrency soak (issue 8): many threads run agents' sessions on one shared model with random
-//! cancels, adapter swaps and session forks; every run that was not cancelled must produce exactly
+//! Concurrency soak (issue 8): many threads run sessions and ReAct agents on one shared model with
+//! random cancels, adapter swaps and session forks; every run that was not cancelled must produce exactly
 //! the tokens the same script produced serially, a cancelled one a prefix of them, and the process's
 //! memory must stay flat.
 //!
@@ -45,17 +45,56 @@ fn script(i: usize) -> Script {
     }
 }
 
-/// Tokens of the main session and of its fork at the end of a run.
+/// Tokens of the main session, of its fork and of the agent's session at the end of a run.
 #[derive(Debug, Clone, PartialEq)]
 struct Outcome {
     main: Vec<u32>,
     fork: Vec<u32>,
+    /// The agent's session after each step's reply (each step re-renders the conversation, so a
+    /// later snapshot need not extend an earlier one).
+    agent: Vec<Vec<u32>>,
 }
 
 enum Run {
     Done(Outcome),
-    /// Cancelled: which session (0 main, 1 fork) and its tokens then.
+    /// Cancelled: which session (0 main, 1 fork, 2 + k the agent in step k) and its tokens then.
     Cancelled(usize, Vec<u32>),
+}
+
+/// A short ReAct episode: a constrained ALFWorld agent with three tools, two steps, the adapter
+/// swapped between them; observations are a fixed function of the action.
+fn episode(model: &Model, adapter: &Adapter, sc: &Script, i: usize, publish: &dyn Fn(Option<agentlm::CancelToken>)) -> Result<Vec<Vec<u32>>, (usize, Vec<u32>)> {
+    use agentlm::agent::{ActionFormat, Agent, AgentConfig, StepKind, Tool};
+    let tools = ["look", "go to", "take"]
+        .iter()
+        .map(|n| Tool { name: n.to_string(), description: format!("{n} something"), parameters: serde_json::Value::Null })
+        .collect();
+    let config = AgentConfig {
+        format: ActionFormat::Alfworld,
+        constrained: true,
+        max_steps: 2,
+        max_tokens_per_step: 16,
+        sampling: sc.sampling.clone(),
+        capacity: Some(512),
+        ..AgentConfig::default()
+    };
+    let task = format!("Your task is to: find {} ({i}).", ["an apple", "a mug", "a key"][i % 3]);
+    let mut a = Agent::new(model, config, "Interact with a household to solve a task.", &task, tools).unwrap();
+    publish(Some(a.cancel_token()));
+    let mut snapshots = Vec::new();
+    for (step, scale) in sc.scales.iter().enumerate() {
+        a.set_adapter(scale.map(|k| (adapter.clone(), k))).unwrap();
+        let s = a.step().unwrap();
+        if s.kind == StepKind::Cancelled {
+            return Err((step, a.session().tokens().to_vec()));
+        }
+        snapshots.push(a.session().tokens().to_vec());
+        match s.kind {
+            StepKind::Action { tool, input, .. } => a.submit_observation(&format!("Step {step}: you {tool} {input}. Nothing happens.")).unwrap(),
+            _ => break,
+        }
+    }
+    Ok(snapshots)
 }
 
 fn set_scale(s: &mut Session, adapter: &Adapter, scale: Option<f32>) {
@@ -89,8 +128,12 @@ fn run(model: &Model, adapter: &Adapter, i: usize, publish: &dyn Fn(Option<agent
     if gen(&mut f, &sc, 2) == FinishReason::Cancelled {
         return Run::Cancelled(1, f.tokens().to_vec());
     }
+    let agent = match episode(model, adapter, &sc, i, publish) {
+        Ok(tokens) => tokens,
+        Err((step, tokens)) => return Run::Cancelled(2 + step, tokens),
+    };
     publish(None);
-    Run::Done(Outcome { main: s.tokens().to_vec(), fork: f.tokens().to_vec() })
+    Run::Done(Outcome { main: s.tokens().to_vec(), fork: f.tokens().to_vec(), agent })
 }
 
 fn rss_kib() -> u64 {
@@ -147,13 +190,16 @@ fn threads_with_cancels_swaps_and_forks_match_the_serial_run() {
     let stop = Arc::new(AtomicBool::new(false));
     let slots: Arc<Vec<Mutex<Option<agentlm::CancelToken>>>> = Arc::new((0..threads).map(|_| Mutex::new(None)).collect());
     let (done, cancelled, checked_prefix) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
+    // Threads that have finished a whole run: memory is sampled for the flatness check from then on.
+    let warm = AtomicUsize::new(0);
     let mut rss = Vec::new();
     std::thread::scope(|scope| {
         for t in 0..threads {
             let (model, adapter, reference, stop, slots) = (&model, &adapter, &reference, &stop, &slots);
-            let (done, cancelled, checked_prefix) = (&done, &cancelled, &checked_prefix);
+            let (done, cancelled, checked_prefix, warm) = (&done, &cancelled, &checked_prefix, &warm);
             scope.spawn(move || {
                 let mut k = t;
+                let mut finished_one = false;
                 while !stop.load(Ordering::Relaxed) {
                     let i = (k * 7 + t) % scripts;
                     k += 1;
@@ -161,10 +207,18 @@ fn threads_with_cancels_swaps_and_forks_match_the_serial_run() {
                     match run(model, adapter, i, &publish) {
                         Run::Done(o) => {
                             assert_eq!(o, reference[i], "thread {t}, script {i}: differs from the serial run");
+                            if !std::mem::replace(&mut finished_one, true) {
+                                warm.fetch_add(1, Ordering::Relaxed);
+                            }
                             done.fetch_add(1, Ordering::Relaxed);
                         }
                         Run::Cancelled(which, tokens) => {
-                            let want = if which == 0 { &reference[i].main } else { &reference[i].fork };
+                            let r = &reference[i];
+                            let want = match which {
+                                0 => &r.main,
+                                1 => &r.fork,
+                                k => r.agent.get(k - 2).expect("the serial run reached that step"),
+                            };
                             // The fork starts from the main session after its first half.
                             let ok = want.starts_with(&tokens) || (which == 0 && reference[i].fork.starts_with(&tokens));
                             assert!(ok, "thread {t}, script {i}: a cancelled session's tokens are not a prefix of the serial run's");
@@ -190,27 +244,33 @@ fn threads_with_cancels_swaps_and_forks_match_the_serial_run() {
                 c.cancel();
             }
             if Instant::now() >= next_sample {
-                rss.push(rss_kib());
+                if warm.load(Ordering::Relaxed) == threads {
+                    rss.push(rss_kib());
+                }
                 next_sample += Duration::from_secs(5);
             }
         }
         stop.store(true, Ordering::Relaxed);
     });
-    rss.push(rss_kib());
     let (done, cancelled) = (done.into_inner(), cancelled.into_inner());
     eprintln!(
-        "soak: {threads} threads, {secs} s: {done} runs equal to the serial run, {cancelled} cancelled (prefixes checked, {} tokens), RSS samples (MiB): {:?}",
+        "soak: {threads} threads, {secs} s: {done} runs equal to the serial run, {cancelled} cancelled (prefixes checked, {} tokens), RSS samples after warm-up (MiB): {:?}",
         checked_prefix.into_inner(),
         rss.iter().map(|k| k / 1024).collect::<Vec<_>>()
     );
     assert!(done >= threads, "every thread finished runs ({done})");
     assert!(cancelled > 0, "the chaos thread cancelled something");
-    // Flat memory: after the first quarter (allocator warm-up), RSS grows by at most 10 % + 32 MiB.
-    // (Not under valgrind, whose own bookkeeping grows: AGENTLM_SOAK_RSS=0.)
+    // Flat memory: once every thread has finished a run, the peak of the second half of the samples is
+    // at most 10 % + 32 MiB above the peak of the first half. (Not under valgrind, whose own
+    // bookkeeping grows: AGENTLM_SOAK_RSS=0.)
     if std::env::var("AGENTLM_SOAK_RSS").as_deref() == Ok("0") {
         return;
     }
-    let warm = rss[rss.len() / 4];
-    let last = *rss.last().unwrap();
-    assert!(last <= warm + warm / 10 + 32 * 1024, "RSS grew from {warm} KiB to {last} KiB");
+    if rss.len() < 6 {
+        eprintln!("soak: too short to judge memory ({} samples after every thread finished a run); run longer", rss.len());
+        return;
+    }
+    let (first, second) = rss.split_at(rss.len() / 2);
+    let (early, late) = (*first.iter().max().unwrap(), *second.iter().max().unwrap());
+    assert!(late <= early + early / 10 + 32 * 1024, "RSS peak grew from {early} KiB to {late} KiB");
 }
