@@ -32,7 +32,8 @@ bash scripts/check-swift-module.sh
 build_dir="${AGENTLM_CMAKE_BUILD_DIR:-build}"
 cmake -S . -B "$build_dir" -DAGENTLM_CARGO_PROFILE=dev -DAGENTLM_TEST_MODEL="$AGENTLM_MODEL" >/dev/null
 cmake --build "$build_dir" -j "$(nproc)"
-ctest --test-dir "$build_dir" --output-on-failure
+# Two at a time: the valgrind runs are single-threaded (fixtures order the setup steps).
+ctest --test-dir "$build_dir" --output-on-failure -j "$(nproc)"
 
 # A short libFuzzer run of every fuzz target (skipped with a notice where there is no nightly toolchain).
 bash scripts/fuzz-smoke.sh 15
