@@ -71,11 +71,14 @@ fn episode(model: &Model, adapter: &Adapter, sc: &Script, i: usize, publish: &dy
         .collect();
     let config = AgentConfig {
         format: ActionFormat::Alfworld,
-        constrained: true,
+        // The tiny model's vocabulary cannot spell the action grammar.
+        constrained: std::env::var_os("AGENTLM_SOAK_TINY").is_none(),
         max_steps: 2,
         max_tokens_per_step: 16,
         sampling: sc.sampling.clone(),
         capacity: Some(512),
+        // Named, so the tiny model (which ships no template) runs the same episode.
+        template: Some(agentlm::BuiltinTemplate::ChatMl),
         ..AgentConfig::default()
     };
     let task = format!("Your task is to: find {} ({i}).", ["an apple", "a mug", "a key"][i % 3]);
