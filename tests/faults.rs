@@ -64,51 +64,19 @@ fn tiny_config() -> LlamaConfig {
     }
 }
 
-/// GPT-2's byte-to-unicode alphabet.
-fn byte_alphabet() -> Vec<String> {
-    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
-    let mut n = 0;
-    (0..256u32)
-        .map(|b| {
-            let c = if printable(b) {
-                b
-            } else {
-                n += 1;
-                255 + n
-            };
-            char::from_u32(c).unwrap().to_string()
-        })
-        .collect()
-}
-
 fn write_tiny_model(dir: &Path) {
     let c = tiny_config();
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    let (h, i, q, kv) = (c.hidden_size, c.intermediate_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
     let tensors: Vec<(String, HostTensor)> = agentlm::convert::llama_tensor_names(&c, false)
         .into_iter()
         .map(|n| {
-            let shape = if n.contains("embed_tokens") {
-                vec![c.vocab_size, h]
-            } else if n.contains("norm") {
-                vec![h]
-            } else if n.contains("q_proj") {
-                vec![q, h]
-            } else if n.contains("k_proj") || n.contains("v_proj") {
-                vec![kv, h]
-            } else if n.contains("o_proj") {
-                vec![h, q]
-            } else if n.contains("down_proj") {
-                vec![h, i]
-            } else {
-                vec![i, h]
-            };
+            let shape = common::llama_shape(&c, &n);
             let len: usize = shape.iter().product();
             let data = if n.contains("norm") { vec![1.0; len] } else { (0..len).map(|_| rng.random_range(-0.1f32..0.1)).collect() };
             (n, HostTensor { shape, data })
         })
         .collect();
-    let mut tokens = byte_alphabet();
+    let mut tokens = common::byte_alphabet();
     tokens.push("<|im_start|>".into());
     tokens.push("<|im_end|>".into());
     let mut types = vec![1; tokens.len()];

@@ -2,23 +2,14 @@
 //! fuzz/corpus, then deterministic mutations of each (truncations, byte flips, insertions of
 //! interesting bytes, splices of two seeds). Long runs use `cargo fuzz` (docs/security.md).
 
+mod common;
 #[path = "../fuzz/targets.rs"]
 mod targets;
 
 use std::path::Path;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
+use common::Rng;
+
 
 fn seeds(target: &str) -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);

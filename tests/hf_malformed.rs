@@ -1,6 +1,8 @@
 //! Hugging Face directories: writer/reader round trips (single file and sharded, F16/BF16 inputs)
 //! and malformed inputs — each a clear error naming the file, never a panic.
 
+mod common;
+
 use std::path::Path;
 
 use agentlm::config::LlamaConfig;
@@ -28,29 +30,11 @@ fn tiny_config() -> LlamaConfig {
 
 fn tensors(c: &LlamaConfig) -> Vec<(String, HostTensor)> {
     let names = agentlm::convert::llama_tensor_names(c, false);
-    let shape_of = |n: &str| -> Vec<usize> {
-        let (h, i, q, kv) = (c.hidden_size, c.intermediate_size, c.num_attention_heads * c.head_dim, c.num_key_value_heads * c.head_dim);
-        if n.contains("embed_tokens") {
-            vec![c.vocab_size, h]
-        } else if n.contains("norm") {
-            vec![h]
-        } else if n.contains("q_proj") {
-            vec![q, h]
-        } else if n.contains("k_proj") || n.contains("v_proj") {
-            vec![kv, h]
-        } else if n.contains("o_proj") {
-            vec![h, q]
-        } else if n.contains("down_proj") {
-            vec![h, i]
-        } else {
-            vec![i, h]
-        }
-    };
     names
         .into_iter()
         .enumerate()
         .map(|(k, n)| {
-            let shape = shape_of(&n);
+            let shape = common::llama_shape(c, &n);
             let len: usize = shape.iter().product();
             let data = (0..len).map(|j| ((j * 7 + k * 13) % 17) as f32 * 0.125 - 1.0).collect();
             (n, HostTensor { shape, data })

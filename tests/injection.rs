@@ -7,19 +7,8 @@ mod common;
 
 use agentlm::formats::gguf::GgufFile;
 use agentlm::{ChatTemplate, Message, Tokenizer};
+use common::Rng;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 fn tokenizers() -> Vec<(&'static str, Tokenizer)> {
     let file = GgufFile::open(&common::model_path()).unwrap();

@@ -1,24 +1,13 @@
 //! Resource limits (issue 8): sizes a file merely claims are checked before anything is allocated
 //! for them, and a context larger than memory allows is an error, not an abort.
 
-use agentlm::{Error, LoadOptions, Model};
+mod common;
 
-/// The synthetic GGUF seed (a 1-layer Llama with a tokenizer) with `llama.context_length` replaced.
-fn gguf_with_context(context: u32) -> tempfile::NamedTempFile {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/gguf/tiny_llama_q4_q8_tokenizer");
-    let mut bytes = std::fs::read(path).unwrap();
-    let key = b"llama.context_length";
-    let at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len();
-    assert_eq!(u32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()), 4, "a u32 value");
-    bytes[at + 4..at + 8].copy_from_slice(&context.to_le_bytes());
-    let f = tempfile::Builder::new().suffix(".gguf").tempfile().unwrap();
-    std::fs::write(f.path(), &bytes).unwrap();
-    f
-}
+use agentlm::{Error, LoadOptions, Model};
 
 #[test]
 fn a_claimed_context_larger_than_memory_is_an_error() {
-    let f = gguf_with_context(u32::MAX);
+    let f = common::tiny_gguf_with_context(u32::MAX);
     match Model::load(f.path(), &LoadOptions::default()) {
         Err(Error::InvalidArgument(msg)) => {
             assert!(msg.contains("4294967295 positions") && msg.contains("max_context"), "{msg}");
@@ -39,7 +28,7 @@ fn a_claimed_context_larger_than_memory_is_an_error() {
 
 #[test]
 fn kv_cache_sizes_are_checked_arithmetic() {
-    let f = gguf_with_context(64);
+    let f = common::tiny_gguf_with_context(64);
     let model = Model::load(f.path(), &LoadOptions::default()).unwrap();
     let c = model.config();
     let per_position = 2 * c.num_hidden_layers * c.num_key_value_heads * c.head_dim * 4;
@@ -53,7 +42,7 @@ fn kv_cache_sizes_are_checked_arithmetic() {
 #[test]
 fn a_copied_file_may_be_truncated_while_open() {
     use agentlm::formats::gguf::GgufFile;
-    let f = gguf_with_context(64);
+    let f = common::tiny_gguf_with_context(64);
     let file = GgufFile::open_with(f.path(), true).unwrap();
     let before: Vec<Vec<f32>> = file.tensors().iter().map(|t| file.tensor_f32(&t.name).unwrap().data).collect();
     std::fs::OpenOptions::new().write(true).open(f.path()).unwrap().set_len(0).unwrap();
@@ -62,7 +51,7 @@ fn a_copied_file_may_be_truncated_while_open() {
     assert!(!before.is_empty());
 
     // Through the model loader: same greedy tokens with and without the copy.
-    let f = gguf_with_context(64);
+    let f = common::tiny_gguf_with_context(64);
     let greedy = |copy_file: bool| {
         let m = Model::load(f.path(), &LoadOptions { copy_file, ..LoadOptions::default() }).unwrap();
         let mut s = m.try_session(None).unwrap();

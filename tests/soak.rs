@@ -152,16 +152,9 @@ fn threads_with_cancels_swaps_and_forks_match_the_serial_run() {
     let tiny = std::env::var_os("AGENTLM_SOAK_TINY").is_some();
     // The tiny GGUF (fuzz seed) keeps valgrind runs short; its adapter is random (not a no-op).
     let (model, adapter) = if tiny {
-        let p = concat!(env!("CARGO_MANIFEST_DIR"), "/fuzz/corpus/gguf/tiny_llama_q4_q8_tokenizer");
-        let tmp = std::env::temp_dir().join(format!("agentlm-soak-{}.gguf", std::process::id()));
-        // Its context (64) is too short for the scripts: patch `llama.context_length` to 512.
-        let mut bytes = std::fs::read(p).unwrap();
-        let key = b"llama.context_length";
-        let at = bytes.windows(key.len()).position(|w| w == key).unwrap() + key.len() + 4;
-        bytes[at..at + 4].copy_from_slice(&512u32.to_le_bytes());
-        std::fs::write(&tmp, &bytes).unwrap();
-        let m = Model::load(&tmp, &LoadOptions::default()).unwrap();
-        std::fs::remove_file(&tmp).unwrap();
+        // Its context (64) is too short for the scripts: 512.
+        let tmp = common::tiny_gguf_with_context(512);
+        let m = Model::load(tmp.path(), &LoadOptions::default()).unwrap();
         let mut peft = Adapter::new_initialized(&m, &Default::default(), 1).unwrap().to_peft().unwrap();
         for (k, t) in peft.tensors.iter_mut() {
             for (j, v) in t.data.iter_mut().enumerate() {

@@ -2,24 +2,10 @@
 //! one, `llama-bpe` in groups of up to three, `default` (GPT-2) keeps digit runs whole. A tiny vocabulary
 //! whose merges give a different result for each split shows which one ran.
 
-use agentlm::tokenizer::{GgufVocab, Tokenizer};
+mod common;
 
-/// GPT-2's byte-to-unicode alphabet.
-fn byte_alphabet() -> Vec<String> {
-    let printable = |b: u32| (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
-    let mut n = 0;
-    (0..256u32)
-        .map(|b| {
-            let c = if printable(b) {
-                b
-            } else {
-                n += 1;
-                255 + n
-            };
-            char::from_u32(c).unwrap().to_string()
-        })
-        .collect()
-}
+use agentlm::tokenizer::{GgufVocab, Tokenizer};
+use common::byte_alphabet;
 
 fn tokenizer(pre: &str) -> Tokenizer {
     let mut tokens = byte_alphabet();
