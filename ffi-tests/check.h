@@ -6,6 +6,8 @@
 #include "agentlm.h"
 
 #include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
 
 static int g_passed, g_failed;
 
@@ -45,5 +47,11 @@ static int g_passed, g_failed;
     }                                                                                              \
     agentlm_error_free(err_);                                                                      \
   } while (0)
+
+/* An on/off switch from the environment: set, non-empty and not "0". */
+static inline int env_flag(const char *name) {
+  const char *v = getenv(name);
+  return v && *v && strcmp(v, "0") != 0;
+}
 
 #endif

@@ -740,10 +740,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: test_api MODEL.gguf (or set AGENTLM_MODEL)\n");
     return 2;
   }
-  const char *q = getenv("AGENTLM_TEST_QUICK");
-  g_quick = q && *q && strcmp(q, "0") != 0;
-  const char *t = getenv("AGENTLM_TEST_TINY");
-  g_tiny = t && *t && strcmp(t, "0") != 0;
+  g_quick = env_flag("AGENTLM_TEST_QUICK");
+  g_tiny = env_flag("AGENTLM_TEST_TINY");
 
   test_versions();
   test_load_errors();

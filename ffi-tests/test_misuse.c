@@ -1051,10 +1051,8 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: test_misuse MODEL.gguf (or set AGENTLM_MODEL)\n");
     return 2;
   }
-  const char *e = getenv("AGENTLM_TEST_TINY");
-  g_tiny = e && *e && strcmp(e, "0") != 0;
-  e = getenv("AGENTLM_TEST_NO_TRAIN");
-  g_no_train = e && *e && strcmp(e, "0") != 0;
+  g_tiny = env_flag("AGENTLM_TEST_TINY");
+  g_no_train = env_flag("AGENTLM_TEST_NO_TRAIN");
 
   double t0 = now_s();
 #define SECTION(call)                                                                                \

@@ -330,8 +330,7 @@ int main(int argc, char **argv) {
     fprintf(stderr, "usage: test_train MODEL.gguf PEFT_ADAPTER_DIR\n");
     return 2;
   }
-  const char *t = getenv("AGENTLM_TEST_TINY");
-  g_tiny = t && *t && strcmp(t, "0") != 0;
+  g_tiny = env_flag("AGENTLM_TEST_TINY");
   agentlm_model *m = NULL;
   /* The PEFT parity checks compare exact token sequences: the f32 path (the default for a quantized
      GGUF is the quantized path, whose greedy text may differ at near-ties). */
