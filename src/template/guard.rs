@@ -67,13 +67,7 @@ impl Analysis {
     /// Joins `kind` into every name bound by `target` (a name or a tuple of names).
     fn bind(&mut self, target: &Expr, kind: Kind) {
         match target {
-            Expr::Var(v) => {
-                let k = self.kinds.entry(v.id.to_string()).or_insert(Kind::Clean);
-                if kind > *k {
-                    *k = kind;
-                    self.changed = true;
-                }
-            }
+            Expr::Var(v) => self.bind_name(v.id, kind),
             Expr::List(l) => {
                 // Unpacking: each element may be anything the value held.
                 let each = if kind == Kind::Clean { Kind::Clean } else { Kind::Tainted };
@@ -193,14 +187,12 @@ impl Analysis {
             self.bind(a, passed);
         }
         for name in ["varargs", "kwargs", "caller"] {
-            self.kinds.entry(name.to_string()).or_insert(Kind::Clean);
-            if passed != Kind::Clean {
-                self.bind_name(name, Kind::Tainted);
-            }
+            self.bind_name(name, passed);
         }
         self.stmts(body);
     }
 
+    /// Joins `kind` into `name`'s kind (an absent name is clean).
     fn bind_name(&mut self, name: &str, kind: Kind) {
         let k = self.kinds.entry(name.to_string()).or_insert(Kind::Clean);
         if kind > *k {
