@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::agentlm_status::*;
 use super::log::{with_sink, LogSink};
 use super::registry::{self, Kind, Tracked, Users};
-use super::util::{boundary, handle, opt_out, read_params, str_arg, with_state, write_out, Fail, SendPtr};
+use super::util::{boundary, opt_out, read_params, str_arg, with_state, write_out, Fail, SendPtr};
 use super::{agentlm_error, agentlm_model, agentlm_status, agentlm_str};
 use crate::agent::{ActionFormat, Agent, AgentConfig, StepKind, Tool};
 use crate::generate::{CancelToken, SamplingParams};
@@ -186,7 +186,7 @@ impl Tracked for agentlm_agent {
 }
 
 pub(crate) fn lock_agent<T>(agent: *const agentlm_agent, f: impl FnOnce(&mut AgentState) -> Result<T, Fail>) -> Result<T, Fail> {
-    let a = handle(agent, "agent")?;
+    let a = registry::pin(agent, "agent")?;
     with_state(&a.state, "agent", |_| {}, |st| st.log.clone(), f)
 }
 
@@ -257,7 +257,7 @@ pub unsafe extern "C" fn agentlm_agent_new(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let m = handle(model, "model")?;
+        let m = registry::pin(model, "model")?;
         let p = unsafe { read_params(params, agentlm_agent_params_default()) }?;
         let instructions = unsafe { str_arg(instructions, instructions_len, "instructions") }?;
         let task = unsafe { str_arg(task, task_len, "task") }?;
@@ -428,7 +428,7 @@ pub unsafe extern "C" fn agentlm_agent_submit_observation(
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_agent_cancel(agent: *const agentlm_agent) -> agentlm_status {
     boundary(std::ptr::null_mut(), || {
-        handle(agent, "agent")?.cancel.cancel();
+        registry::pin(agent, "agent")?.cancel.cancel();
         Ok(AGENTLM_STATUS_OK)
     })
 }

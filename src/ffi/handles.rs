@@ -4,7 +4,7 @@ use std::sync::Mutex;
 
 use super::log::LogSink;
 use super::registry::{self, Kind, Tracked, Users};
-use super::util::{handle, with_state, Fail};
+use super::util::{with_state, Fail};
 use crate::generate::CancelToken;
 use crate::runtime::Model;
 use crate::session::Session;
@@ -72,7 +72,7 @@ impl agentlm_session {
 
 /// Runs `f` on the session's state; a concurrent call gets `AGENTLM_STATUS_BUSY` instead of waiting.
 pub(crate) fn lock<T>(session: *const agentlm_session, f: impl FnOnce(&mut SessionState) -> Result<T, Fail>) -> Result<T, Fail> {
-    let s = handle(session, "session")?;
+    let s = registry::pin(session, "session")?;
     // A panic inside an earlier call: end any half-finished generation.
     let repair = |st: &mut SessionState| {
         st.session.end();

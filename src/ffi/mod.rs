@@ -38,7 +38,7 @@ use handles::{lock, SessionState};
 pub use log::agentlm_log_fn;
 use log::LogSink;
 use registry::{Kind, Tracked, Users};
-use util::{boundary, handle, opt_out, read_params, slice_arg, str_arg, write_out, Fail};
+use util::{boundary, opt_out, read_params, slice_arg, str_arg, write_out, Fail};
 
 /// Major version of this library (semantic versioning; before 1.0 minor versions may break the ABI).
 pub const AGENTLM_VERSION_MAJOR: u32 = 0;
@@ -567,7 +567,7 @@ pub unsafe extern "C" fn agentlm_model_tokenize(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let m = handle(model, "model")?;
+        let m = registry::pin(model, "model")?;
         let text = unsafe { str_arg(text, text_len, "text") }?;
         let n_ids = opt_out(n_ids, "n_ids")?;
         if flags & !(AGENTLM_TOKENIZE_ADD_BOS | AGENTLM_TOKENIZE_PARSE_SPECIAL) != 0 {
@@ -605,7 +605,7 @@ pub unsafe extern "C" fn agentlm_model_detokenize(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let m = handle(model, "model")?;
+        let m = registry::pin(model, "model")?;
         let ids = unsafe { slice_arg(ids, n_ids, "ids") }?;
         let text_len = opt_out(text_len, "text_len")?;
         let vocab = m.model.config().vocab_size;
@@ -633,7 +633,7 @@ pub unsafe extern "C" fn agentlm_model_apply_chat_template(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let m = handle(model, "model")?;
+        let m = registry::pin(model, "model")?;
         let msgs = unsafe { slice_arg(messages, n_messages, "messages") }?;
         let text_len = opt_out(text_len, "text_len")?;
         let mut list = Vec::with_capacity(msgs.len());
@@ -694,7 +694,7 @@ pub unsafe extern "C" fn agentlm_session_new(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let m = handle(model, "model")?;
+        let m = registry::pin(model, "model")?;
         let p = unsafe { read_params(params, agentlm_session_params_default()) }?;
         let out = opt_out(out, "out")?;
         let session = m.model.try_session((p.capacity > 0).then_some(p.capacity as usize))?;
@@ -829,7 +829,7 @@ pub unsafe extern "C" fn agentlm_session_fork(
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_session_cancel(session: *const agentlm_session) -> agentlm_status {
     boundary(ptr::null_mut(), || {
-        handle(session, "session")?.cancel.cancel();
+        registry::pin(session, "session")?.cancel.cancel();
         Ok(AGENTLM_STATUS_OK)
     })
 }

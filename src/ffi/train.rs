@@ -10,7 +10,7 @@ use super::agentlm_status::*;
 use super::handles::{agentlm_model, agentlm_session, lock};
 use super::log::{with_sink, LogSink};
 use super::registry::{self, pin_opt, Kind, Tracked, Users};
-use super::util::{boundary, catch_or, handle, opt_out, read_params, str_arg, with_state, write_out, Fail};
+use super::util::{boundary, catch_or, opt_out, read_params, str_arg, with_state, write_out, Fail};
 use super::{agentlm_error, agentlm_status};
 use crate::adapter::Adapter;
 use crate::formats::peft::{LoraConfig, TARGETS};
@@ -155,7 +155,7 @@ struct TrainerState {
 }
 
 fn lock_trainer<T>(trainer: *const agentlm_trainer, f: impl FnOnce(&mut TrainerState) -> Result<T, Fail>) -> Result<T, Fail> {
-    let t = handle(trainer, "trainer")?;
+    let t = registry::pin(trainer, "trainer")?;
     with_state(&t.state, "trainer", |_| {}, |st| st.log.clone(), f)
 }
 
@@ -170,7 +170,7 @@ pub unsafe extern "C" fn agentlm_adapter_load(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let m = handle(model, "model")?;
+        let m = registry::pin(model, "model")?;
         let dir = unsafe { str_arg(dir, dir_len, "dir") }?;
         let out = opt_out(out, "out")?;
         let adapter = with_sink(m.log.as_ref(), || Adapter::load(&m.model, dir))?;
@@ -188,7 +188,7 @@ pub unsafe extern "C" fn agentlm_adapter_save(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let a = handle(adapter, "adapter")?;
+        let a = registry::pin(adapter, "adapter")?;
         let dir = unsafe { str_arg(dir, dir_len, "dir") }?;
         a.adapter.save(dir)?;
         Ok(AGENTLM_STATUS_OK)
@@ -262,8 +262,8 @@ pub unsafe extern "C" fn agentlm_model_merge_adapter(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let m = handle(model, "model")?;
-        let a = handle(adapter, "adapter")?;
+        let m = registry::pin(model, "model")?;
+        let a = registry::pin(adapter, "adapter")?;
         let out = opt_out(out, "out")?;
         if !scale.is_finite() {
             return Err(Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("scale {scale} is not finite")));
@@ -342,7 +342,7 @@ pub unsafe extern "C" fn agentlm_trainer_new(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let m = handle(model, "model")?;
+        let m = registry::pin(model, "model")?;
         let p = unsafe { read_params(params, agentlm_trainer_params_default()) }?;
         let out = opt_out(out, "out")?;
         let config = train_config(&p)?;
@@ -509,7 +509,7 @@ pub unsafe extern "C" fn agentlm_trainer_run(
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_trainer_cancel(trainer: *const agentlm_trainer) -> agentlm_status {
     boundary(std::ptr::null_mut(), || {
-        handle(trainer, "trainer")?.cancel.cancel();
+        registry::pin(trainer, "trainer")?.cancel.cancel();
         Ok(AGENTLM_STATUS_OK)
     })
 }
@@ -609,7 +609,7 @@ pub unsafe extern "C" fn agentlm_trainer_resume(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let m = handle(model, "model")?;
+        let m = registry::pin(model, "model")?;
         let dir = unsafe { str_arg(dir, dir_len, "dir") }?;
         let out = opt_out(out, "out")?;
         let trainer = with_sink(m.log.as_ref(), || Trainer::resume(&m.model, dir))?;

@@ -3,7 +3,6 @@
 use std::ffi::{c_char, c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use super::registry::{Pinned, Tracked};
 use super::{agentlm_error, agentlm_status, agentlm_status::*};
 use crate::engine::EngineError;
 use crate::formats::FormatError;
@@ -154,12 +153,6 @@ pub(crate) fn opt_out<T>(p: *mut T, what: &str) -> Result<*mut T, Fail> {
 pub(crate) fn write_out<T>(p: *mut T, v: T) {
     // SAFETY: `p` was checked by `opt_out`; the caller promises it is writable.
     unsafe { p.write(v) }
-}
-
-/// A required handle argument, looked up in the registry of live handles before it is read and
-/// pinned for the call: `NULL_POINTER` for NULL, `INVALID_HANDLE` when freed or not a handle of its type.
-pub(crate) fn handle<T: Tracked>(p: *const T, what: &str) -> Result<Pinned<T>, Fail> {
-    super::registry::pin(p, what)
 }
 
 /// Reads a parameter struct that starts with `uint32_t struct_size`: NULL means `default`; a size
