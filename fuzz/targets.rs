@@ -80,14 +80,27 @@ pub fn safetensors(data: &[u8]) {
     let _ = agentlm::formats::peft::read_tensors_bytes(data, path);
 }
 
+/// The server's default limits, as the `tgi_request` target parses with them.
+pub fn tgi_limits() -> tgi::Limits {
+    tgi::Limits { max_input_tokens: 4096, max_new_tokens: 1024, max_body_bytes: 1 << 20 }
+}
+
+/// The model context the `tgi_request` target parses for.
+const TGI_CONTEXT: usize = 8192;
+
+/// [`tgi::parse`] with [`tgi_limits`], a context of [`TGI_CONTEXT`] and one token per byte.
+pub fn tgi_parse(body: &[u8]) -> Result<tgi::Job, tgi::Bad> {
+    let tokenize = |s: &str| -> Result<Vec<u32>, String> { Ok(s.bytes().map(u32::from).collect()) };
+    tgi::parse(&tokenize, TGI_CONTEXT, &tgi_limits(), body)
+}
+
 /// The TGI example server's `/generate` body parser (tokenized bytewise: the parser, not a model,
 /// is under test).
 pub fn tgi_request(data: &[u8]) {
-    let tokenize = |s: &str| -> Result<Vec<u32>, String> { Ok(s.bytes().map(u32::from).collect()) };
-    let limits = tgi::Limits { max_input_tokens: 4096, max_new_tokens: 1024, max_body_bytes: 1 << 20 };
-    if let Ok(job) = tgi::parse(&tokenize, 8192, &limits, data) {
+    let limits = tgi_limits();
+    if let Ok(job) = tgi_parse(data) {
         assert!(!job.prompt_ids.is_empty() && job.prompt_ids.len() <= limits.max_input_tokens);
-        assert!(job.prompt_ids.len() + job.params.max_tokens <= 8192);
+        assert!(job.prompt_ids.len() + job.params.max_tokens <= TGI_CONTEXT);
     }
 }
 

@@ -119,10 +119,8 @@ fn template_safetensors_and_tgi_seeds_are_valid() {
     }
     let adapters = seeds("safetensors").iter().filter(|s| agentlm::formats::peft::read_tensors_bytes(s, Path::new("s")).is_ok()).count();
     assert_eq!(adapters, 2, "the F32 and F16 seeds decode; the one with an I64 tensor is refused");
-    let tokenize = |s: &str| -> Result<Vec<u32>, String> { Ok(s.bytes().map(u32::from).collect()) };
-    let limits = targets::tgi::Limits { max_input_tokens: 4096, max_new_tokens: 1024, max_body_bytes: 1 << 20 };
     for seed in seeds("tgi_request") {
-        let job = targets::tgi::parse(&tokenize, 8192, &limits, &seed).unwrap_or_else(|b| panic!("{}: {}", b.0, b.1));
+        let job = targets::tgi_parse(&seed).unwrap_or_else(|b| panic!("{}: {}", b.0, b.1));
         assert!(job.params.max_tokens > 0);
     }
 }
