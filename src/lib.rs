@@ -34,3 +34,5 @@ pub use template::{BuiltinTemplate, ChatTemplate, Message};
 pub use tokenizer::Tokenizer;
 pub mod convert;
 pub mod ffi;
+#[cfg(test)]
+mod testdata;

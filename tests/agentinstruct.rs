@@ -1,4 +1,5 @@
-//! The real AgentInstruct ALFWorld trajectories (../shared/data/agentinstruct): every agent turn parses
+//! The real AgentInstruct ALFWorld trajectories (`$AGENTLM_ALFWORLD`, or ../shared/data/agentinstruct where
+//! a team has it; each test prints `SKIPPED` without them): every agent turn parses
 //! as the action it contains; rendering with llama-2 and tokenization give the loss mask AgentTuning
 //! trains with (loss only on turns marked `loss: true`).
 
@@ -8,15 +9,16 @@ use agentlm::agent::format::ALFWORLD_VERBS;
 use agentlm::agent::{Action, ActionFormat, Trajectory};
 use agentlm::{BuiltinTemplate, ChatTemplate, LoadOptions, Model};
 
-fn trajectories() -> Vec<Trajectory> {
-    let path = common::shared("data/agentinstruct/alfworld.jsonl");
+/// The trajectories, or `None` after a `SKIPPED` line when the data is not available.
+fn trajectories(test: &str) -> Option<Vec<Trajectory>> {
+    let path = common::alfworld_or_skip(test)?;
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("AgentInstruct row")).collect()
+    Some(text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("AgentInstruct row")).collect())
 }
 
 #[test]
 fn every_agent_turn_parses_as_its_action() {
-    let all = trajectories();
+    let Some(all) = trajectories("agentinstruct::every_agent_turn_parses_as_its_action") else { return };
     assert_eq!(all.len(), 50);
     let (mut actions, mut thoughts, mut other_verbs) = (0, 0, vec![]);
     for t in &all {
@@ -51,11 +53,12 @@ fn every_agent_turn_parses_as_its_action() {
 
 #[test]
 fn llama2_rendering_and_loss_masks() {
+    let Some(all) = trajectories("agentinstruct::llama2_rendering_and_loss_masks") else { return };
     let whole = ChatTemplate::builtin(BuiltinTemplate::Llama2 { default_system: true });
     let template = &whole;
     let model = Model::load(common::model_path(), &LoadOptions::default()).unwrap();
     let tok = model.tokenizer();
-    for t in trajectories() {
+    for t in all {
         let segments = t.render(template).unwrap();
         let joined: String = segments.iter().map(|s| s.text.as_str()).collect();
         assert_eq!(joined, whole.render(&t.messages().unwrap(), false).unwrap(), "{:?}", t.id);
@@ -96,12 +99,15 @@ fn llama2_rendering_and_loss_masks() {
     }
 }
 
-/// The exact masking rule of the transformers reference (../shared/golden/smollm2_lora_golden.json):
+/// The exact masking rule of the transformers reference (golden `smollm2_lora_agentinstruct_golden.json`):
 /// SmolLM2's own template, loss on the content and `<|im_end|>` of `loss: true` assistant turns, first
 /// 1024 tokens kept. Ids and masks must be identical.
 #[test]
 fn masks_match_the_transformers_reference_on_smollm2s_template() {
-    let golden = common::json(&common::shared("golden/smollm2_lora_golden.json"));
+    let Some(path) = common::agentinstruct_golden_or_skip("agentinstruct::masks_match_the_transformers_reference") else {
+        return;
+    };
+    let golden = common::json(&path);
     let ml = &golden["masked_loss"];
     let max = ml["max_tokens"].as_u64().unwrap() as usize;
     let model = Model::load(common::model_path(), &LoadOptions::default()).unwrap();

@@ -22,7 +22,7 @@ fn run(args: &[&str]) -> (bool, String, String) {
 #[test]
 fn json_output_matches_golden_greedy_tokens() {
     let model = common::model_path();
-    let golden = common::json(&common::shared("golden/smollm2_hf_golden.json"));
+    let golden = common::json(&common::golden("smollm2_hf_golden.json"));
     let p = golden["prompts"].as_array().unwrap().iter().find(|p| p["name"] == "chat_capital").unwrap();
     let user = p["messages"][0]["content"].as_str().unwrap();
     let (ok, stdout, stderr) = run(&[

@@ -14,7 +14,7 @@ use serde_json::Value;
 
 fn golden() -> &'static Value {
     static G: OnceLock<Value> = OnceLock::new();
-    G.get_or_init(|| common::json(&common::shared("golden/smollm2_hf_golden.json")))
+    G.get_or_init(|| common::json(&common::golden("smollm2_hf_golden.json")))
 }
 
 fn gguf_model() -> &'static Model {

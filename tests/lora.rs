@@ -1,5 +1,6 @@
 //! LoRA parity with Hugging Face transformers + PEFT on SmolLM2-135M-Instruct
-//! (../shared/golden/smollm2_lora_golden.json and the PEFT adapter ../shared/golden/smollm2_lora_r8):
+//! (golden `smollm2_lora_golden.json`, `smollm2_lora_agentinstruct_golden.json` and the PEFT adapter
+//! `smollm2_lora_r8`, made by scripts/golden/make.sh):
 //! logits with the adapter attached, detached and merged; masked losses of real ALFWorld trajectories;
 //! one AdamW step; saving an adapter PEFT can read.
 
@@ -12,11 +13,11 @@ use agentlm::{Adapter, LoadOptions, Model};
 use serde_json::Value;
 
 fn golden() -> Value {
-    common::json(&common::shared("golden/smollm2_lora_golden.json"))
+    common::json(&common::golden("smollm2_lora_golden.json"))
 }
 
 fn adapter_dir() -> std::path::PathBuf {
-    common::shared("golden/smollm2_lora_r8")
+    common::golden("smollm2_lora_r8")
 }
 
 fn model() -> Model {
@@ -128,7 +129,8 @@ fn reference_config() -> TrainConfig {
 
 #[test]
 fn masked_losses_match_the_reference_with_and_without_the_adapter() {
-    let g = golden();
+    let Some(path) = common::agentinstruct_golden_or_skip("lora::masked_losses_match_the_reference") else { return };
+    let g = common::json(&path);
     let model = model();
     let adapter = Adapter::load(&model, adapter_dir()).unwrap();
     for (start, key) in [(Some(&adapter), "lora_loss"), (None, "base_loss")] {
@@ -164,7 +166,8 @@ fn masked_losses_match_the_reference_with_and_without_the_adapter() {
 
 #[test]
 fn one_adamw_step_matches_the_reference_gradient_and_loss_after() {
-    let g = golden();
+    let Some(path) = common::agentinstruct_golden_or_skip("lora::one_adamw_step_matches_the_reference") else { return };
+    let g = common::json(&path);
     let ts = &g["train_step"];
     let model = model();
     let adapter = Adapter::load(&model, adapter_dir()).unwrap();

@@ -165,7 +165,7 @@ fn threads_with_cancels_swaps_and_forks_match_the_serial_run() {
         (m, a)
     } else {
         let m = Model::load(common::model_path(), &LoadOptions::default()).unwrap();
-        let a = Adapter::load(&m, common::shared("golden/smollm2_lora_r8")).unwrap();
+        let a = Adapter::load(&m, common::golden("smollm2_lora_r8")).unwrap();
         (m, a)
     };
 

@@ -289,12 +289,7 @@ fn pointers_that_were_never_handles_are_refused_unread() {
 /// The test model, when present (`$AGENTLM_MODEL`, else the cache); the test using it is skipped
 /// without it.
 fn test_model() -> Option<String> {
-    const NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-    let p = match (std::env::var_os("AGENTLM_MODEL"), std::env::var_os("AGENTLM_CACHE")) {
-        (Some(p), _) => std::path::PathBuf::from(p),
-        (None, Some(c)) => std::path::PathBuf::from(c).join(NAME),
-        (None, None) => std::path::PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/agentlm").join(NAME),
-    };
+    let p = crate::testdata::model_location();
     p.is_file().then(|| p.to_string_lossy().into_owned())
 }
 

@@ -1,9 +1,5 @@
 use super::*;
-use std::path::PathBuf;
-
-fn shared(rel: &str) -> PathBuf {
-    PathBuf::from(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/golden")).join(rel)
-}
+use crate::testdata::golden as golden_file;
 
 fn json_file(p: &Path) -> Value {
     serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
@@ -14,7 +10,7 @@ fn ids(v: &Value) -> Vec<u32> {
 }
 
 fn sentencepiece_from_arrays() -> Tokenizer {
-    let v = json_file(&shared("sentencepiece_bpe/vocab.json"));
+    let v = json_file(&golden_file("sentencepiece_bpe/vocab.json"));
     let vocab = GgufVocab {
         model: v["model"].as_str().unwrap().into(),
         tokens: v["tokens"].as_array().unwrap().iter().map(|t| t.as_str().unwrap().to_string()).collect(),
@@ -32,8 +28,8 @@ fn sentencepiece_from_arrays() -> Tokenizer {
 
 #[test]
 fn sentencepiece_bpe_matches_reference_from_json_and_from_gguf_arrays() {
-    let golden = json_file(&shared("sentencepiece_bpe/golden.json"));
-    let from_json = Tokenizer::from_hf_files(&shared("sentencepiece_bpe/tokenizer.json"), None).unwrap();
+    let golden = json_file(&golden_file("sentencepiece_bpe/golden.json"));
+    let from_json = Tokenizer::from_hf_files(&golden_file("sentencepiece_bpe/tokenizer.json"), None).unwrap();
     let from_arrays = sentencepiece_from_arrays();
     assert!(from_json.add_bos_by_default() && from_arrays.add_bos_by_default());
     assert_eq!(from_json.bos_id(), Some(1));
@@ -54,20 +50,12 @@ fn sentencepiece_bpe_matches_reference_from_json_and_from_gguf_arrays() {
 }
 
 fn smollm2() -> Tokenizer {
-    let name = "SmolLM2-135M-Instruct.Q4_1.gguf";
-    let p = std::env::var_os("AGENTLM_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-        std::env::var_os("AGENTLM_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/agentlm"))
-            .join(name)
-    });
-    assert!(p.is_file(), "{} missing: run scripts/fetch-model.sh", p.display());
-    Tokenizer::from_gguf(&GgufFile::open(&p).unwrap()).unwrap()
+    Tokenizer::from_gguf(&GgufFile::open(&crate::testdata::model_path()).unwrap()).unwrap()
 }
 
 #[test]
 fn smollm2_from_gguf_matches_reference_and_round_trips_through_tokenizer_json() {
-    let golden = json_file(&shared("smollm2_hf_golden.json"));
+    let golden = json_file(&golden_file("smollm2_hf_golden.json"));
     let tok = smollm2();
     assert!(!tok.add_bos_by_default());
     assert_eq!(tok.eos_ids(), &[2]);

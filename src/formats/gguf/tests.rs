@@ -1,5 +1,6 @@
 use super::*;
 use std::io::Write;
+use crate::testdata::{golden, model_path};
 
 // ---------------------------------------------------------------------------------------------
 // A minimal GGUF writer for synthetic test files.
@@ -592,20 +593,10 @@ fn gguf_weights_hand_up_hf_names_and_layout() {
 // ---------------------------------------------------------------------------------------------
 // The real test model.
 
-fn model_path() -> PathBuf {
-    const NAME: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-    let p = std::env::var_os("AGENTLM_MODEL").map(PathBuf::from).unwrap_or_else(|| {
-        std::env::var_os("AGENTLM_CACHE")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/agentlm"))
-            .join(NAME)
-    });
-    assert!(p.is_file(), "{} missing: run scripts/fetch-model.sh", p.display());
-    p
-}
 
-fn json(path: &str) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{path}: {e}"))).unwrap()
+fn json(path: &Path) -> serde_json::Value {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap()
 }
 
 /// Compares a metadata value with its JSON rendering by gguf-py.
@@ -625,7 +616,7 @@ fn same_value(ours: &GgufValue, want: &serde_json::Value) -> bool {
 
 #[test]
 fn real_model_matches_reference_inventory() {
-    let info = json(concat!(env!("CARGO_MANIFEST_DIR"), "/../shared/golden/smollm2_gguf_info.json"));
+    let info = json(&golden("smollm2_gguf_info.json"));
     let g = GgufFile::open(&model_path()).unwrap();
     assert_eq!(u64::from(g.version()), info["gguf_version"].as_u64().unwrap());
     assert_eq!(g.architecture(), info["architecture"].as_str());
@@ -710,7 +701,7 @@ fn real_model_matches_reference_inventory() {
 /// and every tensor dequantizes to finite values.
 #[test]
 fn real_model_dequantizes_like_gguf_py() {
-    let probe = json(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gguf/smollm2_probe.json"));
+    let probe = json(Path::new(concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/gguf/smollm2_probe.json")));
     let g = GgufFile::open(&model_path()).unwrap();
     for p in probe["probes"].as_array().unwrap() {
         let name = p["name"].as_str().unwrap();
