@@ -7,8 +7,16 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 export AGENTLM_CACHE="${AGENTLM_CACHE:-$HOME/.cache/agentlm}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$AGENTLM_CACHE/target}"
+# AgentInstruct cannot be redistributed, so it is not in the repository: download the "alfworld" split of
+# the Hugging Face dataset THUDM/AgentInstruct (336 trajectories; save it as JSON lines, one
+# {"conversations": [...], "id": ...} object per line) and point AGENTLM_ALFWORLD at it. A team checkout
+# with ../shared beside it uses the copy there. Without it the demo trains on host-recorded episodes alone.
 data="${AGENTLM_ALFWORLD:-../shared/data/agentinstruct/alfworld.jsonl}"
-[ -f "$data" ] || { echo "AgentInstruct ALFWorld data not found at $data (set AGENTLM_ALFWORLD)" >&2; exit 1; }
+if [ ! -f "$data" ]; then
+    echo "note: AgentInstruct ALFWorld data not found at $data; training on host-recorded episodes alone." >&2
+    echo "      To add it: save the alfworld split of THUDM/AgentInstruct as JSON lines and set AGENTLM_ALFWORLD." >&2
+    data="-"
+fi
 model="$(bash scripts/fetch-model.sh)"
 build_dir="${AGENTLM_CMAKE_BUILD_DIR:-build}"
 cmake -S . -B "$build_dir" -DAGENTLM_CARGO_PROFILE=release -DAGENTLM_BUILD_TESTS=OFF >/dev/null

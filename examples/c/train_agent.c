@@ -15,8 +15,11 @@
  *               [--lr X] [--out DIR] [--measure-tasks N]
  *
  * ALFWORLD_JSONL: AgentInstruct's ALFWorld split (one trajectory per line); its last --held-out lines
- * (default 16) are the held-out set, the others are trained on. Prints a summary ending in
- * "held-out loss A -> B", "valid actions before/after" and the peak memory.
+ * (default 16) are the held-out set, the others are trained on. AgentInstruct cannot be redistributed:
+ * get it from the Hugging Face dataset THUDM/AgentInstruct (split "alfworld", saved as JSON lines).
+ * Pass "-" (or an empty string) to train on host-recorded episodes alone: the base model records the
+ * episodes, there is no held-out loss, and training runs only if some episode succeeded.
+ * Prints a summary with "held-out loss", "valid actions before/after" and the peak memory.
  */
 #include "agentlm.h"
 #include "household.h"
@@ -207,13 +210,17 @@ int main(int argc, char **argv) {
   agentlm_model *m = NULL;
   TRY("load", agentlm_model_load(argv[1], strlen(argv[1]), NULL, &m, &e_));
 
+  const int have_data = argv[2][0] != '\0' && strcmp(argv[2], "-") != 0;
   char train_path[] = "/tmp/agentlm-alfworld-train-XXXXXX", eval_path[] = "/tmp/agentlm-alfworld-eval-XXXXXX";
-  int fd1 = mkstemp(train_path), fd2 = mkstemp(eval_path);
-  if (fd1 < 0 || fd2 < 0) {
-    perror("mkstemp");
-    return 1;
+  int lines = 0;
+  if (have_data) {
+    int fd1 = mkstemp(train_path), fd2 = mkstemp(eval_path);
+    if (fd1 < 0 || fd2 < 0) {
+      perror("mkstemp");
+      return 1;
+    }
+    lines = split(argv[2], held_out, train_path, eval_path);
   }
-  int lines = split(argv[2], held_out, train_path, eval_path);
 
   agentlm_trainer_params tp = agentlm_trainer_params_default();
   tp.learning_rate = lr;
@@ -224,35 +231,44 @@ int main(int argc, char **argv) {
   agentlm_trainer *t = NULL;
   TRY("trainer", agentlm_trainer_new(m, &tp, NULL, &t, &e_));
   size_t n_train = 0, n_eval = 0;
-  TRY("training data", agentlm_trainer_add_jsonl_file(t, AGENTLM_DATA_AGENT, train_path, strlen(train_path), &n_train, &e_));
-  TRY("held-out data", agentlm_trainer_add_jsonl_file(t, AGENTLM_DATA_EVAL, eval_path, strlen(eval_path), &n_eval, &e_));
-  printf("AgentInstruct ALFWorld: %d trajectories, %zu trained on, %zu held out (first %u tokens each)\n", lines,
-         n_train, n_eval, max_tokens);
+  if (have_data) {
+    TRY("training data", agentlm_trainer_add_jsonl_file(t, AGENTLM_DATA_AGENT, train_path, strlen(train_path), &n_train, &e_));
+    TRY("held-out data", agentlm_trainer_add_jsonl_file(t, AGENTLM_DATA_EVAL, eval_path, strlen(eval_path), &n_eval, &e_));
+    printf("AgentInstruct ALFWorld: %d trajectories, %zu trained on, %zu held out (first %u tokens each)\n", lines,
+           n_train, n_eval, max_tokens);
+  } else {
+    printf("no AgentInstruct data: training on host-recorded episodes alone (AgentInstruct cannot be "
+           "redistributed; get the alfworld split of THUDM/AgentInstruct and pass it as ALFWORLD_JSONL)\n");
+  }
 
   double loss_before = 0, loss_after = 0;
   uint32_t eval_tokens = 0;
-  TRY("evaluate", agentlm_trainer_evaluate(t, &loss_before, &eval_tokens, &e_));
-  printf("held-out masked loss before: %.4f (%u loss tokens)\n", loss_before, eval_tokens);
+  if (have_data) {
+    TRY("evaluate", agentlm_trainer_evaluate(t, &loss_before, &eval_tokens, &e_));
+    printf("held-out masked loss before: %.4f (%u loss tokens)\n", loss_before, eval_tokens);
+  }
   printf("free greedy replies, base model:\n");
   stats before = measure(m, NULL, 1);
   printf("valid actions before: %d of %d replies\n", before.valid, before.replies);
 
-  /* Round 1: AgentInstruct alone. */
-  uint32_t first = steps / 2;
-  printf("training round 1: %u steps on AgentInstruct (LoRA r=%u, alpha=%g, all linears, lr %.1e):\n", first,
-         tp.lora_rank, tp.lora_alpha, lr);
+  /* Round 1: AgentInstruct alone (without it, the base model records the episodes). */
+  uint32_t first = have_data ? steps / 2 : 0;
   progress_state ps = {steps, 0, 0, 0};
-  double t_train = now();
-  TRY("train", agentlm_trainer_run(t, first, 0, on_progress, &ps, NULL, &e_));
-  t_train = now() - t_train;
-  double loss_mid = 0;
-  TRY("evaluate", agentlm_trainer_evaluate(t, &loss_mid, NULL, &e_));
-  printf("held-out masked loss after round 1: %.4f\n", loss_mid);
-
-  /* The round-1 adapter, hot-swapped into new agents, plays episodes; the successful ones are kept. */
+  double t_train = 0, loss_mid = 0;
   agentlm_adapter *round1 = NULL;
-  TRY("adapter", agentlm_trainer_adapter(t, &round1, &e_));
-  printf("recording %u constrained episodes (sampled) with the round-1 adapter:\n", episodes);
+  if (have_data) {
+    printf("training round 1: %u steps on AgentInstruct (LoRA r=%u, alpha=%g, all linears, lr %.1e):\n", first,
+           tp.lora_rank, tp.lora_alpha, lr);
+    t_train = now();
+    TRY("train", agentlm_trainer_run(t, first, 0, on_progress, &ps, NULL, &e_));
+    t_train = now() - t_train;
+    TRY("evaluate", agentlm_trainer_evaluate(t, &loss_mid, NULL, &e_));
+    printf("held-out masked loss after round 1: %.4f\n", loss_mid);
+    /* The round-1 adapter, hot-swapped into new agents, plays episodes; the successful ones are kept. */
+    TRY("adapter", agentlm_trainer_adapter(t, &round1, &e_));
+  }
+  printf("recording %u constrained episodes (sampled) with the %s:\n", episodes,
+         have_data ? "round-1 adapter" : "base model");
   int kept = 0;
   for (uint32_t i = 0; i < episodes; i++) {
     goal g = RECORD_GOALS[i % (sizeof RECORD_GOALS / sizeof RECORD_GOALS[0])];
@@ -265,11 +281,16 @@ int main(int argc, char **argv) {
   printf("kept %d successful episodes of %u (reward 1)\n", kept, episodes);
 
   /* Round 2: the same trainer goes on with the recorded episodes in its data. */
-  printf("training round 2: %u steps on AgentInstruct and the kept episodes:\n", steps - first);
-  double t2 = now();
-  TRY("train", agentlm_trainer_run(t, steps - first, 0, on_progress, &ps, NULL, &e_));
-  t_train += now() - t2;
-  TRY("evaluate", agentlm_trainer_evaluate(t, &loss_after, NULL, &e_));
+  if (have_data || kept > 0) {
+    printf("training round 2: %u steps on %s:\n", steps - first,
+           have_data ? "AgentInstruct and the kept episodes" : "the kept episodes");
+    double t2 = now();
+    TRY("train", agentlm_trainer_run(t, steps - first, 0, on_progress, &ps, NULL, &e_));
+    t_train += now() - t2;
+  } else {
+    printf("no successful episode and no AgentInstruct data: nothing to train on\n");
+  }
+  if (have_data) TRY("evaluate", agentlm_trainer_evaluate(t, &loss_after, NULL, &e_));
 
   agentlm_adapter *adapter = NULL;
   TRY("adapter", agentlm_trainer_adapter(t, &adapter, &e_));
@@ -282,9 +303,12 @@ int main(int argc, char **argv) {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
   printf("\n== summary ==\n");
-  printf("held-out loss %.4f -> %.4f -> %.4f (before, after round 1, after round 2; %u loss tokens of %zu "
-         "AgentInstruct ALFWorld trajectories)\n",
-         loss_before, loss_mid, loss_after, eval_tokens, n_eval);
+  if (have_data)
+    printf("held-out loss %.4f -> %.4f -> %.4f (before, after round 1, after round 2; %u loss tokens of %zu "
+           "AgentInstruct ALFWorld trajectories)\n",
+           loss_before, loss_mid, loss_after, eval_tokens, n_eval);
+  else
+    printf("held-out loss: not measured (no AgentInstruct data)\n");
   printf("recorded episodes kept: %d of %u\n", kept, episodes);
   printf("valid actions before: %d of %d replies; after: %d of %d replies\n", before.valid, before.replies,
          after.valid, after.replies);
@@ -294,7 +318,9 @@ int main(int argc, char **argv) {
   agentlm_adapter_free(adapter);
   agentlm_trainer_free(t);
   agentlm_model_free(m);
-  remove(train_path);
-  remove(eval_path);
+  if (have_data) {
+    remove(train_path);
+    remove(eval_path);
+  }
   return 0;
 }
