@@ -7,8 +7,8 @@ import time
 
 import numpy as np
 import llama_cpp
-from llama_cpp import Llama
 
+from llama_cpp_plain import load_llama
 from peer_report import parse_args, report, rss_mib
 
 
@@ -19,11 +19,8 @@ def main():
     kwargs = dict(model_path=a.model, n_ctx=len(ids) + a.gen_tokens + 8, n_batch=512, n_threads=a.threads,
                   n_threads_batch=a.threads, verbose=False)
     t = time.perf_counter()
-    try:
-        # The AMX/extra buffer types path crashes on some CPUs; plain CPU buffers are what we compare.
-        llm = Llama(use_extra_bufts=False, **kwargs)
-    except TypeError:
-        llm = Llama(**kwargs)
+    # Plain CPU buffers (the AMX/extra buffer types path crashes on some CPUs): see llama_cpp_plain.py.
+    llm = load_llama(**kwargs)
     load_s = time.perf_counter() - t
 
     n_vocab = llm.n_vocab()
