@@ -29,13 +29,14 @@ file of their own because that data is not redistributable; a single-file golden
 Usage: python3 scripts/golden/compare.py A B [--ignore versions.torch --ignore note] [--float-tol 1e-4] [-v]
 """
 import argparse
-import hashlib
 import json
 import math
 import os
 import re
 import struct
 import sys
+
+from golden_common import sha256_of
 
 
 def keypath_regex(pattern):
@@ -149,14 +150,6 @@ def compare_values(a, b, path, diff):
 def short(v, n=60):
     s = json.dumps(v, ensure_ascii=False)
     return s if len(s) <= n else s[: n - 3] + "..."
-
-
-def sha256_of(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def read_safetensors_header(path):

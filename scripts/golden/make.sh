@@ -82,12 +82,12 @@ run() {
 
 mkdir -p "$out"
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-2}"
-run gguf_info "$here/gguf_info.py" -- "$here/gguf_info.py" --model "$model" --out-dir @OUT@
-run hf_golden "$here/hf_golden.py" -- "$here/hf_golden.py" --model "$model" --out-dir @OUT@
-run sentencepiece_bpe "$here/sentencepiece_bpe.py" -- "$here/sentencepiece_bpe.py" --out @OUT@/sentencepiece_bpe
-run lora "$here/lora_golden.py" "$here/hf_from_gguf.py" -- "$here/lora_golden.py" --model "$model" --out @OUT@
+run gguf_info "$here/gguf_info.py" "$here/golden_common.py" -- "$here/gguf_info.py" --model "$model" --out-dir @OUT@
+run hf_golden "$here/hf_golden.py" "$here/golden_common.py" -- "$here/hf_golden.py" --model "$model" --out-dir @OUT@
+run sentencepiece_bpe "$here/sentencepiece_bpe.py" "$here/golden_common.py" -- "$here/sentencepiece_bpe.py" --out @OUT@/sentencepiece_bpe
+run lora "$here/lora_golden.py" "$here/hf_from_gguf.py" "$here/golden_common.py" -- "$here/lora_golden.py" --model "$model" --out @OUT@
 if [ -n "$alfworld" ]; then
-    run lora_agentinstruct "$here/lora_golden.py" "$here/hf_from_gguf.py" "$alfworld" \
+    run lora_agentinstruct "$here/lora_golden.py" "$here/hf_from_gguf.py" "$here/golden_common.py" "$alfworld" \
         "$out/smollm2_lora_r8/adapter_model.safetensors" -- \
         "$here/lora_golden.py" --model "$model" --adapter "$out/smollm2_lora_r8" --alfworld "$alfworld" \
         --agentinstruct-only --out @OUT@
