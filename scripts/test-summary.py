@@ -44,10 +44,13 @@ def main():
     logs = sorted(pathlib.Path(sys.argv[1]).glob("*.log"))
     for log in logs:
         _, kind, name = log.stem.split(".", 2)
+        secs = log.with_name(log.name + ".seconds")
+        took = f" ({secs.read_text().strip()} s)" if secs.exists() else ""
         if kind == "none":
+            print(f"  {name}: built{took}")
             continue
         p, f, s = count(kind, log.read_text(errors="replace"))
-        print(f"  {name}: passed {p}, failed {f}, skipped {s}")
+        print(f"  {name}: passed {p}, failed {f}, skipped {s}{took}")
         for k, v in enumerate((p, f, s)):
             totals[k] += v
     status = sys.argv[2] if len(sys.argv) > 2 else "0"

@@ -36,7 +36,10 @@ stage() {
     local kind="$1" name="$2"
     shift 2
     n=$((n + 1))
-    "$@" 2>&1 | tee "$logs/$(printf %02d "$n").$kind.$name.log"
+    local t0=$SECONDS log
+    log="$logs/$(printf %02d "$n").$kind.$name.log"
+    "$@" 2>&1 | tee "$log"
+    echo "$((SECONDS - t0))" > "$log.seconds"
 }
 
 # The golden files (regenerated once into the cache; see docs/testing.md), made beside the cargo build:
@@ -48,28 +51,18 @@ golden_pid=$!
 # examples, the tests, the cxx bridge and the CMake build below share one build of the dependencies.
 # The CLI tests run the generate example as a program: build it first.
 stage none build cargo build --locked --examples
-# The shared library itself (target/debug/libagentlm.so), which the Go binding links.
-stage none build-lib cargo build --locked --lib
 wait "$golden_pid" || { golden_pid=""; echo "error: scripts/golden/make.sh failed" >&2; exit 1; }
 golden_pid=""
+AGENTLM_GOLDEN="$(tail -n 1 "$logs/golden.out")"
+export AGENTLM_GOLDEN
 # A team checkout (../shared beside it, as in CI) also checks that the regenerated golden files equal the
 # team's copies (floats within 1e-4: CPUs round the same f32 reference computation differently).
 if [ -d ../shared/golden ]; then
     stage plain golden-check "$AGENTLM_CACHE/golden/venv/bin/python" scripts/golden/compare.py "$AGENTLM_GOLDEN" \
         ../shared/golden --float-tol 1e-4 --ignore README.md
 fi
-AGENTLM_GOLDEN="$(tail -n 1 "$logs/golden.out")"
-export AGENTLM_GOLDEN
 stage cargo test cargo test --locked --all-targets
 stage cargo doc cargo test --locked --doc
-
-# The Go binding, linked against the library cargo just built (go vet, go test on the real model, the
-# Go example). CGO_LDFLAGS is how a Go program finds the library; see bindings/go/README.md.
-lib_dir="$CARGO_TARGET_DIR/debug"
-[ -f "$lib_dir/libagentlm.so" ] || { echo "error: $lib_dir/libagentlm.so was not built" >&2; exit 1; }
-export CGO_LDFLAGS="-L$lib_dir -Wl,-rpath,$lib_dir ${CGO_LDFLAGS:-}"
-stage go go-binding bash -c 'cd bindings/go && go vet ./... && go test -count=1 -v ./...'
-stage none go-example bash -c 'cd examples/go && go vet ./... && go run . -steps 2 "$AGENTLM_MODEL"'
 
 # The Swift binding's C module through its module map (no Swift toolchain here: see bindings/swift).
 stage plain swift bash scripts/check-swift-module.sh
@@ -80,6 +73,18 @@ build_dir="${AGENTLM_CMAKE_BUILD_DIR:-build}"
 cmake -S . -B "$build_dir" -DAGENTLM_CARGO_PROFILE=dev -DAGENTLM_TEST_MODEL="$AGENTLM_MODEL" \
     -DAGENTLM_TEST_GOLDEN="$AGENTLM_GOLDEN" -DAGENTLM_TEST_ALFWORLD="$alfworld" >/dev/null
 cmake --build "$build_dir" -j "$(nproc)"
+
+# The Go binding, linked against the library the CMake build just made (cargo's libagentlm.so plus the
+# libagentlm.so.0 link its SONAME names, which CMake provides): go vet, go test on the real model, the Go
+# example. CGO_LDFLAGS is how a Go program finds the library; see bindings/go/README.md.
+lib_dir="$CARGO_TARGET_DIR/debug"
+for f in libagentlm.so libagentlm.so.0; do
+    [ -e "$lib_dir/$f" ] || { echo "error: $lib_dir/$f was not built" >&2; exit 1; }
+done
+export CGO_LDFLAGS="-L$lib_dir -Wl,-rpath,$lib_dir ${CGO_LDFLAGS:-}"
+stage go go-binding bash -c 'cd bindings/go && go vet ./... && go test -count=1 -v ./...'
+stage none go-example bash -c 'cd examples/go && go vet ./... && go run . -steps 2 "$AGENTLM_MODEL"'
+
 # Two at a time: the valgrind runs are single-threaded (fixtures order the setup steps).
 stage ctest ctest ctest --test-dir "$build_dir" --output-on-failure -j "$(nproc)"
 
