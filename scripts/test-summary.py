@@ -56,7 +56,7 @@ def main():
     status = sys.argv[2] if len(sys.argv) > 2 else "0"
     if status != "0" and totals[1] == 0:
         # The run stopped at a stage that reports no count (a build, or a runner that died).
-        print(f"  the run stopped early in {logs[-1].stem.split('.', 2)[2] if logs else 'setup'} (exit status {status})")
+        print(f"  the run stopped early, after {logs[-1].stem.split('.', 2)[2] if logs else 'setup'} (exit status {status})")
         totals[1] = 1
     print(f"tests: {totals[0]} passed, {totals[1]} failed, {totals[2]} skipped")
 
