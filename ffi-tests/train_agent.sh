@@ -2,7 +2,8 @@
 # The training demo in miniature (2 steps, 1 episode, 1 measurement task): it runs end to end, prints
 # its summary, and saves an adapter PEFT can read.
 set -euo pipefail
-exe="$1" model="$2" data="$3"
+# DATA: AgentInstruct ALFWorld JSONL, or "-" (the default) for host-recorded episodes alone.
+exe="$1" model="$2" data="${3:--}"
 out="$(mktemp -d)"
 trap 'rm -rf "$out"' EXIT
 log="$("$exe" "$model" "$data" --steps 2 --episodes 1 --held-out 4 --measure-tasks 1 --out "$out/adapter")"
