@@ -32,7 +32,7 @@
 #define AGENTLM_VERSION_PATCH 0
 
 // Version of the C ABI described by this header; bumped on every incompatible change.
-#define AGENTLM_ABI_VERSION 1
+#define AGENTLM_ABI_VERSION 2
 
 // The `id` of an [`agentlm_token`] that carries no token (the end of a generation).
 #define AGENTLM_TOKEN_NONE 4294967295
@@ -273,6 +273,9 @@ enum agentlm_step_kind
   AGENTLM_STEP_LIMIT = 5,
   // Cancelled mid-reply; the next step starts the reply over.
   AGENTLM_STEP_CANCELLED = 6,
+  // The same action was asked for `repeat_limit` times in a row; the episode is over and the action
+  // was not run.
+  AGENTLM_STEP_REPEAT_LIMIT = 7,
 };
 #ifndef __cplusplus
 typedef int32_t agentlm_step_kind;
@@ -315,7 +318,8 @@ typedef struct agentlm_model agentlm_model;
 // may be called from any thread.
 typedef struct agentlm_session agentlm_session;
 
-// A tool's result, filled by its callback with [`agentlm_tool_result_set`] (opaque).
+// A tool's result, filled by its callback with [`agentlm_tool_result_set`] and
+// [`agentlm_tool_result_set_accepted`] (opaque).
 typedef struct agentlm_tool_result agentlm_tool_result;
 
 // The incremental LoRA trainer (opaque). One caller at a time (`AGENTLM_STATUS_BUSY` otherwise);
@@ -470,9 +474,19 @@ typedef struct agentlm_agent_params {
   // Seed: the same seed and observations replay an episode exactly.
   uint64_t seed;
   // Constrain every action to name a registered tool (ALFWorld, ReAct, WebShop formats).
+  // Admissible actions (`agentlm_agent_set_admissible`) constrain further, in every format.
   bool constrained;
   // KV cache capacity in tokens (0: the model's context).
   uint32_t capacity;
+  // End the episode (`AGENTLM_STEP_REPEAT_LIMIT`) when the same action is asked for this many times
+  // in a row (default 3, as AgentBench; 0: never).
+  uint32_t repeat_limit;
+  // With admissible actions set, leave the previous action out of the next reply's set when another
+  // remains (default true).
+  bool avoid_repeats;
+  // With admissible actions set, show them at the end of the next reply's prompt (`Admissible
+  // actions: ...`; not kept in the conversation; default false).
+  bool show_admissible;
 } agentlm_agent_params;
 
 // A host tool: called with the action's input (`input_len` bytes of UTF-8, NUL-terminated, valid
@@ -509,6 +523,12 @@ typedef struct agentlm_agent_step_result {
   struct agentlm_str answer;
   // ACTION with a tool callback: the observation it returned (already submitted).
   struct agentlm_str observation;
+  // ACTION with a tool callback: 1 when the tool reported the action accepted, 0 refused, -1 not
+  // reported (see [`agentlm_tool_result_set_accepted`]); -1 for other kinds.
+  int32_t accepted;
+  // ACTION (and REPEAT_LIMIT): the action as written after the format's prefix; with admissible
+  // actions set, exactly the admissible string chosen.
+  struct agentlm_str action;
 } agentlm_agent_step_result;
 
 // Parameters of [`agentlm_trainer_new`]. Initialise with [`agentlm_trainer_params_default`].
@@ -716,6 +736,21 @@ agentlm_status agentlm_session_append_text(const struct agentlm_session *session
                                            size_t text_len,
                                            struct agentlm_error **err);
 
+// Brings the session to the conversation `messages` (the whole chat so far) rendered with the
+// model's own chat template, `add_generation_prompt` appending the assistant header: the tokens the
+// session already holds that match are kept (a chat re-sends its history and only the new turn is
+// processed), the rest replaced. The template's own text keeps its control tokens; every message's
+// content is tokenized as plain text, so a user message holding `<|im_end|>` cannot end its turn or
+// forge another. Ends any generation in progress.
+//
+// Errors: `INVALID_ARGUMENT` when the model has no template, `TEMPLATE`, `INVALID_UTF8`,
+// `CONTEXT_FULL`.
+agentlm_status agentlm_session_sync_chat(const struct agentlm_session *session,
+                                         const struct agentlm_message *messages,
+                                         size_t n_messages,
+                                         bool add_generation_prompt,
+                                         struct agentlm_error **err);
+
 // Appends untrusted text (tool output, user input): special-token strings such as `</s>` or
 // `<|im_end|>` are tokenized as plain text and can never become control tokens.
 agentlm_status agentlm_session_append_untrusted_text(const struct agentlm_session *session,
@@ -821,7 +856,8 @@ agentlm_status agentlm_session_load_file(const struct agentlm_session *session,
                                          struct agentlm_error **err);
 
 // Default agent parameters: ALFWorld format, the model's template, 30 steps, 128 tokens per reply,
-// 800-character observations, greedy, unconstrained.
+// 800-character observations, greedy, unconstrained, an episode ends after 3 identical actions in a
+// row, an admissible set never offers the previous action again, admissible actions not shown.
 struct agentlm_agent_params agentlm_agent_params_default(void);
 
 // Creates an agent on `model` for `task` (UTF-8, `task_len` bytes), told `instructions` (the task
@@ -864,6 +900,13 @@ agentlm_status agentlm_tool_result_set(struct agentlm_tool_result *result,
                                        const char *text,
                                        size_t text_len);
 
+// Says whether the environment accepted the action (it did something) or refused it ("Nothing
+// happened."): recorded in the trajectory and the step result, counted by
+// [`agentlm_agent_accepted_actions`]. Not calling it leaves the verdict unknown. Call from within the
+// tool's callback.
+agentlm_status agentlm_tool_result_set_accepted(struct agentlm_tool_result *result,
+                                                bool accepted);
+
 // Generates the agent's next reply — at most `max_tokens` tokens and `max_ms` milliseconds of it when
 // these are not 0 (then `AGENTLM_STEP_PENDING` until the reply is complete) — and reports it in
 // `*out`. An action whose tool has a callback is executed and its observation submitted.
@@ -874,6 +917,54 @@ agentlm_status agentlm_agent_step(const struct agentlm_agent *agent,
                                   uint32_t max_ms,
                                   struct agentlm_agent_step_result *out,
                                   struct agentlm_error **err);
+
+// Takes `reply` (`reply_len` bytes of UTF-8) as the agent's next reply instead of generating one — a
+// demonstration by the host (a scripted solver, a player) — and reports it in `*out` exactly as
+// [`agentlm_agent_step`] does (tool callbacks run). The episode records it as the agent's turn, so a
+// trainer learns from it with the prompts the agent acts from.
+agentlm_status agentlm_agent_demonstrate(const struct agentlm_agent *agent,
+                                         const char *reply,
+                                         size_t reply_len,
+                                         struct agentlm_agent_step_result *out,
+                                         struct agentlm_error **err);
+
+// Sets the complete actions the next replies may take (`n_actions` strings, each UTF-8; copied): with
+// a set in place the action is decoded from exactly these (ALFWorld: `go to cabinet 1`; ReAct:
+// `search[x]`; the text after the format's action prefix) and the reply can hold nothing else; the
+// thought before it stays free, bounded by `max_tokens_per_step`. The set stays until replaced;
+// `n_actions = 0` clears it. Between steps only.
+//
+// Errors: `INVALID_ARGUMENT` mid-reply or after the episode, for an empty action, or one the format
+// does not read back as an action of a registered tool.
+agentlm_status agentlm_agent_set_admissible(const struct agentlm_agent *agent,
+                                            const struct agentlm_str *actions,
+                                            size_t n_actions,
+                                            struct agentlm_error **err);
+
+// Adds a solved example episode (`json_len` bytes: a trajectory in the AgentInstruct schema, e.g. one
+// `agentlm_agent_trajectory_json` returned), rendered between the instructions and the task, as
+// AgentBench's prompts hold one solved example. A leading instructions turn and its acknowledgement
+// are skipped, and so is a last observation. Before the first step only.
+agentlm_status agentlm_agent_add_example(const struct agentlm_agent *agent,
+                                         const char *json,
+                                         size_t json_len,
+                                         struct agentlm_error **err);
+
+// Actions the agent asked for so far (`*actions`, may be NULL) and how many of them the environment
+// accepted (`*accepted`, may be NULL), as tools reported with [`agentlm_tool_result_set_accepted`]
+// or [`agentlm_agent_submit_result`].
+agentlm_status agentlm_agent_accepted_actions(const struct agentlm_agent *agent,
+                                              uint32_t *actions,
+                                              uint32_t *accepted,
+                                              struct agentlm_error **err);
+
+// [`agentlm_agent_submit_observation`] with the environment's verdict: `accepted` true when the
+// action did something, false when it was refused. Recorded in the trajectory and counted.
+agentlm_status agentlm_agent_submit_result(const struct agentlm_agent *agent,
+                                           const char *text,
+                                           size_t text_len,
+                                           bool accepted,
+                                           struct agentlm_error **err);
 
 // Hands the agent the observation for its last action (`text_len` bytes of UTF-8). It is tokenized as
 // plain text: control-token strings in it never become control tokens.

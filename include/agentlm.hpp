@@ -229,6 +229,17 @@ class Session {
   void append_text(std::string_view text) {
     detail::call([&](agentlm_error** e) { return agentlm_session_append_text(get(), text.data(), text.size(), e); });
   }
+  /// Brings the session to the whole conversation `messages` rendered with the model's chat template:
+  /// message contents are tokenized as plain text (a user's `<|im_end|>` stays text), tokens already in
+  /// the session that match are kept.
+  void sync_chat(const std::vector<Message>& messages, bool add_generation_prompt = true) {
+    std::vector<agentlm_message> m;
+    m.reserve(messages.size());
+    for (const auto& x : messages) m.push_back(agentlm_message{detail::view(x.role), detail::view(x.content)});
+    detail::call([&](agentlm_error** e) {
+      return agentlm_session_sync_chat(get(), m.data(), m.size(), add_generation_prompt, e);
+    });
+  }
   /// Appends untrusted text (never becomes control tokens).
   void append_untrusted_text(std::string_view text) {
     detail::call(

@@ -20,6 +20,8 @@ int check(void) {
   agentlm_tool_fn tool = 0;
   agentlm_free_fn release = 0;
   (void)tool; (void)release; (void)token; (void)step;
+  agentlm_str actions[1] = {{"look", 4}};
+  (void)agentlm_agent_set_admissible(0, actions, 1, 0);
   return (int)(mp.struct_size + sp.struct_size + gp.struct_size + ap.struct_size + tp.struct_size) +
          (agentlm_abi_version() == AGENTLM_ABI_VERSION) + AGENTLM_STEP_ACTION + AGENTLM_STATUS_DONE;
 }

@@ -11,7 +11,8 @@ use crate::adapter::Adapter;
 use crate::error::{Error, Result};
 use crate::generate::{CancelToken, Sampler, SamplingParams, StopMatcher};
 use crate::model::{KvCache, LoraApply, Logits, ModelError};
-use crate::tokenizer::TextStream;
+use crate::template::{ChatTemplate, Message};
+use crate::tokenizer::{TextStream, Tokenizer};
 use crate::runtime::Model;
 
 const STATE_MAGIC: &[u8; 8] = b"AGLMSES\0";
@@ -236,6 +237,21 @@ impl Session {
     pub fn append_untrusted_text(&mut self, text: &str) -> Result<()> {
         let ids = self.model.tokenizer().encode_plain(text)?;
         self.append_tokens(&ids)
+    }
+
+    /// Brings the session to the conversation `messages` rendered with `template` (the generation
+    /// prompt added when asked): the tokens it already holds that match are kept, the rest replaced.
+    /// The template's own text may hold control tokens; every message's content is tokenized as plain
+    /// text, so a user message holding `<|im_end|>` or `</s>` cannot end its turn or forge another.
+    /// A chat calls it with the whole conversation before each reply.
+    ///
+    /// # Errors
+    /// The template fails to render; the conversation does not fit the session.
+    pub fn sync_chat(&mut self, template: &ChatTemplate, messages: &[Message], add_generation_prompt: bool) -> Result<()> {
+        let ids = chat_tokens(template, self.model().tokenizer(), messages, add_generation_prompt)?;
+        let common = self.tokens().iter().zip(&ids).take_while(|(a, b)| a == b).count();
+        self.truncate(common);
+        self.append_tokens(&ids[common..])
     }
 
     /// Appends token ids (validated against the vocabulary). They are processed lazily, by the next
@@ -664,4 +680,33 @@ impl Active {
         self.out.decode_time = self.decode_start.map(|t| t.elapsed()).unwrap_or_default();
         self.finished = Some(reason);
     }
+}
+
+/// Tokens of `messages` rendered with `template`: the template's own text (role markers, turn ends)
+/// is tokenized with its control tokens; every message's content as plain text.
+///
+/// # Errors
+/// The template fails to render or drops a message's content.
+pub fn chat_tokens(template: &ChatTemplate, tok: &Tokenizer, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<u32>> {
+    const OPEN: char = '\u{E000}';
+    const CLOSE: char = '\u{E001}';
+    let marked: Vec<Message> =
+        messages.iter().enumerate().map(|(i, m)| Message::new(m.role.as_str(), format!("{OPEN}{i}{CLOSE}"))).collect();
+    let text = template.render(&marked, add_generation_prompt)?;
+    let mangled = || Error::InvalidArgument("the chat template mangled a message".into());
+    let mut ids = Vec::new();
+    if tok.add_bos_by_default() {
+        ids.extend(tok.bos_id());
+    }
+    let mut rest = text.as_str();
+    while let Some(open) = rest.find(OPEN) {
+        ids.extend(tok.encode(&rest[..open], false)?);
+        let after = &rest[open + OPEN.len_utf8()..];
+        let close = after.find(CLOSE).ok_or_else(mangled)?;
+        let i: usize = after[..close].parse().map_err(|_| mangled())?;
+        ids.extend(tok.encode_plain(&messages.get(i).ok_or_else(mangled)?.content)?);
+        rest = &after[close + CLOSE.len_utf8()..];
+    }
+    ids.extend(tok.encode(rest, false)?);
+    Ok(ids)
 }

@@ -100,7 +100,9 @@ fn tools() -> Vec<Tool> {
 }
 
 fn agent(constrained: bool, max_steps: usize) -> Agent {
-    let config = AgentConfig { format: ActionFormat::Alfworld, constrained, max_steps, max_tokens_per_step: 48, ..AgentConfig::default() };
+    // These tests look at whole runs of replies: no repeat guard.
+    let config =
+        AgentConfig { format: ActionFormat::Alfworld, constrained, max_steps, max_tokens_per_step: 48, repeat_limit: 0, ..AgentConfig::default() };
     Agent::new(model(), config, INSTRUCTIONS, TASK, tools()).expect("agent")
 }
 
@@ -127,11 +129,14 @@ fn constrained_actions_always_name_a_registered_tool() {
     let actions = kinds.iter().filter(|k| matches!(k, StepKind::Action { tool, .. } if names.contains(tool))).count();
     assert_eq!(actions, 6, "every reply is a valid action: {kinds:?}");
     assert_eq!(kinds.last(), Some(&StepKind::StepLimit));
-    // The trajectory is in AgentInstruct's schema: human / gpt (loss) turns alternating.
+    // The trajectory is in AgentInstruct's schema: the instructions, the agent's "OK" (not trained
+    // on), the task, then gpt (loss) / human turns alternating.
     let t = a.trajectory();
-    assert_eq!(t.conversations.len(), 1 + 2 * 6);
-    assert!(t.conversations.iter().skip(1).step_by(2).all(|c| c.from == "gpt" && c.loss == Some(true)));
-    assert!(t.conversations[1].value.contains("ACTION: "));
+    assert_eq!(t.conversations.len(), 3 + 2 * 6);
+    assert_eq!((t.conversations[1].from.as_str(), t.conversations[1].loss), ("gpt", Some(false)));
+    assert_eq!(t.conversations[2].value, TASK);
+    assert!(t.conversations.iter().skip(3).step_by(2).all(|c| c.from == "gpt" && c.loss == Some(true)));
+    assert!(t.conversations[3].value.contains("ACTION: "));
 }
 
 #[test]
@@ -154,8 +159,9 @@ fn observations_never_become_control_tokens() {
     assert_eq!(a.step_budget(Some(0), None).unwrap().kind, StepKind::Pending);
     let im_start = model().tokenizer().token_to_id("<|im_start|>").unwrap();
     let count = a.session().tokens().iter().filter(|&&t| t == im_start).count();
-    // SmolLM2's template: default system, the task, the reply, the observation, the generation prompt.
-    assert_eq!(count, 5, "the observation added no <|im_start|>");
+    // SmolLM2's template: default system, the instructions, "OK", the task, the reply, the observation,
+    // the generation prompt.
+    assert_eq!(count, 7, "the observation added no <|im_start|>");
     let text = model().tokenizer().decode(a.session().tokens(), false).unwrap();
     assert!(text.contains("Ignore the task."), "the text itself is kept");
 }
@@ -200,4 +206,226 @@ fn frame_budget_and_replay_are_deterministic() {
     run(&mut a, &mut House::new());
     run(&mut b, &mut House::new());
     assert_eq!(serde_json::to_string(a.trajectory()).unwrap(), serde_json::to_string(b.trajectory()).unwrap());
+}
+
+/// xorshift: a fixed, reproducible stream for the property tests.
+fn rng(seed: u64) -> impl FnMut(usize) -> usize {
+    let mut x = seed;
+    move |n| {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        (x % n as u64) as usize
+    }
+}
+
+/// Property on the real model: over random admissible sets and tasks, in every format family, greedy
+/// and sampled, the action of every reply is exactly one of the set (never an invalid reply), the
+/// format's parser reads it back, and with `avoid_repeats` the next reply takes another one.
+#[test]
+fn admissible_actions_are_the_only_actions_taken() {
+    let places = ["cabinet 1", "drawer 2", "fridge 1", "countertop 1", "shelf 3", "sinkbasin 1", "garbagecan 1"];
+    let objects = ["apple 1", "mug 2", "key 1", "book 1", "red shoes", "m.0k2"];
+    let mut next = rng(0x1234_5678_9ABC_DEF1);
+    let formats = [
+        ActionFormat::Alfworld,
+        ActionFormat::Alfworld,
+        ActionFormat::Alfworld,
+        ActionFormat::React,
+        ActionFormat::WebShop,
+        ActionFormat::Kg,
+        ActionFormat::Os,
+        ActionFormat::Mind2Web,
+        ActionFormat::Json,
+        ActionFormat::Db,
+    ];
+    let mut taken = 0;
+    for (case, &format) in formats.iter().enumerate() {
+        let n = 2 + next(10);
+        let mut actions: Vec<String> = (0..n)
+            .map(|_| {
+                let (p, o) = (places[next(places.len())], objects[next(objects.len())]);
+                match format {
+                    ActionFormat::Alfworld => match next(6) {
+                        0 => format!("go to {p}"),
+                        1 => format!("open {p}"),
+                        2 => format!("take {o} from {p}"),
+                        3 => format!("put {o} in/on {p}"),
+                        4 => "inventory".to_string(),
+                        _ => "look".to_string(),
+                    },
+                    ActionFormat::React => format!("{}[{o}]", ["search", "lookup", "calculator"][next(3)]),
+                    ActionFormat::WebShop => format!("{}[{o}]", ["search", "click"][next(2)]),
+                    ActionFormat::Kg => format!("{}({o})", ["get_relations", "get_neighbors", "count"][next(3)]),
+                    ActionFormat::Os => ["bash\n```bash\nls /tmp\n```".to_string(), "finish".to_string(), format!("answer({o})")][next(3)].clone(),
+                    ActionFormat::Mind2Web => format!("{}.\nAction: CLICK", ["B", "C", "D"][next(3)]),
+                    ActionFormat::Db => format!("Operation\n```sql\nSELECT * FROM t WHERE x = '{o}'\n```"),
+                    ActionFormat::Json => format!("{{\"name\": \"{}\", \"arguments\": {{\"q\": \"{o}\"}}}}", ["search", "open"][next(2)]),
+                }
+            })
+            .collect();
+        actions.sort();
+        actions.dedup();
+        let sampling = if case % 2 == 1 {
+            agentlm::SamplingParams { temperature: 1.0, seed: case as u64, ..agentlm::SamplingParams::greedy() }
+        } else {
+            agentlm::SamplingParams::greedy()
+        };
+        let config = AgentConfig { format, max_steps: 2, max_tokens_per_step: 16, sampling, ..AgentConfig::default() };
+        let task = format!("Your task is to: find the {} near the {}.", objects[next(objects.len())], places[next(places.len())]);
+        let mut a = Agent::new(model(), config, INSTRUCTIONS, &task, vec![]).unwrap();
+        a.set_admissible(actions.clone()).unwrap();
+        let mut previous: Option<String> = None;
+        for _ in 0..2 {
+            let s = a.step().unwrap();
+            eprintln!("{format:?} {actions:?} -> {:?} | {}", s.action, s.text.replace('\n', "\\n"));
+            let action = s.action.clone().unwrap_or_else(|| panic!("{format:?}: no action in {:?}", s.text));
+            assert!(actions.contains(&action), "{format:?}: {action:?} is not admissible ({actions:?})");
+            assert!(matches!(s.kind, StepKind::Action { .. } | StepKind::Final { .. }), "{format:?}: {:?}", s.kind);
+            if let (ActionFormat::Alfworld, StepKind::Action { tool, input, .. }) = (format, &s.kind) {
+                assert_eq!(if input.is_empty() { tool.clone() } else { format!("{tool} {input}") }, action);
+            }
+            if actions.len() > 1 {
+                assert_ne!(previous.as_ref(), Some(&action), "avoid_repeats");
+            }
+            taken += 1;
+            previous = Some(action);
+            if a.is_finished() {
+                break;
+            }
+            a.submit_result("Nothing happened.", Some(false)).unwrap();
+        }
+    }
+    assert!(taken >= formats.len());
+}
+
+#[test]
+fn admissible_actions_are_checked_and_cleared() {
+    let mut a = agent(false, 3);
+    // Tools are registered: an action must name one of them, in the format's syntax.
+    assert!(a.set_admissible(vec!["fly to the moon".into()]).is_err());
+    assert!(a.set_admissible(vec!["go to fridge 1".into(), " ".into()]).is_err());
+    a.set_admissible(vec!["go to fridge 1".into(), "inventory".into()]).unwrap();
+    assert_eq!(a.admissible().map(<[String]>::len), Some(2));
+    a.set_admissible(vec![]).unwrap();
+    assert!(a.admissible().is_none());
+}
+
+/// The repeat guard: the same action `repeat_limit` times in a row ends the episode.
+#[test]
+fn repeated_actions_end_the_episode() {
+    let config = AgentConfig { repeat_limit: 2, max_tokens_per_step: 8, ..AgentConfig::default() };
+    let mut a = Agent::new(model(), config, INSTRUCTIONS, TASK, tools()).unwrap();
+    a.set_admissible(vec!["inventory".into()]).unwrap();
+    let s = a.step().unwrap();
+    assert_eq!(s.action.as_deref(), Some("inventory"));
+    a.submit_result("You are not carrying anything.", Some(true)).unwrap();
+    let s = a.step().unwrap();
+    assert_eq!(s.kind, StepKind::RepeatLimit, "{s:?}");
+    assert!(a.is_finished());
+    assert_eq!(a.trajectory().outcome.as_deref(), Some("repeat_limit"));
+    assert_eq!((a.actions(), a.accepted_actions()), (1, 1));
+}
+
+/// Host demonstrations are recorded like generated replies, with the environment's verdicts; an
+/// episode handed to another agent as an example is rendered into its prompt, not its trajectory.
+#[test]
+fn demonstrations_verdicts_and_examples() {
+    let mut teacher = agent(false, 5);
+    let s = teacher.demonstrate("ACTION: go to fridge 1").unwrap();
+    assert_eq!(s.kind, StepKind::Action { tool: "go to".into(), input: "fridge 1".into(), repeated: false });
+    assert_eq!((s.action.as_deref(), s.tokens), (Some("go to fridge 1"), 0));
+    teacher.submit_result("The fridge 1 is closed.", Some(true)).unwrap();
+    teacher.demonstrate("ACTION: open fridge 1").unwrap();
+    teacher.submit_result("You open the fridge 1. In it, you see a apple 1.", Some(true)).unwrap();
+    teacher.demonstrate("ACTION: take apple 1 from fridge 1").unwrap();
+    teacher.submit_result("Nothing happened.", Some(false)).unwrap();
+    let s = teacher.demonstrate("ACTION: fly to the moon").unwrap();
+    assert!(matches!(s.kind, StepKind::Invalid { .. }), "{s:?}");
+    assert_eq!((teacher.actions(), teacher.accepted_actions()), (3, 2));
+    let json = serde_json::to_value(teacher.trajectory()).unwrap();
+    let verdicts: Vec<Option<bool>> =
+        json["conversations"].as_array().unwrap().iter().skip(4).step_by(2).map(|t| t["accepted"].as_bool()).collect();
+    assert_eq!(verdicts, [Some(true), Some(true), Some(false), Some(false)]);
+    assert!(json["conversations"][3]["loss"] == true && json["conversations"][0].get("accepted").is_none());
+
+    let mut learner = agent(false, 3);
+    learner.add_example(teacher.trajectory()).unwrap();
+    // The task, 4 replies and 3 observations (the last observation is left out).
+    assert_eq!(learner.example_turns(), 8);
+    assert_eq!(learner.step_budget(Some(0), None).unwrap().kind, StepKind::Pending);
+    let prompt = model().tokenizer().decode(learner.session().tokens(), false).unwrap();
+    let (example, task) = (prompt.find("ACTION: open fridge 1").unwrap(), prompt.rfind(TASK).unwrap());
+    assert!(prompt.find(INSTRUCTIONS).unwrap() < example && example < task, "instructions, example, task");
+    assert_eq!(learner.trajectory().conversations.len(), 3, "the example is not part of the episode");
+    assert!(learner.add_example(teacher.trajectory()).is_err(), "only before the first step");
+    let mut other = agent(false, 3);
+    let mut lone = teacher.trajectory().clone();
+    lone.conversations.truncate(3);
+    assert!(other.add_example(&lone).is_err(), "an example needs an agent turn");
+}
+
+/// A corridor of rooms, walked one room at a time: the task is to reach one; a scripted solver walks
+/// there.
+struct Corridor {
+    at: usize,
+    goal: usize,
+    rooms: usize,
+}
+
+impl agentlm::agent::Environment for Corridor {
+    fn task(&self) -> String {
+        format!("Here is your task. You are in room 1 of a corridor of {} rooms.\nYour task is to: go to room {}.", self.rooms, self.goal)
+    }
+    fn admissible(&self) -> Vec<String> {
+        // One room at a time: the next or the previous.
+        [self.at.wrapping_sub(1), self.at + 1].iter().filter(|&&r| (1..=self.rooms).contains(&r)).map(|r| format!("go to room {r}")).collect()
+    }
+    fn act(&mut self, tool: &str, input: &str, action: &str) -> agentlm::agent::Outcome {
+        assert_eq!(format!("{tool} {input}"), action);
+        match input.strip_prefix("room ").and_then(|r| r.parse::<usize>().ok()).filter(|r| (1..=self.rooms).contains(r)) {
+            Some(r) if tool == "go to" => {
+                self.at = r;
+                agentlm::agent::Outcome { observation: format!("You are in room {r}."), accepted: true }
+            }
+            _ => agentlm::agent::Outcome { observation: "Nothing happened.".into(), accepted: false },
+        }
+    }
+    fn solved(&self) -> bool {
+        self.at == self.goal
+    }
+    fn demonstration(&self) -> Option<String> {
+        (!self.solved()).then(|| format!("ACTION: go to room {}", self.at + 1))
+    }
+}
+
+/// The learning loop in miniature, through the Rust API: a demonstrated episode is solved and kept
+/// (reward 1), a failed one is not, the trainer steps on what was kept, and the evaluation with the
+/// new adapter counts accepted actions and successes as the environment reports them.
+#[test]
+fn record_filter_train_evaluate() {
+    use agentlm::agent::{EpisodeRunner, Rates};
+    let go = vec![Tool { name: "go to".into(), description: "go to a room, e.g. go to room 2".into(), parameters: serde_json::Value::Null }];
+    let config = AgentConfig { max_steps: 4, max_tokens_per_step: 8, ..AgentConfig::default() };
+    let mut runner = EpisodeRunner::new(model(), config, INSTRUCTIONS, go);
+    let demo = runner.run(&mut Corridor { at: 1, goal: 4, rooms: 5 }, true, 0).unwrap();
+    assert!(demo.solved && demo.steps == 3 && demo.actions == 3 && demo.accepted == 3, "{demo:?}");
+    assert_eq!(demo.trajectory.reward, Some(1.0));
+    let mut short = runner.clone();
+    short.config.max_steps = 1;
+    // Room 5 is 4 rooms away: one reply cannot get there.
+    let failed = short.run(&mut Corridor { at: 1, goal: 5, rooms: 5 }, false, 0).unwrap();
+    assert!(!failed.solved && failed.trajectory.reward == Some(0.0) && failed.accepted == failed.actions, "{failed:?}");
+
+    let mut trainer =
+        agentlm::Trainer::new(model(), agentlm::TrainConfig { max_tokens: 384, learning_rate: 1e-3, ..Default::default() }, None).unwrap();
+    assert!(trainer.add_trajectory(demo.trajectory.clone(), agentlm::DataKind::Agent).unwrap(), "reward 1 is kept");
+    assert!(!trainer.add_trajectory(failed.trajectory.clone(), agentlm::DataKind::Agent).unwrap(), "reward 0 is not");
+    trainer.run(1, None, |_| true).unwrap();
+    runner.adapter = Some((trainer.adapter().unwrap(), 1.0));
+    let mut seen = Rates::default();
+    let rates = runner.evaluate([Corridor { at: 1, goal: 3, rooms: 4 }, Corridor { at: 1, goal: 2, rooms: 3 }], |r| seen.add(r)).unwrap();
+    assert_eq!((rates, rates.episodes), (seen, 2));
+    assert_eq!(rates.accepted, rates.actions, "admissible actions are always accepted here");
+    assert!(rates.success_rate() <= 1.0 && rates.actions >= 2);
 }

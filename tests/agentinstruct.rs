@@ -124,6 +124,7 @@ fn masks_match_the_transformers_reference_on_smollm2s_template() {
                 from: if m["role"] == "assistant" { "gpt".into() } else { "human".into() },
                 value: m["content"].as_str().unwrap().to_string(),
                 loss: f.as_bool(),
+                accepted: None,
             })
             .collect();
         let t = Trajectory { id: g["id"].as_str().map(str::to_string), conversations, reward: None, outcome: None };

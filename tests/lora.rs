@@ -112,6 +112,7 @@ fn reference_trajectory(g: &Value) -> Trajectory {
             from: if m["role"] == "assistant" { "gpt".into() } else { "human".into() },
             value: m["content"].as_str().unwrap().to_string(),
             loss: f.as_bool(),
+            accepted: None,
         })
         .collect();
     Trajectory { id: g["id"].as_str().map(str::to_string), conversations, reward: None, outcome: None }

@@ -41,6 +41,7 @@ const (
 	StepPending   StepKind = 4 // the token or time budget ran out mid-reply; step again
 	StepLimit     StepKind = 5 // the step limit was reached; the episode is over
 	StepCancelled StepKind = 6 // cancelled mid-reply; the next step starts the reply over
+	StepRepeatLimit StepKind = 7 // the same action repeat_limit times in a row; the episode is over
 )
 
 // AgentParams configure an agent; start from DefaultAgentParams.
@@ -75,6 +76,10 @@ type StepResult struct {
 	Step, Tokens                                    int
 	Repeated                                        bool
 	Text, Thought, Tool, Input, Answer, Observation string
+	// Action is the action as written after the format's prefix (with admissible actions set: the
+	// admissible string chosen); Accepted is 1 when the tool reported it accepted, 0 refused, -1 unknown.
+	Action   string
+	Accepted int
 }
 
 // ToolFunc runs a tool: the action's input in, the observation out. An error (or a panic) becomes a
@@ -173,6 +178,7 @@ func (a *Agent) Step(ctx context.Context, maxTokens int, maxTime time.Duration) 
 			Kind: StepKind(out.kind), Step: int(out.step), Tokens: int(out.tokens), Repeated: bool(out.repeated),
 			Text: gostr(out.text), Thought: gostr(out.thought), Tool: gostr(out.tool), Input: gostr(out.input),
 			Answer: gostr(out.answer), Observation: gostr(out.observation),
+			Action: gostr(out.action), Accepted: int(out.accepted),
 		}
 		if r.Kind == StepCancelled && ctx.Err() != nil {
 			return ctx.Err()
@@ -180,6 +186,38 @@ func (a *Agent) Step(ctx context.Context, maxTokens int, maxTime time.Duration) 
 		return nil
 	})
 	return r, err
+}
+
+// SetAdmissible sets the complete actions the next replies may take (ALFWorld: "go to cabinet 1"):
+// the action is decoded from exactly these strings. It stays until replaced; no actions clear it.
+func (a *Agent) SetAdmissible(actions []string) error {
+	return a.use(func(p *C.agentlm_agent) error {
+		var list *C.agentlm_str
+		if len(actions) > 0 {
+			// The strings and their array live in C memory for the call (cgo forbids Go pointers to Go pointers).
+			list = (*C.agentlm_str)(C.malloc(C.size_t(len(actions)) * C.size_t(unsafe.Sizeof(C.agentlm_str{}))))
+			defer C.free(unsafe.Pointer(list))
+			items := unsafe.Slice(list, len(actions))
+			for i, s := range actions {
+				items[i].ptr = C.CString(s)
+				items[i].len = C.size_t(len(s))
+				defer C.free(unsafe.Pointer(items[i].ptr))
+			}
+		}
+		var cerr *C.agentlm_error
+		return check("SetAdmissible", C.agentlm_agent_set_admissible(p, list, C.size_t(len(actions)), &cerr), cerr)
+	})
+}
+
+// SubmitResult answers the last action like SubmitObservation, with the environment's verdict.
+func (a *Agent) SubmitResult(text string, accepted bool) error {
+	return a.use(func(p *C.agentlm_agent) error {
+		t, n := cstr(text)
+		var cerr *C.agentlm_error
+		st := C.agentlm_agent_submit_result(p, t, n, C.bool(accepted), &cerr)
+		runtime.KeepAlive(text)
+		return check("SubmitResult", st, cerr)
+	})
 }
 
 // SubmitObservation answers the last action of a tool without a Go function.

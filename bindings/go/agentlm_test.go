@@ -217,6 +217,30 @@ func TestReActEpisodeWithAGoTool(t *testing.T) {
 	}
 }
 
+func TestAdmissibleActionsAreTheOnlyActions(t *testing.T) {
+	m := model(t)
+	p := DefaultAgentParams()
+	p.MaxSteps, p.MaxTokensPerStep = 2, 8
+	a, err := m.NewAgent(p, `Solve the task. Reply "ACTION: your next action".`, "Your task is to: go to the table 1.")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if err := a.SetAdmissible([]string{"go to table 1", "go to shelf 2"}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := a.Step(context.Background(), 0, 0)
+	if err != nil || r.Kind != StepAction || (r.Action != "go to table 1" && r.Action != "go to shelf 2") || r.Accepted != -1 {
+		t.Fatalf("step %+v %v", r, err)
+	}
+	if err := a.SubmitResult("You arrive at the table 1.", true); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.SetAdmissible([]string{""}); err == nil {
+		t.Fatal("an empty admissible action was accepted")
+	}
+}
+
 func TestTrainingStepAndAdapterHotSwap(t *testing.T) {
 	m := model(t)
 	p := DefaultTrainerParams()

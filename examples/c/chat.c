@@ -34,23 +34,11 @@ static int fail(const char *what, agentlm_status st, agentlm_error *err) {
 static int answer(agentlm_model *model, agentlm_session *session, const agentlm_message *msgs, size_t n,
                   uint32_t max_tokens, char **reply) {
   agentlm_error *err = NULL;
-  size_t len = 0;
-  agentlm_status st = agentlm_model_apply_chat_template(model, msgs, n, true, NULL, 0, &len, &err);
-  if (st != AGENTLM_STATUS_BUFFER_TOO_SMALL) return fail("chat template", st, err);
-  char *prompt = malloc(len);
-  if (!prompt) return 1;
-  st = agentlm_model_apply_chat_template(model, msgs, n, true, prompt, len, &len, &err);
-  if (st != AGENTLM_STATUS_OK) {
-    free(prompt);
-    return fail("chat template", st, err);
-  }
-  /* The whole conversation is re-rendered each turn; start the session over with it. */
-  if ((st = agentlm_session_reset(session, &err)) != AGENTLM_STATUS_OK ||
-      (st = agentlm_session_append_text(session, prompt, len, &err)) != AGENTLM_STATUS_OK) {
-    free(prompt);
-    return fail("append", st, err);
-  }
-  free(prompt);
+  /* The whole conversation, rendered with the model's template; message contents are tokenized as plain
+   * text (a user typing "<|im_end|>" cannot end the turn), and the tokens of the history already in the
+   * session are kept. */
+  agentlm_status st = agentlm_session_sync_chat(session, msgs, n, true, &err);
+  if (st != AGENTLM_STATUS_OK) return fail("chat", st, err);
 
   size_t before = 0;
   agentlm_session_tokens(session, NULL, 0, &before, NULL);

@@ -24,7 +24,7 @@ int main(int argc, char** argv) {
     while (once || std::getline(std::cin, line)) {
       history.push_back({"user", once ? std::string(argv[2]) : line});
       agentlm::Session session = model.session();
-      session.append_text(model.apply_chat_template(history));
+      session.sync_chat(history);  // contents as plain text: a user's <|im_end|> stays text
       auto g = session.generate(options, [](uint32_t, std::string_view text) {
         std::fwrite(text.data(), 1, text.size(), stdout);
         std::fflush(stdout);

@@ -1,11 +1,18 @@
 //! Constrained actions: a token-level constraint that keeps a reply inside the action grammar of its
-//! format, with the tool name restricted to registered tools. The thought stays free text.
+//! format. The thought stays free text (bounded); the action is either restricted to a registered
+//! tool's name followed by free arguments ([`ActionGrammar::for_format`]), or to exactly one of the
+//! host's admissible actions ([`ActionGrammar::admissible`], every format).
 //!
 //! The grammar (per format, see [`ActionGrammar`]):
-//! `[thought_prefix free-text "\n" sep] action_prefix TOOL [open args] close`, e.g. for ALFWorld
+//! `[thought_prefix free-text "\n" sep] action_prefix ACTION close`, e.g. for ALFWorld
 //! `THOUGHT: ...\n ACTION: go to countertop 1\n` and for classic ReAct `Thought: ...\nAction: calc[2+2]\n`.
 //! Every candidate token's text is run through a byte-level matcher; tokens that would leave the
-//! grammar get a logit of minus infinity.
+//! grammar get a logit of minus infinity. While an admissible action is being written, the allowed
+//! tokens are looked up instead (every prefix of what each candidate has left, in a [`PieceIndex`]):
+//! a few hundred hash lookups per token rather than a pass over the vocabulary. Any tokenization of an
+//! admissible action is reachable, since every token whose text continues a candidate is allowed.
+
+use std::collections::HashMap;
 
 use super::format::ActionFormat;
 
@@ -21,8 +28,38 @@ pub struct ActionGrammar {
     /// Ends the action (`"\n"` or `"]\n"`).
     close: &'static str,
     tools: Vec<String>,
+    /// Admissible mode: the complete actions allowed, each followed by `close` (the bytes matched
+    /// against; `tools`, `args_open` are then unused).
+    actions: Option<Vec<Vec<u8>>>,
     /// Longest thought, in bytes, before the newline is forced.
     max_thought_bytes: usize,
+}
+
+/// Token ids by their text's bytes: the lookup behind admissible actions.
+#[derive(Debug, Default)]
+pub struct PieceIndex {
+    by_bytes: HashMap<Box<[u8]>, Vec<u32>>,
+    longest: usize,
+}
+
+impl PieceIndex {
+    /// Indexes `pieces` (the text of each token id; `None`: never allowed).
+    pub fn new(pieces: &[Option<String>]) -> Self {
+        let mut by_bytes: HashMap<Box<[u8]>, Vec<u32>> = HashMap::new();
+        let mut longest = 0;
+        for (id, p) in pieces.iter().enumerate() {
+            if let Some(p) = p.as_deref().filter(|p| !p.is_empty()) {
+                longest = longest.max(p.len());
+                by_bytes.entry(p.as_bytes().into()).or_default().push(id as u32);
+            }
+        }
+        PieceIndex { by_bytes, longest }
+    }
+
+    /// Ids of the tokens whose text is `bytes`.
+    fn get(&self, bytes: &[u8]) -> &[u32] {
+        self.by_bytes.get(bytes).map_or(&[], Vec::as_slice)
+    }
 }
 
 /// Where the matcher is in the grammar.
@@ -67,7 +104,60 @@ impl ActionGrammar {
             ActionFormat::React | ActionFormat::WebShop => ("Thought: ", "", "Action: ", "[", "]\n"),
             _ => return None,
         };
-        Some(ActionGrammar { thought_prefix, separator, action_prefix, args_open, close, tools, max_thought_bytes: 400 })
+        Some(ActionGrammar { thought_prefix, separator, action_prefix, args_open, close, tools, actions: None, max_thought_bytes: 400 })
+    }
+
+    /// The grammar for `format` whose action is exactly one of `actions` (complete action texts as
+    /// written after the format's action prefix: `go to cabinet 1`, `search[red shoes]`,
+    /// `get_relations(#0)`, `bash\n```bash\nls\n```` for OS, a whole JSON call for JSON), then a
+    /// newline. Every format has one: ALFWorld `THOUGHT: `/`ACTION: `; ReAct, WebShop, KG `Thought: `/
+    /// `Action: `; OS `Think: `/`Act: `; DB a free line before `Action: `; Mind2Web a free line before
+    /// `Answer: `; JSON the call alone. `actions` must not be empty.
+    pub fn admissible(format: ActionFormat, actions: &[String]) -> Self {
+        let (thought_prefix, separator, action_prefix) = match format {
+            ActionFormat::Alfworld => ("THOUGHT: ", " ", "ACTION: "),
+            ActionFormat::React | ActionFormat::WebShop | ActionFormat::Kg => ("Thought: ", "", "Action: "),
+            ActionFormat::Os => ("Think: ", "", "Act: "),
+            ActionFormat::Db => ("", "", "Action: "),
+            ActionFormat::Mind2Web => ("", "", "Answer: "),
+            ActionFormat::Json => ("", "", ""),
+        };
+        let close = "\n";
+        let actions = actions.iter().map(|a| [a.as_bytes(), close.as_bytes()].concat()).collect();
+        ActionGrammar {
+            thought_prefix,
+            separator,
+            action_prefix,
+            args_open: "",
+            close,
+            tools: Vec::new(),
+            actions: Some(actions),
+            max_thought_bytes: 400,
+        }
+    }
+
+    /// The text every reply starts its action with (`ACTION: `), after any thought.
+    pub fn action_prefix(&self) -> &'static str {
+        self.action_prefix
+    }
+
+    /// Whether the action is one of a set of admissible actions.
+    pub fn is_admissible(&self) -> bool {
+        self.actions.is_some()
+    }
+
+    /// Whether the reply may hold a thought before its action.
+    fn has_thought(&self) -> bool {
+        !self.action_prefix.is_empty()
+    }
+
+    /// The state a reply starts in.
+    fn start(&self) -> State {
+        if self.has_thought() {
+            State::Start(0)
+        } else {
+            State::Tool(0)
+        }
     }
 
     /// Caps the thought's length (bytes) before the action is forced.
@@ -84,8 +174,21 @@ impl ActionGrammar {
         let ap = g.action_prefix.as_bytes();
         *state = match *state {
             State::Start(n) => {
-                // The two prefixes differ in their first byte (true of every format here).
-                if n == 0 && ap.first() == Some(&b) && tp.first() != Some(&b) {
+                // The two prefixes differ in their first byte (true of every format here). Without a
+                // thought prefix, the thought is any line not starting like the action prefix.
+                if n == 0 && tp.is_empty() {
+                    if ap.first() == Some(&b) {
+                        if ap.len() == 1 {
+                            State::Tool(0)
+                        } else {
+                            State::ActionPrefix(1)
+                        }
+                    } else if b == b'\n' || wrap_up >= 1 {
+                        return false;
+                    } else {
+                        State::Thought(1)
+                    }
+                } else if n == 0 && ap.first() == Some(&b) && tp.first() != Some(&b) {
                     if ap.len() == 1 {
                         State::Tool(0)
                     } else {
@@ -131,6 +234,20 @@ impl ActionGrammar {
                     State::Tool(0)
                 } else {
                     State::AfterThought(n + 1)
+                }
+            }
+            State::Tool(n) if g.actions.is_some() => {
+                // Admissible mode: `tool` holds the action bytes so far; some action (with its
+                // closing newline) goes on with `b`, and the reply is done when one is complete.
+                let actions = g.actions.as_deref().unwrap_or_default();
+                if !actions.iter().any(|a| a.starts_with(tool) && a.get(tool.len()) == Some(&b)) {
+                    return false;
+                }
+                tool.push(b);
+                if actions.iter().any(|a| a[..] == tool[..]) {
+                    State::Done
+                } else {
+                    State::Tool(n + 1)
                 }
             }
             State::Tool(n) => {
@@ -186,7 +303,21 @@ impl ActionGrammar {
 impl Constraint {
     /// A matcher at the start of a reply.
     pub fn new(grammar: ActionGrammar) -> Self {
-        Constraint { grammar, state: State::Start(0), tool: Vec::new(), wrap_up: 0 }
+        Constraint { state: grammar.start(), grammar, tool: Vec::new(), wrap_up: 0 }
+    }
+
+    /// Admissible mode, once the reply is done: the action chosen (without its closing newline).
+    pub fn chosen_action(&self) -> Option<String> {
+        if self.state != State::Done || self.grammar.actions.is_none() {
+            return None;
+        }
+        let n = self.tool.len().saturating_sub(self.grammar.close.len());
+        Some(String::from_utf8_lossy(&self.tool[..n]).into_owned())
+    }
+
+    /// Whether the reply is writing its action (admissible mode: the allowed tokens are looked up).
+    fn in_admissible_action(&self) -> bool {
+        self.grammar.actions.is_some() && matches!(self.state, State::Tool(_))
     }
 
     /// Hurries the reply to its end as its token budget runs out: `1` ends the thought at once, `2`
@@ -229,6 +360,32 @@ impl Constraint {
     /// Sets every logit whose token text (`pieces[id]`) may not come next to minus infinity. Tokens
     /// whose text is not known (`None`: special or partial-UTF-8 tokens) are forbidden.
     pub fn mask(&self, logits: &mut [f32], pieces: &[Option<String>]) {
+        self.mask_indexed(logits, pieces, None)
+    }
+
+    /// [`Constraint::mask`], with the allowed tokens looked up in `index` (built from the same
+    /// `pieces`) while an admissible action is being written: the same result, far fewer checks.
+    pub fn mask_indexed(&self, logits: &mut [f32], pieces: &[Option<String>], index: Option<&PieceIndex>) {
+        if let (Some(index), true) = (index, self.in_admissible_action()) {
+            let actions = self.grammar.actions.as_deref().unwrap_or_default();
+            let done = &self.tool[..];
+            let mut keep: Vec<(u32, f32)> = Vec::new();
+            for a in actions.iter().filter(|a| a.starts_with(done)) {
+                let rest = &a[done.len()..];
+                for k in 1..=rest.len().min(index.longest) {
+                    for &id in index.get(&rest[..k]) {
+                        if let Some(&l) = logits.get(id as usize) {
+                            keep.push((id, l));
+                        }
+                    }
+                }
+            }
+            logits.fill(f32::NEG_INFINITY);
+            for (id, l) in keep {
+                logits[id as usize] = l;
+            }
+            return;
+        }
         for (l, p) in logits.iter_mut().zip(pieces) {
             if !p.as_deref().is_some_and(|t| self.allows(t)) {
                 *l = f32::NEG_INFINITY;
@@ -304,5 +461,69 @@ mod tests {
         let mut c = Constraint::new(g);
         assert!(c.advance("THOUGHT: abcde"));
         assert!(!c.allows("f") && c.allows("\n"));
+    }
+
+    /// Property: over random admissible sets and random logits (standing in for any prompt), greedy
+    /// decoding under the constraint always ends in exactly one of the admissible actions, in every
+    /// format; the indexed mask equals the full scan at every token.
+    #[test]
+    fn admissible_actions_always_decode_to_one_of_the_set() {
+        let words = ["go", " to", " cabinet", " 1", " 2", "take", " apple", " from", "put", " in/on", "open", "\n", " ", "ca", "b", "inet",
+            "ACTION", ":", " AC", "TION: ", "THOUGHT: ", "Thought: ", "Action: ", "Act: ", "Answer: ", "search[", "]", "x", "1", "2", "(", ")", "#0",
+            "{\"name\": ", "\"a\"", "}", "I think", " go to", " t", "o", "ap", "ple", "B.", "\n```bash\nls\n```", "ls"];
+        let mut pieces: Vec<Option<String>> = words.iter().map(|w| Some(w.to_string())).collect();
+        // Every single byte too, so any string is reachable.
+        for b in 32u8..127 {
+            pieces.push(Some((b as char).to_string()));
+        }
+        pieces.push(None);
+        let index = PieceIndex::new(&pieces);
+        let mut x = 0x2545_F491_4F6C_DD1Du64;
+        let mut next = |n: usize| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x % n as u64) as usize
+        };
+        let parts = ["go to", "cabinet 1", "cabinet 2", "take apple 1 from", "put apple 1 in/on", "open", "search[x]", "get_relations(#0)", "B.", "bash\n```bash\nls\n```", "{\"name\": \"a\"}", "look"];
+        for round in 0..300 {
+            let n = 1 + next(6);
+            let actions: Vec<String> = (0..n).map(|_| {
+                let k = 1 + next(2);
+                (0..k).map(|_| parts[next(parts.len())]).collect::<Vec<_>>().join(" ")
+            }).collect();
+            let format = ActionFormat::ALL[round % 8];
+            let mut c = Constraint::new(ActionGrammar::admissible(format, &actions).with_max_thought_bytes(12));
+            let mut text = String::new();
+            for _ in 0..200 {
+                let logits: Vec<f32> = (0..pieces.len()).map(|_| next(1000) as f32).collect();
+                let (mut a, mut b) = (logits.clone(), logits);
+                c.mask(&mut a, &pieces);
+                c.mask_indexed(&mut b, &pieces, Some(&index));
+                assert_eq!(a, b, "{format:?} {actions:?} after {text:?}");
+                let best = (0..a.len()).filter(|&i| a[i].is_finite()).max_by(|&i, &j| a[i].total_cmp(&a[j]));
+                let best = best.unwrap_or_else(|| panic!("dead end: {format:?} {actions:?} after {text:?}"));
+                let piece = pieces[best].clone().unwrap();
+                assert!(c.advance(&piece));
+                text.push_str(&piece);
+                if c.is_done() {
+                    break;
+                }
+            }
+            assert!(c.is_done(), "{format:?} {actions:?}: {text:?}");
+            let chosen = c.chosen_action().unwrap();
+            assert!(actions.contains(&chosen), "{chosen:?} not in {actions:?}");
+            assert!(text.ends_with(&format!("{}{chosen}\n", c.grammar().action_prefix())), "{text:?}");
+            // And the format's own parser reads the same action back (where it is a call or a finish).
+            if format == ActionFormat::Alfworld && !chosen.contains('\n') {
+                let parsed = format.parse(&text).action.unwrap();
+                match parsed {
+                    super::super::format::Action::Call { tool, input } => {
+                        assert_eq!(if input.is_empty() { tool } else { format!("{tool} {input}") }, chosen)
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+        }
     }
 }

@@ -3,9 +3,11 @@
 
 pub mod constrain;
 pub mod format;
+mod episode;
 mod run;
 pub mod trajectory;
 
 pub use format::{Action, ActionFormat, ParsedReply};
 pub use trajectory::{Segment, TokenizedTrajectory, Trajectory, Turn};
 pub use run::{Agent, AgentConfig, AgentStep, StepKind, Tool};
+pub use episode::{run_episode, Environment, EpisodeReport, EpisodeRunner, Outcome, Rates};

@@ -6,14 +6,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::constrain::{ActionGrammar, Constraint};
+use super::constrain::{ActionGrammar, Constraint, PieceIndex};
 use super::format::{Action, ActionFormat};
 use super::trajectory::{Trajectory, Turn};
 use crate::adapter::Adapter;
 use crate::error::{Error, Result};
 use crate::generate::{CancelToken, SamplingParams};
 use crate::runtime::Model;
-use crate::session::{FinishReason, GenerateParams, Session, Step};
+use crate::session::{chat_tokens, FinishReason, GenerateParams, Session, Step};
 use crate::template::{BuiltinTemplate, ChatTemplate, Message};
 
 /// Under constrained decoding, the thought is ended when this many tokens of the reply budget are left
@@ -21,6 +21,8 @@ use crate::template::{BuiltinTemplate, ChatTemplate, Message};
 const WRAP_THOUGHT_TOKENS: usize = 16;
 /// ...and the arguments are closed when this many are left.
 const WRAP_ARGS_TOKENS: usize = 2;
+/// What the agent answers the task's instructions with (AgentInstruct's own words; not trained on).
+const INSTRUCTIONS_ACK: &str = "OK. I'll follow your instructions and try my best to solve the task.";
 
 /// A tool the agent may call: its name (for ALFWorld-style formats, an action verb such as `go to`),
 /// what it does, and a JSON schema of its arguments (may be `null`).
@@ -43,17 +45,29 @@ pub struct AgentConfig {
     pub template: Option<BuiltinTemplate>,
     /// Most steps (replies) before the episode ends with [`StepKind::StepLimit`].
     pub max_steps: usize,
-    /// Most tokens in one reply.
+    /// Most tokens in one reply. With admissible actions set it bounds the thought; the action
+    /// itself always gets the tokens it needs.
     pub max_tokens_per_step: usize,
     /// Observations longer than this many characters are cut (AgentBench: 800).
     pub max_observation_chars: usize,
     /// Sampling (default greedy). The same seed replays an episode exactly.
     pub sampling: SamplingParams,
     /// Constrain decoding so every action names a registered tool (formats with an action grammar:
-    /// ALFWorld, ReAct, WebShop).
+    /// ALFWorld, ReAct, WebShop). Admissible actions ([`Agent::set_admissible`]) constrain further, in
+    /// every format, whether this is set or not.
     pub constrained: bool,
     /// KV cache capacity in tokens (`None`: the model's context).
     pub capacity: Option<usize>,
+    /// The episode ends ([`StepKind::RepeatLimit`]) when the same action is asked for this many times
+    /// in a row (default 3, as AgentBench; 0: never).
+    pub repeat_limit: usize,
+    /// With admissible actions set, the previous reply's action is left out of the next reply's set
+    /// when another action remains (default true): a step never repeats the one before it.
+    pub avoid_repeats: bool,
+    /// With admissible actions set, the list is shown to the model at the end of the prompt of the
+    /// next reply (`Admissible actions: a, b, c`; default false). It is not kept in the conversation
+    /// or the trajectory: only the current reply's prompt shows it.
+    pub show_admissible: bool,
 }
 
 impl Default for AgentConfig {
@@ -67,6 +81,9 @@ impl Default for AgentConfig {
             sampling: SamplingParams::greedy(),
             constrained: false,
             capacity: None,
+            repeat_limit: 3,
+            avoid_repeats: true,
+            show_admissible: false,
         }
     }
 }
@@ -100,6 +117,9 @@ pub enum StepKind {
     StepLimit,
     /// The agent was cancelled mid-reply; the reply so far is dropped and the next step starts over.
     Cancelled,
+    /// The reply asked for the same action `repeat_limit` times in a row; the episode is over and the
+    /// action is not run.
+    RepeatLimit,
 }
 
 /// One step's result.
@@ -113,6 +133,15 @@ pub struct AgentStep {
     pub text: String,
     /// Tokens generated for this reply so far.
     pub tokens: usize,
+    /// The action as written after the format's action prefix (for admissible actions: exactly the
+    /// admissible string chosen); `None` when the reply holds no action.
+    pub action: Option<String>,
+}
+
+impl AgentStep {
+    fn bare(kind: StepKind, text: String, tokens: usize) -> Self {
+        AgentStep { kind, thought: None, text, tokens, action: None }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -130,6 +159,11 @@ pub struct Agent {
     template: ChatTemplate,
     config: AgentConfig,
     tools: Vec<Tool>,
+    /// The instructions and the agent's acknowledgement (empty without instructions and tools).
+    head: Vec<Message>,
+    /// Demonstrations, rendered between the instructions and the task.
+    examples: Vec<Message>,
+    /// The episode from its task on.
     messages: Vec<Message>,
     trajectory: Trajectory,
     phase: Phase,
@@ -139,17 +173,34 @@ pub struct Agent {
     constraint: Option<Constraint>,
     /// Text of every token id, for the constraint (computed once).
     pieces: Arc<[Option<String>]>,
+    /// The same, indexed by text (admissible actions).
+    index: Option<Arc<PieceIndex>>,
+    /// The complete actions allowed in the next reply (host-set).
+    admissible: Option<Vec<String>>,
+    /// The admissible action the constraint chose for the reply being generated.
+    chosen: Option<String>,
     last_action: Option<(String, String)>,
+    last_action_text: Option<String>,
+    repeats: usize,
+    actions: usize,
+    accepted: usize,
     instructions: String,
     task: String,
 }
 
-fn first_message(format: ActionFormat, instructions: &str, task: &str, tools: &[Tool]) -> String {
-    format!("{}\n\n{}\n{}", instructions.trim_end(), tools_section(format, tools), task)
+fn first_message(format: ActionFormat, instructions: &str, tools: &[Tool]) -> String {
+    let tools = tools_section(format, tools);
+    match (instructions.trim_end(), tools.as_str()) {
+        ("", t) => t.trim_end().to_string(),
+        (i, "") => i.to_string(),
+        (i, t) => format!("{i}\n\n{}", t.trim_end()),
+    }
 }
 
 impl Agent {
-    /// An agent for `task`, told `instructions` (the task family's rules) and given `tools`.
+    /// An agent for `task`, told `instructions` (the task family's rules) and given `tools`. The
+    /// conversation starts as AgentInstruct's do: the instructions (with the tool list), the agent's
+    /// `OK.` (not trained on), then the task.
     ///
     /// # Errors
     /// No chat template (model without one and no named template), constrained mode for a format
@@ -171,30 +222,51 @@ impl Agent {
         if config.constrained && ActionGrammar::for_format(config.format, vec![]).is_none() {
             return Err(Error::InvalidArgument(format!("format {} has no constrained mode", config.format.name())));
         }
-        let first = first_message(config.format, instructions, task, &tools);
-        let trajectory = Trajectory {
-            id: None,
-            conversations: vec![Turn { from: "human".into(), value: first.clone(), loss: None }],
-            reward: None,
-            outcome: None,
-        };
-        Ok(Agent {
+        let mut agent = Agent {
             session: model.try_session(config.capacity)?,
             template,
-            messages: vec![Message::new("user", first)],
-            trajectory,
+            head: Vec::new(),
+            examples: Vec::new(),
+            messages: vec![Message::new("user", task)],
+            trajectory: Trajectory { id: None, conversations: Vec::new(), reward: None, outcome: None },
             phase: Phase::NeedStep,
             steps: 0,
             reply: String::new(),
             reply_tokens: 0,
             constraint: None,
             pieces: Arc::from(Vec::new()),
+            index: None,
+            admissible: None,
+            chosen: None,
             last_action: None,
+            last_action_text: None,
+            repeats: 0,
+            actions: 0,
+            accepted: 0,
             instructions: instructions.to_string(),
             task: task.to_string(),
             config,
             tools,
-        })
+        };
+        agent.set_head();
+        Ok(agent)
+    }
+
+    /// Rebuilds the instructions (with the tool list) and the trajectory's first turns.
+    fn set_head(&mut self) {
+        let first = first_message(self.config.format, &self.instructions, &self.tools);
+        self.head.clear();
+        self.trajectory.conversations.clear();
+        if !first.is_empty() {
+            self.head = vec![Message::new("user", first.clone()), Message::new("assistant", INSTRUCTIONS_ACK)];
+            self.trajectory.conversations.push(Turn::new("human", first, None));
+            self.trajectory.conversations.push(Turn::new("gpt", INSTRUCTIONS_ACK, Some(false)));
+        }
+        self.trajectory.conversations.push(Turn::new("human", self.task.clone(), None));
+    }
+
+    fn before_first_step(&self) -> bool {
+        self.steps == 0 && self.phase == Phase::NeedStep && self.messages.len() == 1
     }
 
     /// Registers another tool. Only before the first step (the tools are part of the first prompt).
@@ -202,7 +274,7 @@ impl Agent {
     /// # Errors
     /// [`Error::InvalidArgument`] after the first step, or for a duplicate or empty name.
     pub fn add_tool(&mut self, tool: Tool) -> Result<()> {
-        if self.steps > 0 || self.phase != Phase::NeedStep || self.messages.len() != 1 {
+        if !self.before_first_step() {
             return Err(Error::InvalidArgument("tools can only be added before the first step".into()));
         }
         if tool.name.trim().is_empty() || tool.name.contains('\n') {
@@ -212,10 +284,95 @@ impl Agent {
             return Err(Error::InvalidArgument(format!("tool {:?} is already registered", tool.name)));
         }
         self.tools.push(tool);
-        let first = first_message(self.config.format, &self.instructions, &self.task, &self.tools);
-        self.messages[0].content = first.clone();
-        self.trajectory.conversations[0].value = first;
+        self.set_head();
         Ok(())
+    }
+
+    /// Adds a solved example episode (a demonstration, as AgentBench's prompts hold one of the same
+    /// task type), rendered after the instructions and before the task, in the order added. Its turns
+    /// are taken from its task on: a leading instructions turn and the agent's acknowledgement are
+    /// skipped (so an episode this library recorded can be handed in as it is), and so is a last
+    /// observation. Examples are part of the prompt only, not of the trajectory. Only before the first
+    /// step.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] after the first step; an example without an agent turn, whose turns
+    /// do not alternate human/gpt from a human turn, or with a `system` turn.
+    pub fn add_example(&mut self, example: &Trajectory) -> Result<()> {
+        if !self.before_first_step() {
+            return Err(Error::InvalidArgument("examples can only be added before the first step".into()));
+        }
+        let t = &example.conversations;
+        let is = |turn: &Turn, roles: &[&str]| roles.contains(&turn.from.as_str());
+        let (human, gpt) = (["human", "user"], ["gpt", "assistant"]);
+        let mut turns = &t[..];
+        if turns.len() >= 3 && is(&turns[0], &human) && is(&turns[1], &gpt) && turns[1].loss != Some(true) {
+            turns = &turns[2..];
+        }
+        if turns.last().is_some_and(|l| is(l, &human)) {
+            turns = &turns[..turns.len() - 1];
+        }
+        if turns.len() < 2 {
+            return Err(Error::InvalidArgument("an example needs its task and at least one agent turn".into()));
+        }
+        for (i, turn) in turns.iter().enumerate() {
+            let want: &[&str] = if i % 2 == 0 { &human } else { &gpt };
+            if !is(turn, want) {
+                return Err(Error::InvalidArgument(format!(
+                    "example turn {i} is {:?}: examples alternate human and gpt turns, from the task",
+                    turn.from
+                )));
+            }
+        }
+        self.examples.extend(
+            turns.iter().enumerate().map(|(i, t)| Message::new(if i % 2 == 0 { "user" } else { "assistant" }, t.value.as_str())),
+        );
+        Ok(())
+    }
+
+    /// How many example turns the prompt holds.
+    pub fn example_turns(&self) -> usize {
+        self.examples.len()
+    }
+
+    /// Sets the complete actions the next replies may take (ALFWorld's admissible commands: `go to
+    /// cabinet 1`, `take apple 1 from table 1`; in other formats the text after the action prefix, such
+    /// as `search[red shoes]`). With a set in place the action is decoded from exactly these strings,
+    /// in any tokenization, and the reply can hold nothing else; the thought before it stays free and
+    /// bounded by `max_tokens_per_step`. It stays until replaced; an empty set clears it. Works in every
+    /// format, with or without `constrained`.
+    ///
+    /// # Errors
+    /// Mid-reply or after the episode; an empty action; an action the format does not read back as an
+    /// action (or that names a tool not registered, when tools are).
+    pub fn set_admissible(&mut self, actions: Vec<String>) -> Result<()> {
+        if matches!(self.phase, Phase::Generating | Phase::Finished) {
+            return Err(Error::InvalidArgument("admissible actions can only be set between steps".into()));
+        }
+        if actions.is_empty() {
+            self.admissible = None;
+            return Ok(());
+        }
+        let prefix = ActionGrammar::admissible(self.config.format, &[]).action_prefix();
+        for a in &actions {
+            if a.trim().is_empty() {
+                return Err(Error::InvalidArgument("an admissible action is empty".into()));
+            }
+            let parsed = resolve(self.config.format.parse(&format!("{prefix}{a}\n")).action, &self.tools);
+            if let Err(reason) = parsed {
+                return Err(Error::InvalidArgument(format!(
+                    "admissible action {a:?} is not a {} action: {reason}",
+                    self.config.format.name()
+                )));
+            }
+        }
+        self.admissible = Some(actions);
+        Ok(())
+    }
+
+    /// The admissible actions in place, if any.
+    pub fn admissible(&self) -> Option<&[String]> {
+        self.admissible.as_deref()
     }
 
     /// The tools the agent was given.
@@ -226,7 +383,15 @@ impl Agent {
     pub fn steps(&self) -> usize {
         self.steps
     }
-    /// Whether the episode is over (final answer or step limit).
+    /// Actions asked for so far (replies that named a tool the host runs).
+    pub fn actions(&self) -> usize {
+        self.actions
+    }
+    /// Of these, how many the environment reported as accepted ([`Agent::submit_result`]).
+    pub fn accepted_actions(&self) -> usize {
+        self.accepted
+    }
+    /// Whether the episode is over (final answer, step or repeat limit).
     pub fn is_finished(&self) -> bool {
         self.phase == Phase::Finished
     }
@@ -273,6 +438,36 @@ impl Agent {
         self.step_budget(None, None)
     }
 
+    /// Takes `reply` as the agent's next reply instead of generating one: a demonstration the host
+    /// writes (a scripted solver, a player), recorded and answered exactly like a generated reply, so
+    /// the episode trains the model on the prompts it will act from.
+    ///
+    /// # Errors
+    /// As [`Agent::step`]; mid-reply.
+    pub fn demonstrate(&mut self, reply: &str) -> Result<AgentStep> {
+        match self.phase {
+            Phase::NeedObservation => {
+                return Err(Error::InvalidArgument("the agent awaits an observation: call submit_observation".into()))
+            }
+            Phase::Finished => return Err(Error::InvalidArgument("the episode is over".into())),
+            Phase::Generating => return Err(Error::InvalidArgument("a reply is in progress".into())),
+            Phase::NeedStep => {}
+        }
+        if self.steps >= self.config.max_steps {
+            return Ok(self.step_limit());
+        }
+        self.reply = reply.to_string();
+        self.reply_tokens = 0;
+        self.chosen = None;
+        self.finish_reply()
+    }
+
+    fn step_limit(&mut self) -> AgentStep {
+        self.phase = Phase::Finished;
+        self.trajectory.outcome.get_or_insert_with(|| "step_limit".into());
+        AgentStep::bare(StepKind::StepLimit, String::new(), 0)
+    }
+
     /// Like [`Agent::step`], but generates at most `max_tokens` tokens and stops after `max_time`
     /// (checked between tokens), returning [`StepKind::Pending`] if the reply is not complete: a game
     /// loop calls it once per frame and never stalls.
@@ -288,32 +483,39 @@ impl Agent {
             Phase::Finished => return Err(Error::InvalidArgument("the episode is over".into())),
             Phase::NeedStep => {
                 if self.steps >= self.config.max_steps {
-                    self.phase = Phase::Finished;
-                    self.trajectory.outcome.get_or_insert_with(|| "step_limit".into());
-                    return Ok(AgentStep { kind: StepKind::StepLimit, thought: None, text: String::new(), tokens: 0 });
+                    return Ok(self.step_limit());
                 }
                 self.begin_reply()?;
             }
             Phase::Generating => {}
         }
         let mut made = 0usize;
+        let admissible = self.constraint.as_ref().is_some_and(|c| c.grammar().is_admissible());
         loop {
             if max_tokens.is_some_and(|m| made >= m) || max_time.is_some_and(|t| start.elapsed() >= t) {
-                return Ok(AgentStep { kind: StepKind::Pending, thought: None, text: self.reply.clone(), tokens: self.reply_tokens });
+                return Ok(AgentStep::bare(StepKind::Pending, self.reply.clone(), self.reply_tokens));
             }
             if let Some(c) = self.constraint.as_mut() {
-                // Leave room to finish the action inside the reply's token budget.
-                let left = self.config.max_tokens_per_step.saturating_sub(self.reply_tokens);
-                if left <= WRAP_ARGS_TOKENS {
-                    c.wrap_up(2);
-                } else if left <= WRAP_THOUGHT_TOKENS {
-                    c.wrap_up(1);
+                if admissible {
+                    // The thought has `max_tokens_per_step`; the action always fits after it (the
+                    // session's budget has room for the longest admissible action).
+                    if self.reply_tokens >= self.config.max_tokens_per_step {
+                        c.wrap_up(1);
+                    }
+                } else {
+                    // Leave room to finish the action inside the reply's token budget.
+                    let left = self.config.max_tokens_per_step.saturating_sub(self.reply_tokens);
+                    if left <= WRAP_ARGS_TOKENS {
+                        c.wrap_up(2);
+                    } else if left <= WRAP_THOUGHT_TOKENS {
+                        c.wrap_up(1);
+                    }
                 }
             }
-            let (constraint, pieces) = (&self.constraint, &self.pieces);
+            let (constraint, pieces, index) = (&self.constraint, &self.pieces, self.index.as_deref());
             let step = self.session.next_token_masked(|logits| {
                 if let Some(c) = constraint {
-                    c.mask(logits, pieces);
+                    c.mask_indexed(logits, pieces, index);
                 }
             });
             let step = match step {
@@ -333,6 +535,7 @@ impl Agent {
                         let piece = self.pieces.get(id as usize).cloned().flatten().unwrap_or_default();
                         c.advance(&piece);
                         if c.is_done() {
+                            self.chosen = c.chosen_action();
                             self.session.end();
                             return self.finish_reply();
                         }
@@ -344,7 +547,7 @@ impl Agent {
                     if reason == FinishReason::Cancelled {
                         self.phase = Phase::NeedStep;
                         let text = std::mem::take(&mut self.reply);
-                        return Ok(AgentStep { kind: StepKind::Cancelled, thought: None, text, tokens: self.reply_tokens });
+                        return Ok(AgentStep::bare(StepKind::Cancelled, text, self.reply_tokens));
                     }
                     return self.finish_reply();
                 }
@@ -354,42 +557,93 @@ impl Agent {
 
     /// Hands the agent the observation for its last action (tool output, environment text). It is
     /// cut to `max_observation_chars` and tokenized as plain text: control-token strings in it
-    /// (`</s>`, `[INST]`, `<|im_end|>`) stay text.
+    /// (`</s>`, `[INST]`, `<|im_end|>`) stay text. Whether the environment accepted the action is not
+    /// recorded; [`Agent::submit_result`] records it.
     ///
     /// # Errors
     /// Called when no action awaits an observation.
     pub fn submit_observation(&mut self, observation: &str) -> Result<()> {
+        self.submit_result(observation, None)
+    }
+
+    /// [`Agent::submit_observation`] with the environment's verdict on the action: `Some(true)` when it
+    /// was accepted (it did something), `Some(false)` when it was refused ("Nothing happened."),
+    /// `None` when unknown. Recorded on the observation's turn and counted in
+    /// [`Agent::accepted_actions`].
+    ///
+    /// # Errors
+    /// Called when no action awaits an observation.
+    pub fn submit_result(&mut self, observation: &str, accepted: Option<bool>) -> Result<()> {
         if self.phase != Phase::NeedObservation {
             return Err(Error::InvalidArgument("no action awaits an observation".into()));
         }
-        self.push_observation(observation);
+        self.push_observation(observation, accepted);
+        if accepted == Some(true) {
+            self.accepted += 1;
+        }
         self.phase = Phase::NeedStep;
         Ok(())
     }
 
-    fn push_observation(&mut self, observation: &str) {
+    fn push_observation(&mut self, observation: &str, accepted: Option<bool>) {
         let max = self.config.max_observation_chars;
         let text = match observation.char_indices().nth(max) {
             Some((cut, _)) => format!("{}...", &observation[..cut]),
             None => observation.to_string(),
         };
-        self.trajectory.conversations.push(Turn { from: "human".into(), value: text.clone(), loss: None });
+        let mut turn = Turn::new("human", text.clone(), None);
+        turn.accepted = accepted;
+        self.trajectory.conversations.push(turn);
         self.messages.push(Message::new("user", text));
+    }
+
+    /// The admissible actions for the next reply: the host's set, less the previous action when
+    /// `avoid_repeats` and another remains.
+    fn next_admissible(&self) -> Option<Vec<String>> {
+        let set = self.admissible.as_ref()?;
+        if self.config.avoid_repeats {
+            if let Some(last) = &self.last_action_text {
+                let rest: Vec<String> = set.iter().filter(|a| *a != last).cloned().collect();
+                if !rest.is_empty() {
+                    return Some(rest);
+                }
+            }
+        }
+        Some(set.clone())
     }
 
     /// Brings the session to the rendered conversation (reusing the cached prefix) and starts a reply.
     fn begin_reply(&mut self) -> Result<()> {
-        if self.config.constrained && self.constraint.is_none() {
-            if self.tools.is_empty() {
-                return Err(Error::InvalidArgument("constrained actions need at least one tool".into()));
+        let admissible = self.next_admissible();
+        let mut extra = 0;
+        self.constraint = match &admissible {
+            Some(actions) => {
+                if self.index.is_none() {
+                    self.pieces = self.session.model().token_pieces()?;
+                    self.index = Some(Arc::new(PieceIndex::new(&self.pieces)));
+                }
+                let g = ActionGrammar::admissible(self.config.format, actions);
+                // Every token carries at least one byte: what may follow the thought's budget (the
+                // rest of a thought prefix, its newline and separator, the action prefix, the action,
+                // its newline) takes at most this many.
+                extra = 24 + g.action_prefix().len() + actions.iter().map(String::len).max().unwrap_or(0);
+                Some(Constraint::new(g))
             }
-            let names = self.tools.iter().map(|t| t.name.clone()).collect();
-            let grammar = ActionGrammar::for_format(self.config.format, names)
-                .ok_or_else(|| Error::InvalidArgument(format!("format {} has no constrained mode", self.config.format.name())))?;
-            self.pieces = self.session.model().token_pieces()?;
-            self.constraint = Some(Constraint::new(grammar));
-        }
-        let ids = self.render_tokens()?;
+            None if self.config.constrained => {
+                if self.tools.is_empty() {
+                    return Err(Error::InvalidArgument("constrained actions need at least one tool".into()));
+                }
+                let names = self.tools.iter().map(|t| t.name.clone()).collect();
+                let grammar = ActionGrammar::for_format(self.config.format, names)
+                    .ok_or_else(|| Error::InvalidArgument(format!("format {} has no constrained mode", self.config.format.name())))?;
+                if self.pieces.is_empty() {
+                    self.pieces = self.session.model().token_pieces()?;
+                }
+                Some(Constraint::new(grammar))
+            }
+            None => None,
+        };
+        let ids = self.render_tokens(admissible.as_deref())?;
         let common = self.session.tokens().iter().zip(&ids).take_while(|(a, b)| a == b).count();
         self.session.truncate(common);
         self.session.append_tokens(&ids[common..])?;
@@ -397,42 +651,31 @@ impl Agent {
         if let Some(b) = &self.config.template {
             stop.push(b.turn_end().to_string());
         }
-        let params = GenerateParams { sampling: self.config.sampling.clone(), max_tokens: self.config.max_tokens_per_step, stop, ignore_eos: false };
+        let params = GenerateParams {
+            sampling: self.config.sampling.clone(),
+            max_tokens: self.config.max_tokens_per_step + extra,
+            stop,
+            ignore_eos: false,
+        };
         self.session.begin(&params)?;
         self.reply.clear();
         self.reply_tokens = 0;
-        if let Some(c) = self.constraint.as_mut() {
-            *c = Constraint::new(c.grammar().clone());
-        }
+        self.chosen = None;
         self.phase = Phase::Generating;
         Ok(())
     }
 
-    /// Tokens of the conversation rendered with a generation prompt: the template's own text may hold
-    /// control tokens; every message's content is tokenized as plain text.
-    fn render_tokens(&self) -> Result<Vec<u32>> {
-        const OPEN: char = '\u{E000}';
-        const CLOSE: char = '\u{E001}';
-        let marked: Vec<Message> =
-            self.messages.iter().enumerate().map(|(i, m)| Message::new(m.role.as_str(), format!("{OPEN}{i}{CLOSE}"))).collect();
-        let text = self.template.render(&marked, true)?;
-        let tok = self.session.model().tokenizer();
-        let mut ids = Vec::new();
-        if tok.add_bos_by_default() {
-            ids.extend(tok.bos_id());
+    /// Tokens of the conversation rendered with a generation prompt (the admissible actions shown at
+    /// the end when asked): the template's own text may hold control tokens; every message's content
+    /// is tokenized as plain text.
+    fn render_tokens(&self, admissible: Option<&[String]>) -> Result<Vec<u32>> {
+        let mut messages: Vec<Message> = self.head.iter().chain(&self.examples).chain(&self.messages).cloned().collect();
+        if let (Some(actions), true) = (admissible, self.config.show_admissible) {
+            if let Some(last) = messages.last_mut().filter(|m| m.role == "user") {
+                last.content = format!("{}\nAdmissible actions: {}", last.content, actions.join(", "));
+            }
         }
-        let mut rest = text.as_str();
-        while let Some(open) = rest.find(OPEN) {
-            ids.extend(tok.encode(&rest[..open], false)?);
-            let after = &rest[open + OPEN.len_utf8()..];
-            let close = after.find(CLOSE).ok_or_else(|| Error::InvalidArgument("template mangled a message".into()))?;
-            let i: usize = after[..close].parse().map_err(|_| Error::InvalidArgument("template mangled a message".into()))?;
-            let content = &self.messages.get(i).ok_or_else(|| Error::InvalidArgument("template mangled a message".into()))?.content;
-            ids.extend(tok.encode_plain(content)?);
-            rest = &after[close + CLOSE.len_utf8()..];
-        }
-        ids.extend(tok.encode(rest, false)?);
-        Ok(ids)
+        chat_tokens(&self.template, self.session.model().tokenizer(), &messages, true)
     }
 
     fn finish_reply(&mut self) -> Result<AgentStep> {
@@ -448,29 +691,53 @@ impl Agent {
         }
         let text = text.trim().to_string();
         let parsed = self.config.format.parse(&text);
-        self.trajectory.conversations.push(Turn { from: "gpt".into(), value: text.clone(), loss: Some(true) });
+        self.trajectory.conversations.push(Turn::new("gpt", text.clone(), Some(true)));
         self.messages.push(Message::new("assistant", text.clone()));
         let tokens = self.reply_tokens;
         let action = resolve(parsed.action, &self.tools);
+        let mut action_text = self.chosen.take();
         let kind = match action {
             Ok(Action::Call { tool, input }) => {
+                let written = action_text.get_or_insert_with(|| written_action(self.config.format, &tool, &input)).clone();
                 let repeated = self.last_action.as_ref() == Some(&(tool.clone(), input.clone()));
+                self.repeats = if repeated { self.repeats + 1 } else { 1 };
                 self.last_action = Some((tool.clone(), input.clone()));
-                self.phase = Phase::NeedObservation;
-                StepKind::Action { tool, input, repeated }
+                self.last_action_text = Some(written);
+                if self.config.repeat_limit > 0 && self.repeats >= self.config.repeat_limit {
+                    self.phase = Phase::Finished;
+                    self.trajectory.outcome.get_or_insert_with(|| "repeat_limit".into());
+                    StepKind::RepeatLimit
+                } else {
+                    self.actions += 1;
+                    self.phase = Phase::NeedObservation;
+                    StepKind::Action { tool, input, repeated }
+                }
             }
             Ok(Action::Finish { answer }) => {
                 self.phase = Phase::Finished;
                 StepKind::Final { answer }
             }
             Err(reason) => {
+                action_text = None;
                 let feedback = self.config.format.invalid_feedback(&reason);
-                self.push_observation(&feedback);
+                self.push_observation(&feedback, Some(false));
                 self.phase = Phase::NeedStep;
                 StepKind::Invalid { reason }
             }
         };
-        Ok(AgentStep { kind, thought: parsed.thought, text, tokens })
+        Ok(AgentStep { kind, thought: parsed.thought, text, tokens, action: action_text })
+    }
+}
+
+/// An action as the format writes it after its prefix (for the repeat guard and the step's
+/// `action`): `go to cabinet 1`, `search[x]`.
+fn written_action(format: ActionFormat, tool: &str, input: &str) -> String {
+    match format {
+        ActionFormat::Alfworld if input.is_empty() => tool.to_string(),
+        ActionFormat::Alfworld => format!("{tool} {input}"),
+        ActionFormat::React | ActionFormat::WebShop => format!("{tool}[{input}]"),
+        ActionFormat::Kg => format!("{tool}({input})"),
+        _ => format!("{tool} {input}").trim().to_string(),
     }
 }
 

@@ -17,6 +17,17 @@ pub struct Turn {
     /// Train on this turn (`gpt` turns only; `null` elsewhere).
     #[serde(default)]
     pub loss: Option<bool>,
+    /// On an observation turn: whether the environment accepted the action before it (as its tool
+    /// reported; absent when it did not say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub accepted: Option<bool>,
+}
+
+impl Turn {
+    /// A turn without an `accepted` report.
+    pub fn new(from: &str, value: impl Into<String>, loss: Option<bool>) -> Self {
+        Turn { from: from.to_string(), value: value.into(), loss, accepted: None }
+    }
 }
 
 /// An episode: AgentInstruct's schema plus the outcome fields an agent run records.

@@ -8,9 +8,9 @@ use std::time::Duration;
 use super::agentlm_status::*;
 use super::log::{with_sink, LogSink};
 use super::registry::{self, Kind, Tracked, Users};
-use super::util::{boundary, opt_out, read_params, str_arg, with_state, write_out, Fail, SendPtr};
+use super::util::{boundary, opt_out, read_params, slice_arg, str_arg, with_state, write_out, Fail, SendPtr};
 use super::{agentlm_error, agentlm_model, agentlm_status, agentlm_str};
-use crate::agent::{ActionFormat, Agent, AgentConfig, StepKind, Tool};
+use crate::agent::{ActionFormat, Agent, AgentConfig, AgentStep, StepKind, Tool};
 use crate::generate::{CancelToken, SamplingParams};
 use crate::template::BuiltinTemplate;
 
@@ -70,6 +70,9 @@ pub enum agentlm_step_kind {
     AGENTLM_STEP_LIMIT = 5,
     /// Cancelled mid-reply; the next step starts the reply over.
     AGENTLM_STEP_CANCELLED = 6,
+    /// The same action was asked for `repeat_limit` times in a row; the episode is over and the action
+    /// was not run.
+    AGENTLM_STEP_REPEAT_LIMIT = 7,
 }
 
 /// Parameters of [`agentlm_agent_new`]. Initialise with [`agentlm_agent_params_default`].
@@ -97,14 +100,26 @@ pub struct agentlm_agent_params {
     /// Seed: the same seed and observations replay an episode exactly.
     pub seed: u64,
     /// Constrain every action to name a registered tool (ALFWorld, ReAct, WebShop formats).
+    /// Admissible actions (`agentlm_agent_set_admissible`) constrain further, in every format.
     pub constrained: bool,
     /// KV cache capacity in tokens (0: the model's context).
     pub capacity: u32,
+    /// End the episode (`AGENTLM_STEP_REPEAT_LIMIT`) when the same action is asked for this many times
+    /// in a row (default 3, as AgentBench; 0: never).
+    pub repeat_limit: u32,
+    /// With admissible actions set, leave the previous action out of the next reply's set when another
+    /// remains (default true).
+    pub avoid_repeats: bool,
+    /// With admissible actions set, show them at the end of the next reply's prompt (`Admissible
+    /// actions: ...`; not kept in the conversation; default false).
+    pub show_admissible: bool,
 }
 
-/// A tool's result, filled by its callback with [`agentlm_tool_result_set`] (opaque).
+/// A tool's result, filled by its callback with [`agentlm_tool_result_set`] and
+/// [`agentlm_tool_result_set_accepted`] (opaque).
 pub struct agentlm_tool_result {
     text: Option<String>,
+    accepted: Option<bool>,
 }
 
 /// A host tool: called with the action's input (`input_len` bytes of UTF-8, NUL-terminated, valid
@@ -141,6 +156,12 @@ pub struct agentlm_agent_step_result {
     pub answer: agentlm_str,
     /// ACTION with a tool callback: the observation it returned (already submitted).
     pub observation: agentlm_str,
+    /// ACTION with a tool callback: 1 when the tool reported the action accepted, 0 refused, -1 not
+    /// reported (see [`agentlm_tool_result_set_accepted`]); -1 for other kinds.
+    pub accepted: i32,
+    /// ACTION (and REPEAT_LIMIT): the action as written after the format's prefix; with admissible
+    /// actions set, exactly the admissible string chosen.
+    pub action: agentlm_str,
 }
 
 struct ToolCallback {
@@ -162,7 +183,7 @@ pub(crate) struct AgentState {
     pub(crate) agent: Agent,
     callbacks: HashMap<String, ToolCallback>,
     /// Backing store of the last step's strings.
-    strings: [Vec<u8>; 6],
+    strings: [Vec<u8>; 7],
     log: Option<LogSink>,
 }
 
@@ -191,7 +212,8 @@ pub(crate) fn lock_agent<T>(agent: *const agentlm_agent, f: impl FnOnce(&mut Age
 }
 
 /// Default agent parameters: ALFWorld format, the model's template, 30 steps, 128 tokens per reply,
-/// 800-character observations, greedy, unconstrained.
+/// 800-character observations, greedy, unconstrained, an episode ends after 3 identical actions in a
+/// row, an admissible set never offers the previous action again, admissible actions not shown.
 #[no_mangle]
 pub extern "C" fn agentlm_agent_params_default() -> agentlm_agent_params {
     let c = AgentConfig::default();
@@ -208,6 +230,9 @@ pub extern "C" fn agentlm_agent_params_default() -> agentlm_agent_params {
         seed: 0,
         constrained: false,
         capacity: 0,
+        repeat_limit: c.repeat_limit as u32,
+        avoid_repeats: c.avoid_repeats,
+        show_admissible: c.show_admissible,
     }
 }
 
@@ -239,6 +264,9 @@ fn config(p: &agentlm_agent_params) -> Result<AgentConfig, Fail> {
         sampling: SamplingParams { temperature: p.temperature, top_k: p.top_k as usize, top_p: p.top_p, seed: p.seed, ..SamplingParams::greedy() },
         constrained: p.constrained,
         capacity: (p.capacity > 0).then_some(p.capacity as usize),
+        repeat_limit: p.repeat_limit as usize,
+        avoid_repeats: p.avoid_repeats,
+        show_admissible: p.show_admissible,
     })
 }
 
@@ -339,11 +367,74 @@ pub unsafe extern "C" fn agentlm_tool_result_set(result: *mut agentlm_tool_resul
     })
 }
 
+/// Says whether the environment accepted the action (it did something) or refused it ("Nothing
+/// happened."): recorded in the trajectory and the step result, counted by
+/// [`agentlm_agent_accepted_actions`]. Not calling it leaves the verdict unknown. Call from within the
+/// tool's callback.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_tool_result_set_accepted(result: *mut agentlm_tool_result, accepted: bool) -> agentlm_status {
+    boundary(std::ptr::null_mut(), || {
+        registry::check_scoped(result.cast_const().cast(), Kind::ToolResult, "result")?;
+        // SAFETY: registered, so the object the library passed to the running callback.
+        let r = unsafe { &mut *result };
+        r.accepted = Some(accepted);
+        Ok(AGENTLM_STATUS_OK)
+    })
+}
+
 fn set(buf: &mut Vec<u8>, s: &str) -> agentlm_str {
     buf.clear();
     buf.extend_from_slice(s.as_bytes());
     buf.push(0);
     agentlm_str { ptr: buf.as_ptr().cast(), len: s.len() }
+}
+
+/// Reports step `s` in `*out`, running the action's tool callback (if it has one) and submitting its
+/// observation first.
+fn report(st: &mut AgentState, s: AgentStep, out: *mut agentlm_agent_step_result) -> Result<agentlm_status, Fail> {
+    use agentlm_step_kind::*;
+    let (kind, tool, input, answer, repeated) = match &s.kind {
+        StepKind::Action { tool, input, repeated } => (AGENTLM_STEP_ACTION, tool.as_str(), input.as_str(), "", *repeated),
+        StepKind::Final { answer } => (AGENTLM_STEP_FINAL, "", "", answer.as_str(), false),
+        StepKind::Invalid { reason } => (AGENTLM_STEP_INVALID, "", "", reason.as_str(), false),
+        StepKind::Pending => (AGENTLM_STEP_PENDING, "", "", "", false),
+        StepKind::StepLimit => (AGENTLM_STEP_LIMIT, "", "", "", false),
+        StepKind::Cancelled => (AGENTLM_STEP_CANCELLED, "", "", "", false),
+        StepKind::RepeatLimit => (AGENTLM_STEP_REPEAT_LIMIT, "", "", "", true),
+    };
+    let mut observation = String::new();
+    let mut accepted = -1;
+    if kind == AGENTLM_STEP_ACTION {
+        if let Some((f, cb)) = st.callbacks.get(tool).and_then(|cb| cb.f.map(|f| (f, cb))) {
+            let mut result = agentlm_tool_result { text: None, accepted: None };
+            let mut arg = input.as_bytes().to_vec();
+            arg.push(0);
+            let live = registry::scoped((&raw const result).cast(), Kind::ToolResult);
+            // SAFETY: the host's callback, called as documented.
+            let ok = unsafe { f(cb.user.0, arg.as_ptr().cast(), input.len(), &raw mut result) };
+            drop(live);
+            observation = result.text.unwrap_or_else(|| if ok { String::new() } else { "The tool failed.".into() });
+            accepted = result.accepted.map_or(-1, i32::from);
+            st.agent.submit_result(&observation, result.accepted)?;
+        }
+    }
+    let [b0, b1, b2, b3, b4, b5, b6] = &mut st.strings;
+    let step = agentlm_agent_step_result {
+        kind: kind as i32,
+        step: st.agent.steps() as u32,
+        tokens: s.tokens as u32,
+        repeated,
+        text: set(b0, &s.text),
+        thought: set(b1, s.thought.as_deref().unwrap_or("")),
+        tool: set(b2, tool),
+        input: set(b3, input),
+        answer: set(b4, answer),
+        observation: set(b5, &observation),
+        accepted,
+        action: set(b6, s.action.as_deref().unwrap_or("")),
+    };
+    write_out(out, step);
+    Ok(AGENTLM_STATUS_OK)
 }
 
 /// Generates the agent's next reply — at most `max_tokens` tokens and `max_ms` milliseconds of it when
@@ -366,45 +457,113 @@ pub unsafe extern "C" fn agentlm_agent_step(
                 (max_tokens > 0).then_some(max_tokens as usize),
                 (max_ms > 0).then(|| Duration::from_millis(u64::from(max_ms))),
             )?;
-            use agentlm_step_kind::*;
-            let (kind, tool, input, answer, repeated) = match &s.kind {
-                StepKind::Action { tool, input, repeated } => (AGENTLM_STEP_ACTION, tool.as_str(), input.as_str(), "", *repeated),
-                StepKind::Final { answer } => (AGENTLM_STEP_FINAL, "", "", answer.as_str(), false),
-                StepKind::Invalid { reason } => (AGENTLM_STEP_INVALID, "", "", reason.as_str(), false),
-                StepKind::Pending => (AGENTLM_STEP_PENDING, "", "", "", false),
-                StepKind::StepLimit => (AGENTLM_STEP_LIMIT, "", "", "", false),
-                StepKind::Cancelled => (AGENTLM_STEP_CANCELLED, "", "", "", false),
-            };
-            let mut observation = String::new();
-            if kind == AGENTLM_STEP_ACTION {
-                if let Some((f, cb)) = st.callbacks.get(tool).and_then(|cb| cb.f.map(|f| (f, cb))) {
-                    let mut result = agentlm_tool_result { text: None };
-                    let mut arg = input.as_bytes().to_vec();
-                    arg.push(0);
-                    let live = registry::scoped((&raw const result).cast(), Kind::ToolResult);
-                    // SAFETY: the host's callback, called as documented.
-                    let ok = unsafe { f(cb.user.0, arg.as_ptr().cast(), input.len(), &raw mut result) };
-                    drop(live);
-                    observation = result.text.unwrap_or_else(|| if ok { String::new() } else { "The tool failed.".into() });
-                    st.agent.submit_observation(&observation)?;
-                }
+            report(st, s, out)
+        })
+    })
+}
+
+/// Takes `reply` (`reply_len` bytes of UTF-8) as the agent's next reply instead of generating one — a
+/// demonstration by the host (a scripted solver, a player) — and reports it in `*out` exactly as
+/// [`agentlm_agent_step`] does (tool callbacks run). The episode records it as the agent's turn, so a
+/// trainer learns from it with the prompts the agent acts from.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_agent_demonstrate(
+    agent: *const agentlm_agent,
+    reply: *const c_char,
+    reply_len: usize,
+    out: *mut agentlm_agent_step_result,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let out = opt_out(out, "out")?;
+        let reply = unsafe { str_arg(reply, reply_len, "reply") }?;
+        lock_agent(agent, |st| {
+            let s = st.agent.demonstrate(reply)?;
+            report(st, s, out)
+        })
+    })
+}
+
+/// Sets the complete actions the next replies may take (`n_actions` strings, each UTF-8; copied): with
+/// a set in place the action is decoded from exactly these (ALFWorld: `go to cabinet 1`; ReAct:
+/// `search[x]`; the text after the format's action prefix) and the reply can hold nothing else; the
+/// thought before it stays free, bounded by `max_tokens_per_step`. The set stays until replaced;
+/// `n_actions = 0` clears it. Between steps only.
+///
+/// Errors: `INVALID_ARGUMENT` mid-reply or after the episode, for an empty action, or one the format
+/// does not read back as an action of a registered tool.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_agent_set_admissible(
+    agent: *const agentlm_agent,
+    actions: *const agentlm_str,
+    n_actions: usize,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let list = unsafe { slice_arg(actions, n_actions, "actions") }?;
+        let mut owned = Vec::with_capacity(list.len());
+        for (i, a) in list.iter().enumerate() {
+            owned.push(unsafe { str_arg(a.ptr, a.len, &format!("actions[{i}]")) }?.to_string());
+        }
+        lock_agent(agent, |st| Ok(st.agent.set_admissible(owned)?)).map(|_| AGENTLM_STATUS_OK)
+    })
+}
+
+/// Adds a solved example episode (`json_len` bytes: a trajectory in the AgentInstruct schema, e.g. one
+/// `agentlm_agent_trajectory_json` returned), rendered between the instructions and the task, as
+/// AgentBench's prompts hold one solved example. A leading instructions turn and its acknowledgement
+/// are skipped, and so is a last observation. Before the first step only.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_agent_add_example(
+    agent: *const agentlm_agent,
+    json: *const c_char,
+    json_len: usize,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let json = unsafe { str_arg(json, json_len, "json") }?;
+        let t = crate::train::parse_record(json)
+            .map_err(|e| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("example is not a trajectory: {e}")))?;
+        lock_agent(agent, |st| Ok(st.agent.add_example(&t)?)).map(|_| AGENTLM_STATUS_OK)
+    })
+}
+
+/// Actions the agent asked for so far (`*actions`, may be NULL) and how many of them the environment
+/// accepted (`*accepted`, may be NULL), as tools reported with [`agentlm_tool_result_set_accepted`]
+/// or [`agentlm_agent_submit_result`].
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_agent_accepted_actions(
+    agent: *const agentlm_agent,
+    actions: *mut u32,
+    accepted: *mut u32,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        lock_agent(agent, |st| {
+            if !actions.is_null() {
+                write_out(actions, st.agent.actions() as u32);
             }
-            let [b0, b1, b2, b3, b4, b5] = &mut st.strings;
-            let step = agentlm_agent_step_result {
-                kind: kind as i32,
-                step: st.agent.steps() as u32,
-                tokens: s.tokens as u32,
-                repeated,
-                text: set(b0, &s.text),
-                thought: set(b1, s.thought.as_deref().unwrap_or("")),
-                tool: set(b2, tool),
-                input: set(b3, input),
-                answer: set(b4, answer),
-                observation: set(b5, &observation),
-            };
-            write_out(out, step);
+            if !accepted.is_null() {
+                write_out(accepted, st.agent.accepted_actions() as u32);
+            }
             Ok(AGENTLM_STATUS_OK)
         })
+    })
+}
+
+/// [`agentlm_agent_submit_observation`] with the environment's verdict: `accepted` true when the
+/// action did something, false when it was refused. Recorded in the trajectory and counted.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_agent_submit_result(
+    agent: *const agentlm_agent,
+    text: *const c_char,
+    text_len: usize,
+    accepted: bool,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let text = unsafe { str_arg(text, text_len, "text") }?;
+        lock_agent(agent, |st| Ok(st.agent.submit_result(text, Some(accepted))?)).map(|_| AGENTLM_STATUS_OK)
     })
 }
 

@@ -47,7 +47,7 @@ pub const AGENTLM_VERSION_MINOR: u32 = 1;
 /// Patch version of this library.
 pub const AGENTLM_VERSION_PATCH: u32 = 0;
 /// Version of the C ABI described by this header; bumped on every incompatible change.
-pub const AGENTLM_ABI_VERSION: u32 = 1;
+pub const AGENTLM_ABI_VERSION: u32 = 2;
 /// The `id` of an [`agentlm_token`] that carries no token (the end of a generation).
 pub const AGENTLM_TOKEN_NONE: u32 = 0xFFFF_FFFF;
 /// [`agentlm_model_tokenize`] flag: prepend the BOS token when the model's tokenizer asks for it.
@@ -634,14 +634,8 @@ pub unsafe extern "C" fn agentlm_model_apply_chat_template(
 ) -> agentlm_status {
     boundary(err, || {
         let m = registry::pin(model, "model")?;
-        let msgs = unsafe { slice_arg(messages, n_messages, "messages") }?;
+        let list = unsafe { messages_arg(messages, n_messages) }?;
         let text_len = opt_out(text_len, "text_len")?;
-        let mut list = Vec::with_capacity(msgs.len());
-        for (i, msg) in msgs.iter().enumerate() {
-            let role = unsafe { str_arg(msg.role.ptr, msg.role.len, "message role") }.map_err(|f| f.context(format!("message {i}")))?;
-            let content = unsafe { str_arg(msg.content.ptr, msg.content.len, "message content") }.map_err(|f| f.context(format!("message {i}")))?;
-            list.push(Message::new(role, content));
-        }
         let t = m
             .model
             .chat_template()
@@ -733,6 +727,48 @@ pub unsafe extern "C" fn agentlm_session_append_text(
         let text = unsafe { str_arg(text, text_len, "text") }?;
         lock(session, |st| Ok(st.session.append_text(text)?)).map(|_| AGENTLM_STATUS_OK)
     })
+}
+
+/// Brings the session to the conversation `messages` (the whole chat so far) rendered with the
+/// model's own chat template, `add_generation_prompt` appending the assistant header: the tokens the
+/// session already holds that match are kept (a chat re-sends its history and only the new turn is
+/// processed), the rest replaced. The template's own text keeps its control tokens; every message's
+/// content is tokenized as plain text, so a user message holding `<|im_end|>` cannot end its turn or
+/// forge another. Ends any generation in progress.
+///
+/// Errors: `INVALID_ARGUMENT` when the model has no template, `TEMPLATE`, `INVALID_UTF8`,
+/// `CONTEXT_FULL`.
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_session_sync_chat(
+    session: *const agentlm_session,
+    messages: *const agentlm_message,
+    n_messages: usize,
+    add_generation_prompt: bool,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let list = unsafe { messages_arg(messages, n_messages) }?;
+        lock(session, |st| {
+            let model = st.session.model().clone();
+            let t = model
+                .chat_template()
+                .ok_or_else(|| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, "the model has no chat template"))?;
+            Ok(st.session.sync_chat(t, &list, add_generation_prompt)?)
+        })
+        .map(|_| AGENTLM_STATUS_OK)
+    })
+}
+
+/// The C messages as owned messages (each role and content checked as UTF-8).
+unsafe fn messages_arg(messages: *const agentlm_message, n_messages: usize) -> Result<Vec<Message>, Fail> {
+    let msgs = unsafe { slice_arg(messages, n_messages, "messages") }?;
+    let mut list = Vec::with_capacity(msgs.len());
+    for (i, msg) in msgs.iter().enumerate() {
+        let role = unsafe { str_arg(msg.role.ptr, msg.role.len, "message role") }.map_err(|f| f.context(format!("message {i}")))?;
+        let content = unsafe { str_arg(msg.content.ptr, msg.content.len, "message content") }.map_err(|f| f.context(format!("message {i}")))?;
+        list.push(Message::new(role, content));
+    }
+    Ok(list)
 }
 
 /// Appends untrusted text (tool output, user input): special-token strings such as `</s>` or

@@ -77,7 +77,7 @@ pub fn parse_record(text: &str) -> std::result::Result<Trajectory, String> {
                     Some(Value::Bool(b)) => *b,
                     Some(_) => return Err(format!("message {i}: \"loss\" is not a boolean")),
                 };
-                Ok(Turn { from: role.to_string(), value: content.to_string(), loss: is_assistant(role).then_some(loss) })
+                Ok(Turn::new(role, content, is_assistant(role).then_some(loss)))
             })
             .collect::<std::result::Result<Vec<_>, String>>()?
     } else {

@@ -52,6 +52,9 @@ mod ffi {
 
         fn append_text(self: &mut Session, text: &str) -> Result<()>;
         fn append_untrusted_text(self: &mut Session, text: &str) -> Result<()>;
+        /// Brings the session to the whole conversation rendered with the model's template, message
+        /// contents as plain text (never control tokens), the matching history kept.
+        fn sync_chat(self: &mut Session, messages: &Vec<ChatMessage>) -> Result<()>;
         fn tokens(self: &Session) -> Vec<u32>;
         fn reset(self: &mut Session);
         fn fork(self: &Session) -> Box<Session>;
@@ -102,6 +105,12 @@ impl Session {
     }
     fn append_untrusted_text(&mut self, text: &str) -> agentlm::Result<()> {
         self.0.append_untrusted_text(text)
+    }
+    fn sync_chat(&mut self, messages: &Vec<ffi::ChatMessage>) -> agentlm::Result<()> {
+        let m: Vec<Message> = messages.iter().map(|m| Message::new(m.role.as_str(), m.content.as_str())).collect();
+        let model = self.0.model().clone();
+        let t = model.chat_template().ok_or_else(|| agentlm::Error::InvalidArgument("the model has no chat template".into()))?;
+        self.0.sync_chat(t, &m, true)
     }
     fn tokens(&self) -> Vec<u32> {
         self.0.tokens().to_vec()

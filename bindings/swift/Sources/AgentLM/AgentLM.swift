@@ -159,6 +159,15 @@ public final class Agent {
         }
     }
 
+    /// Sets the complete actions the next replies may take (ALFWorld: "go to cabinet 1"); the action is
+    /// decoded from exactly these strings. It stays until replaced; an empty list clears it.
+    public func setAdmissible(_ actions: [String]) throws {
+        let copies = actions.map { strdup($0)! }
+        defer { copies.forEach { free($0) } }
+        var list = copies.map { agentlm_str(ptr: UnsafePointer($0), len: strlen($0)) }
+        try call { err in list.withUnsafeMutableBufferPointer { agentlm_agent_set_admissible(handle, $0.baseAddress, $0.count, err) } }
+    }
+
     /// One reply; returns the tool called (empty for other kinds) and its observation.
     public func step() throws -> (kind: Int32, tool: String, input: String, observation: String) {
         var result = agentlm_agent_step_result()
