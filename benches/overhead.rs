@@ -7,14 +7,20 @@
 //!   difference is the cost of the ABI layer (argument checks, panic boundary, handle lock).
 //! - `react_step`: one constrained ALFWorld step of a fresh agent on the real model (prompt
 //!   prefill, generation to a well-formed action, parsing), quantized CPU path.
+//! - `decode/unconstrained` vs `decode/admissible_50`: 24 tokens of a reply on the real model, sampled
+//!   freely or constrained to 50 admissible ALFWorld actions (a free thought, then the action from the
+//!   set); throughput in tokens, so the ratio is the constraint's cost per token. The mask alone, per
+//!   token, in the thought (a pass over the vocabulary) and in the action (lookups):
+//!   `mask/thought_50`, `mask/action_50`.
 
 mod common;
 
 use std::time::Duration;
 
+use agentlm::agent::constrain::{ActionGrammar, Constraint, PieceIndex};
 use agentlm::agent::{ActionFormat, Agent, AgentConfig, Tool};
 use agentlm::ffi::*;
-use agentlm::{LoadOptions, Model};
+use agentlm::{GenerateParams, LoadOptions, Model, SamplingParams, Step};
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
 const TEXT: &str = "The robot walked through the kitchen, checked the fridge for milk, and then went to the \
@@ -82,6 +88,81 @@ fn bench(c: &mut Criterion) {
             a.step().unwrap()
         })
     });
+    g.finish();
+    constrained_decode(c, &model);
+}
+
+/// Per-token cost of admissible-action decoding (see the module comment).
+fn constrained_decode(c: &mut Criterion, model: &Model) {
+    let places = ["cabinet", "drawer", "countertop", "shelf", "fridge", "sidetable", "dresser", "desk", "sinkbasin", "safe"];
+    let mut actions: Vec<String> = Vec::new();
+    for (i, p) in places.iter().enumerate() {
+        for n in 1..=3 {
+            actions.push(format!("go to {p} {n}"));
+        }
+        actions.push(format!("open {p} 1"));
+        actions.push(format!("take {} 1 from {p} 1", ["apple", "mug", "key", "book", "pen"][i % 5]));
+    }
+    assert_eq!(actions.len(), 50);
+    let pieces = model.token_pieces().unwrap();
+    let index = PieceIndex::new(&pieces);
+    let grammar = ActionGrammar::admissible(ActionFormat::Alfworld, &actions).with_max_thought_bytes(60);
+    let prompt = model
+        .apply_chat_template(&[agentlm::Message::new(
+            "user",
+            "Interact with a household to solve a task. Reply THOUGHT: ... then ACTION: ...\nYour task is to: put a mug in the fridge 1.",
+        )])
+        .unwrap();
+    let mut s = model.session(Some(512));
+    s.append_text(&prompt).unwrap();
+    s.logits().unwrap();
+    let n = s.tokens().len();
+    let params = GenerateParams { sampling: SamplingParams { temperature: 1.0, ..SamplingParams::greedy() }, max_tokens: 24, ..GenerateParams::default() };
+    let mut g = c.benchmark_group("decode");
+    g.sample_size(10).measurement_time(Duration::from_secs(20)).throughput(Throughput::Elements(24));
+    let reply = |constraint: Option<Constraint>, s: &mut agentlm::Session| {
+        let mut c = constraint;
+        s.begin(&params).unwrap();
+        let mut made = 0;
+        while let Ok(Step::Token { id, .. }) = s.next_token_masked(|l| {
+            if let Some(c) = &c {
+                c.mask_indexed(l, &pieces, Some(&index));
+            }
+        }) {
+            made += 1;
+            if let Some(c) = c.as_mut() {
+                c.advance(pieces[id as usize].as_deref().unwrap_or(""));
+                if c.is_done() {
+                    // The action is complete: start another reply, as an agent's next step would.
+                    *c = Constraint::new(grammar.clone());
+                }
+            }
+            if made == 24 {
+                break;
+            }
+        }
+        s.end();
+        s.truncate(n);
+        made
+    };
+    g.bench_function("unconstrained", |b| b.iter(|| reply(None, &mut s)));
+    g.bench_function("admissible_50", |b| b.iter(|| reply(Some(Constraint::new(grammar.clone())), &mut s)));
+    g.finish();
+
+    let mut g = c.benchmark_group("mask");
+    let logits = vec![0.5f32; pieces.len()];
+    let thought = {
+        let mut c = Constraint::new(grammar.clone());
+        assert!(c.advance("THOUGHT: I need a mug"));
+        c
+    };
+    let action = {
+        let mut c = Constraint::new(grammar.clone());
+        assert!(c.advance("THOUGHT: I need a mug\n ACTION: go"));
+        c
+    };
+    g.bench_function("thought_50", |b| b.iter(|| thought.mask_indexed(&mut logits.clone(), &pieces, Some(&index))));
+    g.bench_function("action_50", |b| b.iter(|| action.mask_indexed(&mut logits.clone(), &pieces, Some(&index))));
     g.finish();
 }
 

@@ -8,9 +8,10 @@
 # "task completed in N steps" or "task not completed".
 #
 # The base model takes only admissible (hence accepted) actions but does not solve the task: it loops.
-# So the first run trains first: one round of on-device learning from host demonstrations on training
-# layouts (examples/c/train_agent.c --mode demos; a few minutes on 2 cores), saving the LoRA adapter in
-# the cache. Later runs reuse it (AGENTLM_DEMO_RETRAIN=1 trains again). The layout the agent is shown
+# So the first run trains first, with the recipe of scripts/train-demo.sh: three rounds of on-device
+# learning from host demonstrations on training layouts (examples/c/train_agent.c --mode demos; about
+# 12 minutes on 2 cores). It saves the LoRA adapter in the cache, and later runs reuse it
+# (AGENTLM_DEMO_RETRAIN=1 trains again). The layout the agent is shown
 # (--layout, default 1) is one training never sees. Extra arguments go to react_agent (e.g.
 # `--layout 7`, `--frame-tokens 4`); AGENTLM_DEMO_BASE=1 also runs the base model on the same layout.
 set -euo pipefail
@@ -27,7 +28,7 @@ adapter="$AGENTLM_CACHE/demo-adapter-$stamp"
 if [ ! -f "$adapter/adapter_model.safetensors" ] || [ "${AGENTLM_DEMO_RETRAIN:-0}" = "1" ]; then
     echo "== training the agent on host demonstrations (first run only; saved to $adapter) =="
     rm -rf "$adapter.tmp"
-    "$build_dir/examples/c/train_agent" "$model" - --rounds 1 --episodes 24 --steps 20 --eval 0 --skip-base \
+    "$build_dir/examples/c/train_agent" "$model" - --rounds 3 --episodes 24 --steps 20 --eval 0 --skip-base \
         --out "$adapter.tmp"
     rm -rf "$adapter" && mv "$adapter.tmp" "$adapter"
 else

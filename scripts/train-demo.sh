@@ -1,24 +1,27 @@
 #!/usr/bin/env bash
-# On-device agent tuning from C (examples/c/train_agent.c) on the real model: held-out loss on real
-# AgentInstruct ALFWorld trajectories and the agent's valid-action rate, before and after training a
-# LoRA on recorded successful episodes plus the AgentInstruct training split. Extra arguments go to the
-# example (e.g. `--steps 60`, `--episodes 24`, `--out DIR` to keep the adapter). Takes ~10 minutes on 2 cores.
+# On-device agent learning from C (examples/c/train_agent.c) on the real model, measured by task success
+# on held-out household layouts: three rounds of recording (host demonstrations by default; `--mode self`
+# for self-improvement from the agent's own successful episodes), keeping the episodes with reward 1,
+# LoRA training, and a greedy evaluation with admissible actions set every step. Extra arguments go to
+# the example (e.g. `--out DIR` to keep the adapter, `--eval 20`, `--mode self`). About 20 minutes on 2
+# cores (12 of them learning, the rest evaluation).
+#
+# AGENTLM_ALFWORLD=FILE also mixes real AgentInstruct ALFWorld trajectories into training as general data
+# (`--eta`: the share of household episodes, default 0.8). AgentInstruct cannot be redistributed: save the
+# "alfworld" split of the Hugging Face dataset THUDM/AgentInstruct as JSON lines (one
+# {"conversations": [...], "id": ...} object per line). Without it the demo trains on household episodes
+# alone, which is how the figures in docs/agents.md were measured.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export AGENTLM_CACHE="${AGENTLM_CACHE:-$HOME/.cache/agentlm}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$AGENTLM_CACHE/target}"
-# AgentInstruct cannot be redistributed, so it is not in the repository: download the "alfworld" split of
-# the Hugging Face dataset THUDM/AgentInstruct (336 trajectories; save it as JSON lines, one
-# {"conversations": [...], "id": ...} object per line) and point AGENTLM_ALFWORLD at it. A team checkout
-# with ../shared beside it uses the copy there. Without it the demo trains on host-recorded episodes alone.
-data="${AGENTLM_ALFWORLD:-../shared/data/agentinstruct/alfworld.jsonl}"
-if [ ! -f "$data" ]; then
-    echo "note: AgentInstruct ALFWorld data not found at $data; training on host-recorded episodes alone." >&2
-    echo "      To add it: save the alfworld split of THUDM/AgentInstruct as JSON lines and set AGENTLM_ALFWORLD." >&2
-    data="-"
+data="${AGENTLM_ALFWORLD:--}"
+if [ "$data" != "-" ] && [ ! -f "$data" ]; then
+    echo "error: AGENTLM_ALFWORLD=$data is not a file" >&2
+    exit 2
 fi
 model="$(bash scripts/fetch-model.sh)"
 build_dir="${AGENTLM_CMAKE_BUILD_DIR:-build}"
 cmake -S . -B "$build_dir" -DAGENTLM_CARGO_PROFILE=release -DAGENTLM_BUILD_TESTS=OFF >/dev/null
 cmake --build "$build_dir" -j "$(nproc)" --target agentlm_train_agent
-"$build_dir/examples/c/train_agent" "$model" "$data" "$@"
+"$build_dir/examples/c/train_agent" "$model" "$data" --rounds 3 --episodes 24 --steps 20 --eval 10 "$@"

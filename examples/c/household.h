@@ -274,41 +274,41 @@ static inline int house_admissible(const house *h, char out[][HOUSE_ACTION], int
 
 /* The scripted solver's next reply: search the places in the order the task lists them (opening closed
  * ones), take the object when seen, go to the goal place, open it if closed, put the object there. It
- * knows only what the agent has seen, and says why at the turning points (a THOUGHT line, as
- * AgentInstruct's trajectories do). Writes the reply into `out`; returns 0 when solved. */
+ * knows only what the agent has seen. Every reply starts with a short THOUGHT: what it looks for and
+ * whether it is here while searching, the object and its place once held; then its ACTION. Writes the
+ * reply into `out`; returns 0 when solved. */
 static inline int house_demonstration(const house *h, char *out, size_t cap) {
   if (h->solved) return 0;
   const place *here = h->at >= 0 ? &h->places[h->at] : NULL;
   const place *goal = &h->places[h->goal_place];
-  char kind[HOUSE_NAME];
+  char kind[HOUSE_NAME], thought[160], action[HOUSE_ACTION];
   const char *prep;
   house_goal_words(h, kind, sizeof kind, &prep);
+  action[0] = 0;
   if (strcmp(h->holding, h->goal_object) == 0) {
-    if (h->at != h->goal_place)
-      snprintf(out, cap, "THOUGHT: Now I put the %s %s %s.\n ACTION: go to %s", h->goal_object, prep, goal->name, goal->name);
-    else if (goal->closed) snprintf(out, cap, "ACTION: open %s", goal->name);
-    else snprintf(out, cap, "ACTION: put %s in/on %s", h->goal_object, goal->name);
-    return 1;
-  }
-  if (here && here->closed) {
-    snprintf(out, cap, "ACTION: open %s", here->name);
-    return 1;
-  }
-  if (here)
+    snprintf(thought, sizeof thought, "I have the %s. I put it %s %s.", h->goal_object, prep, goal->name);
+    if (h->at != h->goal_place) snprintf(action, sizeof action, "go to %s", goal->name);
+    else if (goal->closed) snprintf(action, sizeof action, "open %s", goal->name);
+    else snprintf(action, sizeof action, "put %s in/on %s", h->goal_object, goal->name);
+  } else if (!here) {
+    snprintf(thought, sizeof thought, "I look for a %s to put %s %s.", kind, prep, goal->name);
+  } else if (here->closed) {
+    snprintf(thought, sizeof thought, "I look for a %s. The %s is closed.", kind, here->name);
+    snprintf(action, sizeof action, "open %s", here->name);
+  } else {
+    /* The decision comes right after the object's name: it is here (take it) or not (go on). */
+    snprintf(thought, sizeof thought, "I look for a %s. It is not here.", kind);
     for (int j = 0; j < HOUSE_MAX_OBJECTS; j++)
       if (strcmp(here->objects[j], h->goal_object) == 0) {
-        snprintf(out, cap, "THOUGHT: I found the %s. I take it.\n ACTION: take %s from %s", kind, h->goal_object, here->name);
-        return 1;
+        snprintf(thought, sizeof thought, "I look for a %s. Here is the %s.", kind, h->goal_object);
+        snprintf(action, sizeof action, "take %s from %s", h->goal_object, here->name);
       }
-  for (int i = 0; i < h->n_places; i++)
-    if (!h->visited[i] && i != h->at) {
-      if (!here)
-        snprintf(out, cap, "THOUGHT: I need to find a %s and put it %s %s. I check the places one by one.\n ACTION: go to %s",
-                 kind, prep, goal->name, h->places[i].name);
-      else snprintf(out, cap, "ACTION: go to %s", h->places[i].name);
-      return 1;
-    }
-  return 0;
+  }
+  for (int i = 0; !action[0] && !h->holding[0] && i < h->n_places; i++)
+    if (!h->visited[i] && i != h->at) snprintf(action, sizeof action, "go to %s", h->places[i].name);
+  if (!action[0]) return 0;
+  snprintf(out, cap, "THOUGHT: %s\n ACTION: %s", thought, action);
+  return 1;
 }
 
 /* Tool callbacks (user_data: the house): the observation and the verdict go back through

@@ -104,7 +104,9 @@ static stats episode(const runner *r, uint64_t seed, int demonstrate, float temp
       TRY("step", agentlm_agent_step(a, 0, 0, &s, &e_));
     }
     if (s.kind == AGENTLM_STEP_ACTION) {
-      if (r->verbose) printf("    > %s%s\n      %s\n", s.action.ptr, s.accepted == 1 ? "" : " (refused)", s.observation.ptr);
+      if (r->verbose)
+        printf("    %s%s> %s%s\n      %s\n", s.thought.ptr, s.thought.len ? " " : "", s.action.ptr,
+               s.accepted == 1 ? "" : " (refused)", s.observation.ptr);
     } else if (s.kind != AGENTLM_STEP_INVALID) {
       if (r->verbose) printf("    episode over: %s\n", s.kind == AGENTLM_STEP_LIMIT ? "step limit" : s.kind == AGENTLM_STEP_REPEAT_LIMIT ? "repeated action" : "final answer");
       break;
