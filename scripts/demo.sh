@@ -19,7 +19,8 @@ cd "$(dirname "$0")/.."
 export AGENTLM_CACHE="${AGENTLM_CACHE:-$HOME/.cache/agentlm}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$AGENTLM_CACHE/target}"
 model="$(bash scripts/fetch-model.sh)"
-build_dir="${AGENTLM_CMAKE_BUILD_DIR:-build}"
+# A release build of its own (the test command's build in build/ is a dev build with the tests).
+build_dir="${AGENTLM_DEMO_BUILD_DIR:-build/release}"
 cmake -S . -B "$build_dir" -DAGENTLM_CARGO_PROFILE=release -DAGENTLM_BUILD_TESTS=OFF >/dev/null
 cmake --build "$build_dir" -j "$(nproc)" --target agentlm_react_agent agentlm_train_agent agentlm_chat
 # The adapter depends on the household and the training recipe: a change to either trains again.

@@ -70,7 +70,7 @@ stage plain swift bash scripts/check-swift-module.sh
 # The C ABI: C and C++ tests (plain, AddressSanitizer+UBSan, valgrind), header checks, examples,
 # install-and-consume. The dev profile is optimised and shares the dependencies built above.
 build_dir="${AGENTLM_CMAKE_BUILD_DIR:-build}"
-cmake -S . -B "$build_dir" -DAGENTLM_CARGO_PROFILE=dev -DAGENTLM_TEST_MODEL="$AGENTLM_MODEL" \
+cmake -S . -B "$build_dir" -DAGENTLM_CARGO_PROFILE=dev -DAGENTLM_BUILD_TESTS=ON -DAGENTLM_TEST_MODEL="$AGENTLM_MODEL" \
     -DAGENTLM_TEST_GOLDEN="$AGENTLM_GOLDEN" -DAGENTLM_TEST_ALFWORLD="$alfworld" >/dev/null
 cmake --build "$build_dir" -j "$(nproc)"
 

@@ -21,7 +21,8 @@ if [ "$data" != "-" ] && [ ! -f "$data" ]; then
     exit 2
 fi
 model="$(bash scripts/fetch-model.sh)"
-build_dir="${AGENTLM_CMAKE_BUILD_DIR:-build}"
+# A release build of its own (the test command's build in build/ is a dev build with the tests).
+build_dir="${AGENTLM_DEMO_BUILD_DIR:-build/release}"
 cmake -S . -B "$build_dir" -DAGENTLM_CARGO_PROFILE=release -DAGENTLM_BUILD_TESTS=OFF >/dev/null
 cmake --build "$build_dir" -j "$(nproc)" --target agentlm_train_agent
 "$build_dir/examples/c/train_agent" "$model" "$data" --rounds 3 --episodes 24 --steps 20 --eval 10 "$@"

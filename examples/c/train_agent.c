@@ -307,6 +307,8 @@ int main(int argc, char **argv) {
   if (last.episodes)
     printf("after %u rounds (%s): held-out success %d/%d (%.0f%%), accepted actions %.0f%%\n", rounds, mode,
            last.solved, last.episodes, pct(last.solved, last.episodes), pct(last.accepted, last.actions));
+  else if (rounds == 0)
+    printf("no learning rounds (--rounds 0)\n");
   else
     printf("after %u rounds (%s): held-out layouts not evaluated (--eval 0)\n", rounds, mode);
   printf("learning (recording + training): %.0f s; training %.0f tokens/s; episodes kept %d\n", learn_s,

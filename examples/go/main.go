@@ -1,5 +1,7 @@
-// A ReAct agent driven from Go: the household is Go code, its actions are Go tools, and the agent
-// steps on the real model with constrained actions. Ctrl-C cancels the reply being generated.
+// A ReAct agent driven from Go: the household is Go code, its actions are Go tools, and before every
+// reply the host hands the agent the admissible actions (Agent.SetAdmissible); the agent steps on the
+// real model. The last line says whether the task was done and how many actions the household
+// accepted. Ctrl-C cancels the reply being generated.
 //
 //	go run . [-steps N] [-adapter DIR] MODEL.gguf
 //
@@ -18,9 +20,26 @@ import (
 )
 
 type house struct {
-	at      string
-	places  map[string][]string
-	holding string
+	at       string
+	places   map[string][]string
+	holding  string
+	accepted int // actions the household accepted (did something)
+}
+
+// admissible lists the actions possible now.
+func (h *house) admissible() []string {
+	var out []string
+	for _, p := range []string{"countertop 1", "table 1", "cabinet 1"} {
+		if p != h.at {
+			out = append(out, "go to "+p)
+		}
+	}
+	if h.holding == "" {
+		for _, thing := range h.places[h.at] {
+			out = append(out, "take "+thing+" from "+h.at)
+		}
+	}
+	return out
 }
 
 func (h *house) goTo(input string) (string, error) {
@@ -30,6 +49,7 @@ func (h *house) goTo(input string) (string, error) {
 		return "Nothing happened.", nil
 	}
 	h.at = place
+	h.accepted++
 	if len(things) == 0 {
 		return fmt.Sprintf("On the %s, you see nothing.", place), nil
 	}
@@ -45,6 +65,7 @@ func (h *house) take(input string) (string, error) {
 		if thing == strings.TrimPrefix(object, "the ") {
 			h.places[h.at] = append(h.places[h.at][:i], h.places[h.at][i+1:]...)
 			h.holding = thing
+			h.accepted++
 			return fmt.Sprintf("You pick up the %s from the %s.", thing, h.at), nil
 		}
 	}
@@ -70,7 +91,7 @@ func main() {
 		"countertop 1": {"apple 1", "mug 1"}, "table 1": {"book 1"}, "cabinet 1": {},
 	}}
 	params := agentlm.DefaultAgentParams()
-	params.Constrained, params.MaxSteps, params.MaxTokensPerStep = true, *steps, 48
+	params.MaxSteps, params.MaxTokensPerStep = *steps, 48
 	agent, err := model.NewAgent(params,
 		`Interact with a household to solve a task. Each turn, output "THOUGHT: your thoughts.\n ACTION: your next action".`,
 		"You are in the middle of a room. Looking quickly around you, you see a countertop 1, a table 1 and a cabinet 1.\n"+
@@ -91,8 +112,9 @@ func main() {
 
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt)
 	defer stop()
-	valid, replies := 0, 0
+	actions, replies := 0, 0
 	for !agent.Finished() && h.holding != "apple 1" {
+		must(agent.SetAdmissible(h.admissible()))
 		r, err := agent.Step(ctx, 0, 0)
 		if err != nil {
 			fmt.Fprintln(os.Stderr, err)
@@ -101,7 +123,7 @@ func main() {
 		switch r.Kind {
 		case agentlm.StepAction:
 			replies++
-			valid++
+			actions++
 			if r.Thought != "" {
 				fmt.Println("Thought:", r.Thought)
 			}
@@ -116,7 +138,12 @@ func main() {
 		outcome, reward = "success", 1.0
 	}
 	must(agent.SetOutcome(reward, outcome))
-	fmt.Printf("valid actions: %d of %d replies; outcome: %s\n", valid, replies, outcome)
+	if outcome == "success" {
+		fmt.Printf("task completed in %d steps", replies)
+	} else {
+		fmt.Printf("task not completed (%d steps)", replies)
+	}
+	fmt.Printf("; %d of %d actions accepted by the household\n", h.accepted, actions)
 }
 
 func must(err error) {

@@ -40,6 +40,9 @@ pub struct ActionGrammar {
 pub struct PieceIndex {
     by_bytes: HashMap<Box<[u8]>, Vec<u32>>,
     longest: usize,
+    /// Per token: its text's length in bytes when it holds no newline (`None`: it does, or it has no
+    /// text). Inside a thought such a token is allowed exactly when the thought stays within its cap.
+    plain_len: Vec<Option<u32>>,
 }
 
 impl PieceIndex {
@@ -47,13 +50,16 @@ impl PieceIndex {
     pub fn new(pieces: &[Option<String>]) -> Self {
         let mut by_bytes: HashMap<Box<[u8]>, Vec<u32>> = HashMap::new();
         let mut longest = 0;
+        let mut plain_len = Vec::with_capacity(pieces.len());
         for (id, p) in pieces.iter().enumerate() {
-            if let Some(p) = p.as_deref().filter(|p| !p.is_empty()) {
+            let p = p.as_deref().filter(|p| !p.is_empty());
+            plain_len.push(p.filter(|p| !p.contains('\n')).map(|p| p.len() as u32));
+            if let Some(p) = p {
                 longest = longest.max(p.len());
                 by_bytes.entry(p.as_bytes().into()).or_default().push(id as u32);
             }
         }
-        PieceIndex { by_bytes, longest }
+        PieceIndex { by_bytes, longest, plain_len }
     }
 
     /// Ids of the tokens whose text is `bytes`.
@@ -383,6 +389,21 @@ impl Constraint {
             logits.fill(f32::NEG_INFINITY);
             for (id, l) in keep {
                 logits[id as usize] = l;
+            }
+            return;
+        }
+        if let (Some(index), State::Thought(n), 0) = (index, self.state, self.wrap_up) {
+            // Inside the thought: a token without a newline only has to fit the cap; only tokens
+            // with a newline (few) go through the matcher.
+            let room = self.grammar.max_thought_bytes.saturating_sub(n);
+            for (i, l) in logits.iter_mut().enumerate() {
+                let allowed = match index.plain_len.get(i) {
+                    Some(Some(len)) => *len as usize <= room,
+                    _ => pieces.get(i).and_then(|p| p.as_deref()).is_some_and(|t| self.allows(t)),
+                };
+                if !allowed {
+                    *l = f32::NEG_INFINITY;
+                }
             }
             return;
         }
