@@ -180,7 +180,7 @@ static void test_trainer(const agentlm_model *m) {
   p.lora_alpha = 8;
   p.target_modules = AGENTLM_LORA_Q_PROJ | AGENTLM_LORA_V_PROJ | AGENTLM_LORA_DOWN_PROJ;
   p.learning_rate = 2e-3f;
-  p.max_tokens = 96;
+  p.max_tokens = 192; /* room for an agent episode: instructions, "OK", task, reply */
   p.seed = 3;
   MUST(agentlm_trainer_new(m, &p, NULL, &t, &err_));
   g_trainer = t;

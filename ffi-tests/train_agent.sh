@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The learning loop in miniature: one round of host demonstrations (2 episodes, 2 training steps) and
-# a held-out evaluation, then one round of self-improvement; both print their per-round figures and
-# summary, and the first saves an adapter PEFT can read.
+# The learning loop in miniature: one round of host demonstrations (2 episodes, at least one solved in
+# its 4 replies, 2 training steps) and a held-out evaluation, then one round of self-improvement; both
+# print their per-round figures and summary, and the first saves an adapter PEFT can read.
 set -euo pipefail
 # DATA: AgentInstruct ALFWorld JSONL, or "-" (the default) for the household episodes alone.
 exe="$1" model="$2" data="${3:--}"
@@ -11,7 +11,7 @@ log="$("$exe" "$model" "$data" --rounds 1 --episodes 2 --steps 2 --eval 1 --max-
 echo "$log"
 fail=0 pass=0
 want() { if grep -Eq "$1" <<<"$log"; then pass=$((pass + 1)); else echo "missing: $1"; fail=$((fail + 1)); fi; }
-want "^round 1: recorded 2 episodes on training layouts, 2 successful kept"
+want "^round 1: recorded 2 episodes on training layouts, [12] successful kept"
 want "^round 1: trained 2 steps, [0-9]+ tokens/s"
 want "^round 1, held-out .*: success [01]/1 \([0-9]+%\), accepted actions [0-9]+/[0-9]+"
 want "^== summary =="

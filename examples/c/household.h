@@ -41,6 +41,9 @@ typedef struct {
   int goal_place;
   int visited[HOUSE_MAX_PLACES]; /* what the scripted solver has seen (the same observations the agent gets) */
   int solved;
+  /* The last object put somewhere and where (-1: nothing put yet): what an episode did achieve. */
+  char put_object[HOUSE_NAME];
+  int put_place;
 } house;
 
 static const struct {
@@ -109,6 +112,7 @@ static inline void house_generate(house *h, uint64_t seed) {
     }
   }
   h->at = -1;
+  h->put_place = -1;
 }
 
 /* The goal object's kind ("apple" for "apple 1") and the task's preposition for the goal place. */
@@ -119,16 +123,24 @@ static inline void house_goal_words(const house *h, char *kind, size_t cap, cons
   *prep = h->places[h->goal_place].closable ? "in" : "on";
 }
 
+/* The task line for putting `object` ("apple 1") in/on place `p`: "Your task is to: put a apple in
+ * fridge 1." */
+static inline void house_task_line(const house *h, const char *object, int p, char *out, size_t cap) {
+  char kind[HOUSE_NAME];
+  snprintf(kind, sizeof kind, "%s", object);
+  char *space = strrchr(kind, ' ');
+  if (space) *space = 0;
+  snprintf(out, cap, "Your task is to: put a %s %s %s.", kind, h->places[p].closable ? "in" : "on", h->places[p].name);
+}
+
 /* The task as ALFWorld states it. */
 static inline void house_task(const house *h, char *out, size_t cap) {
   size_t n = (size_t)snprintf(out, cap, "Here is your task. You are in the middle of a room. Looking quickly around you, you see");
   for (int i = 0; i < h->n_places && n < cap; i++)
     n += (size_t)snprintf(out + n, cap - n, "%s a %s", i == 0 ? "" : i + 1 == h->n_places ? ", and" : ",",
                           h->places[i].name);
-  char kind[HOUSE_NAME];
-  const char *prep;
-  house_goal_words(h, kind, sizeof kind, &prep);
-  if (n < cap) snprintf(out + n, cap - n, ".\nYour task is to: put a %s %s %s.", kind, prep, h->places[h->goal_place].name);
+  if (n < cap) n += (size_t)snprintf(out + n, cap - n, ".\n");
+  if (n < cap) house_task_line(h, h->goal_object, h->goal_place, out + n, cap - n);
 }
 
 /* "On the table 1, you see a apple 1, and a mug 1." */
@@ -213,6 +225,8 @@ static inline int house_do(house *h, const char *verb, const char *input, size_t
         memcpy(here->objects[j], h->holding, HOUSE_NAME);
         snprintf(obs, cap, "You put the %s in/on the %s.", h->holding, here->name);
         if (i == h->goal_place && strcmp(h->holding, h->goal_object) == 0) h->solved = 1;
+        memcpy(h->put_object, h->holding, HOUSE_NAME);
+        h->put_place = i;
         h->holding[0] = 0;
         return 1;
       }

@@ -7,7 +7,9 @@
  *   1. record episodes on *training* layouts, either
  *      - demos: the host demonstrates (its scripted solver's replies, through agentlm_agent_demonstrate,
  *        run by the same tool callbacks), or
- *      - self:  the agent samples (temperature) with the current adapter;
+ *      - self:  the agent samples (temperature) with the current adapter; an episode ends at its first
+ *        put, and one that put the wrong object or put it in the wrong place is relabelled with what
+ *        it did achieve (hindsight: its task line becomes "put that object there", reward 1);
  *      every episode is offered to the trainer with its reward, which keeps those with reward 1;
  *   2. LoRA-train on the kept episodes (mixed with AgentInstruct ALFWorld at --eta when given);
  *   3. evaluate greedily on *held-out* layouts never trained on (admissible actions set every step,
@@ -68,11 +70,29 @@ typedef struct {
   int verbose;
 } runner;
 
+/* Replaces the first `from` in the malloc'd string `*s` with `to`; returns 0 when `from` is absent. */
+static int replace(char **s, const char *from, const char *to) {
+  char *at = strstr(*s, from);
+  if (!at) return 0;
+  size_t head = (size_t)(at - *s), fl = strlen(from), tl = strlen(to), rest = strlen(at + fl);
+  char *out = malloc(head + tl + rest + 1);
+  if (!out) return 0;
+  memcpy(out, *s, head);
+  memcpy(out + head, to, tl);
+  memcpy(out + head + tl, at + fl, rest + 1);
+  free(*s);
+  *s = out;
+  return 1;
+}
+
 /* One episode on layout `seed`: the model acts (greedy when temperature is 0), or with `demonstrate`
  * the scripted solver does. With `trainer`, the episode is offered to it with its reward. With
- * `json_out`, the trajectory JSON is returned (malloc'd). */
+ * `relabel` (self-improvement), the episode ends at its first put; if that put was not the task, the
+ * episode is offered as what it did achieve (hindsight relabelling: its task line rewritten to "put
+ * that object there", reward 1). `*relabelled` (may be NULL) says whether it was. With `json_out`,
+ * the trajectory JSON is returned (malloc'd). */
 static stats episode(const runner *r, uint64_t seed, int demonstrate, float temperature, agentlm_trainer *trainer,
-                     char **json_out) {
+                     int relabel, int *relabelled, char **json_out) {
   stats st = {1, 0, 0, 0, 0};
   house h;
   house_generate(&h, seed);
@@ -104,6 +124,7 @@ static stats episode(const runner *r, uint64_t seed, int demonstrate, float temp
       TRY("step", agentlm_agent_step(a, 0, 0, &s, &e_));
     }
     if (s.kind == AGENTLM_STEP_ACTION) {
+      if (relabel && h.put_place >= 0) break;
       if (r->verbose)
         printf("    %s%s> %s%s\n      %s\n", s.thought.ptr, s.thought.len ? " " : "", s.action.ptr,
                s.accepted == 1 ? "" : " (refused)", s.observation.ptr);
@@ -119,7 +140,23 @@ static stats episode(const runner *r, uint64_t seed, int demonstrate, float temp
   st.solved = h.solved;
   const char *outcome = h.solved ? "success" : "unsolved";
   TRY("outcome", agentlm_agent_set_outcome(a, h.solved ? 1.0 : 0.0, outcome, strlen(outcome), &e_));
-  if (trainer) {
+  if (relabelled) *relabelled = 0;
+  if (trainer && relabel && !h.solved && h.put_place >= 0) {
+    char *json = NULL, was[256], now_[256];
+    size_t len = 0;
+    agentlm_agent_trajectory_json(a, NULL, 0, &len, NULL);
+    json = malloc(len + 1);
+    TRY("trajectory", agentlm_agent_trajectory_json(a, json, len + 1, &len, &e_));
+    house_task_line(&h, h.goal_object, h.goal_place, was, sizeof was);
+    house_task_line(&h, h.put_object, h.put_place, now_, sizeof now_);
+    if (replace(&json, was, now_) && replace(&json, "\"reward\":0.0", "\"reward\":1.0") &&
+        replace(&json, "\"outcome\":\"unsolved\"", "\"outcome\":\"relabelled\"")) {
+      bool kept = false;
+      TRY("add relabelled episode", agentlm_trainer_add_json(trainer, AGENTLM_DATA_AGENT, json, strlen(json), &kept, &e_));
+      if (relabelled) *relabelled = kept;
+    }
+    free(json);
+  } else if (trainer) {
     bool kept = false;
     TRY("add episode", agentlm_trainer_add_episode(trainer, a, &kept, &e_));
   }
@@ -148,7 +185,7 @@ static stats evaluate(const runner *r, int n, const char *label) {
   if (n <= 0) return total;
   double t0 = now();
   for (int i = 1; i <= n; i++) {
-    stats s = episode(r, (uint64_t)i, 0, 0.0f, NULL, NULL);
+    stats s = episode(r, (uint64_t)i, 0, 0.0f, NULL, 0, NULL, NULL);
     add(&total, s);
     if (r->verbose) printf("  held-out layout %d: %s\n", i, s.solved ? "solved" : "not solved");
     fflush(stdout);
@@ -231,7 +268,7 @@ int main(int argc, char **argv) {
   if (!skip_base) {
     evaluate(&base, n_eval, "base model");
     char *example = NULL;
-    episode(&base, TRAIN_SEED0 - 1, 1, 0.0f, NULL, &example);
+    episode(&base, TRAIN_SEED0 - 1, 1, 0.0f, NULL, 0, NULL, &example);
     runner shown = base;
     shown.example_json = example;
     evaluate(&shown, n_eval, "base model + 1 solved example in the prompt");
@@ -265,17 +302,21 @@ int main(int argc, char **argv) {
   for (uint32_t round = 1; round <= rounds; round++) {
     double t_round = now();
     runner rec = {m, adapter, max_steps, NULL, 0};
-    int kept = 0;
+    int kept = 0, relabelled_n = 0;
     for (uint32_t i = 0; i < episodes; i++) {
       uint64_t seed = TRAIN_SEED0 + (uint64_t)(round - 1) * episodes + i;
-      stats s = episode(&rec, seed, !self, self ? 0.8f : 0.0f, t, NULL);
+      int relabelled = 0;
+      stats s = episode(&rec, seed, !self, self ? 0.8f : 0.0f, t, self, &relabelled, NULL);
       kept += s.solved;
+      relabelled_n += relabelled;
     }
-    kept_total += kept;
+    kept_total += kept + relabelled_n;
     double t_record = now() - t_round;
     fflush(stdout);
-    printf("round %u: recorded %u episodes on training layouts, %d successful kept (%.0f s)\n", round, episodes, kept,
+    printf("round %u: recorded %u episodes on training layouts, %d successful kept (%.0f s)", round, episodes, kept,
            t_record);
+    if (self) printf("; %d more relabelled with what they did achieve", relabelled_n);
+    printf("\n");
     double t_train = now();
     if (kept_total > 0) {
       progress_state rp = {0, 0, 0};
