@@ -117,7 +117,13 @@ fn constrained_decode(c: &mut Criterion, model: &Model) {
     s.append_text(&prompt).unwrap();
     s.logits().unwrap();
     let n = s.tokens().len();
-    let params = GenerateParams { sampling: SamplingParams { temperature: 1.0, ..SamplingParams::greedy() }, max_tokens: 24, ..GenerateParams::default() };
+    // EOS is ignored so both variants generate all 24 tokens (the constraint never allows it anyway).
+    let params = GenerateParams {
+        sampling: SamplingParams { temperature: 1.0, ..SamplingParams::greedy() },
+        max_tokens: 24,
+        ignore_eos: true,
+        ..GenerateParams::default()
+    };
     let mut g = c.benchmark_group("decode");
     g.sample_size(10).measurement_time(Duration::from_secs(20)).throughput(Throughput::Elements(24));
     let reply = |constraint: Option<Constraint>, s: &mut agentlm::Session| {
@@ -143,6 +149,7 @@ fn constrained_decode(c: &mut Criterion, model: &Model) {
         }
         s.end();
         s.truncate(n);
+        assert_eq!(made, 24, "every reply generates the same number of tokens");
         made
     };
     g.bench_function("unconstrained", |b| b.iter(|| reply(None, &mut s)));
