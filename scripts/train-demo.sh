@@ -3,8 +3,8 @@
 # on held-out household layouts: three rounds of recording (host demonstrations by default; `--mode self`
 # for self-improvement from the agent's own successful episodes), keeping the episodes with reward 1,
 # LoRA training, and a greedy evaluation with admissible actions set every step. Extra arguments go to
-# the example (e.g. `--out DIR` to keep the adapter, `--eval 20`, `--mode self`). About 20 minutes on 2
-# cores (12 of them learning, the rest evaluation).
+# the example (e.g. `--out DIR` to keep the adapter, `--eval 20`, `--mode self`, `--skip-base`). About 30
+# minutes on 2 cores: 12 of them learning, the rest the base-model and per-round evaluations.
 #
 # AGENTLM_ALFWORLD=FILE also mixes real AgentInstruct ALFWorld trajectories into training as general data
 # (`--eta`: the share of household episodes, default 0.8). AgentInstruct cannot be redistributed: save the
