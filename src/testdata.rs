@@ -10,6 +10,8 @@
 //! - AgentInstruct ALFWorld (not redistributable): `$AGENTLM_ALFWORLD`, else
 //!   `../shared/data/agentinstruct/alfworld.jsonl` beside the repository where a team has it. Tests that
 //!   need it and find none print `SKIPPED: <reason>` and return; `scripts/test.sh` counts those lines.
+//!
+//! It also holds [`Rng`], the deterministic generator property tests on both sides share.
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -85,4 +87,20 @@ pub fn alfworld_or_skip(what: &str) -> Option<PathBuf> {
 pub fn agentinstruct_golden_or_skip(what: &str) -> Option<PathBuf> {
     alfworld_or_skip(what)?;
     Some(golden("smollm2_lora_agentinstruct_golden.json"))
+}
+
+/// A small deterministic xorshift generator for property tests and mutations.
+pub struct Rng(pub u64);
+
+impl Rng {
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    /// Uniform-ish in `0..n` (`0` when `n` is 0).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.next() % n.max(1) as u64) as usize
+    }
 }

@@ -208,17 +208,6 @@ fn frame_budget_and_replay_are_deterministic() {
     assert_eq!(serde_json::to_string(a.trajectory()).unwrap(), serde_json::to_string(b.trajectory()).unwrap());
 }
 
-/// xorshift: a fixed, reproducible stream for the property tests.
-fn rng(seed: u64) -> impl FnMut(usize) -> usize {
-    let mut x = seed;
-    move |n| {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        (x % n as u64) as usize
-    }
-}
-
 /// Property on the real model: over random admissible sets and tasks, in every format family, greedy
 /// and sampled, the action of every reply is exactly one of the set (never an invalid reply), the
 /// format's parser reads it back, and with `avoid_repeats` the next reply takes another one.
@@ -226,7 +215,8 @@ fn rng(seed: u64) -> impl FnMut(usize) -> usize {
 fn admissible_actions_are_the_only_actions_taken() {
     let places = ["cabinet 1", "drawer 2", "fridge 1", "countertop 1", "shelf 3", "sinkbasin 1", "garbagecan 1"];
     let objects = ["apple 1", "mug 2", "key 1", "book 1", "red shoes", "m.0k2"];
-    let mut next = rng(0x1234_5678_9ABC_DEF1);
+    let mut rng = common::Rng(0x1234_5678_9ABC_DEF1);
+    let mut next = |n: usize| rng.below(n);
     let formats = [
         ActionFormat::Alfworld,
         ActionFormat::Alfworld,

@@ -499,13 +499,8 @@ mod tests {
         }
         pieces.push(None);
         let index = PieceIndex::new(&pieces);
-        let mut x = 0x2545_F491_4F6C_DD1Du64;
-        let mut next = |n: usize| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % n as u64) as usize
-        };
+        let mut rng = crate::testdata::Rng(0x2545_F491_4F6C_DD1D);
+        let mut next = |n: usize| rng.below(n);
         let parts = ["go to", "cabinet 1", "cabinet 2", "take apple 1 from", "put apple 1 in/on", "open", "search[x]", "get_relations(#0)", "B.", "bash\n```bash\nls\n```", "{\"name\": \"a\"}", "look"];
         for round in 0..300 {
             let n = 1 + next(6);

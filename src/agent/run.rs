@@ -445,13 +445,9 @@ impl Agent {
     /// # Errors
     /// As [`Agent::step`]; mid-reply.
     pub fn demonstrate(&mut self, reply: &str) -> Result<AgentStep> {
-        match self.phase {
-            Phase::NeedObservation => {
-                return Err(Error::InvalidArgument("the agent awaits an observation: call submit_observation".into()))
-            }
-            Phase::Finished => return Err(Error::InvalidArgument("the episode is over".into())),
-            Phase::Generating => return Err(Error::InvalidArgument("a reply is in progress".into())),
-            Phase::NeedStep => {}
+        self.check_may_reply()?;
+        if self.phase == Phase::Generating {
+            return Err(Error::InvalidArgument("a reply is in progress".into()));
         }
         if self.steps >= self.config.max_steps {
             return Ok(self.step_limit());
@@ -460,6 +456,15 @@ impl Agent {
         self.reply_tokens = 0;
         self.chosen = None;
         self.finish_reply()
+    }
+
+    /// Refuses a reply while an observation is awaited or after the episode.
+    fn check_may_reply(&self) -> Result<()> {
+        match self.phase {
+            Phase::NeedObservation => Err(Error::InvalidArgument("the agent awaits an observation: call submit_observation".into())),
+            Phase::Finished => Err(Error::InvalidArgument("the episode is over".into())),
+            Phase::NeedStep | Phase::Generating => Ok(()),
+        }
     }
 
     fn step_limit(&mut self) -> AgentStep {
@@ -476,18 +481,12 @@ impl Agent {
     /// As [`Agent::step`].
     pub fn step_budget(&mut self, max_tokens: Option<usize>, max_time: Option<Duration>) -> Result<AgentStep> {
         let start = Instant::now();
-        match self.phase {
-            Phase::NeedObservation => {
-                return Err(Error::InvalidArgument("the agent awaits an observation: call submit_observation".into()))
+        self.check_may_reply()?;
+        if self.phase == Phase::NeedStep {
+            if self.steps >= self.config.max_steps {
+                return Ok(self.step_limit());
             }
-            Phase::Finished => return Err(Error::InvalidArgument("the episode is over".into())),
-            Phase::NeedStep => {
-                if self.steps >= self.config.max_steps {
-                    return Ok(self.step_limit());
-                }
-                self.begin_reply()?;
-            }
-            Phase::Generating => {}
+            self.begin_reply()?;
         }
         let mut made = 0usize;
         let admissible = self.constraint.as_ref().is_some_and(|c| c.grammar().is_admissible());
@@ -796,13 +795,8 @@ mod tests {
             "Action: ", "Act: ", "Thought: x\n", "[", "]", "(", ")", "{\"name\": \"", "\", \"arguments\": {}}", "\n",
             "```bash\nls\n```", "Observation: ", "Final Answer: ", "<|im_end|>", "final_answer", "\"", "#0",
         ];
-        let mut x = 0x9E37_79B9_7F4A_7C15u64;
-        let mut next = |n: usize| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x % n as u64) as usize
-        };
+        let mut rng = crate::testdata::Rng(0x9E37_79B9_7F4A_7C15);
+        let mut next = |n: usize| rng.below(n);
         let mut calls = 0;
         for _ in 0..20_000 {
             let reply: String = (0..1 + next(10)).map(|_| PIECES[next(PIECES.len())]).collect();

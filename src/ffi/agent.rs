@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::agentlm_status::*;
 use super::log::{with_sink, LogSink};
 use super::registry::{self, Kind, Tracked, Users};
-use super::util::{boundary, opt_out, read_params, slice_arg, str_arg, with_state, write_out, Fail, SendPtr};
+use super::util::{boundary, opt_out, read_params, str_arg, strs_arg, with_state, write_out, Fail, SendPtr};
 use super::{agentlm_error, agentlm_model, agentlm_status, agentlm_str};
 use crate::agent::{ActionFormat, Agent, AgentConfig, AgentStep, StepKind, Tool};
 use crate::generate::{CancelToken, SamplingParams};
@@ -500,11 +500,7 @@ pub unsafe extern "C" fn agentlm_agent_set_admissible(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let list = unsafe { slice_arg(actions, n_actions, "actions") }?;
-        let mut owned = Vec::with_capacity(list.len());
-        for (i, a) in list.iter().enumerate() {
-            owned.push(unsafe { str_arg(a.ptr, a.len, &format!("actions[{i}]")) }?.to_string());
-        }
+        let owned = unsafe { strs_arg(actions, n_actions, "actions", "action", false) }?;
         lock_agent(agent, |st| Ok(st.agent.set_admissible(owned)?)).map(|_| AGENTLM_STATUS_OK)
     })
 }

@@ -871,15 +871,7 @@ pub unsafe extern "C" fn agentlm_session_cancel(session: *const agentlm_session)
 }
 
 fn generate_params(p: &agentlm_generate_params) -> Result<GenerateParams, Fail> {
-    let stops = unsafe { slice_arg(p.stop, p.n_stop, "stop") }?;
-    let mut stop = Vec::with_capacity(stops.len());
-    for (i, s) in stops.iter().enumerate() {
-        let s = unsafe { str_arg(s.ptr, s.len, "stop string") }.map_err(|f| f.context(format!("stop string {i}")))?;
-        if s.is_empty() {
-            return Err(Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("stop string {i} is empty")));
-        }
-        stop.push(s.to_string());
-    }
+    let stop = unsafe { util::strs_arg(p.stop, p.n_stop, "stop", "stop string", true) }?;
     let sampling = SamplingParams {
         temperature: p.temperature,
         top_k: p.top_k as usize,

@@ -3,7 +3,7 @@
 use std::ffi::{c_char, c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use super::{agentlm_error, agentlm_status, agentlm_status::*};
+use super::{agentlm_error, agentlm_status, agentlm_status::*, agentlm_str};
 use crate::engine::EngineError;
 use crate::formats::FormatError;
 use crate::model::ModelError;
@@ -138,6 +138,22 @@ pub(crate) unsafe fn slice_arg<'a, T>(ptr: *const T, count: usize, what: &str) -
     }
     // SAFETY: non-null, and the caller promises `count` readable elements.
     Ok(unsafe { std::slice::from_raw_parts(ptr, count) })
+}
+
+/// A `(ptr, count)` array of `agentlm_str` (stop strings, admissible actions), each checked as UTF-8
+/// (and, with `non_empty`, refused when empty) in order and copied; a failing element is named
+/// `{item} {i}`.
+pub(crate) unsafe fn strs_arg(ptr: *const agentlm_str, count: usize, list: &str, item: &str, non_empty: bool) -> Result<Vec<String>, Fail> {
+    let strs = unsafe { slice_arg(ptr, count, list) }?;
+    let mut out = Vec::with_capacity(strs.len());
+    for (i, s) in strs.iter().enumerate() {
+        let s = unsafe { str_arg(s.ptr, s.len, item) }.map_err(|f| f.context(format!("{item} {i}")))?;
+        if non_empty && s.is_empty() {
+            return Err(Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("{item} {i} is empty")));
+        }
+        out.push(s.to_string());
+    }
+    Ok(out)
 }
 
 /// A required out-parameter.

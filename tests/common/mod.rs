@@ -1,5 +1,5 @@
 //! Shared helpers for integration tests: where the real model, the golden files and the AgentInstruct
-//! data are (`src/testdata.rs`, shared with the unit tests), a deterministic RNG, GPT-2's byte alphabet.
+//! data are and a deterministic RNG (`src/testdata.rs`, shared with the unit tests), GPT-2's byte alphabet.
 #![allow(dead_code)]
 
 #[path = "../../src/testdata.rs"]
@@ -11,22 +11,6 @@ pub use testdata::*;
 pub fn json(path: &std::path::Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-}
-
-/// A small deterministic xorshift generator for property tests and mutations.
-pub struct Rng(pub u64);
-
-impl Rng {
-    pub fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    /// Uniform-ish in `0..n` (`0` when `n` is 0).
-    pub fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
 }
 
 /// GPT-2's byte-to-unicode alphabet (the 256 base tokens of a byte-level BPE vocabulary).
