@@ -72,6 +72,8 @@ struct Inner {
     pool: Option<rayon::ThreadPool>,
     /// [`Tokenizer::token_pieces`], computed on first use.
     pieces: std::sync::OnceLock<Arc<[Option<String>]>>,
+    /// The token trie and grammar compiler of constrained decoding, built on first use.
+    grammars: std::sync::OnceLock<Arc<llguidance::ParserFactory>>,
 }
 
 /// A loaded model: immutable, cheap to clone (reference-counted), `Send + Sync`.
@@ -171,7 +173,7 @@ impl Model {
         tracing::info!(path = %path.display(), backend = %options.backend, context, "model loaded");
         Ok(Model {
             llama: Arc::new(llama),
-            inner: Arc::new(Inner { tokenizer, template, backend: options.backend, format, path: path.to_path_buf(), context, pool, pieces: std::sync::OnceLock::new() }),
+            inner: Arc::new(Inner { tokenizer, template, backend: options.backend, format, path: path.to_path_buf(), context, pool, pieces: std::sync::OnceLock::new(), grammars: std::sync::OnceLock::new() }),
         })
     }
 
@@ -266,6 +268,31 @@ impl Model {
         }
         let pieces: Arc<[Option<String>]> = self.tokenizer().token_pieces(self.config().vocab_size)?.into();
         Ok(self.inner.pieces.get_or_init(|| pieces).clone())
+    }
+    /// llguidance's grammar compiler over this model's vocabulary (its token trie built from
+    /// [`Tokenizer::token_bytes`]), built once per model and shared by every constrained agent.
+    ///
+    /// # Errors
+    /// A vocabulary llguidance cannot read, or a model without an end-of-sequence token.
+    pub fn grammar_factory(&self) -> Result<Arc<llguidance::ParserFactory>> {
+        if let Some(f) = self.inner.grammars.get() {
+            return Ok(f.clone());
+        }
+        let words = self.tokenizer().token_bytes(self.config().vocab_size)?;
+        let eos = *self
+            .tokenizer()
+            .eos_ids()
+            .first()
+            .ok_or_else(|| Error::InvalidArgument("constrained decoding needs an end-of-sequence token".into()))?;
+        let mut info = llguidance::toktrie::TokRxInfo::new(words.len() as u32, eos);
+        info.tok_bos = self.tokenizer().bos_id();
+        let trie = llguidance::toktrie::TokTrie::from(&info, &words);
+        let env: llguidance::toktrie::TokEnv = Arc::new(llguidance::toktrie::ApproximateTokEnv::new(trie));
+        let mut factory = llguidance::ParserFactory::new_simple(&env)
+            .map_err(|e| Error::InvalidArgument(format!("constrained decoding: {e}")))?;
+        factory.quiet();
+        let factory = Arc::new(factory);
+        Ok(self.inner.grammars.get_or_init(|| factory).clone())
     }
     pub(crate) fn llama(&self) -> &Llama {
         &self.llama

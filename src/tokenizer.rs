@@ -399,6 +399,20 @@ impl Tokenizer {
         Ok(out)
     }
 
+    /// The bytes of every token id (`0..vocab_size`, empty past the tokenizer's own vocabulary), special
+    /// tokens marked with a leading `0xFF` as llguidance's token trie expects: the alphabet of
+    /// grammar-constrained decoding.
+    ///
+    /// # Errors
+    /// A vocabulary that is neither byte-level BPE nor SentencePiece with byte fallback.
+    pub fn token_bytes(&self, vocab_size: usize) -> Result<Vec<Vec<u8>>, TokenizerError> {
+        let json: Value = serde_json::from_str(&self.to_hf_json()?).map_err(lib)?;
+        let mut bytes = llguidance::token_bytes_from_tokenizer_json(&json).map_err(lib)?;
+        bytes.resize(vocab_size.max(bytes.len()), Vec::new());
+        bytes.truncate(vocab_size);
+        Ok(bytes)
+    }
+
     /// An incremental detokenizer that only ever yields whole UTF-8 characters (special tokens skipped).
     pub fn stream_decoder(&self) -> StreamDecoder<'_> {
         StreamDecoder { tokenizer: self, state: TextStream::default() }

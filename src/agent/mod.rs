@@ -3,6 +3,7 @@
 
 pub mod constrain;
 pub mod format;
+pub mod grammar;
 mod episode;
 mod run;
 pub mod trajectory;

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use super::constrain::{ActionGrammar, Constraint, PieceIndex};
+use super::grammar::{reply_grammar, GrammarConstraint, ValueSets};
 use super::format::{Action, ActionFormat};
 use super::trajectory::{Trajectory, Turn};
 use crate::adapter::Adapter;
@@ -16,11 +17,6 @@ use crate::runtime::Model;
 use crate::session::{chat_tokens, FinishReason, GenerateParams, Session, Step};
 use crate::template::{BuiltinTemplate, ChatTemplate, Message};
 
-/// Under constrained decoding, the thought is ended when this many tokens of the reply budget are left
-/// (room for the action prefix, a tool name and short arguments)...
-const WRAP_THOUGHT_TOKENS: usize = 16;
-/// ...and the arguments are closed when this many are left.
-const WRAP_ARGS_TOKENS: usize = 2;
 /// What the agent answers the task's instructions with (AgentInstruct's own words; not trained on).
 const INSTRUCTIONS_ACK: &str = "OK. I'll follow your instructions and try my best to solve the task.";
 
@@ -52,9 +48,11 @@ pub struct AgentConfig {
     pub max_observation_chars: usize,
     /// Sampling (default greedy). The same seed replays an episode exactly.
     pub sampling: SamplingParams,
-    /// Constrain decoding so every action names a registered tool (formats with an action grammar:
-    /// ALFWorld, ReAct, WebShop). Admissible actions ([`Agent::set_admissible`]) constrain further, in
-    /// every format, whether this is set or not.
+    /// Constrain decoding to the format's grammar (every format): each reply is a bounded thought and
+    /// one action of a registered tool, or the format's finish, with arguments valid under the tool's
+    /// JSON schema and the host's value sets ([`Agent::set_tool_values`]). The thought gets
+    /// `max_tokens_per_step` tokens and the action as many again. Admissible actions
+    /// ([`Agent::set_admissible`]) take precedence while set, whether this is set or not.
     pub constrained: bool,
     /// KV cache capacity in tokens (`None`: the model's context).
     pub capacity: Option<usize>,
@@ -170,7 +168,11 @@ pub struct Agent {
     steps: usize,
     reply: String,
     reply_tokens: usize,
-    constraint: Option<Constraint>,
+    constraint: Option<ReplyConstraint>,
+    /// Host value sets for tool arguments (constrained mode).
+    values: ValueSets,
+    /// The compiled grammar of the last constrained reply, cloned for the next while unchanged.
+    grammar: Option<(String, GrammarConstraint)>,
     /// Text of every token id, for the constraint (computed once).
     pieces: Arc<[Option<String>]>,
     /// The same, indexed by text (admissible actions).
@@ -186,6 +188,15 @@ pub struct Agent {
     accepted: usize,
     instructions: String,
     task: String,
+}
+
+/// How the reply being generated is constrained.
+#[derive(Debug)]
+enum ReplyConstraint {
+    /// Exactly one of the host's admissible actions (the byte matcher and its token index).
+    Actions(Constraint),
+    /// The format's grammar with tools' schemas and value sets (llguidance).
+    Grammar(Box<GrammarConstraint>),
 }
 
 fn first_message(format: ActionFormat, instructions: &str, tools: &[Tool]) -> String {
@@ -219,8 +230,8 @@ impl Agent {
                 ChatTemplate::from_jinja(src, &name(tok.bos_id()), &name(tok.eos_ids().first().copied()))?
             }
         };
-        if config.constrained && ActionGrammar::for_format(config.format, vec![]).is_none() {
-            return Err(Error::InvalidArgument(format!("format {} has no constrained mode", config.format.name())));
+        if config.constrained {
+            reply_grammar(config.format, &tools, &ValueSets::new(), config.max_tokens_per_step)?;
         }
         let mut agent = Agent {
             session: model.try_session(config.capacity)?,
@@ -234,6 +245,8 @@ impl Agent {
             reply: String::new(),
             reply_tokens: 0,
             constraint: None,
+            values: ValueSets::new(),
+            grammar: None,
             pieces: Arc::from(Vec::new()),
             index: None,
             admissible: None,
@@ -370,6 +383,43 @@ impl Agent {
         Ok(())
     }
 
+    /// Sets the values a tool's argument may take in constrained mode, from the next reply on (e.g.
+    /// the places and objects seen so far): `param` `None` is the tool's input as line formats write
+    /// it (`ACTION: go to <value>`, `search[<value>]`), or the tool's only parameter in JSON calls; a
+    /// name is that parameter of the tool's JSON schema. They replace what the schema allows there.
+    /// An empty set clears it.
+    ///
+    /// # Errors
+    /// Mid-reply or after the episode; an unregistered tool; a parameter the tool's schema lacks; a
+    /// value the format cannot write there (a newline; `]` in `tool[input]`; a parenthesis in KG calls).
+    pub fn set_tool_values(&mut self, tool: &str, param: Option<&str>, values: Vec<String>) -> Result<()> {
+        if matches!(self.phase, Phase::Generating | Phase::Finished) {
+            return Err(Error::InvalidArgument("tool values can only be set between steps".into()));
+        }
+        let Some(t) = self.tools.iter().find(|t| t.name == tool) else {
+            return Err(Error::InvalidArgument(format!("tool {tool:?} is not registered")));
+        };
+        if let Some(p) = param {
+            if t.parameters.get("properties").and_then(|ps| ps.get(p)).is_none() {
+                return Err(Error::InvalidArgument(format!("tool {tool:?} has no parameter {p:?}")));
+            }
+        }
+        if values.iter().any(String::is_empty) {
+            return Err(Error::InvalidArgument("a tool value is empty".into()));
+        }
+        let key = (tool.to_string(), param.map(str::to_string));
+        let mut next = self.values.clone();
+        if values.is_empty() {
+            next.remove(&key);
+        } else {
+            next.insert(key, values);
+        }
+        // Checked now against the format's rules, not at the next reply.
+        reply_grammar(self.config.format, &self.tools, &next, self.config.max_tokens_per_step)?;
+        self.values = next;
+        Ok(())
+    }
+
     /// The admissible actions in place, if any.
     pub fn admissible(&self) -> Option<&[String]> {
         self.admissible.as_deref()
@@ -489,35 +539,25 @@ impl Agent {
             self.begin_reply()?;
         }
         let mut made = 0usize;
-        let admissible = self.constraint.as_ref().is_some_and(|c| c.grammar().is_admissible());
         loop {
             if max_tokens.is_some_and(|m| made >= m) || max_time.is_some_and(|t| start.elapsed() >= t) {
                 return Ok(AgentStep::bare(StepKind::Pending, self.reply.clone(), self.reply_tokens));
             }
-            if let Some(c) = self.constraint.as_mut() {
-                if admissible {
-                    // The thought has `max_tokens_per_step`; the action always fits after it (the
-                    // session's budget has room for the longest admissible action).
-                    if self.reply_tokens >= self.config.max_tokens_per_step {
-                        c.wrap_up(1);
-                    }
-                } else {
-                    // Leave room to finish the action inside the reply's token budget.
-                    let left = self.config.max_tokens_per_step.saturating_sub(self.reply_tokens);
-                    if left <= WRAP_ARGS_TOKENS {
-                        c.wrap_up(2);
-                    } else if left <= WRAP_THOUGHT_TOKENS {
-                        c.wrap_up(1);
-                    }
+            if let Some(ReplyConstraint::Actions(c)) = self.constraint.as_mut() {
+                // The thought has `max_tokens_per_step`; the action always fits after it (the
+                // session's budget has room for the longest admissible action).
+                if self.reply_tokens >= self.config.max_tokens_per_step {
+                    c.wrap_up(1);
                 }
             }
-            let (constraint, pieces, index) = (&self.constraint, &self.pieces, self.index.as_deref());
-            let step = self.session.next_token_masked(|logits| {
-                if let Some(c) = constraint {
-                    c.mask_indexed(logits, pieces, index);
-                }
+            let (constraint, pieces, index) = (&mut self.constraint, &self.pieces, self.index.as_deref());
+            let mut mask_error = None;
+            let step = self.session.next_token_masked(|logits| match constraint {
+                Some(ReplyConstraint::Actions(c)) => c.mask_indexed(logits, pieces, index),
+                Some(ReplyConstraint::Grammar(g)) => mask_error = g.mask(logits).err(),
+                None => {}
             });
-            let step = match step {
+            let step = match mask_error.map_or(step, Err) {
                 Ok(s) => s,
                 Err(e) => {
                     self.session.end();
@@ -530,14 +570,26 @@ impl Agent {
                 Step::Token { id, text } => {
                     self.reply_tokens += 1;
                     self.reply.push_str(&text);
-                    if let Some(c) = self.constraint.as_mut() {
-                        let piece = self.pieces.get(id as usize).cloned().flatten().unwrap_or_default();
-                        c.advance(&piece);
-                        if c.is_done() {
+                    let done = match self.constraint.as_mut() {
+                        Some(ReplyConstraint::Actions(c)) => {
+                            let piece = self.pieces.get(id as usize).cloned().flatten().unwrap_or_default();
+                            c.advance(&piece);
                             self.chosen = c.chosen_action();
-                            self.session.end();
-                            return self.finish_reply();
+                            c.is_done()
                         }
+                        Some(ReplyConstraint::Grammar(g)) => {
+                            if let Err(e) = g.advance(id) {
+                                self.session.end();
+                                self.phase = Phase::NeedStep;
+                                return Err(e);
+                            }
+                            g.is_done()
+                        }
+                        None => false,
+                    };
+                    if done {
+                        self.session.end();
+                        return self.finish_reply();
                     }
                 }
                 Step::Finished { reason, text } => {
@@ -626,19 +678,19 @@ impl Agent {
                 // rest of a thought prefix, its newline and separator, the action prefix, the action,
                 // its newline) takes at most this many.
                 extra = 24 + g.action_prefix().len() + actions.iter().map(String::len).max().unwrap_or(0);
-                Some(Constraint::new(g))
+                Some(ReplyConstraint::Actions(Constraint::new(g)))
             }
             None if self.config.constrained => {
-                if self.tools.is_empty() {
-                    return Err(Error::InvalidArgument("constrained actions need at least one tool".into()));
-                }
-                let names = self.tools.iter().map(|t| t.name.clone()).collect();
-                let grammar = ActionGrammar::for_format(self.config.format, names)
-                    .ok_or_else(|| Error::InvalidArgument(format!("format {} has no constrained mode", self.config.format.name())))?;
-                if self.pieces.is_empty() {
-                    self.pieces = self.session.model().token_pieces()?;
-                }
-                Some(Constraint::new(grammar))
+                let lark = reply_grammar(self.config.format, &self.tools, &self.values, self.config.max_tokens_per_step)?;
+                let fresh = match self.grammar.take() {
+                    Some((l, g)) if l == lark => g,
+                    _ => GrammarConstraint::new(&*self.session.model().grammar_factory()?, &lark)?,
+                };
+                self.grammar = Some((lark, fresh.clone()));
+                // The thought has `max_tokens_per_step` tokens (the grammar ends it there); the
+                // action as many again.
+                extra = self.config.max_tokens_per_step;
+                Some(ReplyConstraint::Grammar(Box::new(fresh)))
             }
             None => None,
         };
