@@ -473,8 +473,10 @@ typedef struct agentlm_agent_params {
   float top_p;
   // Seed: the same seed and observations replay an episode exactly.
   uint64_t seed;
-  // Constrain every action to name a registered tool (ALFWorld, ReAct, WebShop formats).
-  // Admissible actions (`agentlm_agent_set_admissible`) constrain further, in every format.
+  // Constrain every reply to the format's grammar (every format): a bounded thought, then one
+  // action of a registered tool or the format's finish, with arguments valid under the tool's JSON
+  // schema (`parameters_json`) and the values set with `agentlm_agent_set_tool_values`. Admissible
+  // actions (`agentlm_agent_set_admissible`) take precedence while set.
   bool constrained;
   // KV cache capacity in tokens (0: the model's context).
   uint32_t capacity;
@@ -940,6 +942,25 @@ agentlm_status agentlm_agent_set_admissible(const struct agentlm_agent *agent,
                                             const struct agentlm_str *actions,
                                             size_t n_actions,
                                             struct agentlm_error **err);
+
+// Sets the values a tool's argument may take in constrained mode (`n_values` UTF-8 strings, copied),
+// from the next reply on: e.g. the places seen so far for ALFWorld's `go to`. `param` NULL (or
+// `param_len` 0) is the tool's input as line formats write it (`ACTION: go to <value>`,
+// `search[<value>]`), or its only parameter in JSON calls; otherwise the name of a parameter of the
+// tool's JSON schema. The values replace what the schema allows there; `n_values = 0` clears them.
+// Between steps only.
+//
+// Errors: `INVALID_ARGUMENT` mid-reply or after the episode, for an unregistered tool, a parameter
+// its schema lacks, an empty value, or one the format cannot write (a newline; `]` in
+// `tool[input]`; parentheses in KG calls; any value for OS and DB code blocks).
+agentlm_status agentlm_agent_set_tool_values(const struct agentlm_agent *agent,
+                                             const char *tool,
+                                             size_t tool_len,
+                                             const char *param,
+                                             size_t param_len,
+                                             const struct agentlm_str *values,
+                                             size_t n_values,
+                                             struct agentlm_error **err);
 
 // Adds a solved example episode (`json_len` bytes: a trajectory in the AgentInstruct schema, e.g. one
 // `agentlm_agent_trajectory_json` returned), rendered between the instructions and the task, as

@@ -179,8 +179,10 @@ fn step_limit_cancel_and_misuse() {
     assert!(a.submit_observation("again").is_err());
     assert_eq!(a.step().unwrap().kind, StepKind::StepLimit);
     assert!(a.is_finished() && a.step().is_err());
-    let bad = AgentConfig { format: ActionFormat::Os, constrained: true, ..AgentConfig::default() };
-    assert!(Agent::new(model(), bad, INSTRUCTIONS, TASK, tools()).is_err());
+    // An enum value `tool[input]` cannot write.
+    let bad = AgentConfig { format: ActionFormat::React, constrained: true, ..AgentConfig::default() };
+    let t = Tool { name: "pick".into(), description: String::new(), parameters: serde_json::json!({"enum": ["a]b"]}) };
+    assert!(Agent::new(model(), bad, INSTRUCTIONS, TASK, vec![t]).is_err());
 }
 
 #[test]
@@ -418,4 +420,98 @@ fn record_filter_train_evaluate() {
     assert_eq!((rates, rates.episodes), (seen, 2));
     assert_eq!(rates.accepted, rates.actions, "admissible actions are always accepted here");
     assert!(rates.success_rate() <= 1.0 && rates.actions >= 2);
+}
+
+fn tool(name: &str, parameters: serde_json::Value) -> Tool {
+    Tool { name: name.into(), description: format!("the {name} tool"), parameters }
+}
+
+/// Point 2 on the real model: in every format, constrained replies (greedy and sampled) are always
+/// a registered tool's action or the format's finish — never invalid — and JSON arguments always
+/// satisfy the tool's schema; string enums narrow line inputs.
+#[test]
+fn constrained_replies_are_valid_in_every_format() {
+    use serde_json::json;
+    let move_schema = json!({"type": "object", "properties": {
+        "direction": {"type": "string", "enum": ["north", "south", "east", "west"]},
+        "steps": {"type": "integer", "minimum": 1, "maximum": 9}},
+        "required": ["direction", "steps"], "additionalProperties": false});
+    let colour = json!({"type": "string", "enum": ["red", "green", "blue"]});
+    let (mut checked, mut json_calls) = (0, 0);
+    for format in ActionFormat::ALL {
+        let tools: Vec<Tool> = match format {
+            ActionFormat::Alfworld => vec![tool("go to", json!({"enum": ["cabinet 1", "fridge 1", "shelf 2"]})), tool("look", serde_json::Value::Null)],
+            ActionFormat::Os => vec![tool("bash", serde_json::Value::Null)],
+            ActionFormat::Db => vec![tool("sql", serde_json::Value::Null)],
+            ActionFormat::WebShop => vec![tool("search", serde_json::Value::Null), tool("click", colour.clone())],
+            ActionFormat::Kg => vec![tool("get_relations", json!({"type": "string", "pattern": "^(#[0-9]|m\\.[a-z0-9]+)$"})), tool("count", serde_json::Value::Null)],
+            ActionFormat::Mind2Web => vec![tool("CLICK", serde_json::Value::Null), tool("TYPE", colour.clone())],
+            ActionFormat::React => vec![tool("paint", colour.clone()), tool("calculator", serde_json::Value::Null)],
+            ActionFormat::Json => vec![tool("move", move_schema.clone()), tool("paint", json!({"type": "object", "properties": {"colour": colour}, "required": ["colour"]}))],
+        };
+        for seed in [None, Some(7u64)] {
+            let mut config = AgentConfig { format, constrained: true, max_steps: 2, max_tokens_per_step: 24, repeat_limit: 0, ..AgentConfig::default() };
+            if let Some(seed) = seed {
+                config.sampling = agentlm::SamplingParams { temperature: 1.0, seed, ..agentlm::SamplingParams::greedy() };
+            }
+            let task = if format == ActionFormat::Json { "Call the move tool: walk north 3 steps." } else { "Paint the wall red, then walk north 3 steps." };
+            let mut a = Agent::new(model(), config, "Solve the task with the tools.", task, tools.clone()).unwrap();
+            while !a.is_finished() {
+                let s = a.step().unwrap();
+                eprintln!("{format:?} {seed:?}: {:?} | {}", s.kind, s.text.replace('\n', "\\n"));
+                match &s.kind {
+                    StepKind::Action { tool: name, input, .. } => {
+                        let t = tools.iter().find(|t| &t.name == name).expect("a registered tool");
+                        if format == ActionFormat::Json {
+                            let args: serde_json::Value = serde_json::from_str(input).unwrap();
+                            if name == "move" {
+                                assert!(["north", "south", "east", "west"].contains(&args["direction"].as_str().unwrap()), "{input}");
+                                assert!((1..=9).contains(&args["steps"].as_i64().unwrap()), "{input}");
+                                assert_eq!(args.as_object().unwrap().len(), 2, "{input}");
+                            } else {
+                                assert!(["red", "green", "blue"].contains(&args["colour"].as_str().unwrap()), "{input}");
+                            }
+                        } else if let Some(e) = t.parameters.get("enum").and_then(|e| e.as_array()) {
+                            let value = if format == ActionFormat::Mind2Web { input.split_once('\n').map_or("", |x| x.1) } else { input };
+                            if !(format == ActionFormat::Mind2Web && name == "CLICK") {
+                                assert!(e.iter().any(|v| v == value), "{format:?}: {value:?} not in {e:?}");
+                            }
+                        } else if format == ActionFormat::Kg && name == "get_relations" {
+                            assert!(input.starts_with('#') || input.starts_with("m."), "{input:?}");
+                        }
+                        checked += 1;
+                        json_calls += usize::from(format == ActionFormat::Json);
+                        a.submit_result("ok", Some(true)).unwrap();
+                    }
+                    StepKind::Final { .. } | StepKind::StepLimit => {}
+                    other => panic!("{format:?}: a constrained reply was {other:?}: {:?}", s.text),
+                }
+            }
+        }
+    }
+    assert!(checked >= 8, "actions were checked ({checked})");
+    assert!(json_calls >= 1, "a JSON call was checked against its schema");
+}
+
+/// Host value sets narrow a tool's input from the next reply on, and are checked when set.
+#[test]
+fn tool_values_narrow_inputs_between_steps() {
+    let config = AgentConfig { format: ActionFormat::Alfworld, constrained: true, max_steps: 4, max_tokens_per_step: 24, repeat_limit: 0, ..AgentConfig::default() };
+    let mut a = Agent::new(model(), config, INSTRUCTIONS, TASK, vec![tool("go to", serde_json::Value::Null)]).unwrap();
+    let sets = [vec!["drawer 7".to_string(), "shelf 9".to_string()], vec!["garage 4".to_string()]];
+    for (i, set) in sets.iter().enumerate() {
+        a.set_tool_values("go to", None, set.clone()).unwrap();
+        let s = a.step().unwrap();
+        match &s.kind {
+            StepKind::Action { tool, input, .. } => assert!(tool == "go to" && set.contains(input), "step {i}: {s:?}"),
+            other => panic!("{other:?}"),
+        }
+        a.submit_result("Nothing happened.", Some(false)).unwrap();
+    }
+    assert!(a.set_tool_values("fly", None, vec!["x".into()]).is_err(), "unregistered tool");
+    assert!(a.set_tool_values("go to", Some("place"), vec!["x".into()]).is_err(), "no such parameter");
+    assert!(a.set_tool_values("go to", None, vec!["a\nb".into()]).is_err(), "a newline");
+    a.set_tool_values("go to", None, vec![]).unwrap();
+    let s = a.step().unwrap();
+    assert!(matches!(s.kind, StepKind::Action { .. }), "free input again: {s:?}");
 }

@@ -1,11 +1,11 @@
-//! Constrained actions: a token-level constraint that keeps a reply inside the action grammar of its
-//! format. The thought stays free text (bounded); the action is either restricted to a registered
-//! tool's name followed by free arguments ([`ActionGrammar::for_format`]), or to exactly one of the
-//! host's admissible actions ([`ActionGrammar::admissible`], every format).
+//! Admissible actions: a token-level constraint that keeps a reply to a bounded free thought and
+//! exactly one of the host's admissible actions ([`ActionGrammar::admissible`], every format). The
+//! general grammar of a format (tools, schemas, value sets) is [`super::grammar`]'s, on llguidance;
+//! this byte matcher stays for the one language it serves faster, a finite set of strings.
 //!
 //! The grammar (per format, see [`ActionGrammar`]):
-//! `[thought_prefix free-text "\n" sep] action_prefix ACTION close`, e.g. for ALFWorld
-//! `THOUGHT: ...\n ACTION: go to countertop 1\n` and for classic ReAct `Thought: ...\nAction: calc[2+2]\n`.
+//! `[thought_prefix free-text "\n" sep] action_prefix ACTION "\n"`, e.g. for ALFWorld
+//! `THOUGHT: ...\n ACTION: go to countertop 1\n` and for classic ReAct `Thought: ...\nAction: search[x]\n`.
 //! Every candidate token's text is run through a byte-level matcher; tokens that would leave the
 //! grammar get a logit of minus infinity. While an admissible action is being written, the allowed
 //! tokens are looked up instead (every prefix of what each candidate has left, in a [`PieceIndex`]):
@@ -23,14 +23,10 @@ pub struct ActionGrammar {
     /// Between the thought's newline and the action prefix.
     separator: &'static str,
     action_prefix: &'static str,
-    /// After the tool name, before the arguments (`" "` or `"["`).
-    args_open: &'static str,
-    /// Ends the action (`"\n"` or `"]\n"`).
+    /// Ends the action (`"\n"`).
     close: &'static str,
-    tools: Vec<String>,
-    /// Admissible mode: the complete actions allowed, each followed by `close` (the bytes matched
-    /// against; `tools`, `args_open` are then unused).
-    actions: Option<Vec<Vec<u8>>>,
+    /// The complete actions allowed, each followed by `close` (the bytes matched against).
+    actions: Vec<Vec<u8>>,
     /// Longest thought, in bytes, before the newline is forced.
     max_thought_bytes: usize,
 }
@@ -79,12 +75,8 @@ enum State {
     AfterThought(usize),
     /// `n` bytes of the action prefix matched (entered from Start).
     ActionPrefix(usize),
-    /// `n` bytes of a tool name matched.
+    /// `n` bytes of the action (with its closing newline) matched.
     Tool(usize),
-    /// In the arguments.
-    Args,
-    /// `n` bytes of the closing text matched.
-    Close(usize),
     /// The action is complete.
     Done,
 }
@@ -94,25 +86,13 @@ enum State {
 pub struct Constraint {
     grammar: ActionGrammar,
     state: State,
-    /// The tool-name bytes matched so far.
+    /// The action bytes matched so far.
     tool: Vec<u8>,
-    /// 1: the thought must end now; 2: the arguments must close now too (the reply's token budget is
-    /// nearly spent, so the action is completed rather than cut off).
+    /// 1: the thought must end now (the reply's token budget for it is spent).
     wrap_up: u8,
 }
 
 impl ActionGrammar {
-    /// The grammar for `format` with `tools` as the only action names; `None` for formats without a
-    /// line-oriented action grammar here.
-    pub fn for_format(format: ActionFormat, tools: Vec<String>) -> Option<Self> {
-        let (thought_prefix, separator, action_prefix, args_open, close) = match format {
-            ActionFormat::Alfworld => ("THOUGHT: ", " ", "ACTION: ", " ", "\n"),
-            ActionFormat::React | ActionFormat::WebShop => ("Thought: ", "", "Action: ", "[", "]\n"),
-            _ => return None,
-        };
-        Some(ActionGrammar { thought_prefix, separator, action_prefix, args_open, close, tools, actions: None, max_thought_bytes: 400 })
-    }
-
     /// The grammar for `format` whose action is exactly one of `actions` (complete action texts as
     /// written after the format's action prefix: `go to cabinet 1`, `search[red shoes]`,
     /// `get_relations(#0)`, `bash\n```bash\nls\n```` for OS, a whole JSON call for JSON), then a
@@ -130,26 +110,12 @@ impl ActionGrammar {
         };
         let close = "\n";
         let actions = actions.iter().map(|a| [a.as_bytes(), close.as_bytes()].concat()).collect();
-        ActionGrammar {
-            thought_prefix,
-            separator,
-            action_prefix,
-            args_open: "",
-            close,
-            tools: Vec::new(),
-            actions: Some(actions),
-            max_thought_bytes: 400,
-        }
+        ActionGrammar { thought_prefix, separator, action_prefix, close, actions, max_thought_bytes: 400 }
     }
 
     /// The text every reply starts its action with (`ACTION: `), after any thought.
     pub fn action_prefix(&self) -> &'static str {
         self.action_prefix
-    }
-
-    /// Whether the action is one of a set of admissible actions.
-    pub fn is_admissible(&self) -> bool {
-        self.actions.is_some()
     }
 
     /// Whether the reply may hold a thought before its action.
@@ -172,7 +138,7 @@ impl ActionGrammar {
         self
     }
 
-    /// Moves the cursor (`state`, the tool-name bytes matched so far) over one byte; false when the
+    /// Moves the cursor (`state`, the action bytes matched so far) over one byte; false when the
     /// byte leaves the grammar (the cursor is then meaningless).
     fn push(&self, wrap_up: u8, state: &mut State, tool: &mut Vec<u8>, b: u8) -> bool {
         let g = self;
@@ -242,10 +208,10 @@ impl ActionGrammar {
                     State::AfterThought(n + 1)
                 }
             }
-            State::Tool(n) if g.actions.is_some() => {
-                // Admissible mode: `tool` holds the action bytes so far; some action (with its
-                // closing newline) goes on with `b`, and the reply is done when one is complete.
-                let actions = g.actions.as_deref().unwrap_or_default();
+            State::Tool(n) => {
+                // `tool` holds the action bytes so far; some action (with its closing newline) goes
+                // on with `b`, and the reply is done when one is complete.
+                let actions = &g.actions;
                 if !actions.iter().any(|a| a.starts_with(tool) && a.get(tool.len()) == Some(&b)) {
                     return false;
                 }
@@ -254,50 +220,6 @@ impl ActionGrammar {
                     State::Done
                 } else {
                     State::Tool(n + 1)
-                }
-            }
-            State::Tool(n) => {
-                let complete = g.tools.iter().any(|t| t.as_bytes() == &tool[..]);
-                // Some tool name goes on with `b` after what was matched.
-                if g.tools.iter().any(|t| t.as_bytes().starts_with(tool) && t.as_bytes().get(tool.len()) == Some(&b)) {
-                    tool.push(b);
-                    State::Tool(n + 1)
-                } else if complete && g.args_open.as_bytes().first() == Some(&b) {
-                    State::Args
-                } else if complete && g.close.as_bytes().first() == Some(&b) && g.args_open == " " {
-                    // A tool without arguments (`ACTION: inventory\n`).
-                    if g.close.len() == 1 {
-                        State::Done
-                    } else {
-                        State::Close(1)
-                    }
-                } else {
-                    return false;
-                }
-            }
-            State::Args => {
-                let close = g.close.as_bytes();
-                if b == close[0] {
-                    if close.len() == 1 {
-                        State::Done
-                    } else {
-                        State::Close(1)
-                    }
-                } else if b == b'\n' || wrap_up >= 2 {
-                    return false;
-                } else {
-                    State::Args
-                }
-            }
-            State::Close(n) => {
-                let close = g.close.as_bytes();
-                if close.get(n) != Some(&b) {
-                    return false;
-                }
-                if n + 1 == close.len() {
-                    State::Done
-                } else {
-                    State::Close(n + 1)
                 }
             }
             State::Done => return false,
@@ -312,24 +234,24 @@ impl Constraint {
         Constraint { state: grammar.start(), grammar, tool: Vec::new(), wrap_up: 0 }
     }
 
-    /// Admissible mode, once the reply is done: the action chosen (without its closing newline).
+    /// Once the reply is done: the action chosen (without its closing newline).
     pub fn chosen_action(&self) -> Option<String> {
-        if self.state != State::Done || self.grammar.actions.is_none() {
+        if self.state != State::Done {
             return None;
         }
         let n = self.tool.len().saturating_sub(self.grammar.close.len());
         Some(String::from_utf8_lossy(&self.tool[..n]).into_owned())
     }
 
-    /// Whether the reply is writing its action (admissible mode: the allowed tokens are looked up).
-    fn in_admissible_action(&self) -> bool {
-        self.grammar.actions.is_some() && matches!(self.state, State::Tool(_))
+    /// Whether the reply is writing its action (the allowed tokens are looked up).
+    fn in_action(&self) -> bool {
+        matches!(self.state, State::Tool(_))
     }
 
-    /// Hurries the reply to its end as its token budget runs out: `1` ends the thought at once, `2`
-    /// also closes the arguments at once (levels only rise).
+    /// Hurries the reply to its action as the thought's token budget runs out: `1` ends the thought
+    /// at once (levels only rise).
     pub fn wrap_up(&mut self, level: u8) {
-        self.wrap_up = self.wrap_up.max(level.min(2));
+        self.wrap_up = self.wrap_up.max(level.min(1));
     }
 
     /// The grammar it follows.
@@ -370,10 +292,10 @@ impl Constraint {
     }
 
     /// [`Constraint::mask`], with the allowed tokens looked up in `index` (built from the same
-    /// `pieces`) while an admissible action is being written: the same result, far fewer checks.
+    /// `pieces`) while the action is being written: the same result, far fewer checks.
     pub fn mask_indexed(&self, logits: &mut [f32], pieces: &[Option<String>], index: Option<&PieceIndex>) {
-        if let (Some(index), true) = (index, self.in_admissible_action()) {
-            let actions = self.grammar.actions.as_deref().unwrap_or_default();
+        if let (Some(index), true) = (index, self.in_action()) {
+            let actions = &self.grammar.actions;
             let done = &self.tool[..];
             let mut keep: Vec<(u32, f32)> = Vec::new();
             for a in actions.iter().filter(|a| a.starts_with(done)) {
@@ -423,8 +345,8 @@ mod tests {
     use super::*;
 
     fn alf() -> Constraint {
-        let tools = ["go to", "take", "open", "inventory", "calculate"].iter().map(|s| s.to_string()).collect();
-        Constraint::new(ActionGrammar::for_format(ActionFormat::Alfworld, tools).unwrap())
+        let actions = ["go to fridge 1", "take apple 1 from table 1", "inventory"].map(String::from);
+        Constraint::new(ActionGrammar::admissible(ActionFormat::Alfworld, &actions))
     }
 
     #[test]
@@ -432,14 +354,15 @@ mod tests {
         let mut c = alf();
         assert!(c.advance("THOUGHT: I should look in the fridge.\n ACTION: go to fridge 1\n"));
         assert!(c.is_done());
+        assert_eq!(c.chosen_action().as_deref(), Some("go to fridge 1"));
         let mut c = alf();
         assert!(c.advance("ACTION: inventory\n") && c.is_done());
         let c = alf();
         assert!(c.allows("ACT") && c.allows("THO") && c.allows("ACTION: go") && !c.allows("I think"));
-        assert!(!c.allows("ACTION: fly to the moon"), "unregistered tool");
-        assert!(!c.allows("ACTION: goto x"), "tool name must be complete");
+        assert!(!c.allows("ACTION: fly to the moon"), "not admissible");
+        assert!(!c.allows("ACTION: go to fridge 2"), "not admissible");
         let mut c = alf();
-        assert!(c.advance("ACTION: take apple 1"));
+        assert!(c.advance("ACTION: take apple 1 from table 1"));
         assert!(!c.is_done() && c.allows("\n") && !c.allows("\nmore"));
         assert!(c.advance("\n") && c.is_done() && !c.allows("x"));
         // A thought ends with a newline followed by the action.
@@ -450,35 +373,30 @@ mod tests {
 
     #[test]
     fn react_grammar_and_mask() {
-        let tools = vec!["calculator".to_string()];
-        let mut c = Constraint::new(ActionGrammar::for_format(ActionFormat::React, tools).unwrap());
+        let actions = vec!["calculator[2+2]".to_string()];
+        let mut c = Constraint::new(ActionGrammar::admissible(ActionFormat::React, &actions));
         assert!(c.advance("Thought: add them\nAction: calculator[2+2"));
         assert!(c.allows("]\n") && !c.allows("]x"));
-        let c = Constraint::new(ActionGrammar::for_format(ActionFormat::React, vec!["calculator".into()]).unwrap());
+        let c = Constraint::new(ActionGrammar::admissible(ActionFormat::React, &actions));
         let pieces = vec![Some("Action".to_string()), Some("Hello".to_string()), None, Some("Th".to_string())];
         let mut logits = vec![1.0, 5.0, 9.0, 0.5, 7.0];
         c.mask(&mut logits, &pieces);
         assert_eq!(logits[0], 1.0);
         assert_eq!(logits[3], 0.5);
         assert!(logits[1].is_infinite() && logits[2].is_infinite() && logits[4].is_infinite());
-        assert!(ActionGrammar::for_format(ActionFormat::Os, vec![]).is_none());
     }
 
     #[test]
-    fn wrapping_up_forces_the_action_to_complete() {
+    fn wrapping_up_forces_the_action() {
         let mut c = alf();
         assert!(c.advance("THOUGHT: long"));
         c.wrap_up(1);
         assert!(!c.allows(" more") && c.allows("\n ACTION: take"));
-        assert!(c.advance("\n ACTION: take apple"));
-        assert!(c.allows(" 1"));
-        c.wrap_up(2);
-        assert!(!c.allows(" 1") && c.allows("\n"));
     }
 
     #[test]
     fn thought_length_is_capped() {
-        let g = ActionGrammar::for_format(ActionFormat::Alfworld, vec!["look".into()]).unwrap().with_max_thought_bytes(5);
+        let g = ActionGrammar::admissible(ActionFormat::Alfworld, &["look".to_string()]).with_max_thought_bytes(5);
         let mut c = Constraint::new(g);
         assert!(c.advance("THOUGHT: abcde"));
         assert!(!c.allows("f") && c.allows("\n"));

@@ -66,7 +66,7 @@ fn input_values<'a>(values: &'a ValueSets, tool: &str, property: Option<&str>) -
 
 /// A Lark terminal expression for a tool's line input: `free` (the format's free-argument regex)
 /// narrowed by the host's values or the input's string schema.
-fn input_terminal(tool: &Tool, values: &ValueSets, free: &str, forbidden: &[char]) -> Result<String> {
+fn input_terminal(tool: &Tool, values: &ValueSets, free: &str, forbidden: &[char]) -> Result<(String, usize)> {
     let schema = input_schema(&tool.parameters);
     let property = schema.as_ref().and_then(|(p, _)| p.as_deref());
     let check = |v: &str| -> Result<()> {
@@ -79,14 +79,16 @@ fn input_terminal(tool: &Tool, values: &ValueSets, free: &str, forbidden: &[char
         for v in vals {
             check(v)?;
         }
-        return Ok(format!("({})", vals.iter().map(|v| lit(v)).collect::<Vec<_>>().join(" | ")));
+        let longest = vals.iter().map(String::len).max().unwrap_or(0);
+        return Ok((format!("({})", vals.iter().map(|v| lit(v)).collect::<Vec<_>>().join(" | ")), longest));
     }
+    let free = format!("{free}{{1,{MAX_INPUT_BYTES}}}");
     let Some((_, s)) = schema else {
-        return Ok(rx(free));
+        return Ok((rx(&free), MAX_INPUT_BYTES * 4));
     };
     if let Some(c) = s.get("const").and_then(Value::as_str) {
         check(c)?;
-        return Ok(lit(c));
+        return Ok((lit(c), c.len()));
     }
     if let Some(e) = s.get("enum").and_then(Value::as_array) {
         let vals: Vec<&str> = e.iter().filter_map(Value::as_str).collect();
@@ -96,9 +98,10 @@ fn input_terminal(tool: &Tool, values: &ValueSets, free: &str, forbidden: &[char
         for v in &vals {
             check(v)?;
         }
-        return Ok(format!("({})", vals.iter().map(|v| lit(v)).collect::<Vec<_>>().join(" | ")));
+        let longest = vals.iter().map(|v| v.len()).max().unwrap_or(0);
+        return Ok((format!("({})", vals.iter().map(|v| lit(v)).collect::<Vec<_>>().join(" | ")), longest));
     }
-    let mut parts = vec![rx(free)];
+    let mut parts = vec![rx(&free)];
     if let Some(p) = s.get("pattern").and_then(Value::as_str) {
         // JSON Schema patterns search: unanchored ends may hold anything.
         let (start, p) = p.strip_prefix('^').map_or((".*", p), |p| ("", p));
@@ -111,7 +114,31 @@ fn input_terminal(tool: &Tool, values: &ValueSets, free: &str, forbidden: &[char
         let max = max.map(|m| m.to_string()).unwrap_or_default();
         parts.push(rx(&format!(".{{{},{max}}}", min.unwrap_or(0))));
     }
-    Ok(format!("({})", parts.join(" & ")))
+    Ok((format!("({})", parts.join(" & ")), MAX_INPUT_BYTES * 4))
+}
+
+/// Caps every string of `schema` without a `maxLength` (or enumeration) at [`MAX_INPUT_BYTES`]
+/// characters, so a JSON call cannot run on in one string.
+fn cap_strings(schema: &mut Value) {
+    match schema {
+        Value::Object(o) => {
+            let is_string = match o.get("type") {
+                Some(Value::String(t)) => t == "string",
+                Some(Value::Array(ts)) => ts.iter().any(|t| t == "string"),
+                _ => false,
+            };
+            if is_string && !o.contains_key("maxLength") && !o.contains_key("enum") && !o.contains_key("const") {
+                o.insert("maxLength".into(), json!(MAX_INPUT_BYTES));
+            }
+            for (k, v) in o.iter_mut() {
+                if !matches!(k.as_str(), "enum" | "const" | "default" | "examples") {
+                    cap_strings(v);
+                }
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(cap_strings),
+        _ => {}
+    }
 }
 
 /// `tool`'s arguments schema with the host's value sets applied (JSON calls).
@@ -142,11 +169,27 @@ fn arguments_schema(tool: &Tool, values: &ValueSets) -> Result<Value> {
             None => return Err(invalid(format!("tool {:?} has no parameter {param:?}", tool.name))),
         }
     }
+    cap_strings(&mut schema);
     Ok(schema)
 }
 
-/// A body without three backticks in a row (a fenced block's contents).
-const FENCE_BODY: &str = r"([^`]|`[^`]|``[^`])*";
+/// Longest free input of a line format, in characters (so a reply always ends).
+const MAX_INPUT_BYTES: usize = 200;
+/// A fenced block's contents: at most 10 lines of at most 120 characters, none starting with a
+/// backtick (the closing fence does), so a looping model still ends its block.
+const FENCE_BODY: &str = r"([^`\n][^\n]{0,119}\n|\n){1,10}";
+/// Bytes a fenced block's contents may take (4 per character, the UTF-8 bound).
+const FENCE_BYTES: usize = 10 * 121 * 4;
+
+/// The grammar of one reply ([`reply_grammar`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplyGrammar {
+    /// Its Lark text.
+    pub lark: String,
+    /// The most bytes its action (after the thought) can take, when bounded (every format but JSON):
+    /// a token budget this large always lets the action end.
+    pub max_action_bytes: Option<usize>,
+}
 
 /// The Lark grammar of one reply in `format` with `tools` registered: a thought of at most
 /// `thought_tokens` tokens where the format has one, then one action and a newline. The action is a
@@ -157,7 +200,7 @@ const FENCE_BODY: &str = r"([^`]|`[^`]|``[^`])*";
 /// # Errors
 /// No action possible (no tools in a format without a finish), a value or enum string the format's
 /// input cannot hold, a value set for a parameter the tool lacks, parameters that are not a schema.
-pub fn reply_grammar(format: ActionFormat, tools: &[Tool], values: &ValueSets, thought_tokens: usize) -> Result<String> {
+pub fn reply_grammar(format: ActionFormat, tools: &[Tool], values: &ValueSets, thought_tokens: usize) -> Result<ReplyGrammar> {
     let names: Vec<&str> = tools.iter().map(|t| t.name.as_str()).collect();
     let has = |n: &str| names.is_empty() || names.contains(&n);
     let thought_tokens = thought_tokens.max(1);
@@ -170,11 +213,14 @@ pub fn reply_grammar(format: ActionFormat, tools: &[Tool], values: &ValueSets, t
         };
         let _ = writeln!(g, "thought[max_tokens={thought_tokens}]: {body}");
     };
-    let line_actions = |open: &str, free: &str, close: &str, forbidden: &[char], optional_args: bool| -> Result<Vec<String>> {
+    let longest_name = names.iter().map(|n| n.len()).max().unwrap_or(0);
+    let mut longest_input = 0;
+    let mut line_actions = |open: &str, free: &str, close: &str, forbidden: &[char], optional_args: bool| -> Result<Vec<String>> {
         tools
             .iter()
             .map(|t| {
-                let input = input_terminal(t, values, free, forbidden)?;
+                let (input, bytes) = input_terminal(t, values, free, forbidden)?;
+                longest_input = longest_input.max(bytes);
                 let free_input = input_schema(&t.parameters).is_none() && input_values(values, &t.name, None).is_none();
                 Ok(if optional_args && free_input {
                     format!("{} ({} {input})?{close}", lit(&t.name), lit(open))
@@ -192,7 +238,7 @@ pub fn reply_grammar(format: ActionFormat, tools: &[Tool], values: &ValueSets, t
     let none_left = || invalid(format!("constrained {} actions need at least one tool", format.name()));
     match format {
         ActionFormat::Alfworld => {
-            let acts = line_actions(" ", r"[^\n]+", "", &['\n'], true)?;
+            let acts = line_actions(" ", r"[^\n]", "", &['\n'], true)?;
             if acts.is_empty() {
                 return Err(none_left());
             }
@@ -202,15 +248,15 @@ pub fn reply_grammar(format: ActionFormat, tools: &[Tool], values: &ValueSets, t
         }
         ActionFormat::React | ActionFormat::WebShop | ActionFormat::Kg => {
             let (open, close, free, forbidden): (&str, &str, &str, &[char]) = match format {
-                ActionFormat::Kg => ("(", " \")\"", r"[^\n()]*", &['\n', '(', ')']),
-                _ => ("[", " \"]\"", r"[^\n\]]*", &['\n', ']']),
+                ActionFormat::Kg => ("(", " \")\"", r"[^\n()]", &['\n', '(', ')']),
+                _ => ("[", " \"]\"", r"[^\n\]]", &['\n', ']']),
             };
             let mut acts: Vec<String> = line_actions(open, free, close, forbidden, false)?
                 .into_iter()
                 .map(|a| format!("\"Action: \" {a}"))
                 .collect();
             if format != ActionFormat::WebShop {
-                acts.push(format!("\"Final Answer: \" {}", rx(r"[^\n]+")));
+                acts.push(format!("\"Final Answer: \" {}", rx(&format!("[^\\n]{{1,{MAX_INPUT_BYTES}}}"))));
             }
             if acts.is_empty() {
                 return Err(none_left());
@@ -220,7 +266,7 @@ pub fn reply_grammar(format: ActionFormat, tools: &[Tool], values: &ValueSets, t
             let _ = writeln!(g, "ACTION: ({}) \"\\n\"", acts.join(" | "));
         }
         ActionFormat::Os => {
-            let mut acts = vec!["\"finish\"".to_string(), format!("\"answer(\" {} \")\"", rx(r"[^\n)]*"))];
+            let mut acts = vec!["\"finish\"".to_string(), format!("\"answer(\" {} \")\"", rx(&format!("[^\\n)]{{0,{MAX_INPUT_BYTES}}}")))];
             if has("bash") {
                 acts.insert(0, format!("\"bash\\n\" \"\\n\"? \"```bash\\n\" {} \"\\n```\"", rx(FENCE_BODY)));
             }
@@ -229,7 +275,7 @@ pub fn reply_grammar(format: ActionFormat, tools: &[Tool], values: &ValueSets, t
             let _ = writeln!(g, "ACTION: \"Act: \" ({}) \"\\n\"", acts.join(" | "));
         }
         ActionFormat::Db => {
-            let mut acts = vec![format!("\"Action: Answer\\nFinal Answer: \" {}", rx(r"[^\n]+"))];
+            let mut acts = vec![format!("\"Action: Answer\\nFinal Answer: \" {}", rx(&format!("[^\\n]{{1,{MAX_INPUT_BYTES}}}")))];
             if has("sql") {
                 acts.insert(0, format!("\"Action: Operation\\n```sql\\n\" {} \"\\n```\"", rx(FENCE_BODY)));
             }
@@ -242,10 +288,12 @@ pub fn reply_grammar(format: ActionFormat, tools: &[Tool], values: &ValueSets, t
             let mut ops = Vec::new();
             for op in ["CLICK", "TYPE", "SELECT"] {
                 let value = match tools.iter().find(|t| t.name == op) {
-                    Some(t) => input_terminal(t, values, r"[^\n]+", &['\n'])?,
-                    None if names.is_empty() => rx(r"[^\n]+"),
+                    Some(t) => input_terminal(t, values, r"[^\n]", &['\n'])?,
+                    None if names.is_empty() => (rx(&format!("[^\\n]{{1,{MAX_INPUT_BYTES}}}")), MAX_INPUT_BYTES * 4),
                     None => continue,
                 };
+                longest_input = longest_input.max(value.1);
+                let value = value.0;
                 ops.push(if op == "CLICK" { lit(op) } else { format!("{} \"\\nValue: \" {value}", lit(op)) });
             }
             let mut acts = vec!["\"Answer: A.\"".to_string()];
@@ -270,7 +318,7 @@ pub fn reply_grammar(format: ActionFormat, tools: &[Tool], values: &ValueSets, t
                 "type": "object",
                 "properties": {
                     "name": {"const": "final_answer"},
-                    "arguments": {"type": "object", "properties": {"answer": {"type": "string"}}, "required": ["answer"], "additionalProperties": false},
+                    "arguments": {"type": "object", "properties": {"answer": {"type": "string", "maxLength": MAX_INPUT_BYTES}}, "required": ["answer"], "additionalProperties": false},
                 },
                 "required": ["name", "arguments"],
                 "additionalProperties": false,
@@ -281,9 +329,12 @@ pub fn reply_grammar(format: ActionFormat, tools: &[Tool], values: &ValueSets, t
             });
             let _ = writeln!(g, "start: call \"\\n\"");
             let _ = writeln!(g, "call: %json {schema}");
+            return Ok(ReplyGrammar { lark: g, max_action_bytes: None });
         }
     }
-    Ok(g)
+    let code = if matches!(format, ActionFormat::Os | ActionFormat::Db) { FENCE_BYTES } else { 0 };
+    let max_action_bytes = 64 + longest_name + (longest_input.max(MAX_INPUT_BYTES * 4)).max(code);
+    Ok(ReplyGrammar { lark: g, max_action_bytes: Some(max_action_bytes) })
 }
 
 /// Follows one reply under a grammar: the allowed tokens before each token, the grammar's state
@@ -381,7 +432,7 @@ mod tests {
     fn grammars_are_written_for_every_format() {
         let tools = vec![tool("go to", Value::Null), tool("search", json!({"type": "string", "enum": ["a", "b c"]}))];
         for f in ActionFormat::ALL {
-            let g = reply_grammar(f, &tools, &ValueSets::new(), 16).unwrap();
+            let g = reply_grammar(f, &tools, &ValueSets::new(), 16).unwrap().lark;
             assert!(g.starts_with("start:"), "{f:?}: {g}");
         }
         assert!(reply_grammar(ActionFormat::Alfworld, &[], &ValueSets::new(), 16).is_err());
@@ -472,7 +523,7 @@ mod tests {
                     tool(n, p)
                 })
                 .collect();
-            let lark = reply_grammar(format, &tools, &values, 6).unwrap();
+            let lark = reply_grammar(format, &tools, &values, 6).unwrap().lark;
             let mut c = GrammarConstraint::new(&factory, &lark).unwrap_or_else(|e| panic!("{format:?}: {e}\n{lark}"));
             let mut bytes = Vec::new();
             for _ in 0..600 {

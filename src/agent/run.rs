@@ -17,6 +17,8 @@ use crate::runtime::Model;
 use crate::session::{chat_tokens, FinishReason, GenerateParams, Session, Step};
 use crate::template::{BuiltinTemplate, ChatTemplate, Message};
 
+/// In constrained mode, the tokens a JSON call gets after its thought.
+const ACTION_TOKENS: usize = 320;
 /// What the agent answers the task's instructions with (AgentInstruct's own words; not trained on).
 const INSTRUCTIONS_ACK: &str = "OK. I'll follow your instructions and try my best to solve the task.";
 
@@ -51,7 +53,10 @@ pub struct AgentConfig {
     /// Constrain decoding to the format's grammar (every format): each reply is a bounded thought and
     /// one action of a registered tool, or the format's finish, with arguments valid under the tool's
     /// JSON schema and the host's value sets ([`Agent::set_tool_values`]). The thought gets
-    /// `max_tokens_per_step` tokens and the action as many again. Admissible actions
+    /// `max_tokens_per_step` tokens; inputs are bounded (200 characters; code blocks 10 lines of 120)
+    /// and the reply's budget always lets the action end, except a JSON call, which gets 320 tokens
+    /// (its strings without `maxLength` are capped at 200 characters; a reply cut off is an invalid
+    /// action). Admissible actions
     /// ([`Agent::set_admissible`]) take precedence while set, whether this is set or not.
     pub constrained: bool,
     /// KV cache capacity in tokens (`None`: the model's context).
@@ -214,8 +219,8 @@ impl Agent {
     /// `OK.` (not trained on), then the task.
     ///
     /// # Errors
-    /// No chat template (model without one and no named template), constrained mode for a format
-    /// without an action grammar or without tools, invalid sampling parameters.
+    /// No chat template (model without one and no named template), constrained mode with a tool whose
+    /// schema the format cannot constrain, invalid sampling parameters.
     pub fn new(model: &Model, config: AgentConfig, instructions: &str, task: &str, tools: Vec<Tool>) -> Result<Agent> {
         config.sampling.validate()?;
         let template = match &config.template {
@@ -230,7 +235,7 @@ impl Agent {
                 ChatTemplate::from_jinja(src, &name(tok.bos_id()), &name(tok.eos_ids().first().copied()))?
             }
         };
-        if config.constrained {
+        if config.constrained && !tools.is_empty() {
             reply_grammar(config.format, &tools, &ValueSets::new(), config.max_tokens_per_step)?;
         }
         let mut agent = Agent {
@@ -295,6 +300,12 @@ impl Agent {
         }
         if self.tools.iter().any(|t| t.name == tool.name) {
             return Err(Error::InvalidArgument(format!("tool {:?} is already registered", tool.name)));
+        }
+        if self.config.constrained {
+            // A schema the format cannot constrain is refused now, not at the first step.
+            let mut tools = self.tools.clone();
+            tools.push(tool.clone());
+            reply_grammar(self.config.format, &tools, &self.values, self.config.max_tokens_per_step)?;
         }
         self.tools.push(tool);
         self.set_head();
@@ -681,15 +692,17 @@ impl Agent {
                 Some(ReplyConstraint::Actions(Constraint::new(g)))
             }
             None if self.config.constrained => {
-                let lark = reply_grammar(self.config.format, &self.tools, &self.values, self.config.max_tokens_per_step)?;
+                let rg = reply_grammar(self.config.format, &self.tools, &self.values, self.config.max_tokens_per_step)?;
+                let lark = rg.lark;
                 let fresh = match self.grammar.take() {
                     Some((l, g)) if l == lark => g,
                     _ => GrammarConstraint::new(&*self.session.model().grammar_factory()?, &lark)?,
                 };
                 self.grammar = Some((lark, fresh.clone()));
-                // The thought has `max_tokens_per_step` tokens (the grammar ends it there); the
-                // action as many again.
-                extra = self.config.max_tokens_per_step;
+                // The thought has `max_tokens_per_step` tokens (the grammar ends it there). Every
+                // token carries a byte: the action's byte bound lets it always end; JSON calls
+                // (unbounded) get ACTION_TOKENS.
+                extra = self.config.max_tokens_per_step.max(rg.max_action_bytes.unwrap_or(ACTION_TOKENS));
                 Some(ReplyConstraint::Grammar(Box::new(fresh)))
             }
             None => None,

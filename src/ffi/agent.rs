@@ -99,8 +99,10 @@ pub struct agentlm_agent_params {
     pub top_p: f32,
     /// Seed: the same seed and observations replay an episode exactly.
     pub seed: u64,
-    /// Constrain every action to name a registered tool (ALFWorld, ReAct, WebShop formats).
-    /// Admissible actions (`agentlm_agent_set_admissible`) constrain further, in every format.
+    /// Constrain every reply to the format's grammar (every format): a bounded thought, then one
+    /// action of a registered tool or the format's finish, with arguments valid under the tool's JSON
+    /// schema (`parameters_json`) and the values set with `agentlm_agent_set_tool_values`. Admissible
+    /// actions (`agentlm_agent_set_admissible`) take precedence while set.
     pub constrained: bool,
     /// KV cache capacity in tokens (0: the model's context).
     pub capacity: u32,
@@ -502,6 +504,35 @@ pub unsafe extern "C" fn agentlm_agent_set_admissible(
     boundary(err, || {
         let owned = unsafe { strs_arg(actions, n_actions, "actions", "action", false) }?;
         lock_agent(agent, |st| Ok(st.agent.set_admissible(owned)?)).map(|_| AGENTLM_STATUS_OK)
+    })
+}
+
+/// Sets the values a tool's argument may take in constrained mode (`n_values` UTF-8 strings, copied),
+/// from the next reply on: e.g. the places seen so far for ALFWorld's `go to`. `param` NULL (or
+/// `param_len` 0) is the tool's input as line formats write it (`ACTION: go to <value>`,
+/// `search[<value>]`), or its only parameter in JSON calls; otherwise the name of a parameter of the
+/// tool's JSON schema. The values replace what the schema allows there; `n_values = 0` clears them.
+/// Between steps only.
+///
+/// Errors: `INVALID_ARGUMENT` mid-reply or after the episode, for an unregistered tool, a parameter
+/// its schema lacks, an empty value, or one the format cannot write (a newline; `]` in
+/// `tool[input]`; parentheses in KG calls; any value for OS and DB code blocks).
+#[no_mangle]
+pub unsafe extern "C" fn agentlm_agent_set_tool_values(
+    agent: *const agentlm_agent,
+    tool: *const c_char,
+    tool_len: usize,
+    param: *const c_char,
+    param_len: usize,
+    values: *const agentlm_str,
+    n_values: usize,
+    err: *mut *mut agentlm_error,
+) -> agentlm_status {
+    boundary(err, || {
+        let tool = unsafe { str_arg(tool, tool_len, "tool") }?;
+        let param = if param.is_null() || param_len == 0 { None } else { Some(unsafe { str_arg(param, param_len, "param") }?) };
+        let owned = unsafe { strs_arg(values, n_values, "values", "value", false) }?;
+        lock_agent(agent, |st| Ok(st.agent.set_tool_values(tool, param, owned)?)).map(|_| AGENTLM_STATUS_OK)
     })
 }
 
