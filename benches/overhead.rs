@@ -12,12 +12,18 @@
 //!   set); throughput in tokens, so the ratio is the constraint's cost per token. The mask alone, per
 //!   token, in the thought (a pass over the vocabulary) and in the action (lookups):
 //!   `mask/thought_50`, `mask/action_50`.
+//! - The same language on llguidance (`agent::grammar`, what constrained mode decodes with): the 50
+//!   actions as value sets of three tools, `decode/grammar_50`, and its mask per token in the thought
+//!   and in the action, `mask/llg_thought_50`, `mask/llg_action_50` (each includes cloning the
+//!   matcher, since a computed mask is cached per position). `decode/json_call`: 24 tokens under the
+//!   JSON format's grammar with two schema-typed tools.
 
 mod common;
 
 use std::time::Duration;
 
 use agentlm::agent::constrain::{ActionGrammar, Constraint, PieceIndex};
+use agentlm::agent::grammar::{reply_grammar, GrammarConstraint, ValueSets};
 use agentlm::agent::{ActionFormat, Agent, AgentConfig, Tool};
 use agentlm::ffi::*;
 use agentlm::{GenerateParams, LoadOptions, Model, SamplingParams, Step};
@@ -154,6 +160,47 @@ fn constrained_decode(c: &mut Criterion, model: &Model) {
     };
     g.bench_function("unconstrained", |b| b.iter(|| reply(None, &mut s)));
     g.bench_function("admissible_50", |b| b.iter(|| reply(Some(Constraint::new(grammar.clone())), &mut s)));
+
+    // The same 50 actions as llguidance grammars: value sets of the three tools.
+    let factory = model.grammar_factory().unwrap();
+    let mut values = ValueSets::new();
+    let mut tools = Vec::new();
+    for verb in ["go to", "open", "take"] {
+        let vals: Vec<String> = actions.iter().filter_map(|a| a.strip_prefix(&format!("{verb} "))).map(str::to_string).collect();
+        values.insert((verb.to_string(), None), vals);
+        tools.push(Tool { name: verb.into(), description: String::new(), parameters: serde_json::Value::Null });
+    }
+    let lark = reply_grammar(ActionFormat::Alfworld, &tools, &values, 16).unwrap().lark;
+    let fresh = GrammarConstraint::new(&factory, &lark).unwrap();
+    let json_tools = vec![
+        Tool { name: "move".into(), description: String::new(), parameters: serde_json::json!({"type": "object", "properties": {
+            "direction": {"type": "string", "enum": ["north", "south", "east", "west"]}, "steps": {"type": "integer", "minimum": 1, "maximum": 9}},
+            "required": ["direction", "steps"]}) },
+        Tool { name: "say".into(), description: String::new(), parameters: serde_json::json!({"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}) },
+    ];
+    let json_lark = reply_grammar(ActionFormat::Json, &json_tools, &ValueSets::new(), 16).unwrap().lark;
+    let json_fresh = GrammarConstraint::new(&factory, &json_lark).unwrap();
+    let grammar_reply = |fresh: &GrammarConstraint, s: &mut agentlm::Session| {
+        let mut c = fresh.clone();
+        s.begin(&params).unwrap();
+        let mut made = 0;
+        while let Ok(Step::Token { id, .. }) = s.next_token_masked(|l| c.mask(l).unwrap()) {
+            made += 1;
+            c.advance(id).unwrap();
+            if c.is_done() {
+                c = fresh.clone();
+            }
+            if made == 24 {
+                break;
+            }
+        }
+        s.end();
+        s.truncate(n);
+        assert_eq!(made, 24, "every reply generates the same number of tokens");
+        made
+    };
+    g.bench_function("grammar_50", |b| b.iter(|| grammar_reply(&fresh, &mut s)));
+    g.bench_function("json_call", |b| b.iter(|| grammar_reply(&json_fresh, &mut s)));
     g.finish();
 
     let mut g = c.benchmark_group("mask");
@@ -170,6 +217,29 @@ fn constrained_decode(c: &mut Criterion, model: &Model) {
     };
     g.bench_function("thought_50", |b| b.iter(|| thought.mask_indexed(&mut logits.clone(), &pieces, Some(&index))));
     g.bench_function("action_50", |b| b.iter(|| action.mask_indexed(&mut logits.clone(), &pieces, Some(&index))));
+    // llguidance at the same two positions.
+    let tokens = |text: &str| model.tokenizer().encode_plain(text).unwrap();
+    // The matcher one token before the position, and that token: a step takes it and computes the
+    // next mask (llguidance caches a mask per position, so the step is what is timed).
+    let before = |text: &str| {
+        let mut ids = tokens(text);
+        let last = ids.pop().unwrap();
+        let mut c = fresh.clone();
+        for t in ids {
+            c.mask(&mut logits.clone()).unwrap();
+            c.advance(t).unwrap();
+        }
+        c.mask(&mut logits.clone()).unwrap();
+        (c, last)
+    };
+    let step = |(c, last): &(GrammarConstraint, u32)| {
+        let mut c = c.clone();
+        c.advance(*last).unwrap();
+        c.mask(&mut logits.clone()).unwrap();
+    };
+    let (llg_thought, llg_action) = (before("THOUGHT: I need a mug"), before("THOUGHT: I need a mug\n ACTION: go"));
+    g.bench_function("llg_thought_50", |b| b.iter(|| step(&llg_thought)));
+    g.bench_function("llg_action_50", |b| b.iter(|| step(&llg_action)));
     g.finish();
 }
 

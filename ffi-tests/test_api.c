@@ -663,11 +663,6 @@ static void test_agent(const agentlm_model *m) {
   p.chat_template = 9;
   CHECK_STATUS(agentlm_agent_new(m, &p, instr, strlen(instr), task, strlen(task), &a, NULL),
                AGENTLM_STATUS_INVALID_ARGUMENT);
-  p = agentlm_agent_params_default();
-  p.format = AGENTLM_FORMAT_OS;
-  p.constrained = true;
-  CHECK_STATUS(agentlm_agent_new(m, &p, instr, strlen(instr), task, strlen(task), &a, NULL),
-               AGENTLM_STATUS_INVALID_ARGUMENT);
   CHECK_STATUS(agentlm_agent_new(NULL, NULL, instr, strlen(instr), task, strlen(task), &a, NULL),
                AGENTLM_STATUS_NULL_POINTER);
   CHECK(a == NULL);
@@ -745,6 +740,44 @@ static bool judging_tool(void *user, const char *input, size_t len, agentlm_tool
 }
 
 /* Admissible actions, verdicts, demonstrations and examples through the C ABI. */
+static void test_tool_values(const agentlm_model *m) {
+  const char *instr = "Solve the task. Reply \"ACTION: your next action\".";
+  const char *task = "Your task is to: find the key.";
+  agentlm_agent_params p = agentlm_agent_params_default();
+  p.constrained = true; /* every format has a constrained mode now, OS included */
+  p.max_steps = 3;
+  p.max_tokens_per_step = 8;
+  p.repeat_limit = 0;
+  agentlm_agent *a = NULL;
+  MUST(agentlm_agent_new(m, &p, instr, strlen(instr), task, strlen(task), &a, &err_));
+  MUST(agentlm_agent_add_tool(a, "go to", 5, "go somewhere", 12, NULL, 0, NULL, NULL, NULL, &err_));
+  agentlm_str places[] = {{"drawer 7", 8}, {"shelf 9", 7}};
+  CHECK_STATUS(agentlm_agent_set_tool_values(a, "fly", 3, NULL, 0, places, 2, NULL), AGENTLM_STATUS_INVALID_ARGUMENT);
+  CHECK_STATUS(agentlm_agent_set_tool_values(a, "go to", 5, "where", 5, places, 2, NULL), AGENTLM_STATUS_INVALID_ARGUMENT);
+  agentlm_str nl[] = {{"a\nb", 3}};
+  CHECK_STATUS(agentlm_agent_set_tool_values(a, "go to", 5, NULL, 0, nl, 1, NULL), AGENTLM_STATUS_INVALID_ARGUMENT);
+  MUST(agentlm_agent_set_tool_values(a, "go to", 5, NULL, 0, places, 2, &err_));
+  agentlm_agent_step_result s;
+  MUST(agentlm_agent_step(a, 0, 0, &s, &err_));
+  CHECK(s.kind == AGENTLM_STEP_ACTION);
+  CHECK(strcmp(s.action.ptr, "go to drawer 7") == 0 || strcmp(s.action.ptr, "go to shelf 9") == 0);
+  MUST(agentlm_agent_submit_result(a, "Nothing happened.", 17, false, &err_));
+  agentlm_str garage[] = {{"garage 4", 8}};
+  MUST(agentlm_agent_set_tool_values(a, "go to", 5, NULL, 0, garage, 1, &err_));
+  MUST(agentlm_agent_step(a, 0, 0, &s, &err_));
+  CHECK(s.kind == AGENTLM_STEP_ACTION && strcmp(s.action.ptr, "go to garage 4") == 0);
+  agentlm_agent_free(a);
+
+  /* OS, constrained: the reply is a bash block or a finish, never an invalid action. */
+  p.format = AGENTLM_FORMAT_OS;
+  p.max_steps = 1;
+  MUST(agentlm_agent_new(m, &p, instr, strlen(instr), task, strlen(task), &a, &err_));
+  MUST(agentlm_agent_add_tool(a, "bash", 4, "run a command", 13, NULL, 0, NULL, NULL, NULL, &err_));
+  MUST(agentlm_agent_step(a, 0, 0, &s, &err_));
+  CHECK(s.kind == AGENTLM_STEP_ACTION || s.kind == AGENTLM_STEP_FINAL);
+  agentlm_agent_free(a);
+}
+
 static void test_admissible(const agentlm_model *m) {
   const char *instr = "Solve the task. Reply \"ACTION: your next action\".";
   const char *task = "Your task is to: look at the wall.";
@@ -842,6 +875,7 @@ int main(int argc, char **argv) {
     test_threads(m);
     test_agent(m);
     test_admissible(m);
+    test_tool_values(m);
     test_sync_chat(m);
     /* Sessions keep the model alive: free the model first, then use a session. */
     agentlm_session *s = new_session(m, 32);
