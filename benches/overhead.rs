@@ -9,21 +9,17 @@
 //!   prefill, generation to a well-formed action, parsing), quantized CPU path.
 //! - `decode/unconstrained` vs `decode/admissible_50`: 24 tokens of a reply on the real model, sampled
 //!   freely or constrained to 50 admissible ALFWorld actions (a free thought, then the action from the
-//!   set); throughput in tokens, so the ratio is the constraint's cost per token. The mask alone, per
-//!   token, in the thought (a pass over the vocabulary) and in the action (lookups):
+//!   set, on llguidance); throughput in tokens, so the ratio is the constraint's cost per token.
+//!   `decode/values_50`: the same actions as value sets of three tools (constrained mode's grammar);
+//!   `decode/json_call`: the JSON format's grammar with two schema-typed tools. The matcher alone,
+//!   per token (take a token, compute the next mask), in the thought and in the action:
 //!   `mask/thought_50`, `mask/action_50`.
-//! - The same language on llguidance (`agent::grammar`, what constrained mode decodes with): the 50
-//!   actions as value sets of three tools, `decode/grammar_50`, and its mask per token in the thought
-//!   and in the action, `mask/llg_thought_50`, `mask/llg_action_50` (each includes cloning the
-//!   matcher, since a computed mask is cached per position). `decode/json_call`: 24 tokens under the
-//!   JSON format's grammar with two schema-typed tools.
 
 mod common;
 
 use std::time::Duration;
 
-use agentlm::agent::constrain::{ActionGrammar, Constraint, PieceIndex};
-use agentlm::agent::grammar::{reply_grammar, GrammarConstraint, ValueSets};
+use agentlm::agent::grammar::{admissible_grammar, reply_grammar, GrammarConstraint, ValueSets};
 use agentlm::agent::{ActionFormat, Agent, AgentConfig, Tool};
 use agentlm::ffi::*;
 use agentlm::{GenerateParams, LoadOptions, Model, SamplingParams, Step};
@@ -98,7 +94,7 @@ fn bench(c: &mut Criterion) {
     constrained_decode(c, &model);
 }
 
-/// Per-token cost of admissible-action decoding (see the module comment).
+/// Per-token cost of constrained decoding (see the module comment).
 fn constrained_decode(c: &mut Criterion, model: &Model) {
     let places = ["cabinet", "drawer", "countertop", "shelf", "fridge", "sidetable", "dresser", "desk", "sinkbasin", "safe"];
     let mut actions: Vec<String> = Vec::new();
@@ -110,9 +106,25 @@ fn constrained_decode(c: &mut Criterion, model: &Model) {
         actions.push(format!("take {} 1 from {p} 1", ["apple", "mug", "key", "book", "pen"][i % 5]));
     }
     assert_eq!(actions.len(), 50);
-    let pieces = model.token_pieces().unwrap();
-    let index = PieceIndex::new(&pieces);
-    let grammar = ActionGrammar::admissible(ActionFormat::Alfworld, &actions).with_max_thought_bytes(60);
+    let factory = model.grammar_factory().unwrap();
+    let compile = |lark: &str| GrammarConstraint::new(&factory, lark).unwrap();
+    let admissible = compile(&admissible_grammar(ActionFormat::Alfworld, &actions, 16).unwrap().lark);
+    // The same 50 actions as value sets of three tools (constrained mode's grammar).
+    let mut values = ValueSets::new();
+    let mut tools = Vec::new();
+    for verb in ["go to", "open", "take"] {
+        let vals: Vec<String> = actions.iter().filter_map(|a| a.strip_prefix(&format!("{verb} "))).map(str::to_string).collect();
+        values.insert((verb.to_string(), None), vals);
+        tools.push(Tool { name: verb.into(), description: String::new(), parameters: serde_json::Value::Null });
+    }
+    let valued = compile(&reply_grammar(ActionFormat::Alfworld, &tools, &values, 16).unwrap().lark);
+    let json_tools = vec![
+        Tool { name: "move".into(), description: String::new(), parameters: serde_json::json!({"type": "object", "properties": {
+            "direction": {"type": "string", "enum": ["north", "south", "east", "west"]}, "steps": {"type": "integer", "minimum": 1, "maximum": 9}},
+            "required": ["direction", "steps"]}) },
+        Tool { name: "say".into(), description: String::new(), parameters: serde_json::json!({"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}) },
+    ];
+    let json = compile(&reply_grammar(ActionFormat::Json, &json_tools, &ValueSets::new(), 16).unwrap().lark);
     let prompt = model
         .apply_chat_template(&[agentlm::Message::new(
             "user",
@@ -123,7 +135,7 @@ fn constrained_decode(c: &mut Criterion, model: &Model) {
     s.append_text(&prompt).unwrap();
     s.logits().unwrap();
     let n = s.tokens().len();
-    // EOS is ignored so both variants generate all 24 tokens (the constraint never allows it anyway).
+    // EOS is ignored so every variant generates all 24 tokens (the grammars never allow it anyway).
     let params = GenerateParams {
         sampling: SamplingParams { temperature: 1.0, ..SamplingParams::greedy() },
         max_tokens: 24,
@@ -132,21 +144,21 @@ fn constrained_decode(c: &mut Criterion, model: &Model) {
     };
     let mut g = c.benchmark_group("decode");
     g.sample_size(10).measurement_time(Duration::from_secs(20)).throughput(Throughput::Elements(24));
-    let reply = |constraint: Option<Constraint>, s: &mut agentlm::Session| {
-        let mut c = constraint;
+    let reply = |fresh: Option<&GrammarConstraint>, s: &mut agentlm::Session| {
+        let mut c = fresh.cloned();
         s.begin(&params).unwrap();
         let mut made = 0;
         while let Ok(Step::Token { id, .. }) = s.next_token_masked(|l| {
-            if let Some(c) = &c {
-                c.mask_indexed(l, &pieces, Some(&index));
+            if let Some(c) = c.as_mut() {
+                c.mask(l).unwrap();
             }
         }) {
             made += 1;
-            if let Some(c) = c.as_mut() {
-                c.advance(pieces[id as usize].as_deref().unwrap_or(""));
+            if let (Some(c), Some(fresh)) = (c.as_mut(), fresh) {
+                c.advance(id).unwrap();
                 if c.is_done() {
                     // The action is complete: start another reply, as an agent's next step would.
-                    *c = Constraint::new(grammar.clone());
+                    *c = fresh.clone();
                 }
             }
             if made == 24 {
@@ -159,72 +171,19 @@ fn constrained_decode(c: &mut Criterion, model: &Model) {
         made
     };
     g.bench_function("unconstrained", |b| b.iter(|| reply(None, &mut s)));
-    g.bench_function("admissible_50", |b| b.iter(|| reply(Some(Constraint::new(grammar.clone())), &mut s)));
-
-    // The same 50 actions as llguidance grammars: value sets of the three tools.
-    let factory = model.grammar_factory().unwrap();
-    let mut values = ValueSets::new();
-    let mut tools = Vec::new();
-    for verb in ["go to", "open", "take"] {
-        let vals: Vec<String> = actions.iter().filter_map(|a| a.strip_prefix(&format!("{verb} "))).map(str::to_string).collect();
-        values.insert((verb.to_string(), None), vals);
-        tools.push(Tool { name: verb.into(), description: String::new(), parameters: serde_json::Value::Null });
-    }
-    let lark = reply_grammar(ActionFormat::Alfworld, &tools, &values, 16).unwrap().lark;
-    let fresh = GrammarConstraint::new(&factory, &lark).unwrap();
-    let json_tools = vec![
-        Tool { name: "move".into(), description: String::new(), parameters: serde_json::json!({"type": "object", "properties": {
-            "direction": {"type": "string", "enum": ["north", "south", "east", "west"]}, "steps": {"type": "integer", "minimum": 1, "maximum": 9}},
-            "required": ["direction", "steps"]}) },
-        Tool { name: "say".into(), description: String::new(), parameters: serde_json::json!({"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}) },
-    ];
-    let json_lark = reply_grammar(ActionFormat::Json, &json_tools, &ValueSets::new(), 16).unwrap().lark;
-    let json_fresh = GrammarConstraint::new(&factory, &json_lark).unwrap();
-    let grammar_reply = |fresh: &GrammarConstraint, s: &mut agentlm::Session| {
-        let mut c = fresh.clone();
-        s.begin(&params).unwrap();
-        let mut made = 0;
-        while let Ok(Step::Token { id, .. }) = s.next_token_masked(|l| c.mask(l).unwrap()) {
-            made += 1;
-            c.advance(id).unwrap();
-            if c.is_done() {
-                c = fresh.clone();
-            }
-            if made == 24 {
-                break;
-            }
-        }
-        s.end();
-        s.truncate(n);
-        assert_eq!(made, 24, "every reply generates the same number of tokens");
-        made
-    };
-    g.bench_function("grammar_50", |b| b.iter(|| grammar_reply(&fresh, &mut s)));
-    g.bench_function("json_call", |b| b.iter(|| grammar_reply(&json_fresh, &mut s)));
+    g.bench_function("admissible_50", |b| b.iter(|| reply(Some(&admissible), &mut s)));
+    g.bench_function("values_50", |b| b.iter(|| reply(Some(&valued), &mut s)));
+    g.bench_function("json_call", |b| b.iter(|| reply(Some(&json), &mut s)));
     g.finish();
 
-    let mut g = c.benchmark_group("mask");
-    let logits = vec![0.5f32; pieces.len()];
-    let thought = {
-        let mut c = Constraint::new(grammar.clone());
-        assert!(c.advance("THOUGHT: I need a mug"));
-        c
-    };
-    let action = {
-        let mut c = Constraint::new(grammar.clone());
-        assert!(c.advance("THOUGHT: I need a mug\n ACTION: go"));
-        c
-    };
-    g.bench_function("thought_50", |b| b.iter(|| thought.mask_indexed(&mut logits.clone(), &pieces, Some(&index))));
-    g.bench_function("action_50", |b| b.iter(|| action.mask_indexed(&mut logits.clone(), &pieces, Some(&index))));
-    // llguidance at the same two positions.
-    let tokens = |text: &str| model.tokenizer().encode_plain(text).unwrap();
-    // The matcher one token before the position, and that token: a step takes it and computes the
+    // One step of the matcher in the thought and in the action: it takes a token and computes the
     // next mask (llguidance caches a mask per position, so the step is what is timed).
+    let mut g = c.benchmark_group("mask");
+    let logits = vec![0.5f32; model.config().vocab_size];
     let before = |text: &str| {
-        let mut ids = tokens(text);
+        let mut ids = model.tokenizer().encode_plain(text).unwrap();
         let last = ids.pop().unwrap();
-        let mut c = fresh.clone();
+        let mut c = admissible.clone();
         for t in ids {
             c.mask(&mut logits.clone()).unwrap();
             c.advance(t).unwrap();
@@ -237,9 +196,9 @@ fn constrained_decode(c: &mut Criterion, model: &Model) {
         c.advance(*last).unwrap();
         c.mask(&mut logits.clone()).unwrap();
     };
-    let (llg_thought, llg_action) = (before("THOUGHT: I need a mug"), before("THOUGHT: I need a mug\n ACTION: go"));
-    g.bench_function("llg_thought_50", |b| b.iter(|| step(&llg_thought)));
-    g.bench_function("llg_action_50", |b| b.iter(|| step(&llg_action)));
+    let (thought, action) = (before("THOUGHT: I need a mug"), before("THOUGHT: I need a mug\n ACTION: go"));
+    g.bench_function("thought_50", |b| b.iter(|| step(&thought)));
+    g.bench_function("action_50", |b| b.iter(|| step(&action)));
     g.finish();
 }
 

@@ -192,21 +192,48 @@ func (a *Agent) Step(ctx context.Context, maxTokens int, maxTime time.Duration) 
 // the action is decoded from exactly these strings. It stays until replaced; no actions clear it.
 func (a *Agent) SetAdmissible(actions []string) error {
 	return a.use(func(p *C.agentlm_agent) error {
-		var list *C.agentlm_str
-		if len(actions) > 0 {
-			// The strings and their array live in C memory for the call (cgo forbids Go pointers to Go pointers).
-			list = (*C.agentlm_str)(C.malloc(C.size_t(len(actions)) * C.size_t(unsafe.Sizeof(C.agentlm_str{}))))
-			defer C.free(unsafe.Pointer(list))
-			items := unsafe.Slice(list, len(actions))
-			for i, s := range actions {
-				items[i].ptr = C.CString(s)
-				items[i].len = C.size_t(len(s))
-				defer C.free(unsafe.Pointer(items[i].ptr))
-			}
-		}
+		list, free := cstrs(actions)
+		defer free()
 		var cerr *C.agentlm_error
 		return check("SetAdmissible", C.agentlm_agent_set_admissible(p, list, C.size_t(len(actions)), &cerr), cerr)
 	})
+}
+
+// SetToolValues sets the values a tool's argument may take in constrained mode, from the next reply
+// on (e.g. the places seen so far for "go to"). param "" is the tool's input as line formats write it,
+// or its only parameter in JSON calls; otherwise a parameter of its JSON schema. No values clear them.
+func (a *Agent) SetToolValues(tool, param string, values []string) error {
+	return a.use(func(p *C.agentlm_agent) error {
+		list, free := cstrs(values)
+		defer free()
+		t, tn := cstr(tool)
+		pp, pn := cstr(param)
+		var cerr *C.agentlm_error
+		st := C.agentlm_agent_set_tool_values(p, t, tn, pp, pn, list, C.size_t(len(values)), &cerr)
+		runtime.KeepAlive(tool)
+		runtime.KeepAlive(param)
+		return check("SetToolValues", st, cerr)
+	})
+}
+
+// cstrs copies strings into a C array of agentlm_str (cgo forbids passing Go pointers to Go
+// pointers); call the returned function to release it. NULL for no strings.
+func cstrs(strs []string) (*C.agentlm_str, func()) {
+	if len(strs) == 0 {
+		return nil, func() {}
+	}
+	list := (*C.agentlm_str)(C.malloc(C.size_t(len(strs)) * C.size_t(unsafe.Sizeof(C.agentlm_str{}))))
+	items := unsafe.Slice(list, len(strs))
+	for i, s := range strs {
+		items[i].ptr = C.CString(s)
+		items[i].len = C.size_t(len(s))
+	}
+	return list, func() {
+		for i := range items {
+			C.free(unsafe.Pointer(items[i].ptr))
+		}
+		C.free(unsafe.Pointer(list))
+	}
 }
 
 // SubmitResult answers the last action like SubmitObservation, with the environment's verdict.

@@ -241,6 +241,30 @@ func TestAdmissibleActionsAreTheOnlyActions(t *testing.T) {
 	}
 }
 
+func TestToolValuesNarrowConstrainedInputs(t *testing.T) {
+	m := model(t)
+	p := DefaultAgentParams()
+	p.MaxSteps, p.MaxTokensPerStep, p.Constrained = 2, 8, true
+	a, err := m.NewAgent(p, `Solve the task. Reply "ACTION: your next action".`, "Your task is to: find the key.")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if err := a.AddTool("go to", "go somewhere", "", nil); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.SetToolValues("go to", "", []string{"drawer 7", "shelf 9"}); err != nil {
+		t.Fatal(err)
+	}
+	r, err := a.Step(context.Background(), 0, 0)
+	if err != nil || r.Kind != StepAction || (r.Action != "go to drawer 7" && r.Action != "go to shelf 9") {
+		t.Fatalf("step %+v %v", r, err)
+	}
+	if err := a.SetToolValues("fly", "", []string{"x"}); err == nil {
+		t.Fatal("values for an unregistered tool were accepted")
+	}
+}
+
 func TestTrainingStepAndAdapterHotSwap(t *testing.T) {
 	m := model(t)
 	p := DefaultTrainerParams()

@@ -337,6 +337,67 @@ pub fn reply_grammar(format: ActionFormat, tools: &[Tool], values: &ValueSets, t
     Ok(ReplyGrammar { lark: g, max_action_bytes: Some(max_action_bytes) })
 }
 
+/// The prefixes of a reply in `format` as AgentInstruct writes them: the thought's, what comes between
+/// the thought's newline and the action, and the action's (`THOUGHT: `, ` `, `ACTION: ` for ALFWorld;
+/// DB and Mind2Web have an unprefixed thought line, JSON no thought).
+pub fn reply_prefixes(format: ActionFormat) -> (&'static str, &'static str, &'static str) {
+    match format {
+        ActionFormat::Alfworld => ("THOUGHT: ", " ", "ACTION: "),
+        ActionFormat::React | ActionFormat::WebShop | ActionFormat::Kg => ("Thought: ", "", "Action: "),
+        ActionFormat::Os => ("Think: ", "", "Act: "),
+        ActionFormat::Db => ("", "", "Action: "),
+        ActionFormat::Mind2Web => ("", "", "Answer: "),
+        ActionFormat::Json => ("", "", ""),
+    }
+}
+
+/// `s` as a regex matching it literally.
+fn rx_escape(s: &str) -> String {
+    s.chars().fold(String::new(), |mut out, c| {
+        if "\\.^$*+?()[]{}|-".contains(c) {
+            out.push('\\');
+        }
+        out.push(c);
+        out
+    })
+}
+
+/// The grammar of a reply whose action is exactly one of `actions` (complete action texts as written
+/// after the format's action prefix: `go to cabinet 1`, `search[red shoes]`, a whole OS `bash` block
+/// or JSON call), then a newline; before it, where the format has one, a thought of at most
+/// `thought_tokens` tokens. Any tokenization of an action is allowed.
+///
+/// # Errors
+/// No actions.
+pub fn admissible_grammar(format: ActionFormat, actions: &[String], thought_tokens: usize) -> Result<ReplyGrammar> {
+    if actions.is_empty() {
+        return Err(invalid("no admissible actions"));
+    }
+    let (tp, sep, ap) = reply_prefixes(format);
+    let alts = actions.iter().map(|a| lit(a)).collect::<Vec<_>>().join(" | ");
+    let prefix = if ap.is_empty() { String::new() } else { format!("{} ", lit(ap)) };
+    let mut g = String::new();
+    let thought = format!("thought[max_tokens={}]: ", thought_tokens.max(1));
+    if !tp.is_empty() {
+        let _ = writeln!(g, "start: {} thought {} ACTION | ACTION", lit(tp), lit(&format!("\n{sep}")));
+        let _ = writeln!(g, "{thought}{}", rx(r"[^\n]+"));
+    } else if !ap.is_empty() {
+        let _ = writeln!(g, "start: thought \"\\n\" ACTION | ACTION");
+        let _ = writeln!(g, "{thought}{} & ~{}", rx(r"[^\n]+"), rx(&format!("{}[^\\n]*", rx_escape(ap))));
+    } else {
+        let _ = writeln!(g, "start: ACTION");
+    }
+    let _ = writeln!(g, "ACTION: {prefix}({alts}) \"\\n\"");
+    let longest = actions.iter().map(String::len).max().unwrap_or(0);
+    Ok(ReplyGrammar { lark: g, max_action_bytes: Some(24 + ap.len() + sep.len() + longest) })
+}
+
+/// The admissible action a complete reply ends with (the longest, if one ends another).
+pub fn chosen_action(format: ActionFormat, reply: &str, actions: &[String]) -> Option<String> {
+    let ap = reply_prefixes(format).2;
+    actions.iter().filter(|a| reply.ends_with(&format!("{ap}{a}\n"))).max_by_key(|a| a.len()).cloned()
+}
+
 /// Follows one reply under a grammar: the allowed tokens before each token, the grammar's state
 /// after it. Cloning one at the start of a reply is cheaper than compiling its grammar again.
 #[derive(Clone)]
@@ -565,5 +626,52 @@ mod tests {
             }
         }
         assert!(done_replies >= 120, "most random replies complete ({done_replies} of 160)");
+    }
+
+    /// Property: over random admissible sets (all 8 formats, multi-line OS blocks and JSON calls
+    /// included) and random logits, every reply ends in exactly one action of the set, which the
+    /// format's own parser reads back.
+    #[test]
+    fn admissible_actions_always_decode_to_one_of_the_set() {
+        let env = llguidance::toktrie::ApproximateTokEnv::single_byte_env();
+        let mut factory = ParserFactory::new_simple(&env).unwrap();
+        factory.quiet();
+        let vocab = env.tok_trie().vocab_size();
+        let mut rng = crate::testdata::Rng(0x2545_F491_4F6C_DD1D);
+        let parts = ["go to", "cabinet 1", "cabinet 2", "take apple 1 from", "put apple 1 in/on", "open", "look"];
+        for round in 0..200 {
+            let format = ActionFormat::ALL[round % 8];
+            let n = 1 + rng.below(6);
+            let actions: Vec<String> = (0..n)
+                .map(|_| match format {
+                    ActionFormat::React | ActionFormat::WebShop => format!("search[{}]", parts[rng.below(parts.len())]),
+                    ActionFormat::Kg => format!("get_relations(#{})", rng.below(4)),
+                    ActionFormat::Os => format!("bash\n\n```bash\nls {}\n```", rng.below(9)),
+                    ActionFormat::Db => format!("Operation\n```sql\nSELECT {};\n```", rng.below(9)),
+                    ActionFormat::Mind2Web => format!("{}.\nAction: CLICK", ["B", "C", "D"][rng.below(3)]),
+                    ActionFormat::Json => format!("{{\"name\": \"look\", \"arguments\": {{\"at\": \"{}\"}}}}", parts[rng.below(parts.len())]),
+                    ActionFormat::Alfworld => (0..1 + rng.below(2)).map(|_| parts[rng.below(parts.len())]).collect::<Vec<_>>().join(" "),
+                })
+                .collect();
+            let lark = admissible_grammar(format, &actions, 5).unwrap().lark;
+            let mut c = GrammarConstraint::new(&factory, &lark).unwrap_or_else(|e| panic!("{format:?}: {e}\n{lark}"));
+            let mut bytes = Vec::new();
+            for _ in 0..400 {
+                let mut logits: Vec<f32> = (0..vocab).map(|_| rng.below(1000) as f32).collect();
+                c.mask(&mut logits).unwrap();
+                let best = (0..vocab).filter(|&i| logits[i].is_finite()).max_by(|&i, &j| logits[i].total_cmp(&logits[j]));
+                let best = best.unwrap_or_else(|| panic!("dead end: {format:?} {actions:?}")) as u32;
+                c.advance(best).unwrap();
+                bytes.extend_from_slice(env.tok_trie().token(best));
+                if c.is_done() {
+                    break;
+                }
+            }
+            let text = String::from_utf8_lossy(&bytes).into_owned(); // a thought cut by its token cap may end mid-character
+            assert!(c.is_done(), "{format:?} {actions:?}: {text:?}");
+            let chosen = chosen_action(format, &text, &actions).unwrap_or_else(|| panic!("{format:?} {text:?} ends in none of {actions:?}"));
+            assert!(format.parse(&text).action.is_ok(), "{format:?} {text:?}");
+            assert!(text.ends_with(&format!("{}{chosen}\n", reply_prefixes(format).2)));
+        }
     }
 }

@@ -1,7 +1,6 @@
 //! ReAct agents: action formats (one parser per task family), and — built on them — tool registries,
 //! stepping, constrained actions and trajectory recording.
 
-pub mod constrain;
 pub mod format;
 pub mod grammar;
 mod episode;

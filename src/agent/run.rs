@@ -1,13 +1,11 @@
 //! [`Agent`]: steps a ReAct agent — generate to a complete action, parse it, hand it to the host, take
 //! the observation back — one step (or one frame budget) at a time, inside the host's own loop.
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::constrain::{ActionGrammar, Constraint, PieceIndex};
-use super::grammar::{reply_grammar, GrammarConstraint, ValueSets};
+use super::grammar::{admissible_grammar, chosen_action, reply_grammar, reply_prefixes, GrammarConstraint, ValueSets};
 use super::format::{Action, ActionFormat};
 use super::trajectory::{Trajectory, Turn};
 use crate::adapter::Adapter;
@@ -173,18 +171,17 @@ pub struct Agent {
     steps: usize,
     reply: String,
     reply_tokens: usize,
-    constraint: Option<ReplyConstraint>,
+    /// The grammar the reply being generated follows (constrained mode or admissible actions).
+    constraint: Option<GrammarConstraint>,
     /// Host value sets for tool arguments (constrained mode).
     values: ValueSets,
-    /// The compiled grammar of the last constrained reply, cloned for the next while unchanged.
+    /// The last compiled grammar, cloned for the next reply while unchanged.
     grammar: Option<(String, GrammarConstraint)>,
-    /// Text of every token id, for the constraint (computed once).
-    pieces: Arc<[Option<String>]>,
-    /// The same, indexed by text (admissible actions).
-    index: Option<Arc<PieceIndex>>,
     /// The complete actions allowed in the next reply (host-set).
     admissible: Option<Vec<String>>,
-    /// The admissible action the constraint chose for the reply being generated.
+    /// The admissible actions of the reply being generated.
+    reply_actions: Option<Vec<String>>,
+    /// The admissible action the reply chose.
     chosen: Option<String>,
     last_action: Option<(String, String)>,
     last_action_text: Option<String>,
@@ -193,15 +190,6 @@ pub struct Agent {
     accepted: usize,
     instructions: String,
     task: String,
-}
-
-/// How the reply being generated is constrained.
-#[derive(Debug)]
-enum ReplyConstraint {
-    /// Exactly one of the host's admissible actions (the byte matcher and its token index).
-    Actions(Constraint),
-    /// The format's grammar with tools' schemas and value sets (llguidance).
-    Grammar(Box<GrammarConstraint>),
 }
 
 fn first_message(format: ActionFormat, instructions: &str, tools: &[Tool]) -> String {
@@ -252,9 +240,8 @@ impl Agent {
             constraint: None,
             values: ValueSets::new(),
             grammar: None,
-            pieces: Arc::from(Vec::new()),
-            index: None,
             admissible: None,
+            reply_actions: None,
             chosen: None,
             last_action: None,
             last_action_text: None,
@@ -377,7 +364,7 @@ impl Agent {
             self.admissible = None;
             return Ok(());
         }
-        let prefix = ActionGrammar::admissible(self.config.format, &[]).action_prefix();
+        let prefix = reply_prefixes(self.config.format).2;
         for a in &actions {
             if a.trim().is_empty() {
                 return Err(Error::InvalidArgument("an admissible action is empty".into()));
@@ -554,19 +541,12 @@ impl Agent {
             if max_tokens.is_some_and(|m| made >= m) || max_time.is_some_and(|t| start.elapsed() >= t) {
                 return Ok(AgentStep::bare(StepKind::Pending, self.reply.clone(), self.reply_tokens));
             }
-            if let Some(ReplyConstraint::Actions(c)) = self.constraint.as_mut() {
-                // The thought has `max_tokens_per_step`; the action always fits after it (the
-                // session's budget has room for the longest admissible action).
-                if self.reply_tokens >= self.config.max_tokens_per_step {
-                    c.wrap_up(1);
-                }
-            }
-            let (constraint, pieces, index) = (&mut self.constraint, &self.pieces, self.index.as_deref());
+            let constraint = &mut self.constraint;
             let mut mask_error = None;
-            let step = self.session.next_token_masked(|logits| match constraint {
-                Some(ReplyConstraint::Actions(c)) => c.mask_indexed(logits, pieces, index),
-                Some(ReplyConstraint::Grammar(g)) => mask_error = g.mask(logits).err(),
-                None => {}
+            let step = self.session.next_token_masked(|logits| {
+                if let Some(g) = constraint {
+                    mask_error = g.mask(logits).err();
+                }
             });
             let step = match mask_error.map_or(step, Err) {
                 Ok(s) => s,
@@ -582,13 +562,7 @@ impl Agent {
                     self.reply_tokens += 1;
                     self.reply.push_str(&text);
                     let done = match self.constraint.as_mut() {
-                        Some(ReplyConstraint::Actions(c)) => {
-                            let piece = self.pieces.get(id as usize).cloned().flatten().unwrap_or_default();
-                            c.advance(&piece);
-                            self.chosen = c.chosen_action();
-                            c.is_done()
-                        }
-                        Some(ReplyConstraint::Grammar(g)) => {
+                        Some(g) => {
                             if let Err(e) = g.advance(id) {
                                 self.session.end();
                                 self.phase = Phase::NeedStep;
@@ -600,6 +574,9 @@ impl Agent {
                     };
                     if done {
                         self.session.end();
+                        if let Some(actions) = &self.reply_actions {
+                            self.chosen = chosen_action(self.config.format, &self.reply, actions);
+                        }
                         return self.finish_reply();
                     }
                 }
@@ -678,35 +655,32 @@ impl Agent {
     fn begin_reply(&mut self) -> Result<()> {
         let admissible = self.next_admissible();
         let mut extra = 0;
-        self.constraint = match &admissible {
-            Some(actions) => {
-                if self.index.is_none() {
-                    self.pieces = self.session.model().token_pieces()?;
-                    self.index = Some(Arc::new(PieceIndex::new(&self.pieces)));
-                }
-                let g = ActionGrammar::admissible(self.config.format, actions);
-                // Every token carries at least one byte: what may follow the thought's budget (the
-                // rest of a thought prefix, its newline and separator, the action prefix, the action,
-                // its newline) takes at most this many.
-                extra = 24 + g.action_prefix().len() + actions.iter().map(String::len).max().unwrap_or(0);
-                Some(ReplyConstraint::Actions(Constraint::new(g)))
-            }
+        let grammar = match &admissible {
+            // The thought has `max_tokens_per_step` tokens (the grammar ends it there); every token
+            // carries a byte, so the action's byte bound lets it always end.
+            Some(actions) => Some(admissible_grammar(self.config.format, actions, self.config.max_tokens_per_step)?),
             None if self.config.constrained => {
-                let rg = reply_grammar(self.config.format, &self.tools, &self.values, self.config.max_tokens_per_step)?;
-                let lark = rg.lark;
-                let fresh = match self.grammar.take() {
-                    Some((l, g)) if l == lark => g,
-                    _ => GrammarConstraint::new(&*self.session.model().grammar_factory()?, &lark)?,
-                };
-                self.grammar = Some((lark, fresh.clone()));
-                // The thought has `max_tokens_per_step` tokens (the grammar ends it there). Every
-                // token carries a byte: the action's byte bound lets it always end; JSON calls
-                // (unbounded) get ACTION_TOKENS.
-                extra = self.config.max_tokens_per_step.max(rg.max_action_bytes.unwrap_or(ACTION_TOKENS));
-                Some(ReplyConstraint::Grammar(Box::new(fresh)))
+                Some(reply_grammar(self.config.format, &self.tools, &self.values, self.config.max_tokens_per_step)?)
             }
             None => None,
         };
+        self.constraint = match grammar {
+            Some(rg) => {
+                // JSON calls (unbounded) get ACTION_TOKENS.
+                extra = rg.max_action_bytes.unwrap_or(ACTION_TOKENS);
+                if admissible.is_none() {
+                    extra = extra.max(self.config.max_tokens_per_step);
+                }
+                let fresh = match self.grammar.take() {
+                    Some((l, g)) if l == rg.lark => g,
+                    _ => GrammarConstraint::new(&*self.session.model().grammar_factory()?, &rg.lark)?,
+                };
+                self.grammar = Some((rg.lark, fresh.clone()));
+                Some(fresh)
+            }
+            None => None,
+        };
+        self.reply_actions = admissible.clone();
         let ids = self.render_tokens(admissible.as_deref())?;
         let common = self.session.tokens().iter().zip(&ids).take_while(|(a, b)| a == b).count();
         self.session.truncate(common);
