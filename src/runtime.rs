@@ -70,8 +70,6 @@ struct Inner {
     path: PathBuf,
     context: usize,
     pool: Option<rayon::ThreadPool>,
-    /// [`Tokenizer::token_pieces`], computed on first use.
-    pieces: std::sync::OnceLock<Arc<[Option<String>]>>,
     /// The token trie and grammar compiler of constrained decoding, built on first use.
     grammars: std::sync::OnceLock<Arc<llguidance::ParserFactory>>,
 }
@@ -173,7 +171,7 @@ impl Model {
         tracing::info!(path = %path.display(), backend = %options.backend, context, "model loaded");
         Ok(Model {
             llama: Arc::new(llama),
-            inner: Arc::new(Inner { tokenizer, template, backend: options.backend, format, path: path.to_path_buf(), context, pool, pieces: std::sync::OnceLock::new(), grammars: std::sync::OnceLock::new() }),
+            inner: Arc::new(Inner { tokenizer, template, backend: options.backend, format, path: path.to_path_buf(), context, pool, grammars: std::sync::OnceLock::new() }),
         })
     }
 
@@ -257,17 +255,6 @@ impl Model {
             Some(pool) => pool.install(f),
             None => f(),
         }
-    }
-    /// The text of every token id ([`Tokenizer::token_pieces`]), computed once per model and shared.
-    ///
-    /// # Errors
-    /// Decoding errors.
-    pub fn token_pieces(&self) -> Result<Arc<[Option<String>]>> {
-        if let Some(p) = self.inner.pieces.get() {
-            return Ok(p.clone());
-        }
-        let pieces: Arc<[Option<String>]> = self.tokenizer().token_pieces(self.config().vocab_size)?.into();
-        Ok(self.inner.pieces.get_or_init(|| pieces).clone())
     }
     /// llguidance's grammar compiler over this model's vocabulary (its token trie built from
     /// [`Tokenizer::token_bytes`]), built once per model and shared by every constrained agent.

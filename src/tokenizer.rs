@@ -372,33 +372,6 @@ impl Tokenizer {
     pub fn to_hf_json(&self) -> Result<String, TokenizerError> {
         self.inner.to_string(true).map_err(lib)
     }
-    /// The text each token id (`0..vocab_size`) adds when it follows an ordinary token (so
-    /// SentencePiece's leading-space rule does not apply), or `None` for special tokens and partial
-    /// UTF-8 sequences. Used by constrained decoding; costs two decodes per vocabulary entry.
-    ///
-    /// # Errors
-    /// Decoding errors.
-    pub fn token_pieces(&self, vocab_size: usize) -> Result<Vec<Option<String>>, TokenizerError> {
-        let anchor = self.encode_plain("a")?.last().copied();
-        let base = match anchor {
-            Some(a) => self.decode(&[a], true)?,
-            None => String::new(),
-        };
-        let special: std::collections::HashSet<u32> = self.special_token_ids().into_iter().collect();
-        let mut out = Vec::with_capacity(vocab_size);
-        for id in 0..vocab_size as u32 {
-            if special.contains(&id) {
-                out.push(None);
-                continue;
-            }
-            let ids: Vec<u32> = anchor.into_iter().chain([id]).collect();
-            let s = self.decode(&ids, true)?;
-            let piece = s.strip_prefix(base.as_str()).map(str::to_string);
-            out.push(piece.filter(|p| !p.is_empty() && !p.contains('\u{FFFD}')));
-        }
-        Ok(out)
-    }
-
     /// The bytes of every token id (`0..vocab_size`, empty past the tokenizer's own vocabulary), special
     /// tokens marked with a leading `0xFF` as llguidance's token trie expects: the alphabet of
     /// grammar-constrained decoding.

@@ -39,6 +39,12 @@ fn rx(rx: &str) -> String {
     format!("/{}/", rx.replace('/', "\\/"))
 }
 
+/// A Lark alternation of exactly `strings` (each a literal), and the longest one's bytes.
+fn alternation<S: AsRef<str>>(strings: &[S]) -> (String, usize) {
+    let alts: Vec<String> = strings.iter().map(|v| lit(v.as_ref())).collect();
+    (format!("({})", alts.join(" | ")), strings.iter().map(|v| v.as_ref().len()).max().unwrap_or(0))
+}
+
 /// The string schema that constrains a tool's input in a line format: the schema itself when it is a
 /// string schema, or its one property's when it is an object of one string property.
 fn input_schema(parameters: &Value) -> Option<(Option<String>, &Map<String, Value>)> {
@@ -79,8 +85,7 @@ fn input_terminal(tool: &Tool, values: &ValueSets, free: &str, forbidden: &[char
         for v in vals {
             check(v)?;
         }
-        let longest = vals.iter().map(String::len).max().unwrap_or(0);
-        return Ok((format!("({})", vals.iter().map(|v| lit(v)).collect::<Vec<_>>().join(" | ")), longest));
+        return Ok(alternation(vals));
     }
     let free = format!("{free}{{1,{MAX_INPUT_BYTES}}}");
     let Some((_, s)) = schema else {
@@ -98,8 +103,7 @@ fn input_terminal(tool: &Tool, values: &ValueSets, free: &str, forbidden: &[char
         for v in &vals {
             check(v)?;
         }
-        let longest = vals.iter().map(|v| v.len()).max().unwrap_or(0);
-        return Ok((format!("({})", vals.iter().map(|v| lit(v)).collect::<Vec<_>>().join(" | ")), longest));
+        return Ok(alternation(&vals));
     }
     let mut parts = vec![rx(&free)];
     if let Some(p) = s.get("pattern").and_then(Value::as_str) {
@@ -374,7 +378,7 @@ pub fn admissible_grammar(format: ActionFormat, actions: &[String], thought_toke
         return Err(invalid("no admissible actions"));
     }
     let (tp, sep, ap) = reply_prefixes(format);
-    let alts = actions.iter().map(|a| lit(a)).collect::<Vec<_>>().join(" | ");
+    let (alts, longest) = alternation(actions);
     let prefix = if ap.is_empty() { String::new() } else { format!("{} ", lit(ap)) };
     let mut g = String::new();
     let thought = format!("thought[max_tokens={}]: ", thought_tokens.max(1));
@@ -387,8 +391,7 @@ pub fn admissible_grammar(format: ActionFormat, actions: &[String], thought_toke
     } else {
         let _ = writeln!(g, "start: ACTION");
     }
-    let _ = writeln!(g, "ACTION: {prefix}({alts}) \"\\n\"");
-    let longest = actions.iter().map(String::len).max().unwrap_or(0);
+    let _ = writeln!(g, "ACTION: {prefix}{alts} \"\\n\"");
     Ok(ReplyGrammar { lark: g, max_action_bytes: Some(24 + ap.len() + sep.len() + longest) })
 }
 
@@ -504,6 +507,44 @@ mod tests {
         assert!(reply_grammar(ActionFormat::Json, &tools, &values, 16).is_err());
     }
 
+    /// A grammar compiler over a vocabulary of single bytes (plus a few special tokens).
+    fn byte_factory() -> (llguidance::toktrie::TokEnv, ParserFactory) {
+        let env = llguidance::toktrie::ApproximateTokEnv::single_byte_env();
+        let mut factory = ParserFactory::new_simple(&env).unwrap();
+        factory.quiet();
+        (env, factory)
+    }
+
+    /// Greedy decoding under `lark` with random logits (raised for the bytes of `favoured`, so replies
+    /// tend to close), at most `max` tokens: the reply's bytes, and whether the grammar completed.
+    fn decode_random(
+        env: &llguidance::toktrie::TokEnv,
+        factory: &ParserFactory,
+        rng: &mut crate::testdata::Rng,
+        lark: &str,
+        favoured: &[u8],
+        max: usize,
+    ) -> (Vec<u8>, bool) {
+        let vocab = env.tok_trie().vocab_size();
+        let mut c = GrammarConstraint::new(factory, lark).unwrap_or_else(|e| panic!("{e}\n{lark}"));
+        let mut bytes = Vec::new();
+        for _ in 0..max {
+            let mut logits: Vec<f32> = (0..vocab).map(|_| rng.below(1000) as f32).collect();
+            for &b in favoured {
+                logits[b as usize] += 700.0;
+            }
+            c.mask(&mut logits).unwrap();
+            let best = (0..vocab).filter(|&i| logits[i].is_finite()).max_by(|&i, &j| logits[i].total_cmp(&logits[j]));
+            let best = best.unwrap_or_else(|| panic!("dead end after {:?}\n{lark}", String::from_utf8_lossy(&bytes))) as u32;
+            c.advance(best).unwrap();
+            bytes.extend_from_slice(env.tok_trie().token(best));
+            if c.is_done() {
+                return (bytes, true);
+            }
+        }
+        (bytes, false)
+    }
+
     /// Whether `v` satisfies the schema subset the property test draws from.
     fn validates(v: &Value, schema: &Value) -> bool {
         if let Some(e) = schema.get("enum").and_then(Value::as_array) {
@@ -542,10 +583,7 @@ mod tests {
     /// and its arguments satisfy the tool's schema and value set.
     #[test]
     fn constrained_replies_always_parse_and_validate() {
-        let env = llguidance::toktrie::ApproximateTokEnv::single_byte_env();
-        let mut factory = ParserFactory::new_simple(&env).unwrap();
-        factory.quiet();
-        let vocab = env.tok_trie().vocab_size();
+        let (env, factory) = byte_factory();
         let mut rng = crate::testdata::Rng(0x1234_5678_9ABC_DEF1);
         let strings = ["apple 1", "cabinet 2", "red shoes", "m.0x", "B c"];
         let string_schemas = [
@@ -585,23 +623,8 @@ mod tests {
                 })
                 .collect();
             let lark = reply_grammar(format, &tools, &values, 6).unwrap().lark;
-            let mut c = GrammarConstraint::new(&factory, &lark).unwrap_or_else(|e| panic!("{format:?}: {e}\n{lark}"));
-            let mut bytes = Vec::new();
-            for _ in 0..600 {
-                let mut logits: Vec<f32> = (0..vocab).map(|_| rng.below(1000) as f32).collect();
-                for b in [b'\n', b']', b')', b'"', b'}', b'`'] {
-                    logits[b as usize] += 700.0;
-                }
-                c.mask(&mut logits).unwrap();
-                let best = (0..vocab).filter(|&i| logits[i].is_finite()).max_by(|&i, &j| logits[i].total_cmp(&logits[j]));
-                let best = best.unwrap_or_else(|| panic!("dead end: {format:?} after {:?}\n{lark}", String::from_utf8_lossy(&bytes))) as u32;
-                c.advance(best).unwrap();
-                bytes.extend_from_slice(env.tok_trie().token(best));
-                if c.is_done() {
-                    break;
-                }
-            }
-            if !c.is_done() {
+            let (bytes, done) = decode_random(&env, &factory, &mut rng, &lark, b"\n])\"}`", 600);
+            if !done {
                 continue;
             }
             done_replies += 1;
@@ -633,10 +656,7 @@ mod tests {
     /// format's own parser reads back.
     #[test]
     fn admissible_actions_always_decode_to_one_of_the_set() {
-        let env = llguidance::toktrie::ApproximateTokEnv::single_byte_env();
-        let mut factory = ParserFactory::new_simple(&env).unwrap();
-        factory.quiet();
-        let vocab = env.tok_trie().vocab_size();
+        let (env, factory) = byte_factory();
         let mut rng = crate::testdata::Rng(0x2545_F491_4F6C_DD1D);
         let parts = ["go to", "cabinet 1", "cabinet 2", "take apple 1 from", "put apple 1 in/on", "open", "look"];
         for round in 0..200 {
@@ -654,21 +674,9 @@ mod tests {
                 })
                 .collect();
             let lark = admissible_grammar(format, &actions, 5).unwrap().lark;
-            let mut c = GrammarConstraint::new(&factory, &lark).unwrap_or_else(|e| panic!("{format:?}: {e}\n{lark}"));
-            let mut bytes = Vec::new();
-            for _ in 0..400 {
-                let mut logits: Vec<f32> = (0..vocab).map(|_| rng.below(1000) as f32).collect();
-                c.mask(&mut logits).unwrap();
-                let best = (0..vocab).filter(|&i| logits[i].is_finite()).max_by(|&i, &j| logits[i].total_cmp(&logits[j]));
-                let best = best.unwrap_or_else(|| panic!("dead end: {format:?} {actions:?}")) as u32;
-                c.advance(best).unwrap();
-                bytes.extend_from_slice(env.tok_trie().token(best));
-                if c.is_done() {
-                    break;
-                }
-            }
+            let (bytes, done) = decode_random(&env, &factory, &mut rng, &lark, b"", 400);
             let text = String::from_utf8_lossy(&bytes).into_owned(); // a thought cut by its token cap may end mid-character
-            assert!(c.is_done(), "{format:?} {actions:?}: {text:?}");
+            assert!(done, "{format:?} {actions:?}: {text:?}");
             let chosen = chosen_action(format, &text, &actions).unwrap_or_else(|| panic!("{format:?} {text:?} ends in none of {actions:?}"));
             assert!(format.parse(&text).action.is_ok(), "{format:?} {text:?}");
             assert!(text.ends_with(&format!("{}{chosen}\n", reply_prefixes(format).2)));
