@@ -205,6 +205,12 @@ impl Model {
             .try_fold(capacity, |n, &f| n.checked_mul(f))
     }
 
+    /// Whether [`crate::train::Trainer`] runs on the host path (the quantized CPU path: frozen weights
+    /// stay in their GGUF blocks) rather than on burn's autodiff (exact precision, wgpu, CUDA).
+    pub fn trains_on_host(&self) -> bool {
+        self.llama.trains_on_host()
+    }
+
     /// Hyper-parameters.
     pub fn config(&self) -> &LlamaConfig {
         self.llama.config()
@@ -309,6 +315,13 @@ pub(crate) fn available_memory() -> Option<u64> {
         avail = avail.min(max.saturating_sub(cur));
     }
     Some(avail)
+}
+
+/// The peak resident set of this process in bytes (Linux's `VmHWM`); `None` where unknown.
+pub(crate) fn peak_rss() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.split_whitespace().next()?.parse().ok()?;
+    Some(kib.saturating_mul(1024))
 }
 
 /// Fails with a clear error when `bytes` overflowed or exceed [`available_memory`].

@@ -688,24 +688,44 @@ impl Active {
 /// # Errors
 /// The template fails to render or drops a message's content.
 pub fn chat_tokens(template: &ChatTemplate, tok: &Tokenizer, messages: &[Message], add_generation_prompt: bool) -> Result<Vec<u32>> {
-    const OPEN: char = '\u{E000}';
-    const CLOSE: char = '\u{E001}';
-    let marked: Vec<Message> =
-        messages.iter().enumerate().map(|(i, m)| Message::new(m.role.as_str(), format!("{OPEN}{i}{CLOSE}"))).collect();
+    let marked = marked_messages(messages);
     let text = template.render(&marked, add_generation_prompt)?;
-    let mangled = || Error::InvalidArgument("the chat template mangled a message".into());
     let mut ids = Vec::new();
     if tok.add_bos_by_default() {
         ids.extend(tok.bos_id());
     }
-    let mut rest = text.as_str();
-    while let Some(open) = rest.find(OPEN) {
+    let contents: Vec<&str> = messages.iter().map(|m| m.content.as_str()).collect();
+    ids.extend(encode_marked(tok, &text, &contents)?);
+    Ok(ids)
+}
+
+const CONTENT_OPEN: char = '\u{E000}';
+const CONTENT_CLOSE: char = '\u{E001}';
+
+/// `messages` with each content replaced by a marker naming its index, for [`encode_marked`].
+pub(crate) fn marked_messages(messages: &[Message]) -> Vec<Message> {
+    messages.iter().enumerate().map(|(i, m)| Message::new(m.role.as_str(), format!("{CONTENT_OPEN}{i}{CONTENT_CLOSE}"))).collect()
+}
+
+/// Tokens of `text` rendered from [`marked_messages`]: the text between markers with its control
+/// tokens, each marker replaced by `contents[i]` tokenized as plain text. No BOS is added.
+///
+/// # Errors
+/// A marker the template mangled; tokenizer errors.
+pub(crate) fn encode_marked(tok: &Tokenizer, text: &str, contents: &[&str]) -> Result<Vec<u32>> {
+    let mangled = || Error::InvalidArgument("the chat template mangled a message".into());
+    let mut ids = Vec::new();
+    let mut rest = text;
+    while let Some(open) = rest.find(CONTENT_OPEN) {
         ids.extend(tok.encode(&rest[..open], false)?);
-        let after = &rest[open + OPEN.len_utf8()..];
-        let close = after.find(CLOSE).ok_or_else(mangled)?;
+        let after = &rest[open + CONTENT_OPEN.len_utf8()..];
+        let close = after.find(CONTENT_CLOSE).ok_or_else(mangled)?;
         let i: usize = after[..close].parse().map_err(|_| mangled())?;
-        ids.extend(tok.encode_plain(&messages.get(i).ok_or_else(mangled)?.content)?);
-        rest = &after[close + CLOSE.len_utf8()..];
+        ids.extend(tok.encode_plain(contents.get(i).ok_or_else(mangled)?)?);
+        rest = &after[close + CONTENT_CLOSE.len_utf8()..];
+    }
+    if rest.contains(CONTENT_CLOSE) {
+        return Err(mangled());
     }
     ids.extend(tok.encode(rest, false)?);
     Ok(ids)

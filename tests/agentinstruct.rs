@@ -7,6 +7,7 @@ mod common;
 
 use agentlm::agent::format::ALFWORLD_VERBS;
 use agentlm::agent::{Action, ActionFormat, Trajectory};
+use agentlm::session::chat_tokens;
 use agentlm::{BuiltinTemplate, ChatTemplate, LoadOptions, Model};
 
 /// The trajectories, or `None` after a `SKIPPED` line when the data is not available.
@@ -71,30 +72,20 @@ fn llama2_rendering_and_loss_masks() {
 
         let tt = t.tokenize(template, tok, None).unwrap();
         assert_eq!(tt.ids.len(), tt.train.len());
-        assert_eq!(tt.ids, tok.encode(&joined, tok.add_bos_by_default()).unwrap(), "mask tokenization = plain tokenization");
-        // Trained tokens are exactly those starting inside a reply: every byte of every reply is covered
-        // by one (a token may run a few bytes past a reply's end when this byte-level BPE merges
-        // across the boundary, e.g. `</s><`), and no token of the context is trained.
-        let (_, offsets) = tok.encode_with_offsets(&joined, tok.add_bos_by_default()).unwrap();
-        let mut at = 0;
-        for s in &segments {
-            let range = at..at + s.text.len();
-            at = range.end;
-            for (k, &(a, b)) in offsets.iter().enumerate() {
-                if b > a && range.contains(&a) {
-                    assert_eq!(tt.train[k], s.train, "{:?}: token {k} at {a}..{b}", t.id);
+        // The ids are those the agent feeds when it acts in this conversation (contents as plain text).
+        assert_eq!(tt.ids, chat_tokens(template, tok, &t.messages().unwrap(), false).unwrap(), "{:?}", t.id);
+        // Trained tokens come in one run per `loss: true` turn, decoding to exactly " {reply} </s>".
+        let mut runs: Vec<Vec<u32>> = Vec::new();
+        for (k, (&id, &m)) in tt.ids.iter().zip(&tt.train).enumerate() {
+            if m {
+                if k == 0 || !tt.train[k - 1] {
+                    runs.push(Vec::new());
                 }
-            }
-            if s.train {
-                let covered: usize = offsets
-                    .iter()
-                    .zip(&tt.train)
-                    .filter(|(_, &m)| m)
-                    .map(|(&(a, b), _)| b.min(range.end).saturating_sub(a.max(range.start)))
-                    .sum();
-                assert_eq!(covered, s.text.len(), "{:?}: reply bytes not all trained", t.id);
+                runs.last_mut().unwrap().push(id);
             }
         }
+        let decoded: Vec<String> = runs.iter().map(|r| tok.decode(r, false).unwrap()).collect();
+        assert_eq!(decoded, want, "{:?}", t.id);
         assert!(!tt.train[0] && tt.train.iter().filter(|&&m| m).count() < tt.train.len() / 2);
     }
 }

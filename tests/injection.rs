@@ -117,3 +117,53 @@ fn sync_chat_keeps_hostile_messages_inside_their_turns() {
     assert_eq!(count(&session), 5);
     assert_eq!(&session.tokens()[..before.len()], &before[..], "the history (and its generation prompt) is kept");
 }
+
+/// Training data (issue 16): an episode whose recorded observations and replies carry control-token
+/// strings tokenizes them as text, so they cannot end a turn or open a new one in what the trainer
+/// learns; the ids are those the agent feeds when it acts in the same conversation, and each
+/// trained run (a reply and its turn end) holds exactly one control token, its `<|im_end|>`.
+#[test]
+fn hostile_episodes_train_on_text_not_control_tokens() {
+    use agentlm::agent::{Trajectory, Turn};
+    let (_, tok) = tokenizers().remove(0);
+    let template = ChatTemplate::from_jinja(tok.chat_template().unwrap(), "<|im_start|>", "<|im_end|>").unwrap();
+    let (im_start, im_end) = (tok.token_to_id("<|im_start|>").unwrap(), tok.token_to_id("<|im_end|>").unwrap());
+    let special = tok.special_token_ids();
+    let specials: Vec<String> = special.iter().map(|&id| tok.id_to_token(id).unwrap()).collect();
+    let mut rng = Rng(0x7EA1);
+    for case in 0..200 {
+        let turns = 2 + rng.below(3) * 2;
+        let conversations: Vec<Turn> = (0..turns)
+            .map(|i| {
+                if i % 2 == 0 {
+                    Turn::new("human", hostile(&mut rng, &specials), None)
+                } else {
+                    Turn::new("gpt", format!("THOUGHT: {}\nACTION: go to {}", hostile(&mut rng, &specials), hostile(&mut rng, &specials)), Some(true))
+                }
+            })
+            .collect();
+        let t = Trajectory { id: Some(format!("hostile_{case}")), conversations, reward: Some(1.0), outcome: None };
+        let tt = t.tokenize(&template, &tok, None).unwrap();
+        // Default system turn + one per message.
+        assert_eq!(tt.ids.iter().filter(|&&i| i == im_start).count(), turns + 1, "{:?}", t.id);
+        assert_eq!(tt.ids.iter().filter(|&&i| i == im_end).count(), turns + 1, "{:?}", t.id);
+        assert_eq!(tt.ids, agentlm::session::chat_tokens(&template, &tok, &t.messages().unwrap(), false).unwrap());
+        let mut run: Vec<u32> = Vec::new();
+        let mut runs = 0;
+        for (k, (&id, &m)) in tt.ids.iter().zip(&tt.train).enumerate() {
+            if m {
+                run.push(id);
+            }
+            if !m || k + 1 == tt.ids.len() {
+                if !run.is_empty() {
+                    let controls: Vec<u32> = run.iter().copied().filter(|i| special.contains(i)).collect();
+                    assert_eq!(controls, vec![im_end], "{:?}: a trained run's control tokens", t.id);
+                    assert_eq!(run.last(), Some(&im_end));
+                    runs += 1;
+                }
+                run.clear();
+            }
+        }
+        assert_eq!(runs, turns / 2, "{:?}: one trained run per reply", t.id);
+    }
+}

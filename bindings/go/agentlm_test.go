@@ -291,7 +291,7 @@ func TestTrainingStepAndAdapterHotSwap(t *testing.T) {
 	steps := 0
 	last, err := tr.Run(context.Background(), 3, 0, func(p Progress) bool {
 		steps++
-		return p.Loss > 0 && p.TokensPerSecond > 0
+		return p.Loss > 0 && p.TokensPerSecond > 0 && p.MeanTokensPerSecond > 0 && p.Elapsed > 0 && p.PeakRSS > 0
 	})
 	if err != nil || steps != 3 || last.Step != 3 || tr.Step() != 3 {
 		t.Fatalf("run: %v steps %d last %+v", err, steps, last)

@@ -10,6 +10,7 @@ import "C"
 import (
 	"fmt"
 	"runtime/cgo"
+	"time"
 	"unsafe"
 )
 
@@ -71,8 +72,18 @@ func agentlmGoProgress(user unsafe.Pointer, p *C.agentlm_train_progress) (ok C._
 	if sink.fn == nil {
 		return true
 	}
-	return C._Bool(sink.fn(Progress{
+	return C._Bool(sink.fn(progressOf(p)))
+}
+
+// progressOf copies one step's figures from C.
+func progressOf(p *C.agentlm_train_progress) Progress {
+	return Progress{
 		Step: uint64(p.step), Loss: float64(p.loss), LearningRate: float32(p.learning_rate), GradNorm: float64(p.grad_norm),
 		Tokens: int(p.tokens), LossTokens: int(p.loss_tokens), TokensPerSecond: float64(p.tokens_per_s),
-	}))
+		MeanTokensPerSecond: float64(p.mean_tokens_per_s), Elapsed: seconds(float64(p.elapsed_s)), ETA: seconds(float64(p.eta_s)),
+		PeakRSS: uint64(p.peak_rss_bytes),
+	}
 }
+
+// seconds converts a C figure in seconds to a Duration.
+func seconds(s float64) time.Duration { return time.Duration(s * float64(time.Second)) }

@@ -127,6 +127,12 @@ type Progress struct {
 	Tokens          int
 	LossTokens      int
 	TokensPerSecond float64
+	// Tokens per second over this Run call so far.
+	MeanTokensPerSecond float64
+	// Time since this Run call began, and the estimated time until it ends.
+	Elapsed, ETA time.Duration
+	// Peak resident memory of the process so far, in bytes (0 where unknown).
+	PeakRSS uint64
 }
 
 type progressSink struct {
@@ -270,11 +276,7 @@ func (t *Trainer) Run(ctx context.Context, steps int, budget time.Duration, onSt
 		}
 		return nil
 	})
-	return Progress{
-		Step: uint64(last.step), Loss: float64(last.loss), LearningRate: float32(last.learning_rate),
-		GradNorm: float64(last.grad_norm), Tokens: int(last.tokens), LossTokens: int(last.loss_tokens),
-		TokensPerSecond: float64(last.tokens_per_s),
-	}, err
+	return progressOf(&last), err
 }
 
 // Cancel stops a running Run or Evaluate at the next example. Any goroutine.

@@ -30,6 +30,7 @@
 #include "agentlm.h"
 #include "household.h"
 
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -206,8 +207,10 @@ static bool on_progress(void *user, const agentlm_train_progress *p) {
   ps->tokens += p->tokens;
   ps->seconds += p->tokens / (p->tokens_per_s > 0 ? p->tokens_per_s : 1);
   ps->last_loss = p->loss;
-  printf("\r  step %3llu  loss %.4f  lr %.1e  %u tokens  %.0f tokens/s   ", (unsigned long long)p->step, p->loss,
-         p->learning_rate, p->tokens, p->tokens_per_s);
+  /* One line, rewritten in place after every step. */
+  printf("\r  step %3llu  loss %.4f  lr %.1e  %.0f tokens/s (this run %.0f)  ETA %2.0f:%02.0f  peak %.0f MiB   ",
+         (unsigned long long)p->step, p->loss, p->learning_rate, p->tokens_per_s, p->mean_tokens_per_s,
+         floor(p->eta_s / 60), fmod(p->eta_s, 60), p->peak_rss_bytes / 1048576.0);
   fflush(stdout);
   return true;
 }

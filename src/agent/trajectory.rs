@@ -4,6 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
+use crate::session::{encode_marked, marked_messages};
 use crate::template::{ChatTemplate, Message};
 use crate::tokenizer::Tokenizer;
 
@@ -91,7 +92,11 @@ impl Trajectory {
     /// # Errors
     /// Unknown speakers; a template that does not render the conversation incrementally.
     pub fn render(&self, template: &ChatTemplate) -> Result<Vec<Segment>> {
-        let msgs = self.messages()?;
+        self.render_messages(template, &self.messages()?)
+    }
+
+    /// [`Trajectory::render`] of `msgs` (this trajectory's messages, or stand-ins for their contents).
+    fn render_messages(&self, template: &ChatTemplate, msgs: &[Message]) -> Result<Vec<Segment>> {
         let mut segments = Vec::new();
         let mut done = String::new();
         for (i, m) in msgs.iter().enumerate() {
@@ -122,27 +127,31 @@ impl Trajectory {
         Ok(segments)
     }
 
-    /// Renders and tokenizes the whole episode at once (so token boundaries are those of the full text),
-    /// marking a token for loss when it starts inside a trained segment. With `max_tokens`, the first
+    /// Renders and tokenizes the episode as an agent acting in it would see it: the template's own
+    /// text (role markers, turn ends) with its control tokens, every turn's content as plain text, so
+    /// a control-token string inside a recorded observation or reply (`</s>`, `<|im_end|>`) stays
+    /// text and cannot end a turn in the training data. A token is trained when it belongs to a
+    /// trained segment (a reply marked `loss: true` and its turn end). With `max_tokens`, the first
     /// `max_tokens` tokens are kept (a warning is logged when some are cut).
     ///
     /// # Errors
     /// As [`Trajectory::render`]; tokenizer errors.
     pub fn tokenize(&self, template: &ChatTemplate, tokenizer: &Tokenizer, max_tokens: Option<usize>) -> Result<TokenizedTrajectory> {
-        let segments = self.render(template)?;
-        let text: String = segments.iter().map(|s| s.text.as_str()).collect();
-        let mut ranges = Vec::new();
-        let mut at = 0;
-        for s in &segments {
-            if s.train {
-                ranges.push(at..at + s.text.len());
+        let msgs = self.messages()?;
+        let segments = self.render_messages(template, &marked_messages(&msgs))?;
+        let contents: Vec<&str> = msgs.iter().map(|m| m.content.as_str()).collect();
+        let (mut ids, mut train) = (Vec::new(), Vec::new());
+        if tokenizer.add_bos_by_default() {
+            if let Some(b) = tokenizer.bos_id() {
+                ids.push(b);
+                train.push(false);
             }
-            at += s.text.len();
         }
-        let (ids, offsets) = tokenizer.encode_with_offsets(&text, tokenizer.add_bos_by_default())?;
-        let mut train: Vec<bool> =
-            offsets.iter().map(|&(start, end)| end > start && ranges.iter().any(|r| r.contains(&start))).collect();
-        let mut ids = ids;
+        for s in &segments {
+            let piece = encode_marked(tokenizer, &s.text, &contents)?;
+            train.extend(std::iter::repeat_n(s.train, piece.len()));
+            ids.extend(piece);
+        }
         if let Some(n) = max_tokens.filter(|&n| n < ids.len()) {
             tracing::warn!(id = ?self.id, tokens = ids.len(), kept = n, "trajectory truncated");
             ids.truncate(n);

@@ -47,7 +47,7 @@ pub const AGENTLM_VERSION_MINOR: u32 = 1;
 /// Patch version of this library.
 pub const AGENTLM_VERSION_PATCH: u32 = 0;
 /// Version of the C ABI described by this header; bumped on every incompatible change.
-pub const AGENTLM_ABI_VERSION: u32 = 2;
+pub const AGENTLM_ABI_VERSION: u32 = 3;
 /// The `id` of an [`agentlm_token`] that carries no token (the end of a generation).
 pub const AGENTLM_TOKEN_NONE: u32 = 0xFFFF_FFFF;
 /// [`agentlm_model_tokenize`] flag: prepend the BOS token when the model's tokenizer asks for it.

@@ -125,6 +125,15 @@ pub struct agentlm_train_progress {
     pub loss_tokens: u32,
     /// Tokens per second of this step.
     pub tokens_per_s: f64,
+    /// Tokens per second over this [`agentlm_trainer_run`] call so far.
+    pub mean_tokens_per_s: f64,
+    /// Seconds since this [`agentlm_trainer_run`] call began.
+    pub elapsed_s: f64,
+    /// Estimated seconds until the call ends (remaining steps at the call's mean step time, bounded
+    /// by what is left of `max_seconds`).
+    pub eta_s: f64,
+    /// Peak resident memory of the process so far, in bytes (0 where the system does not say).
+    pub peak_rss_bytes: u64,
 }
 
 /// Called after every optimizer step on the training thread; return false to stop.
@@ -462,6 +471,10 @@ fn progress_out(r: &StepReport) -> agentlm_train_progress {
         tokens: r.tokens as u32,
         loss_tokens: r.loss_tokens as u32,
         tokens_per_s: r.tokens_per_s,
+        mean_tokens_per_s: r.mean_tokens_per_s,
+        elapsed_s: r.elapsed.as_secs_f64(),
+        eta_s: r.eta.as_secs_f64(),
+        peak_rss_bytes: r.peak_rss,
     }
 }
 

@@ -19,27 +19,27 @@ use super::ModelError;
 
 /// One layer's weights: Q/K/V and gate/up are run as one product each.
 pub(crate) struct HostLayer {
-    attn_norm: Vec<f32>,
+    pub(super) attn_norm: Vec<f32>,
     /// `q_proj`, `k_proj`, `v_proj` (`[out, in]`, Q and K rows in Hugging Face order).
-    qkv: [QMatrix; 3],
-    wo: QMatrix,
-    mlp_norm: Vec<f32>,
+    pub(super) qkv: [QMatrix; 3],
+    pub(super) wo: QMatrix,
+    pub(super) mlp_norm: Vec<f32>,
     /// `gate_proj`, `up_proj`.
-    gate_up: [QMatrix; 2],
-    down: QMatrix,
+    pub(super) gate_up: [QMatrix; 2],
+    pub(super) down: QMatrix,
 }
 
 /// Block-quantized weights of a whole model, on the host.
 pub(crate) struct HostWeights {
     /// `[vocab, hidden]`.
-    embed: QMatrix,
-    layers: Vec<HostLayer>,
-    norm: Vec<f32>,
+    pub(super) embed: QMatrix,
+    pub(super) layers: Vec<HostLayer>,
+    pub(super) norm: Vec<f32>,
     /// `[vocab, hidden]`; `None` when tied to `embed`.
-    lm_head: Option<QMatrix>,
+    pub(super) lm_head: Option<QMatrix>,
     /// `[positions, head_dim]` rotate-half tables.
-    cos: Vec<f32>,
-    sin: Vec<f32>,
+    pub(super) cos: Vec<f32>,
+    pub(super) sin: Vec<f32>,
 }
 
 /// A LoRA pair on the host: `A` `[r, in]`, `B` `[out, r]`.
@@ -348,7 +348,7 @@ impl HostWeights {
 }
 
 /// `out[row] = x[row] · rsqrt(mean(x[row]²) + eps) · weight` for every row of width `n`.
-fn rms_norm(x: &[f32], weight: &[f32], eps: f32, n: usize, out: &mut Vec<f32>) {
+pub(super) fn rms_norm(x: &[f32], weight: &[f32], eps: f32, n: usize, out: &mut Vec<f32>) {
     out.resize(x.len(), 0.0);
     for (xr, or) in x.chunks_exact(n).zip(out.chunks_exact_mut(n)) {
         let var = dot_f32(xr, xr) / n as f32;
@@ -360,7 +360,7 @@ fn rms_norm(x: &[f32], weight: &[f32], eps: f32, n: usize, out: &mut Vec<f32>) {
 }
 
 /// Rotate-half RoPE on one head: `x·cos + rotate_half(x)·sin`.
-fn rope_half(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+pub(super) fn rope_half(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     let half = x.len() / 2;
     for i in 0..half {
         let (a, b) = (x[i], x[i + half]);

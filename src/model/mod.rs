@@ -4,6 +4,7 @@
 //! Per-conversation state lives in a [`KvCache`] that the caller owns and passes to [`Llama::forward`].
 
 mod host;
+mod host_train;
 pub mod lora;
 mod rope;
 
@@ -15,6 +16,8 @@ use crate::formats::gguf::GgufWeights;
 use crate::formats::{FormatError, WeightSource};
 
 pub use lora::{LoraApply, LoraPair, LoraWeights};
+pub(crate) use host::HostPair;
+pub(crate) use host_train::{PassResult, TrainPass};
 
 /// An error building or running the model.
 #[derive(Debug, thiserror::Error)]
@@ -130,6 +133,8 @@ pub struct Llama {
     dense: OnceLock<Dense>,
     /// Block-quantized host weights (the quantized CPU path).
     host: Option<Arc<host::HostWeights>>,
+    /// The transposed frozen weights of host-path training, built on its first backward pass.
+    backward: Arc<OnceLock<host_train::HostBackward>>,
     /// `[positions, head_dim]` rotate-half tables.
     rope_cos: Tensor<2>,
     rope_sin: Tensor<2>,
@@ -380,6 +385,7 @@ impl Llama {
             device: device.clone(),
             dense,
             host,
+            backward: Arc::default(),
             rope_cos: engine::upload(cos, [positions, hd], device),
             rope_sin: engine::upload(sin, [positions, hd], device),
             rope_positions: positions,
@@ -630,6 +636,36 @@ impl Llama {
         Ok(x)
     }
 
+    /// Whether LoRA training runs on the host path: the quantized CPU path, where the frozen weights
+    /// stay in block form ([`Llama::host_train_pass`]); otherwise it runs on burn's autodiff.
+    pub fn trains_on_host(&self) -> bool {
+        self.host.is_some()
+    }
+
+    /// The masked loss of `ids` (cross-entropy of `ids[t]` at the positions with `mask[t]`) with the
+    /// adapters of `pass`, and with `grads` their gradients, on the host path. The first pass with
+    /// gradients builds the transposed frozen weights (about one byte per weight, kept with the model).
+    ///
+    /// # Errors
+    /// Not the host path; bad ids; more tokens than the RoPE tables hold; no masked token.
+    pub(crate) fn host_train_pass(&self, ids: &[u32], mask: &[bool], pass: &TrainPass, grads: bool) -> Result<PassResult, ModelError> {
+        let host = self.host.as_ref().ok_or_else(|| ModelError::Config("host training needs the quantized CPU path".into()))?;
+        self.check_tokens(ids)?;
+        if ids.len() > self.rope_positions {
+            return Err(ModelError::ContextFull { used: 0, requested: ids.len(), capacity: self.rope_positions });
+        }
+        if mask.len() != ids.len() || !mask.iter().skip(1).any(|&m| m) {
+            return Err(ModelError::Config("the loss mask must match the ids and mark a token after the first".into()));
+        }
+        let bw = grads.then(|| self.backward.get_or_init(|| host.backward_weights()));
+        Ok(host.train_pass(&self.config, bw, ids, mask, pass))
+    }
+
+    /// Bytes of the transposed weights host-path training keeps (0 before its first backward pass).
+    pub fn training_bytes(&self) -> usize {
+        self.backward.get().map_or(0, host_train::HostBackward::bytes)
+    }
+
     /// Logits `[rows, vocab]` from final hidden states `[rows, hidden]` (last norm, then the head).
     pub fn head(&self, x: Tensor<2>) -> Tensor<2> {
         let d = self.dense();
@@ -653,7 +689,7 @@ impl Llama {
                 }
             }
         }
-        Llama { dense: OnceLock::from(dense), host: None, ..self.clone() }
+        Llama { dense: OnceLock::from(dense), host: None, backward: Arc::default(), ..self.clone() }
     }
 
     fn check_tokens(&self, tokens: &[u32]) -> Result<(), ModelError> {

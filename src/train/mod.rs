@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::formats::peft::{self, tensor_name, LoraConfig, PeftAdapter, TARGETS};
 use crate::formats::HostTensor;
 use crate::generate::{CancelToken, Rng};
-use crate::model::{lora::linear_shape, Llama, LoraApply, LoraPair, LoraWeights};
+use crate::model::{lora::linear_shape, HostPair, Llama, LoraApply, LoraPair, LoraWeights, TrainPass};
 use crate::runtime::Model;
 use crate::template::ChatTemplate;
 
@@ -180,6 +180,15 @@ pub struct StepReport {
     pub loss_tokens: usize,
     /// `tokens` per second of this step.
     pub tokens_per_s: f64,
+    /// Tokens per second over the steps of this [`Trainer::run`] call so far.
+    pub mean_tokens_per_s: f64,
+    /// Time since this [`Trainer::run`] call began.
+    pub elapsed: Duration,
+    /// Estimated time until the call ends: the remaining steps at this call's mean step time, bounded
+    /// by what is left of its time budget.
+    pub eta: Duration,
+    /// Peak resident memory of the process so far, in bytes (0 where the system does not say).
+    pub peak_rss: u64,
 }
 
 /// Why [`Trainer::run`] returned.
@@ -264,6 +273,14 @@ pub struct Trainer {
     eval: Vec<Source>,
     draws: u64,
     cancel: CancelToken,
+}
+
+/// Adapter parameters as a training path evaluates them.
+enum Frozen {
+    /// burn device tensors (the autodiff path).
+    Device(LoraWeights),
+    /// Host matrices (the quantized CPU path).
+    Host(Vec<[Option<HostPair>; 7]>),
 }
 
 /// PEFT's initialisation: `A` Kaiming-uniform with `a = √5` (uniform in ±1/√in), `B` zero.
@@ -607,9 +624,54 @@ impl Trainer {
             .collect()
     }
 
+    /// The adapters as host matrices (targets order per layer), for the host path.
+    fn host_pairs(&self) -> Vec<[Option<HostPair>; 7]> {
+        let mut it = self.params.iter().zip(&self.shapes);
+        (0..self.model.config().num_hidden_layers)
+            .map(|_| {
+                let mut mods: [Option<HostPair>; 7] = Default::default();
+                for (m, module) in TARGETS.iter().enumerate() {
+                    if self.config.lora.targets(module) {
+                        let ((a, sa), (b, _)) = (it.next().expect("one A per target"), it.next().expect("one B per target"));
+                        mods[m] = Some(HostPair { a: a.clone(), b: b.clone(), r: sa[0] });
+                    }
+                }
+                mods
+            })
+            .collect()
+    }
+
+    fn host_pass<'a>(&self, lora: &'a [[Option<HostPair>; 7]], dropout_seed: u64) -> TrainPass<'a> {
+        TrainPass {
+            lora,
+            factor: self.config.lora.scaling(),
+            dropout: self.config.lora.dropout,
+            seed: dropout_seed,
+            checkpoint: self.config.gradient_checkpointing,
+        }
+    }
+
     /// Loss and gradients (one per parameter) of one tokenized example.
     fn loss_and_grads(&self, ex: &TokenizedTrajectory, dropout_seed: u64) -> Result<(f64, usize, Vec<Vec<f32>>)> {
         let llama = self.model.llama();
+        if llama.trains_on_host() {
+            let pairs = self.host_pairs();
+            let res = llama.host_train_pass(&ex.ids, &ex.train, &self.host_pass(&pairs, dropout_seed), true)?;
+            if !res.loss.is_finite() {
+                return Err(Error::InvalidArgument(format!("the loss is {} (diverged?)", res.loss)));
+            }
+            let mut out = Vec::with_capacity(self.params.len());
+            for layer in res.grads.expect("gradients were asked for") {
+                for (m, module) in TARGETS.iter().enumerate() {
+                    if self.config.lora.targets(module) {
+                        let (da, db) = layer[m].clone().expect("a gradient per targeted module");
+                        out.push(da);
+                        out.push(db);
+                    }
+                }
+            }
+            return Ok((res.loss, res.tokens, out));
+        }
         let mut device = llama.device().clone().autodiff();
         if self.config.gradient_checkpointing {
             device = device.gradient_checkpointing();
@@ -657,6 +719,7 @@ impl Trainer {
     pub fn run(&mut self, steps: u64, budget: Option<Duration>, mut progress: impl FnMut(&StepReport) -> bool) -> Result<RunSummary> {
         let started = Instant::now();
         let mut summary = RunSummary { steps: 0, stop: RunStop::Steps, last: None };
+        let mut run_tokens = 0usize;
         while summary.steps < steps {
             if budget.is_some_and(|b| started.elapsed() >= b) {
                 summary.stop = RunStop::TimeBudget;
@@ -682,6 +745,13 @@ impl Trainer {
             let lr = lr_at(self.opt.step, c.learning_rate, c.warmup_steps, c.total_steps, c.min_lr_ratio);
             self.opt.update(&mut self.params, &grads, lr);
             let secs = t0.elapsed().as_secs_f64();
+            run_tokens += tokens;
+            let elapsed = started.elapsed();
+            let done = summary.steps + 1;
+            let mut eta = Duration::try_from_secs_f64(elapsed.as_secs_f64() * (steps - done) as f64 / done as f64).unwrap_or(Duration::MAX);
+            if let Some(b) = budget {
+                eta = eta.min(b.saturating_sub(elapsed));
+            }
             let report = StepReport {
                 step: self.opt.step,
                 loss,
@@ -690,6 +760,10 @@ impl Trainer {
                 tokens,
                 loss_tokens,
                 tokens_per_s: if secs > 0.0 { tokens as f64 / secs } else { 0.0 },
+                mean_tokens_per_s: run_tokens as f64 / elapsed.as_secs_f64().max(1e-9),
+                elapsed,
+                eta,
+                peak_rss: crate::runtime::peak_rss().unwrap_or(0),
             };
             tracing::debug!(step = report.step, loss = report.loss, lr = report.lr, grad_norm = report.grad_norm, "train step");
             summary.steps += 1;
@@ -736,17 +810,31 @@ impl Trainer {
         self.loss_with(&self.frozen_weights(), t)
     }
 
-    /// The current parameters as plain (non-autodiff) device tensors, for evaluation.
-    fn frozen_weights(&self) -> LoraWeights {
-        self.weights(self.upload(self.model.llama().device(), false))
+    /// The current parameters in the form the model's training path evaluates with.
+    fn frozen_weights(&self) -> Frozen {
+        if self.model.llama().trains_on_host() {
+            Frozen::Host(self.host_pairs())
+        } else {
+            Frozen::Device(self.weights(self.upload(self.model.llama().device(), false)))
+        }
     }
 
     /// The masked loss of `t` with `weights` applied, and its loss tokens.
-    fn loss_with(&self, weights: &LoraWeights, t: &Trajectory) -> Result<(f64, usize)> {
-        let apply = LoraApply { weights, scale: 1.0, dropout: 0.0 };
+    fn loss_with(&self, weights: &Frozen, t: &Trajectory) -> Result<(f64, usize)> {
         let ex = self.tokenize(t)?;
-        let (loss, n) = self.model.compute(|| masked_loss(self.model.llama(), &ex.ids, &ex.train, Some(apply)))?;
-        Ok((f64::from(engine::readback(loss)?[0]), n))
+        let llama = self.model.llama();
+        match weights {
+            Frozen::Host(pairs) => {
+                let pass = TrainPass { dropout: 0.0, ..self.host_pass(pairs, 0) };
+                let res = self.model.compute(|| llama.host_train_pass(&ex.ids, &ex.train, &pass, false))?;
+                Ok((res.loss, res.tokens))
+            }
+            Frozen::Device(weights) => {
+                let apply = LoraApply { weights, scale: 1.0, dropout: 0.0 };
+                let (loss, n) = self.model.compute(|| masked_loss(llama, &ex.ids, &ex.train, Some(apply)))?;
+                Ok((f64::from(engine::readback(loss)?[0]), n))
+            }
+        }
     }
 
     /// Mean masked loss over the held-out set at the current parameters (token-weighted).

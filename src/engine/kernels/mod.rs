@@ -352,6 +352,87 @@ impl QMatrix {
         QMatrix { rows, cols, kind: QKind::F32 { w }, source: GgmlType::F32 }
     }
 
+    /// `rows × cols` f32 values (`cols` a multiple of 32) quantized to int8 with an f32 scale per 32
+    /// (ggml's `Q8_0` rounding: scale `max|w| / 127`, round half away from zero; the scale kept in
+    /// f32 rather than f16). Used for the transposed weights of the training backward pass.
+    ///
+    /// # Panics
+    /// A length that is not `rows * cols`, or `cols` not a multiple of 32.
+    pub fn q8_from_f32(w: &[f32], rows: usize, cols: usize) -> QMatrix {
+        assert!(w.len() == rows * cols && cols.is_multiple_of(QK), "QMatrix::q8_from_f32 shape");
+        let mut qs = vec![0i8; w.len()];
+        let mut s = vec![0f32; w.len() / QK];
+        let mut sums = vec![0f32; w.len() / QK];
+        qs.par_chunks_mut(cols)
+            .zip(w.par_chunks(cols))
+            .zip(s.par_chunks_mut(cols / QK).zip(sums.par_chunks_mut(cols / QK)))
+            .for_each(|((q, x), (d, sum))| quantize_row(x, q, d, sum));
+        QMatrix { rows, cols, kind: QKind::Q8 { qs, s: Scales::F32(s), group: QK }, source: GgmlType::Q8_0 }
+    }
+
+    /// The transpose of `parts` stacked by rows (`[Σ rows, cols]` → `[cols, Σ rows]`), for the
+    /// backward pass (`dX = dY · W` is `dY` times the rows of `Wᵀ`). Dense f32 parts give a dense f32
+    /// transpose (exact); otherwise the values are quantized as [`QMatrix::q8_from_f32`] does (blocks
+    /// of 32 along the stacked rows), a few hundred source rows at a time so no f32 copy of the whole
+    /// matrix is made.
+    ///
+    /// # Panics
+    /// Parts of different widths, or (quantized) a total row count that is not a multiple of 32.
+    pub fn transposed(parts: &[&QMatrix]) -> QMatrix {
+        const CHUNK: usize = 256;
+        let cols = parts.first().map_or(0, |p| p.cols);
+        assert!(parts.iter().all(|p| p.cols == cols), "transposed: parts of different widths");
+        let rows: usize = parts.iter().map(|p| p.rows).sum();
+        if parts.iter().all(|p| matches!(p.kind, QKind::F32 { .. })) {
+            let mut w = vec![0f32; rows * cols];
+            let mut r0 = 0;
+            for p in parts {
+                let QKind::F32 { w: src } = &p.kind else { unreachable!("checked above") };
+                for (r, row) in src.chunks_exact(cols).enumerate() {
+                    for (c, &v) in row.iter().enumerate() {
+                        w[c * rows + r0 + r] = v;
+                    }
+                }
+                r0 += p.rows;
+            }
+            return QMatrix::from_f32(w, cols, rows);
+        }
+        assert!(rows.is_multiple_of(QK), "transposed: {rows} rows are not whole blocks");
+        let mut qs = vec![0i8; rows * cols];
+        let mut s = vec![0f32; rows * cols / QK];
+        let mut buf = vec![0f32; CHUNK * cols];
+        let mut tb = vec![0f32; cols * CHUNK];
+        let locate = |g: usize| {
+            let mut g = g;
+            for p in parts {
+                if g < p.rows {
+                    return (*p, g);
+                }
+                g -= p.rows;
+            }
+            unreachable!("row inside the stack")
+        };
+        let mut r0 = 0;
+        while r0 < rows {
+            let n = CHUNK.min(rows - r0);
+            for (k, row) in buf[..n * cols].chunks_exact_mut(cols).enumerate() {
+                let (p, r) = locate(r0 + k);
+                p.dequantize_row(r, row);
+            }
+            for (k, row) in buf[..n * cols].chunks_exact(cols).enumerate() {
+                for (c, &v) in row.iter().enumerate() {
+                    tb[c * n + k] = v;
+                }
+            }
+            qs.par_chunks_mut(rows).zip(s.par_chunks_mut(rows / QK)).zip(tb[..cols * n].par_chunks(n)).for_each(|((q, d), x)| {
+                let mut sum = vec![0f32; n / QK];
+                quantize_row(x, &mut q[r0..r0 + n], &mut d[r0 / QK..(r0 + n) / QK], &mut sum);
+            });
+            r0 += n;
+        }
+        QMatrix { rows: cols, cols: rows, kind: QKind::Q8 { qs, s: Scales::F32(s), group: QK }, source: GgmlType::Q8_0 }
+    }
+
     /// Output features.
     pub fn rows(&self) -> usize {
         self.rows

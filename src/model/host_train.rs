@@ -1,0 +1,649 @@
+//! LoRA training on the quantized host path (QLoRA-style): the frozen base stays in the block form
+//! inference holds it in ([`crate::engine::kernels`]), and no f32 copy of a frozen weight is made.
+//!
+//! - **Forward**: the layer arithmetic of [`super::host`] (the frozen products on the int8 kernels with
+//!   activations quantized per block of 32, as inference computes them), without a KV cache, the
+//!   LoRA terms in f32.
+//! - **Backward through a frozen linear**: `dX = dY · W` runs on the same kernels against `Wᵀ`, kept
+//!   once per model as int8 blocks of 32 along `W`'s output dimension with an f32 scale each
+//!   ([`HostBackward`], about one byte per weight), the gradient `dY` quantized per block of 32 like
+//!   an activation.
+//! - **In f32 on host memory**: RMSNorm, RoPE, causal attention (recomputed per block of queries in
+//!   the backward pass, so no `[heads, T, T]` probabilities are kept), SwiGLU, the LoRA products and
+//!   their gradients (the [`gemm`] crate), the masked loss.
+//! - **The head** runs only on the rows that predict a trained token, a few rows at a time.
+//! - **Activations**: each layer's outputs needed by its backward pass are kept, or with
+//!   checkpointing only each layer's input, the layer being recomputed just before its backward
+//!   pass (one more forward pass, a small fraction of the memory).
+//!
+//! Gradients are checked against finite differences (`tests::gradients_match_finite_differences`) and
+//! against the exact burn path on the real model (`tests/train.rs`).
+
+use rayon::prelude::*;
+
+use crate::config::LlamaConfig;
+use crate::engine::kernels::{self, QActs, QMatrix};
+
+use super::host::{rms_norm, rope_half, HostPair, HostWeights};
+
+/// Queries per block of the attention passes.
+const BQ: usize = 64;
+/// Rows per chunk of the masked head.
+const HEAD_ROWS: usize = 64;
+
+/// The frozen weights transposed for the backward pass: per layer `[Wq; Wk; Wv]ᵀ`, `Woᵀ`,
+/// `[Wgate; Wup]ᵀ`, `Wdownᵀ`, and the head's `Wᵀ`, each as int8 blocks of 32 with f32 scales.
+pub(crate) struct HostBackward {
+    layers: Vec<[QMatrix; 4]>,
+    head: QMatrix,
+}
+
+impl HostBackward {
+    /// Bytes held.
+    pub(crate) fn bytes(&self) -> usize {
+        self.head.bytes() + self.layers.iter().flat_map(|l| l.iter()).map(QMatrix::bytes).sum::<usize>()
+    }
+}
+
+/// Gradients of one layer's adapters (in [`crate::formats::peft::TARGETS`] order): `(dA, dB)`.
+pub(crate) type LayerGrads = [Option<(Vec<f32>, Vec<f32>)>; 7];
+
+/// What a training pass needs besides the weights.
+pub(crate) struct TrainPass<'a> {
+    /// Adapter matrices per layer (targets order).
+    pub lora: &'a [[Option<HostPair>; 7]],
+    /// `alpha / r` (or the rsLoRA factor).
+    pub factor: f32,
+    /// Dropout on the adapters' input (PEFT's `lora_dropout`), seeded by `seed`.
+    pub dropout: f32,
+    pub seed: u64,
+    /// Keep only each layer's input and recompute the layer in the backward pass.
+    pub checkpoint: bool,
+}
+
+/// Result of [`HostWeights::train_pass`].
+pub(crate) struct PassResult {
+    /// Mean cross-entropy over the trained tokens.
+    pub loss: f64,
+    /// Trained tokens.
+    pub tokens: usize,
+    /// Per layer, when gradients were asked for.
+    pub grads: Option<Vec<LayerGrads>>,
+}
+
+/// `dst[i·dst_rs + j] (+)= alpha · Σ_p a[i·a_rs + p·a_cs] · b[p·b_rs + j·b_cs]` for an `m × n`
+/// result over `k` terms (`acc`: add to `dst`, else overwrite).
+#[allow(clippy::too_many_arguments)]
+fn mm(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, acc: bool, a: &[f32], a_rs: usize, a_cs: usize, b: &[f32], b_rs: usize, b_cs: usize, alpha: f32, par: bool) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let last = |rs: usize, cs: usize, r: usize, c: usize| (r - 1) * rs + (c - 1) * cs;
+    assert!(last(dst_rs, 1, m, n) < dst.len(), "mm: destination too small");
+    if k == 0 {
+        if !acc {
+            for i in 0..m {
+                dst[i * dst_rs..i * dst_rs + n].fill(0.0);
+            }
+        }
+        return;
+    }
+    assert!(last(a_rs, a_cs, m, k) < a.len() && last(b_rs, b_cs, k, n) < b.len(), "mm: operand too small");
+    let threads = rayon::current_num_threads();
+    let parallelism = if par && threads > 1 && m * n * k >= 1 << 18 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
+    // SAFETY: every index the product reads or writes was checked to lie inside its slice above
+    // (the largest index of each strided operand); `dst` is borrowed mutably, so nothing aliases it.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            dst.as_mut_ptr(),
+            1,
+            dst_rs as isize,
+            acc,
+            a.as_ptr(),
+            a_cs as isize,
+            a_rs as isize,
+            b.as_ptr(),
+            b_cs as isize,
+            b_rs as isize,
+            1.0,
+            alpha,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
+}
+
+/// A deterministic keep mask for dropout: `true` with probability `keep`, from a counter-based hash
+/// of `(seed, stream, index)` (so the backward pass sees the forward pass's mask without storing it).
+fn kept(seed: u64, stream: u64, index: u64, keep: f64) -> bool {
+    let mut z = seed ^ stream.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ index.wrapping_mul(0xD1B5_4A32_D192_ED03);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    ((z >> 11) as f64 / (1u64 << 53) as f64) < keep
+}
+
+/// One adapter's input after dropout (a copy) or as is.
+fn dropped<'x>(x: &'x [f32], pass: &TrainPass, stream: u64, tmp: &'x mut Vec<f32>) -> &'x [f32] {
+    if pass.dropout <= 0.0 {
+        return x;
+    }
+    let keep = 1.0 - f64::from(pass.dropout);
+    let scale = (1.0 / keep) as f32;
+    tmp.clear();
+    tmp.extend(x.iter().enumerate().map(|(i, &v)| if kept(pass.seed, stream, i as u64, keep) { v * scale } else { 0.0 }));
+    tmp
+}
+
+/// `out[:, c0..c0 + n_out] += factor · (x Aᵀ) Bᵀ` (`out` rows of `width`).
+#[allow(clippy::too_many_arguments)]
+fn lora_forward(x: &[f32], t: usize, inp: usize, p: &HostPair, factor: f32, out: &mut [f32], width: usize, c0: usize, u: &mut Vec<f32>) {
+    let r = p.r;
+    let n_out = p.b.len() / r;
+    u.resize(t * r, 0.0);
+    mm(t, r, inp, u, r, false, x, inp, 1, &p.a, 1, inp, 1.0, true);
+    mm(t, n_out, r, &mut out[c0..], width, true, u, r, 1, &p.b, 1, r, factor, true);
+}
+
+/// The backward pass of [`lora_forward`]: adds `x`'s gradient to `dx` and returns `(dA, dB)`.
+/// `dy` is the output gradient, rows of `width` from column `c0`.
+#[allow(clippy::too_many_arguments)]
+fn lora_backward(
+    x: &[f32],
+    t: usize,
+    inp: usize,
+    p: &HostPair,
+    factor: f32,
+    dy: &[f32],
+    width: usize,
+    c0: usize,
+    dx: &mut [f32],
+    dx_scale: Option<(&TrainPass, u64)>,
+) -> (Vec<f32>, Vec<f32>) {
+    let r = p.r;
+    let n_out = p.b.len() / r;
+    let mut u = vec![0f32; t * r];
+    mm(t, r, inp, &mut u, r, false, x, inp, 1, &p.a, 1, inp, 1.0, true);
+    // dB = factor · dYᵀ u  ([n_out, r]); du = factor · dY B  ([t, r]).
+    let mut db = vec![0f32; n_out * r];
+    mm(n_out, r, t, &mut db, r, false, &dy[c0..], 1, width, &u, r, 1, factor, true);
+    let mut du = vec![0f32; t * r];
+    mm(t, r, n_out, &mut du, r, false, &dy[c0..], width, 1, &p.b, r, 1, factor, true);
+    // dA = duᵀ x  ([r, inp]); dx += du A (through the dropout mask).
+    let mut da = vec![0f32; r * inp];
+    mm(r, inp, t, &mut da, inp, false, &du, 1, r, x, inp, 1, 1.0, true);
+    match dx_scale {
+        None => mm(t, inp, r, dx, inp, true, &du, r, 1, &p.a, inp, 1, 1.0, true),
+        Some((pass, stream)) => {
+            let mut g = vec![0f32; t * inp];
+            mm(t, inp, r, &mut g, inp, false, &du, r, 1, &p.a, inp, 1, 1.0, true);
+            let keep = 1.0 - f64::from(pass.dropout);
+            let scale = (1.0 / keep) as f32;
+            for (i, (d, g)) in dx.iter_mut().zip(&g).enumerate() {
+                if kept(pass.seed, stream, i as u64, keep) {
+                    *d += g * scale;
+                }
+            }
+        }
+    }
+    (da, db)
+}
+
+/// Backward of `y = x · rsqrt(mean(x²) + eps) · w` per row: `dx += ...` given `dy`.
+fn rms_norm_backward(x: &[f32], w: &[f32], eps: f32, n: usize, dy: &[f32], dx: &mut [f32]) {
+    let one = |((xr, dyr), dxr): ((&[f32], &[f32]), &mut [f32])| {
+        let ms = kernels::dot_f32(xr, xr) / n as f32;
+        let r = 1.0 / (ms + eps).sqrt();
+        let mut dot = 0f32;
+        for ((&x, &d), &w) in xr.iter().zip(dyr).zip(w) {
+            dot += x * d * w;
+        }
+        let c = r * r * r * dot / n as f32;
+        for (((o, &x), &d), &w) in dxr.iter_mut().zip(xr).zip(dyr).zip(w) {
+            *o += r * w * d - c * x;
+        }
+    };
+    x.par_chunks_exact(n).zip(dy.par_chunks_exact(n)).zip(dx.par_chunks_exact_mut(n)).for_each(one);
+}
+
+/// Backward of [`rope_half`] on one head: the gradient before rotation from the one after.
+fn rope_half_backward(d: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = d.len() / 2;
+    for i in 0..half {
+        let (da, db) = (d[i], d[i + half]);
+        d[i] = da * cos[i] + db * sin[i + half];
+        d[i + half] = db * cos[i + half] - da * sin[i];
+    }
+}
+
+/// Softmax of one causal row of scores in place (entries after `n` are zeroed).
+fn softmax_row(s: &mut [f32], n: usize) {
+    let max = s[..n].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0f32;
+    for v in &mut s[..n] {
+        *v = (*v - max).exp();
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    s[..n].iter_mut().for_each(|v| *v *= inv);
+    s[n..].fill(0.0);
+}
+
+/// Geometry of one attention pass over `qkv` (`[t, qkv_w]`: queries, then keys, then values).
+#[derive(Clone, Copy)]
+struct Attn {
+    t: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    qkv_w: usize,
+}
+
+impl Attn {
+    fn q_w(&self) -> usize {
+        self.nh * self.hd
+    }
+    fn k0(&self, g: usize) -> usize {
+        self.q_w() + g * self.hd
+    }
+    fn v0(&self, g: usize) -> usize {
+        self.q_w() + self.nkv * self.hd + g * self.hd
+    }
+
+    /// Probabilities of queries `i0..i0 + bq` of `head` over keys `0..i0 + bq` into `p` (`[bq, n]`).
+    fn probs(&self, qkv: &[f32], head: usize, i0: usize, bq: usize, p: &mut Vec<f32>) -> usize {
+        let (hd, w) = (self.hd, self.qkv_w);
+        let g = head / (self.nh / self.nkv);
+        let n = i0 + bq;
+        p.resize(bq * n, 0.0);
+        let scale = 1.0 / (hd as f32).sqrt();
+        mm(bq, n, hd, p, n, false, &qkv[i0 * w + head * hd..], w, 1, &qkv[self.k0(g)..], 1, w, scale, false);
+        for (ii, row) in p.chunks_exact_mut(n).enumerate() {
+            softmax_row(row, i0 + ii + 1);
+        }
+        n
+    }
+
+    /// Causal attention output `[t, q_w]`.
+    fn forward(&self, qkv: &[f32], out: &mut Vec<f32>) {
+        let (t, hd) = (self.t, self.hd);
+        let heads: Vec<Vec<f32>> = (0..self.nh)
+            .into_par_iter()
+            .map(|head| {
+                let g = head / (self.nh / self.nkv);
+                let mut o = vec![0f32; t * hd];
+                let mut p = Vec::new();
+                for i0 in (0..t).step_by(BQ) {
+                    let bq = BQ.min(t - i0);
+                    let n = self.probs(qkv, head, i0, bq, &mut p);
+                    mm(bq, hd, n, &mut o[i0 * hd..], hd, false, &p, n, 1, &qkv[self.v0(g)..], self.qkv_w, 1, 1.0, false);
+                }
+                o
+            })
+            .collect();
+        let q_w = self.q_w();
+        out.resize(t * q_w, 0.0);
+        for (head, o) in heads.iter().enumerate() {
+            for i in 0..t {
+                out[i * q_w + head * hd..i * q_w + (head + 1) * hd].copy_from_slice(&o[i * hd..(i + 1) * hd]);
+            }
+        }
+    }
+
+    /// Gradients of queries, keys and values (`[t, qkv_w]`, overwritten) from the output gradient
+    /// `d_out` (`[t, q_w]`) and the output `out`.
+    fn backward(&self, qkv: &[f32], out: &[f32], d_out: &[f32], d_qkv: &mut Vec<f32>) {
+        let (t, hd, q_w, w) = (self.t, self.hd, self.q_w(), self.qkv_w);
+        let scale = 1.0 / (hd as f32).sqrt();
+        let per_head: Vec<[Vec<f32>; 3]> = (0..self.nh)
+            .into_par_iter()
+            .map(|head| {
+                let g = head / (self.nh / self.nkv);
+                let (mut dq, mut dk, mut dv) = (vec![0f32; t * hd], vec![0f32; t * hd], vec![0f32; t * hd]);
+                // D_i = dO_i · O_i.
+                let dd: Vec<f32> = (0..t)
+                    .map(|i| kernels::dot_f32(&d_out[i * q_w + head * hd..i * q_w + (head + 1) * hd], &out[i * q_w + head * hd..i * q_w + (head + 1) * hd]))
+                    .collect();
+                let (mut p, mut dp) = (Vec::new(), Vec::new());
+                for i0 in (0..t).step_by(BQ) {
+                    let bq = BQ.min(t - i0);
+                    let n = self.probs(qkv, head, i0, bq, &mut p);
+                    let d_o = &d_out[i0 * q_w + head * hd..];
+                    // dV[0..n] += Pᵀ dO.
+                    mm(n, hd, bq, &mut dv, hd, true, &p, 1, n, d_o, q_w, 1, 1.0, false);
+                    // dP = dO Vᵀ; dS = P ⊙ (dP − D).
+                    dp.resize(bq * n, 0.0);
+                    mm(bq, n, hd, &mut dp, n, false, d_o, q_w, 1, &qkv[self.v0(g)..], 1, w, 1.0, false);
+                    for ii in 0..bq {
+                        let row = ii * n;
+                        let di = dd[i0 + ii];
+                        for j in 0..n {
+                            dp[row + j] = p[row + j] * (dp[row + j] - di);
+                        }
+                    }
+                    // dQ = scale · dS K; dK[0..n] += scale · dSᵀ Q.
+                    mm(bq, hd, n, &mut dq[i0 * hd..], hd, false, &dp, n, 1, &qkv[self.k0(g)..], w, 1, scale, false);
+                    mm(n, hd, bq, &mut dk, hd, true, &dp, 1, n, &qkv[i0 * w + head * hd..], w, 1, scale, false);
+                }
+                [dq, dk, dv]
+            })
+            .collect();
+        d_qkv.clear();
+        d_qkv.resize(t * w, 0.0);
+        for (head, [dq, dk, dv]) in per_head.iter().enumerate() {
+            let g = head / (self.nh / self.nkv);
+            for i in 0..t {
+                let row = &mut d_qkv[i * w..(i + 1) * w];
+                row[head * hd..(head + 1) * hd].copy_from_slice(&dq[i * hd..(i + 1) * hd]);
+                for (d, s) in row[self.k0(g)..self.k0(g) + hd].iter_mut().zip(&dk[i * hd..(i + 1) * hd]) {
+                    *d += s;
+                }
+                for (d, s) in row[self.v0(g)..self.v0(g) + hd].iter_mut().zip(&dv[i * hd..(i + 1) * hd]) {
+                    *d += s;
+                }
+            }
+        }
+    }
+}
+
+/// What one layer's backward pass needs from its forward pass.
+#[derive(Default)]
+struct LayerActs {
+    /// The layer's input `[t, h]`.
+    x: Vec<f32>,
+    /// Queries, keys (after RoPE) and values `[t, qkv_w]`.
+    qkv: Vec<f32>,
+    /// Attention output `[t, q_w]`.
+    attn: Vec<f32>,
+    /// The residual stream after attention `[t, h]`.
+    x2: Vec<f32>,
+    /// Gate and up projections `[t, 2·inter]`.
+    gu: Vec<f32>,
+}
+
+impl LayerActs {
+    fn bytes(&self) -> usize {
+        4 * (self.x.capacity() + self.qkv.capacity() + self.attn.capacity() + self.x2.capacity() + self.gu.capacity())
+    }
+}
+
+/// Scratch reused across layers.
+#[derive(Default)]
+struct Work {
+    h: Vec<f32>,
+    act: Vec<f32>,
+    out: Vec<f32>,
+    u: Vec<f32>,
+    drop: Vec<f32>,
+    acts: QActs,
+}
+
+/// Dropout stream of (layer, module).
+fn stream(l: usize, m: usize) -> u64 {
+    (l * 7 + m) as u64 + 1
+}
+
+impl HostWeights {
+    /// The transposed weights of the backward pass (built once per model; about one byte per weight).
+    pub(crate) fn backward_weights(&self) -> HostBackward {
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                let [q, k, v] = &l.qkv;
+                let [g, u] = &l.gate_up;
+                [QMatrix::transposed(&[q, k, v]), QMatrix::transposed(&[&l.wo]), QMatrix::transposed(&[g, u]), QMatrix::transposed(&[&l.down])]
+            })
+            .collect();
+        let head = QMatrix::transposed(&[self.lm_head.as_ref().unwrap_or(&self.embed)]);
+        HostBackward { layers, head }
+    }
+
+    /// One layer's forward pass from `acts.x`, filling the rest of `acts`; the layer's output goes
+    /// to `x_out`.
+    fn layer_forward(&self, c: &LlamaConfig, l: usize, pass: &TrainPass, acts: &mut LayerActs, w: &mut Work, x_out: &mut Vec<f32>) {
+        let (h, nh, nkv, hd, inter) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size);
+        let t = acts.x.len() / h;
+        let (q_w, kv_w) = (nh * hd, nkv * hd);
+        let qkv_w = q_w + 2 * kv_w;
+        let layer = &self.layers[l];
+        let lora = &pass.lora[l];
+        let eps = c.rms_norm_eps;
+        // Attention.
+        rms_norm(&acts.x, &layer.attn_norm, eps, h, &mut w.h);
+        w.acts.quantize(&w.h, t, h);
+        acts.qkv.resize(t * qkv_w, 0.0);
+        let [wq, wk, wv] = &layer.qkv;
+        kernels::matmul(&[wq, wk, wv], &w.h, &w.acts, t, &mut acts.qkv);
+        for (m, c0) in [(0, 0), (1, q_w), (2, q_w + kv_w)] {
+            if let Some(p) = &lora[m] {
+                let x = dropped(&w.h, pass, stream(l, m), &mut w.drop);
+                lora_forward(x, t, h, p, pass.factor, &mut acts.qkv, qkv_w, c0, &mut w.u);
+            }
+        }
+        acts.qkv.par_chunks_exact_mut(qkv_w).enumerate().for_each(|(pos, row)| {
+            let (cos, sin) = (&self.cos[pos * hd..(pos + 1) * hd], &self.sin[pos * hd..(pos + 1) * hd]);
+            for head in row[..q_w + kv_w].chunks_exact_mut(hd) {
+                rope_half(head, cos, sin);
+            }
+        });
+        Attn { t, nh, nkv, hd, qkv_w }.forward(&acts.qkv, &mut acts.attn);
+        w.acts.quantize(&acts.attn, t, q_w);
+        w.out.resize(t * h, 0.0);
+        kernels::matmul(&[&layer.wo], &acts.attn, &w.acts, t, &mut w.out);
+        if let Some(p) = &lora[3] {
+            let x = dropped(&acts.attn, pass, stream(l, 3), &mut w.drop);
+            lora_forward(x, t, q_w, p, pass.factor, &mut w.out, h, 0, &mut w.u);
+        }
+        acts.x2.clear();
+        acts.x2.extend(acts.x.iter().zip(&w.out).map(|(x, o)| x + o));
+        // MLP.
+        rms_norm(&acts.x2, &layer.mlp_norm, eps, h, &mut w.h);
+        w.acts.quantize(&w.h, t, h);
+        acts.gu.resize(t * 2 * inter, 0.0);
+        let [wg, wu] = &layer.gate_up;
+        kernels::matmul(&[wg, wu], &w.h, &w.acts, t, &mut acts.gu);
+        for (m, c0) in [(4, 0), (5, inter)] {
+            if let Some(p) = &lora[m] {
+                let x = dropped(&w.h, pass, stream(l, m), &mut w.drop);
+                lora_forward(x, t, h, p, pass.factor, &mut acts.gu, 2 * inter, c0, &mut w.u);
+            }
+        }
+        swiglu(&acts.gu, inter, &mut w.act);
+        w.acts.quantize(&w.act, t, inter);
+        kernels::matmul(&[&layer.down], &w.act, &w.acts, t, &mut w.out);
+        if let Some(p) = &lora[6] {
+            let x = dropped(&w.act, pass, stream(l, 6), &mut w.drop);
+            lora_forward(x, t, inter, p, pass.factor, &mut w.out, h, 0, &mut w.u);
+        }
+        x_out.clear();
+        x_out.extend(acts.x2.iter().zip(&w.out).map(|(x, o)| x + o));
+    }
+
+    /// One layer's backward pass: `dx` holds the output gradient on entry and the input gradient on
+    /// return.
+    #[allow(clippy::too_many_arguments)]
+    fn layer_backward(&self, c: &LlamaConfig, bw: &HostBackward, l: usize, pass: &TrainPass, acts: &LayerActs, w: &mut Work, dx: &mut Vec<f32>) -> LayerGrads {
+        let (h, nh, nkv, hd, inter) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size);
+        let t = acts.x.len() / h;
+        let (q_w, kv_w) = (nh * hd, nkv * hd);
+        let qkv_w = q_w + 2 * kv_w;
+        let layer = &self.layers[l];
+        let [qkv_t, wo_t, gu_t, down_t] = &bw.layers[l];
+        let lora = &pass.lora[l];
+        let eps = c.rms_norm_eps;
+        let mut grads: LayerGrads = Default::default();
+        let mask_of = |m: usize| (pass.dropout > 0.0).then_some((pass, stream(l, m)));
+        let mut back = |m: usize, x: &[f32], inp: usize, dy: &[f32], width: usize, c0: usize, dxm: &mut [f32], tmp: &mut Vec<f32>| {
+            if let Some(p) = &lora[m] {
+                let xd = dropped(x, pass, stream(l, m), tmp);
+                grads[m] = Some(lora_backward(xd, t, inp, p, pass.factor, dy, width, c0, dxm, mask_of(m)));
+            }
+        };
+        // Down projection: d_act = dY · W_down (+ LoRA).
+        swiglu(&acts.gu, inter, &mut w.act);
+        w.acts.quantize(dx, t, h);
+        let mut d_act = vec![0f32; t * inter];
+        kernels::matmul(&[down_t], dx, &w.acts, t, &mut d_act);
+        back(6, &w.act, inter, dx, h, 0, &mut d_act, &mut w.drop);
+        // SwiGLU.
+        let mut d_gu = vec![0f32; t * 2 * inter];
+        d_gu.par_chunks_exact_mut(2 * inter).zip(acts.gu.par_chunks_exact(2 * inter)).zip(d_act.par_chunks_exact(inter)).for_each(|((dgu, gu), da)| {
+            let (dg, du) = dgu.split_at_mut(inter);
+            let (g, u) = gu.split_at(inter);
+            for i in 0..inter {
+                let s = 1.0 / (1.0 + (-g[i]).exp());
+                du[i] = da[i] * g[i] * s;
+                dg[i] = da[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
+            }
+        });
+        drop(d_act);
+        // Gate and up projections.
+        rms_norm(&acts.x2, &layer.mlp_norm, eps, h, &mut w.h);
+        w.acts.quantize(&d_gu, t, 2 * inter);
+        let mut d_h = vec![0f32; t * h];
+        kernels::matmul(&[gu_t], &d_gu, &w.acts, t, &mut d_h);
+        back(4, &w.h, h, &d_gu, 2 * inter, 0, &mut d_h, &mut w.drop);
+        back(5, &w.h, h, &d_gu, 2 * inter, inter, &mut d_h, &mut w.drop);
+        drop(d_gu);
+        // dx2 = dx + RMSNorm backward.
+        rms_norm_backward(&acts.x2, &layer.mlp_norm, eps, h, &d_h, dx);
+        // Output projection.
+        w.acts.quantize(dx, t, h);
+        let mut d_attn = vec![0f32; t * q_w];
+        kernels::matmul(&[wo_t], dx, &w.acts, t, &mut d_attn);
+        back(3, &acts.attn, q_w, dx, h, 0, &mut d_attn, &mut w.drop);
+        // Attention, then RoPE.
+        let mut d_qkv = Vec::new();
+        Attn { t, nh, nkv, hd, qkv_w }.backward(&acts.qkv, &acts.attn, &d_attn, &mut d_qkv);
+        drop(d_attn);
+        d_qkv.par_chunks_exact_mut(qkv_w).enumerate().for_each(|(pos, row)| {
+            let (cos, sin) = (&self.cos[pos * hd..(pos + 1) * hd], &self.sin[pos * hd..(pos + 1) * hd]);
+            for head in row[..q_w + kv_w].chunks_exact_mut(hd) {
+                rope_half_backward(head, cos, sin);
+            }
+        });
+        // Q, K, V projections.
+        rms_norm(&acts.x, &layer.attn_norm, eps, h, &mut w.h);
+        w.acts.quantize(&d_qkv, t, qkv_w);
+        kernels::matmul(&[qkv_t], &d_qkv, &w.acts, t, &mut d_h);
+        for (m, c0) in [(0, 0), (1, q_w), (2, q_w + kv_w)] {
+            back(m, &w.h, h, &d_qkv, qkv_w, c0, &mut d_h, &mut w.drop);
+        }
+        rms_norm_backward(&acts.x, &layer.attn_norm, eps, h, &d_h, dx);
+        grads
+    }
+
+    /// The masked loss of `ids` (mean cross-entropy of `ids[t]` over the positions with `mask[t]`)
+    /// and, with `grads`, its gradients with respect to the adapters. Callers have checked the ids,
+    /// the lengths and that some token is masked; `bw` is needed only for gradients.
+    pub(crate) fn train_pass(&self, c: &LlamaConfig, bw: Option<&HostBackward>, ids: &[u32], mask: &[bool], pass: &TrainPass) -> PassResult {
+        let h = c.hidden_size;
+        let t = ids.len();
+        let layers = self.layers.len();
+        let mut work = Work::default();
+        let mut x = vec![0f32; t * h];
+        for (row, &id) in x.chunks_exact_mut(h).zip(ids) {
+            self.embed.dequantize_row(id as usize, row);
+        }
+        // Forward, keeping what the backward pass needs (or only each layer's input).
+        let keep = bw.is_some();
+        let mut saved: Vec<LayerActs> = Vec::with_capacity(if keep { layers } else { 0 });
+        let mut acts = LayerActs::default();
+        let mut next = Vec::new();
+        for l in 0..layers {
+            acts.x = std::mem::take(&mut x);
+            self.layer_forward(c, l, pass, &mut acts, &mut work, &mut next);
+            x = std::mem::take(&mut next);
+            if keep {
+                if pass.checkpoint {
+                    saved.push(LayerActs { x: std::mem::take(&mut acts.x), ..Default::default() });
+                } else {
+                    saved.push(std::mem::take(&mut acts));
+                }
+            }
+        }
+        tracing::trace!(bytes = saved.iter().map(LayerActs::bytes).sum::<usize>(), "host training activations");
+        // The masked head, a few rows at a time; `dx` collects the final hidden states' gradient.
+        let rows: Vec<(usize, u32)> = (1..t).filter(|&i| mask[i]).map(|i| (i - 1, ids[i])).collect();
+        let n = rows.len();
+        let head = self.lm_head.as_ref().unwrap_or(&self.embed);
+        let vocab = head.rows();
+        let mut dx = if keep { vec![0f32; t * h] } else { Vec::new() };
+        let mut loss = 0f64;
+        let (mut hx, mut hn, mut logits, mut dh) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for chunk in rows.chunks(HEAD_ROWS) {
+            let k = chunk.len();
+            hx.clear();
+            for &(r, _) in chunk {
+                hx.extend_from_slice(&x[r * h..(r + 1) * h]);
+            }
+            rms_norm(&hx, &self.norm, c.rms_norm_eps, h, &mut hn);
+            work.acts.quantize(&hn, k, h);
+            logits.resize(k * vocab, 0.0);
+            kernels::matmul(&[head], &hn, &work.acts, k, &mut logits);
+            let losses: Vec<f64> = logits
+                .par_chunks_exact_mut(vocab)
+                .zip(chunk.par_iter())
+                .map(|(row, &(_, target))| {
+                    let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+                    let sum: f64 = row.iter().map(|&v| f64::from((v - max).exp())).sum();
+                    let lse = f64::from(max) + sum.ln();
+                    let l = lse - f64::from(row[target as usize]);
+                    if keep {
+                        // d logits = (softmax − one-hot) / n.
+                        let inv = 1.0 / n as f32;
+                        for v in row.iter_mut() {
+                            *v = ((f64::from(*v) - lse).exp() as f32) * inv;
+                        }
+                        row[target as usize] -= inv;
+                    }
+                    l
+                })
+                .collect();
+            loss += losses.iter().sum::<f64>();
+            if let Some(bw) = bw {
+                work.acts.quantize(&logits, k, vocab);
+                dh.resize(k * h, 0.0);
+                kernels::matmul(&[&bw.head], &logits, &work.acts, k, &mut dh);
+                let mut dxr = vec![0f32; k * h];
+                rms_norm_backward(&hx, &self.norm, c.rms_norm_eps, h, &dh, &mut dxr);
+                for (&(r, _), g) in chunk.iter().zip(dxr.chunks_exact(h)) {
+                    dx[r * h..(r + 1) * h].iter_mut().zip(g).for_each(|(d, g)| *d += g);
+                }
+            }
+        }
+        drop(logits);
+        let loss = loss / n as f64;
+        let Some(bw) = bw else { return PassResult { loss, tokens: n, grads: None } };
+        // Backward, last layer first.
+        let mut grads: Vec<LayerGrads> = (0..layers).map(|_| Default::default()).collect();
+        for l in (0..layers).rev() {
+            let mut s = saved.pop().expect("one saved entry per layer");
+            if pass.checkpoint {
+                self.layer_forward(c, l, pass, &mut s, &mut work, &mut next);
+            }
+            grads[l] = self.layer_backward(c, bw, l, pass, &s, &mut work, &mut dx);
+        }
+        PassResult { loss, tokens: n, grads: Some(grads) }
+    }
+}
+
+/// `act = silu(g) · u` per row of `gu` (`[g | u]`, each `inter` wide).
+fn swiglu(gu: &[f32], inter: usize, act: &mut Vec<f32>) {
+    act.resize(gu.len() / 2, 0.0);
+    act.par_chunks_exact_mut(inter).zip(gu.par_chunks_exact(2 * inter)).for_each(|(a, gu)| {
+        let (g, u) = gu.split_at(inter);
+        for ((a, &g), &u) in a.iter_mut().zip(g).zip(u) {
+            *a = g / (1.0 + (-g).exp()) * u;
+        }
+    });
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,220 @@
+//! The host training pass against finite differences (every backward kernel: head, RMSNorm, SwiGLU,
+//! the frozen products through their transposes, attention over several query blocks, RoPE, the
+//! LoRA products, dropout) and the quantized base against its own dequantized weights.
+
+use super::*;
+use crate::engine::kernels::QMatrix;
+use crate::formats::quant::GgmlType;
+use crate::generate::Rng;
+use crate::model::host::HostLayer;
+
+fn config() -> LlamaConfig {
+    LlamaConfig {
+        vocab_size: 96,
+        hidden_size: 64,
+        intermediate_size: 96,
+        num_hidden_layers: 2,
+        num_attention_heads: 4,
+        num_key_value_heads: 2,
+        head_dim: 16,
+        rms_norm_eps: 1e-5,
+        rope_theta: 10000.0,
+        rope_scaling: None,
+        max_position_embeddings: 256,
+        tie_word_embeddings: true,
+        bos_token_id: None,
+        eos_token_ids: vec![],
+    }
+}
+
+fn uniform(rng: &mut Rng, n: usize, bound: f64) -> Vec<f32> {
+    (0..n).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect()
+}
+
+/// A random `[rows, cols]` matrix: dense f32, or Q4_1 blocks with random scales and offsets.
+fn matrix(rng: &mut Rng, rows: usize, cols: usize, q4: bool) -> QMatrix {
+    let bound = 1.5 / (cols as f64).sqrt();
+    if !q4 {
+        return QMatrix::from_f32(uniform(rng, rows * cols, bound), rows, cols);
+    }
+    let mut bytes = Vec::new();
+    for _ in 0..rows * cols / 32 {
+        let d = half::f16::from_f32((bound * 2.0 / 15.0 * (0.5 + rng.next_f64())) as f32);
+        let m = half::f16::from_f32((-bound * (0.5 + rng.next_f64())) as f32);
+        bytes.extend_from_slice(&d.to_le_bytes());
+        bytes.extend_from_slice(&m.to_le_bytes());
+        bytes.extend((0..16).map(|_| (rng.next_u64() & 0xFF) as u8));
+    }
+    QMatrix::from_ggml(GgmlType::Q4_1, &bytes, rows, cols).unwrap()
+}
+
+fn weights(c: &LlamaConfig, seed: u64, q4: bool) -> HostWeights {
+    let mut rng = Rng::new(seed);
+    let (h, hd, inter) = (c.hidden_size, c.head_dim, c.intermediate_size);
+    let (q_out, kv_out) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+    let norm = |rng: &mut Rng| uniform(rng, h, 0.3).into_iter().map(|v| 1.0 + v).collect::<Vec<f32>>();
+    let layers = (0..c.num_hidden_layers)
+        .map(|_| HostLayer {
+            attn_norm: norm(&mut rng),
+            qkv: [matrix(&mut rng, q_out, h, q4), matrix(&mut rng, kv_out, h, q4), matrix(&mut rng, kv_out, h, q4)],
+            wo: matrix(&mut rng, h, q_out, q4),
+            mlp_norm: norm(&mut rng),
+            gate_up: [matrix(&mut rng, inter, h, q4), matrix(&mut rng, inter, h, q4)],
+            down: matrix(&mut rng, h, inter, q4),
+        })
+        .collect();
+    let embed = QMatrix::from_f32(uniform(&mut rng, c.vocab_size * h, 1.0), c.vocab_size, h);
+    let (cos, sin) = crate::model::rope::tables(c, c.max_position_embeddings);
+    HostWeights { embed, layers, norm: norm(&mut rng), lm_head: None, cos, sin }
+}
+
+/// The same model with every matrix dequantized to dense f32.
+fn dequantized(w: &HostWeights) -> HostWeights {
+    let d = |m: &QMatrix| QMatrix::from_f32(m.dequantize(), m.rows(), m.cols());
+    HostWeights {
+        embed: d(&w.embed),
+        layers: w
+            .layers
+            .iter()
+            .map(|l| HostLayer {
+                attn_norm: l.attn_norm.clone(),
+                qkv: [d(&l.qkv[0]), d(&l.qkv[1]), d(&l.qkv[2])],
+                wo: d(&l.wo),
+                mlp_norm: l.mlp_norm.clone(),
+                gate_up: [d(&l.gate_up[0]), d(&l.gate_up[1])],
+                down: d(&l.down),
+            })
+            .collect(),
+        norm: w.norm.clone(),
+        lm_head: None,
+        cos: w.cos.clone(),
+        sin: w.sin.clone(),
+    }
+}
+
+fn adapters(c: &LlamaConfig, r: usize, seed: u64) -> Vec<[Option<HostPair>; 7]> {
+    let mut rng = Rng::new(seed);
+    (0..c.num_hidden_layers)
+        .map(|_| {
+            std::array::from_fn(|m| {
+                let (o, i) = crate::model::lora::linear_shape(c, crate::formats::peft::TARGETS[m]);
+                Some(HostPair { a: uniform(&mut rng, r * i, 1.0 / (i as f64).sqrt()), b: uniform(&mut rng, o * r, 0.3), r })
+            })
+        })
+        .collect()
+}
+
+fn example(c: &LlamaConfig, t: usize, seed: u64) -> (Vec<u32>, Vec<bool>) {
+    let mut rng = Rng::new(seed);
+    let ids = (0..t).map(|_| (rng.next_u64() % c.vocab_size as u64) as u32).collect();
+    let mask = (0..t).map(|i| i > 0 && rng.next_f64() < 0.6).collect();
+    (ids, mask)
+}
+
+fn pass<'a>(lora: &'a [[Option<HostPair>; 7]], dropout: f32, checkpoint: bool) -> TrainPass<'a> {
+    TrainPass { lora, factor: 2.0, dropout, seed: 11, checkpoint }
+}
+
+/// Each module's gradient (A and B, all layers) as one vector.
+fn module_grads(grads: &[LayerGrads], m: usize, a: bool) -> Vec<f32> {
+    grads.iter().flat_map(|l| { let (da, db) = l[m].as_ref().unwrap(); if a { da.clone() } else { db.clone() } }).collect()
+}
+
+fn shifted(lora: &[[Option<HostPair>; 7]], m: usize, a: bool, dir: &[f32], eps: f32) -> Vec<[Option<HostPair>; 7]> {
+    let mut out = lora.to_vec();
+    let mut at = 0;
+    for layer in &mut out {
+        let p = layer[m].as_mut().unwrap();
+        let v = if a { &mut p.a } else { &mut p.b };
+        for x in v.iter_mut() {
+            *x += eps * dir[at];
+            at += 1;
+        }
+    }
+    out
+}
+
+/// Central differences of the loss along the gradient and along a random direction, for A and B
+/// of every module, against the analytic directional derivatives.
+fn check_finite_differences(w: &HostWeights, dropout: f32) {
+    let c = config();
+    let bw = w.backward_weights();
+    let lora = adapters(&c, 4, 3);
+    // 70 tokens: two query blocks of the attention passes.
+    let (ids, mask) = example(&c, 70, 5);
+    let res = w.train_pass(&c, Some(&bw), &ids, &mask, &pass(&lora, dropout, false));
+    let grads = res.grads.unwrap();
+    let mut rng = Rng::new(9);
+    for m in 0..7 {
+        for a in [true, false] {
+            let g = module_grads(&grads, m, a);
+            let norm = g.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+            assert!(norm > 1e-4, "module {m} {a}: gradient norm {norm}");
+            let along: Vec<f32> = g.iter().map(|v| (f64::from(*v) / norm) as f32).collect();
+            let random: Vec<f32> = {
+                let r = uniform(&mut rng, g.len(), 1.0);
+                let n = r.iter().map(|v| f64::from(*v).powi(2)).sum::<f64>().sqrt();
+                r.iter().map(|v| (f64::from(*v) / n) as f32).collect()
+            };
+            for (name, dir) in [("gradient", &along), ("random", &random)] {
+                let eps = 1e-2;
+                let loss = |s: f32| w.train_pass(&c, None, &ids, &mask, &pass(&shifted(&lora, m, a, dir, s), dropout, false)).loss;
+                let fd = (loss(eps) - loss(-eps)) / (2.0 * f64::from(eps));
+                let analytic: f64 = g.iter().zip(dir.iter()).map(|(g, d)| f64::from(*g) * f64::from(*d)).sum();
+                let tol = 2e-2 * norm + 1e-4;
+                assert!((fd - analytic).abs() < tol, "module {m} ({}), {name} direction: finite difference {fd} vs analytic {analytic} (|g| {norm})", if a { "A" } else { "B" });
+            }
+        }
+    }
+}
+
+#[test]
+fn gradients_match_finite_differences() {
+    check_finite_differences(&weights(&config(), 1, false), 0.0);
+}
+
+#[test]
+fn gradients_match_finite_differences_with_dropout() {
+    check_finite_differences(&weights(&config(), 2, false), 0.25);
+}
+
+#[test]
+fn checkpointing_gives_the_same_gradients() {
+    let c = config();
+    let w = weights(&c, 1, true);
+    let bw = w.backward_weights();
+    let lora = adapters(&c, 4, 3);
+    let (ids, mask) = example(&c, 40, 6);
+    let kept = w.train_pass(&c, Some(&bw), &ids, &mask, &pass(&lora, 0.1, false));
+    let recomputed = w.train_pass(&c, Some(&bw), &ids, &mask, &pass(&lora, 0.1, true));
+    assert_eq!(kept.loss, recomputed.loss);
+    for m in 0..7 {
+        assert_eq!(module_grads(kept.grads.as_ref().unwrap(), m, true), module_grads(recomputed.grads.as_ref().unwrap(), m, true));
+        assert_eq!(module_grads(kept.grads.as_ref().unwrap(), m, false), module_grads(recomputed.grads.as_ref().unwrap(), m, false));
+    }
+}
+
+/// The quantized base (Q4_1 weights, int8 activations, int8 transposes) against the exact pass on
+/// its own dequantized weights: the loss and every module's gradient stay close.
+#[test]
+fn quantized_base_stays_close_to_its_dequantized_weights() {
+    let c = config();
+    let q = weights(&c, 4, true);
+    let f = dequantized(&q);
+    let lora = adapters(&c, 4, 3);
+    let (ids, mask) = example(&c, 70, 7);
+    let rq = q.train_pass(&c, Some(&q.backward_weights()), &ids, &mask, &pass(&lora, 0.0, false));
+    let rf = f.train_pass(&c, Some(&f.backward_weights()), &ids, &mask, &pass(&lora, 0.0, false));
+    let rel = (rq.loss - rf.loss).abs() / rf.loss;
+    assert!(rel < 5e-3, "loss {} vs {} ({rel})", rq.loss, rf.loss);
+    for m in 0..7 {
+        for a in [true, false] {
+            let (gq, gf) = (module_grads(rq.grads.as_ref().unwrap(), m, a), module_grads(rf.grads.as_ref().unwrap(), m, a));
+            let dot: f64 = gq.iter().zip(&gf).map(|(x, y)| f64::from(*x) * f64::from(*y)).sum();
+            let n = |v: &[f32]| v.iter().map(|x| f64::from(*x).powi(2)).sum::<f64>().sqrt();
+            let cos = dot / (n(&gq) * n(&gf));
+            let ratio = n(&gq) / n(&gf);
+            assert!(cos > 0.995 && (ratio - 1.0).abs() < 0.02, "module {m} {a}: cosine {cos}, norm ratio {ratio}");
+        }
+    }
+}
