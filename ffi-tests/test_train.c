@@ -136,6 +136,8 @@ static bool on_progress(void *user, const agentlm_train_progress *p) {
   CHECK(p->step == g_last_step + 1);
   g_last_step = p->step;
   CHECK(p->loss > 0 && p->tokens > 0 && p->loss_tokens > 0 && p->tokens_per_s > 0 && p->learning_rate > 0);
+  /* ABI 3: the call's mean speed, time so far, ETA and the peak memory (Linux reports it). */
+  CHECK(p->mean_tokens_per_s > 0 && p->elapsed_s > 0 && p->eta_s >= 0 && p->peak_rss_bytes > (1u << 20));
   /* The trainer is busy: other calls on it are refused, not raced. */
   CHECK_STATUS(agentlm_trainer_add_json(g_trainer, AGENTLM_DATA_AGENT, "{}", 2, NULL, NULL), AGENTLM_STATUS_BUSY);
   return *stop_at == 0 || g_progress_calls < *stop_at;

@@ -713,20 +713,37 @@ pub(crate) fn marked_messages(messages: &[Message]) -> Vec<Message> {
 /// # Errors
 /// A marker the template mangled; tokenizer errors.
 pub(crate) fn encode_marked(tok: &Tokenizer, text: &str, contents: &[&str]) -> Result<Vec<u32>> {
+    Ok(encode_marked_with_offsets(tok, text, contents)?.0)
+}
+
+/// [`encode_marked`] plus where each token starts in `text` (a content's tokens all start at its
+/// marker).
+///
+/// # Errors
+/// As [`encode_marked`].
+pub(crate) fn encode_marked_with_offsets(tok: &Tokenizer, text: &str, contents: &[&str]) -> Result<(Vec<u32>, Vec<usize>)> {
     let mangled = || Error::InvalidArgument("the chat template mangled a message".into());
-    let mut ids = Vec::new();
-    let mut rest = text;
-    while let Some(open) = rest.find(CONTENT_OPEN) {
-        ids.extend(tok.encode(&rest[..open], false)?);
-        let after = &rest[open + CONTENT_OPEN.len_utf8()..];
-        let close = after.find(CONTENT_CLOSE).ok_or_else(mangled)?;
-        let i: usize = after[..close].parse().map_err(|_| mangled())?;
-        ids.extend(tok.encode_plain(contents.get(i).ok_or_else(mangled)?)?);
-        rest = &after[close + CONTENT_CLOSE.len_utf8()..];
+    let (mut ids, mut starts) = (Vec::new(), Vec::new());
+    let template_piece = |piece: &str, at: usize, ids: &mut Vec<u32>, starts: &mut Vec<usize>| -> Result<()> {
+        let (p, offsets) = tok.encode_with_offsets(piece, false)?;
+        starts.extend(offsets.iter().map(|&(a, _)| at + a));
+        ids.extend(p);
+        Ok(())
+    };
+    let mut at = 0;
+    while let Some(open) = text[at..].find(CONTENT_OPEN).map(|o| at + o) {
+        template_piece(&text[at..open], at, &mut ids, &mut starts)?;
+        let after = open + CONTENT_OPEN.len_utf8();
+        let close = text[after..].find(CONTENT_CLOSE).map(|c| after + c).ok_or_else(mangled)?;
+        let i: usize = text[after..close].parse().map_err(|_| mangled())?;
+        let plain = tok.encode_plain(contents.get(i).ok_or_else(mangled)?)?;
+        starts.extend(std::iter::repeat_n(open, plain.len()));
+        ids.extend(plain);
+        at = close + CONTENT_CLOSE.len_utf8();
     }
-    if rest.contains(CONTENT_CLOSE) {
+    if text[at..].contains(CONTENT_CLOSE) {
         return Err(mangled());
     }
-    ids.extend(tok.encode(rest, false)?);
-    Ok(ids)
+    template_piece(&text[at..], at, &mut ids, &mut starts)?;
+    Ok((ids, starts))
 }

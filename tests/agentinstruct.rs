@@ -74,7 +74,8 @@ fn llama2_rendering_and_loss_masks() {
         assert_eq!(tt.ids.len(), tt.train.len());
         // The ids are those the agent feeds when it acts in this conversation (contents as plain text).
         assert_eq!(tt.ids, chat_tokens(template, tok, &t.messages().unwrap(), false).unwrap(), "{:?}", t.id);
-        // Trained tokens come in one run per `loss: true` turn, decoding to exactly " {reply} </s>".
+        // Trained tokens come in one run per `loss: true` turn, decoding to " {reply} </s>" (a token may
+        // run a byte past a reply's end where this byte-level BPE merges across the boundary, `</s><`).
         let mut runs: Vec<Vec<u32>> = Vec::new();
         for (k, (&id, &m)) in tt.ids.iter().zip(&tt.train).enumerate() {
             if m {
@@ -85,7 +86,11 @@ fn llama2_rendering_and_loss_masks() {
             }
         }
         let decoded: Vec<String> = runs.iter().map(|r| tok.decode(r, false).unwrap()).collect();
-        assert_eq!(decoded, want, "{:?}", t.id);
+        assert_eq!(decoded.len(), want.len(), "{:?}", t.id);
+        for (d, w) in decoded.iter().zip(&want) {
+            let rest = d.strip_prefix(w.as_str()).unwrap_or_else(|| panic!("{:?}: {d:?} does not start with {w:?}", t.id));
+            assert!(rest.is_empty() || rest == "<", "{:?}: {d:?} runs past {w:?}", t.id);
+        }
         assert!(!tt.train[0] && tt.train.iter().filter(|&&m| m).count() < tt.train.len() / 2);
     }
 }

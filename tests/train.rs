@@ -57,7 +57,18 @@ fn params(t: &Trainer) -> Vec<(String, Vec<f32>)> {
 
 #[test]
 fn training_lowers_the_held_out_loss_and_is_reproducible() {
-    let model = model();
+    lowers_the_held_out_loss_and_is_reproducible(model());
+}
+
+/// The same on the host path (issue 16): frozen GGUF blocks, no f32 copy of the base.
+#[test]
+fn host_path_training_lowers_the_held_out_loss_and_is_reproducible() {
+    let model = Model::load(common::model_path(), &LoadOptions { precision: agentlm::Precision::Quantized, ..LoadOptions::default() }).unwrap();
+    assert!(model.trains_on_host());
+    lowers_the_held_out_loss_and_is_reproducible(model);
+}
+
+fn lowers_the_held_out_loss_and_is_reproducible(model: Model) {
     let dir = tempfile::tempdir().unwrap();
     let mut a = Trainer::new(&model, config(), None).unwrap();
     fill(&mut a, dir.path());
@@ -73,6 +84,10 @@ fn training_lowers_the_held_out_loss_and_is_reproducible() {
     eprintln!("held-out loss {before:.4} -> {after:.4}; steps: {reports:?}");
     assert!(after < before * 0.8, "{before} -> {after}");
     assert!(reports.iter().all(|r| r.tokens > 0 && r.loss_tokens > 0 && r.tokens_per_s > 0.0 && r.grad_norm > 0.0));
+    // Progress for long work: the call's mean speed, time so far, a shrinking ETA, peak memory.
+    assert!(reports.iter().all(|r| r.mean_tokens_per_s > 0.0 && r.peak_rss > 1 << 20));
+    assert!(reports.windows(2).all(|w| w[1].elapsed > w[0].elapsed && w[1].peak_rss >= w[0].peak_rss));
+    assert!(reports[0].eta > std::time::Duration::ZERO && reports[5].eta == std::time::Duration::ZERO);
     assert!(reports[0].lr < reports[1].lr, "warm-up");
     // Same seed, same data: bit-identical parameters.
     let mut b = Trainer::new(&model, config(), None).unwrap();

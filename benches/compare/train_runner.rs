@@ -59,9 +59,20 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let mut trainer = Trainer::new(&model, config, None)?;
     let text = std::fs::read_to_string(&data).map_err(|e| format!("{data}: {e}"))?;
-    let records: Vec<Trajectory> = text.lines().filter(|l| !l.trim().is_empty()).take(rows + n_eval).map(parse_record).collect::<Result<_, _>>()?;
+    // The first conversations with a trained token within `--seq` tokens (ALFWorld's long first
+    // turn leaves some without one at 512).
+    let mut records: Vec<Trajectory> = Vec::new();
+    for line in text.lines().filter(|l| !l.trim().is_empty()) {
+        let r = parse_record(line)?;
+        if trainer.tokenize(&r).is_ok() {
+            records.push(r);
+        }
+        if records.len() == rows + n_eval {
+            break;
+        }
+    }
     if records.len() < rows + n_eval {
-        return Err(format!("{data} holds {} conversations; {} are needed", records.len(), rows + n_eval).into());
+        return Err(format!("{data} holds {} usable conversations; {} are needed", records.len(), rows + n_eval).into());
     }
     let mut out = rows_out.map(std::fs::File::create).transpose()?;
     for (i, r) in records.iter().enumerate() {

@@ -3,6 +3,7 @@
 
 pub mod format;
 pub mod grammar;
+pub mod negatives;
 mod episode;
 mod run;
 pub mod trajectory;

@@ -201,6 +201,16 @@ fn first_message(format: ActionFormat, instructions: &str, tools: &[Tool]) -> St
     }
 }
 
+/// The turns an agent's conversation opens with: the instructions with the tool list, and the
+/// agent's acknowledgement (not trained on); none when both instructions and tools are empty.
+pub(crate) fn head_turns(format: ActionFormat, instructions: &str, tools: &[Tool]) -> Vec<Turn> {
+    let first = first_message(format, instructions, tools);
+    if first.is_empty() {
+        return Vec::new();
+    }
+    vec![Turn::new("human", first, None), Turn::new("gpt", INSTRUCTIONS_ACK, Some(false))]
+}
+
 impl Agent {
     /// An agent for `task`, told `instructions` (the task family's rules) and given `tools`. The
     /// conversation starts as AgentInstruct's do: the instructions (with the tool list), the agent's
@@ -259,14 +269,9 @@ impl Agent {
 
     /// Rebuilds the instructions (with the tool list) and the trajectory's first turns.
     fn set_head(&mut self) {
-        let first = first_message(self.config.format, &self.instructions, &self.tools);
-        self.head.clear();
-        self.trajectory.conversations.clear();
-        if !first.is_empty() {
-            self.head = vec![Message::new("user", first.clone()), Message::new("assistant", INSTRUCTIONS_ACK)];
-            self.trajectory.conversations.push(Turn::new("human", first, None));
-            self.trajectory.conversations.push(Turn::new("gpt", INSTRUCTIONS_ACK, Some(false)));
-        }
+        let turns = head_turns(self.config.format, &self.instructions, &self.tools);
+        self.head = turns.iter().map(|t| Message::new(if t.from == "gpt" { "assistant" } else { "user" }, t.value.as_str())).collect();
+        self.trajectory.conversations = turns;
         self.trajectory.conversations.push(Turn::new("human", self.task.clone(), None));
     }
 

@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::session::{encode_marked, marked_messages};
+use crate::session::{encode_marked_with_offsets, marked_messages};
 use crate::template::{ChatTemplate, Message};
 use crate::tokenizer::Tokenizer;
 
@@ -140,18 +140,27 @@ impl Trajectory {
         let msgs = self.messages()?;
         let segments = self.render_messages(template, &marked_messages(&msgs))?;
         let contents: Vec<&str> = msgs.iter().map(|m| m.content.as_str()).collect();
-        let (mut ids, mut train) = (Vec::new(), Vec::new());
+        // The whole conversation at once (template text runs across segment ends, as the agent
+        // tokenizes it); a token is trained when it starts inside a trained segment.
+        let text: String = segments.iter().map(|s| s.text.as_str()).collect();
+        let mut trained = Vec::new();
+        let mut at = 0;
+        for s in &segments {
+            if s.train {
+                trained.push(at..at + s.text.len());
+            }
+            at += s.text.len();
+        }
+        let (body, starts) = encode_marked_with_offsets(tokenizer, &text, &contents)?;
+        let (mut ids, mut train) = (Vec::with_capacity(body.len() + 1), Vec::with_capacity(body.len() + 1));
         if tokenizer.add_bos_by_default() {
             if let Some(b) = tokenizer.bos_id() {
                 ids.push(b);
                 train.push(false);
             }
         }
-        for s in &segments {
-            let piece = encode_marked(tokenizer, &s.text, &contents)?;
-            train.extend(std::iter::repeat_n(s.train, piece.len()));
-            ids.extend(piece);
-        }
+        train.extend(starts.iter().map(|p| trained.iter().any(|r| r.contains(p))));
+        ids.extend(body);
         if let Some(n) = max_tokens.filter(|&n| n < ids.len()) {
             tracing::warn!(id = ?self.id, tokens = ids.len(), kept = n, "trajectory truncated");
             ids.truncate(n);

@@ -95,6 +95,11 @@ impl Rng {
     pub(crate) fn next_f64(&mut self) -> f64 {
         (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
     }
+
+    /// Uniform in `0..n` (`n > 0`; the modulo bias is below 2⁻⁵⁰ for the sizes used here).
+    pub(crate) fn below(&mut self, n: usize) -> usize {
+        (self.next_u64() % n as u64) as usize
+    }
 }
 
 /// Picks tokens according to [`SamplingParams`]. Keeps scratch buffers between calls.

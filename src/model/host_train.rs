@@ -45,6 +45,20 @@ impl HostBackward {
     }
 }
 
+/// What one trainer keeps for its backward passes: the model's transposed weights (shared by the
+/// trainers of one model while any of them lives) and its own activation and scratch buffers, kept
+/// from one pass to the next (fresh buffers of this size would be page-faulted in on every pass).
+pub(crate) struct HostTraining {
+    backward: std::sync::Arc<HostBackward>,
+    spare: std::sync::Mutex<(Vec<LayerActs>, Work)>,
+}
+
+impl HostTraining {
+    pub(crate) fn new(backward: std::sync::Arc<HostBackward>) -> Self {
+        HostTraining { backward, spare: Default::default() }
+    }
+}
+
 /// Gradients of one layer's adapters (in [`crate::formats::peft::TARGETS`] order): `(dA, dB)`.
 pub(crate) type LayerGrads = [Option<(Vec<f32>, Vec<f32>)>; 7];
 
@@ -224,12 +238,9 @@ fn rope_half_backward(d: &mut [f32], cos: &[f32], sin: &[f32]) {
 /// Softmax of one causal row of scores in place (entries after `n` are zeroed).
 fn softmax_row(s: &mut [f32], n: usize) {
     let max = s[..n].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0f32;
-    for v in &mut s[..n] {
-        *v = (*v - max).exp();
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
+    s[..n].iter_mut().for_each(|v| *v -= max);
+    kernels::exp_in_place(&mut s[..n]);
+    let inv = 1.0 / s[..n].iter().sum::<f32>();
     s[..n].iter_mut().for_each(|v| *v *= inv);
     s[n..].fill(0.0);
 }
@@ -362,24 +373,33 @@ struct LayerActs {
     attn: Vec<f32>,
     /// The residual stream after attention `[t, h]`.
     x2: Vec<f32>,
-    /// Gate and up projections `[t, 2·inter]`.
-    gu: Vec<f32>,
+    /// Gate and up projections `[t, 2·inter]`, in bf16: the largest of these, and SwiGLU's backward
+    /// pass needs no more precision (the layer's output was computed from the f32 values).
+    gu: Vec<half::bf16>,
 }
 
 impl LayerActs {
     fn bytes(&self) -> usize {
-        4 * (self.x.capacity() + self.qkv.capacity() + self.attn.capacity() + self.x2.capacity() + self.gu.capacity())
+        4 * (self.x.capacity() + self.qkv.capacity() + self.attn.capacity() + self.x2.capacity()) + 2 * self.gu.capacity()
     }
 }
 
 /// Scratch reused across layers.
 #[derive(Default)]
 struct Work {
+    /// Gate and up projections in f32 (forward), or unpacked from [`LayerActs::gu`] (backward).
+    gu: Vec<f32>,
+    d_act: Vec<f32>,
+    d_gu: Vec<f32>,
+    d_h: Vec<f32>,
+    d_attn: Vec<f32>,
+    d_qkv: Vec<f32>,
     h: Vec<f32>,
     act: Vec<f32>,
     out: Vec<f32>,
     u: Vec<f32>,
     drop: Vec<f32>,
+    logits: Vec<f32>,
     acts: QActs,
 }
 
@@ -445,16 +465,18 @@ impl HostWeights {
         // MLP.
         rms_norm(&acts.x2, &layer.mlp_norm, eps, h, &mut w.h);
         w.acts.quantize(&w.h, t, h);
-        acts.gu.resize(t * 2 * inter, 0.0);
+        w.gu.resize(t * 2 * inter, 0.0);
         let [wg, wu] = &layer.gate_up;
-        kernels::matmul(&[wg, wu], &w.h, &w.acts, t, &mut acts.gu);
+        kernels::matmul(&[wg, wu], &w.h, &w.acts, t, &mut w.gu);
         for (m, c0) in [(4, 0), (5, inter)] {
             if let Some(p) = &lora[m] {
                 let x = dropped(&w.h, pass, stream(l, m), &mut w.drop);
-                lora_forward(x, t, h, p, pass.factor, &mut acts.gu, 2 * inter, c0, &mut w.u);
+                lora_forward(x, t, h, p, pass.factor, &mut w.gu, 2 * inter, c0, &mut w.u);
             }
         }
-        swiglu(&acts.gu, inter, &mut w.act);
+        acts.gu.clear();
+        acts.gu.extend(w.gu.iter().map(|&v| half::bf16::from_f32(v)));
+        swiglu(&w.gu, inter, &mut w.act);
         w.acts.quantize(&w.act, t, inter);
         kernels::matmul(&[&layer.down], &w.act, &w.acts, t, &mut w.out);
         if let Some(p) = &lora[6] {
@@ -485,15 +507,19 @@ impl HostWeights {
                 grads[m] = Some(lora_backward(xd, t, inp, p, pass.factor, dy, width, c0, dxm, mask_of(m)));
             }
         };
-        // Down projection: d_act = dY · W_down (+ LoRA).
-        swiglu(&acts.gu, inter, &mut w.act);
-        w.acts.quantize(dx, t, h);
-        let mut d_act = vec![0f32; t * inter];
-        kernels::matmul(&[down_t], dx, &w.acts, t, &mut d_act);
-        back(6, &w.act, inter, dx, h, 0, &mut d_act, &mut w.drop);
+        // Down projection: d_act = dY · W_down (+ LoRA), from SwiGLU's output recomputed from the
+        // stored gate and up projections.
+        let Work { gu, d_act, d_gu, d_h, d_attn, d_qkv, h: hn, act, drop, acts: q, .. } = w;
+        gu.clear();
+        gu.extend(acts.gu.iter().map(|v| v.to_f32()));
+        swiglu(gu, inter, act);
+        q.quantize(dx, t, h);
+        d_act.resize(t * inter, 0.0);
+        kernels::matmul(&[down_t], dx, q, t, d_act);
+        back(6, act, inter, dx, h, 0, d_act, drop);
         // SwiGLU.
-        let mut d_gu = vec![0f32; t * 2 * inter];
-        d_gu.par_chunks_exact_mut(2 * inter).zip(acts.gu.par_chunks_exact(2 * inter)).zip(d_act.par_chunks_exact(inter)).for_each(|((dgu, gu), da)| {
+        d_gu.resize(t * 2 * inter, 0.0);
+        d_gu.par_chunks_exact_mut(2 * inter).zip(gu.par_chunks_exact(2 * inter)).zip(d_act.par_chunks_exact(inter)).for_each(|((dgu, gu), da)| {
             let (dg, du) = dgu.split_at_mut(inter);
             let (g, u) = gu.split_at(inter);
             for i in 0..inter {
@@ -502,26 +528,22 @@ impl HostWeights {
                 dg[i] = da[i] * u[i] * s * (1.0 + g[i] * (1.0 - s));
             }
         });
-        drop(d_act);
         // Gate and up projections.
-        rms_norm(&acts.x2, &layer.mlp_norm, eps, h, &mut w.h);
-        w.acts.quantize(&d_gu, t, 2 * inter);
-        let mut d_h = vec![0f32; t * h];
-        kernels::matmul(&[gu_t], &d_gu, &w.acts, t, &mut d_h);
-        back(4, &w.h, h, &d_gu, 2 * inter, 0, &mut d_h, &mut w.drop);
-        back(5, &w.h, h, &d_gu, 2 * inter, inter, &mut d_h, &mut w.drop);
-        drop(d_gu);
+        rms_norm(&acts.x2, &layer.mlp_norm, eps, h, hn);
+        q.quantize(d_gu, t, 2 * inter);
+        d_h.resize(t * h, 0.0);
+        kernels::matmul(&[gu_t], d_gu, q, t, d_h);
+        back(4, hn, h, d_gu, 2 * inter, 0, d_h, drop);
+        back(5, hn, h, d_gu, 2 * inter, inter, d_h, drop);
         // dx2 = dx + RMSNorm backward.
-        rms_norm_backward(&acts.x2, &layer.mlp_norm, eps, h, &d_h, dx);
+        rms_norm_backward(&acts.x2, &layer.mlp_norm, eps, h, d_h, dx);
         // Output projection.
-        w.acts.quantize(dx, t, h);
-        let mut d_attn = vec![0f32; t * q_w];
-        kernels::matmul(&[wo_t], dx, &w.acts, t, &mut d_attn);
-        back(3, &acts.attn, q_w, dx, h, 0, &mut d_attn, &mut w.drop);
+        q.quantize(dx, t, h);
+        d_attn.resize(t * q_w, 0.0);
+        kernels::matmul(&[wo_t], dx, q, t, d_attn);
+        back(3, &acts.attn, q_w, dx, h, 0, d_attn, drop);
         // Attention, then RoPE.
-        let mut d_qkv = Vec::new();
-        Attn { t, nh, nkv, hd, qkv_w }.backward(&acts.qkv, &acts.attn, &d_attn, &mut d_qkv);
-        drop(d_attn);
+        Attn { t, nh, nkv, hd, qkv_w }.backward(&acts.qkv, &acts.attn, d_attn, d_qkv);
         d_qkv.par_chunks_exact_mut(qkv_w).enumerate().for_each(|(pos, row)| {
             let (cos, sin) = (&self.cos[pos * hd..(pos + 1) * hd], &self.sin[pos * hd..(pos + 1) * hd]);
             for head in row[..q_w + kv_w].chunks_exact_mut(hd) {
@@ -529,24 +551,28 @@ impl HostWeights {
             }
         });
         // Q, K, V projections.
-        rms_norm(&acts.x, &layer.attn_norm, eps, h, &mut w.h);
-        w.acts.quantize(&d_qkv, t, qkv_w);
-        kernels::matmul(&[qkv_t], &d_qkv, &w.acts, t, &mut d_h);
+        rms_norm(&acts.x, &layer.attn_norm, eps, h, hn);
+        q.quantize(d_qkv, t, qkv_w);
+        kernels::matmul(&[qkv_t], d_qkv, q, t, d_h);
         for (m, c0) in [(0, 0), (1, q_w), (2, q_w + kv_w)] {
-            back(m, &w.h, h, &d_qkv, qkv_w, c0, &mut d_h, &mut w.drop);
+            back(m, hn, h, d_qkv, qkv_w, c0, d_h, drop);
         }
-        rms_norm_backward(&acts.x, &layer.attn_norm, eps, h, &d_h, dx);
+        rms_norm_backward(&acts.x, &layer.attn_norm, eps, h, d_h, dx);
         grads
     }
 
     /// The masked loss of `ids` (mean cross-entropy of `ids[t]` over the positions with `mask[t]`)
     /// and, with `grads`, its gradients with respect to the adapters. Callers have checked the ids,
-    /// the lengths and that some token is masked; `bw` is needed only for gradients.
-    pub(crate) fn train_pass(&self, c: &LlamaConfig, bw: Option<&HostBackward>, ids: &[u32], mask: &[bool], pass: &TrainPass) -> PassResult {
+    /// the lengths and that some token is masked. Gradients are computed with `training`.
+    pub(crate) fn train_pass(&self, c: &LlamaConfig, training: Option<&HostTraining>, ids: &[u32], mask: &[bool], pass: &TrainPass) -> PassResult {
+        let bw = training.map(|t| &*t.backward);
         let h = c.hidden_size;
         let t = ids.len();
         let layers = self.layers.len();
-        let mut work = Work::default();
+        let (mut pool, mut work) = match training {
+            Some(tr) => std::mem::take(&mut *tr.spare.lock().unwrap_or_else(std::sync::PoisonError::into_inner)),
+            None => Default::default(),
+        };
         let mut x = vec![0f32; t * h];
         for (row, &id) in x.chunks_exact_mut(h).zip(ids) {
             self.embed.dequantize_row(id as usize, row);
@@ -554,18 +580,17 @@ impl HostWeights {
         // Forward, keeping what the backward pass needs (or only each layer's input).
         let keep = bw.is_some();
         let mut saved: Vec<LayerActs> = Vec::with_capacity(if keep { layers } else { 0 });
-        let mut acts = LayerActs::default();
-        let mut next = Vec::new();
         for l in 0..layers {
-            acts.x = std::mem::take(&mut x);
-            self.layer_forward(c, l, pass, &mut acts, &mut work, &mut next);
-            x = std::mem::take(&mut next);
-            if keep {
-                if pass.checkpoint {
+            let mut acts = pool.pop().unwrap_or_default();
+            std::mem::swap(&mut acts.x, &mut x);
+            self.layer_forward(c, l, pass, &mut acts, &mut work, &mut x);
+            match (keep, pass.checkpoint) {
+                (true, false) => saved.push(acts),
+                (true, true) => {
                     saved.push(LayerActs { x: std::mem::take(&mut acts.x), ..Default::default() });
-                } else {
-                    saved.push(std::mem::take(&mut acts));
+                    pool.push(acts);
                 }
+                (false, _) => pool.push(acts),
             }
         }
         tracing::trace!(bytes = saved.iter().map(LayerActs::bytes).sum::<usize>(), "host training activations");
@@ -576,7 +601,8 @@ impl HostWeights {
         let vocab = head.rows();
         let mut dx = if keep { vec![0f32; t * h] } else { Vec::new() };
         let mut loss = 0f64;
-        let (mut hx, mut hn, mut logits, mut dh) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        let (mut hx, mut hn, mut dh) = (Vec::new(), Vec::new(), Vec::new());
+        let mut logits = std::mem::take(&mut work.logits);
         for chunk in rows.chunks(HEAD_ROWS) {
             let k = chunk.len();
             hx.clear();
@@ -592,16 +618,16 @@ impl HostWeights {
                 .zip(chunk.par_iter())
                 .map(|(row, &(_, target))| {
                     let max = row.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-                    let sum: f64 = row.iter().map(|&v| f64::from((v - max).exp())).sum();
-                    let lse = f64::from(max) + sum.ln();
-                    let l = lse - f64::from(row[target as usize]);
+                    let picked = row[target as usize];
+                    row.iter_mut().for_each(|v| *v -= max);
+                    kernels::exp_in_place(row);
+                    let sum: f64 = row.iter().map(|&v| f64::from(v)).sum();
+                    let l = sum.ln() - f64::from(picked - max);
                     if keep {
                         // d logits = (softmax − one-hot) / n.
-                        let inv = 1.0 / n as f32;
-                        for v in row.iter_mut() {
-                            *v = ((f64::from(*v) - lse).exp() as f32) * inv;
-                        }
-                        row[target as usize] -= inv;
+                        let scale = (1.0 / (sum * n as f64)) as f32;
+                        row.iter_mut().for_each(|v| *v *= scale);
+                        row[target as usize] -= 1.0 / n as f32;
                     }
                     l
                 })
@@ -618,17 +644,27 @@ impl HostWeights {
                 }
             }
         }
-        drop(logits);
+        work.logits = logits;
         let loss = loss / n as f64;
         let Some(bw) = bw else { return PassResult { loss, tokens: n, grads: None } };
         // Backward, last layer first.
         let mut grads: Vec<LayerGrads> = (0..layers).map(|_| Default::default()).collect();
+        let mut next = Vec::new();
         for l in (0..layers).rev() {
             let mut s = saved.pop().expect("one saved entry per layer");
             if pass.checkpoint {
-                self.layer_forward(c, l, pass, &mut s, &mut work, &mut next);
+                let mut r = pool.pop().unwrap_or_default();
+                std::mem::swap(&mut r.x, &mut s.x);
+                self.layer_forward(c, l, pass, &mut r, &mut work, &mut next);
+                grads[l] = self.layer_backward(c, bw, l, pass, &r, &mut work, &mut dx);
+                pool.push(r);
+            } else {
+                grads[l] = self.layer_backward(c, bw, l, pass, &s, &mut work, &mut dx);
             }
-            grads[l] = self.layer_backward(c, bw, l, pass, &s, &mut work, &mut dx);
+            pool.push(s);
+        }
+        if let Some(tr) = training {
+            *tr.spare.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = (pool, work);
         }
         PassResult { loss, tokens: n, grads: Some(grads) }
     }

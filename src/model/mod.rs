@@ -17,7 +17,7 @@ use crate::formats::{FormatError, WeightSource};
 
 pub use lora::{LoraApply, LoraPair, LoraWeights};
 pub(crate) use host::HostPair;
-pub(crate) use host_train::{PassResult, TrainPass};
+pub(crate) use host_train::{HostTraining, PassResult, TrainPass};
 
 /// An error building or running the model.
 #[derive(Debug, thiserror::Error)]
@@ -133,8 +133,8 @@ pub struct Llama {
     dense: OnceLock<Dense>,
     /// Block-quantized host weights (the quantized CPU path).
     host: Option<Arc<host::HostWeights>>,
-    /// The transposed frozen weights of host-path training, built on its first backward pass.
-    backward: Arc<OnceLock<host_train::HostBackward>>,
+    /// The transposed frozen weights of host-path training while a trainer holds them.
+    backward: Arc<std::sync::Mutex<std::sync::Weak<host_train::HostBackward>>>,
     /// `[positions, head_dim]` rotate-half tables.
     rope_cos: Tensor<2>,
     rope_sin: Tensor<2>,
@@ -642,13 +642,26 @@ impl Llama {
         self.host.is_some()
     }
 
+    /// What a trainer on the host path keeps for its backward passes: the transposed frozen weights
+    /// (about one byte per weight; built by the first trainer and shared with every other while any
+    /// of them lives, then freed) and its own buffers. `None` off the host path.
+    pub(crate) fn host_training(&self) -> Option<HostTraining> {
+        let host = self.host.as_ref()?;
+        let mut slot = self.backward.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let bw = slot.upgrade().unwrap_or_else(|| {
+            let bw = Arc::new(host.backward_weights());
+            *slot = Arc::downgrade(&bw);
+            bw
+        });
+        Some(HostTraining::new(bw))
+    }
+
     /// The masked loss of `ids` (cross-entropy of `ids[t]` at the positions with `mask[t]`) with the
-    /// adapters of `pass`, and with `grads` their gradients, on the host path. The first pass with
-    /// gradients builds the transposed frozen weights (about one byte per weight, kept with the model).
+    /// adapters of `pass`, and with `training` their gradients, on the host path.
     ///
     /// # Errors
     /// Not the host path; bad ids; more tokens than the RoPE tables hold; no masked token.
-    pub(crate) fn host_train_pass(&self, ids: &[u32], mask: &[bool], pass: &TrainPass, grads: bool) -> Result<PassResult, ModelError> {
+    pub(crate) fn host_train_pass(&self, ids: &[u32], mask: &[bool], pass: &TrainPass, training: Option<&HostTraining>) -> Result<PassResult, ModelError> {
         let host = self.host.as_ref().ok_or_else(|| ModelError::Config("host training needs the quantized CPU path".into()))?;
         self.check_tokens(ids)?;
         if ids.len() > self.rope_positions {
@@ -657,13 +670,12 @@ impl Llama {
         if mask.len() != ids.len() || !mask.iter().skip(1).any(|&m| m) {
             return Err(ModelError::Config("the loss mask must match the ids and mark a token after the first".into()));
         }
-        let bw = grads.then(|| self.backward.get_or_init(|| host.backward_weights()));
-        Ok(host.train_pass(&self.config, bw, ids, mask, pass))
+        Ok(host.train_pass(&self.config, training, ids, mask, pass))
     }
 
-    /// Bytes of the transposed weights host-path training keeps (0 before its first backward pass).
+    /// Bytes of the transposed weights host-path training holds (0 while no trainer holds them).
     pub fn training_bytes(&self) -> usize {
-        self.backward.get().map_or(0, host_train::HostBackward::bytes)
+        self.backward.lock().unwrap_or_else(std::sync::PoisonError::into_inner).upgrade().map_or(0, |b| b.bytes())
     }
 
     /// Logits `[rows, vocab]` from final hidden states `[rows, hidden]` (last norm, then the head).

@@ -34,7 +34,7 @@ use crate::error::{Error, Result};
 use crate::formats::peft::{self, tensor_name, LoraConfig, PeftAdapter, TARGETS};
 use crate::formats::HostTensor;
 use crate::generate::{CancelToken, Rng};
-use crate::model::{lora::linear_shape, HostPair, Llama, LoraApply, LoraPair, LoraWeights, TrainPass};
+use crate::model::{lora::linear_shape, HostPair, HostTraining, Llama, LoraApply, LoraPair, LoraWeights, TrainPass};
 use crate::runtime::Model;
 use crate::template::ChatTemplate;
 
@@ -273,6 +273,8 @@ pub struct Trainer {
     eval: Vec<Source>,
     draws: u64,
     cancel: CancelToken,
+    /// Host-path training state (transposed weights, buffers), made at the first backward pass.
+    host: std::sync::OnceLock<HostTraining>,
 }
 
 /// Adapter parameters as a training path evaluates them.
@@ -414,6 +416,7 @@ impl Trainer {
             eval: Vec::new(),
             draws: 0,
             cancel: CancelToken::default(),
+            host: std::sync::OnceLock::new(),
         })
     }
 
@@ -656,7 +659,8 @@ impl Trainer {
         let llama = self.model.llama();
         if llama.trains_on_host() {
             let pairs = self.host_pairs();
-            let res = llama.host_train_pass(&ex.ids, &ex.train, &self.host_pass(&pairs, dropout_seed), true)?;
+            let training = self.host.get_or_init(|| llama.host_training().expect("the host path"));
+            let res = llama.host_train_pass(&ex.ids, &ex.train, &self.host_pass(&pairs, dropout_seed), Some(training))?;
             if !res.loss.is_finite() {
                 return Err(Error::InvalidArgument(format!("the loss is {} (diverged?)", res.loss)));
             }
@@ -826,7 +830,7 @@ impl Trainer {
         match weights {
             Frozen::Host(pairs) => {
                 let pass = TrainPass { dropout: 0.0, ..self.host_pass(pairs, 0) };
-                let res = self.model.compute(|| llama.host_train_pass(&ex.ids, &ex.train, &pass, false))?;
+                let res = self.model.compute(|| llama.host_train_pass(&ex.ids, &ex.train, &pass, None))?;
                 Ok((res.loss, res.tokens))
             }
             Frozen::Device(weights) => {

@@ -223,8 +223,22 @@ pub enum QKind {
     Q4 { qs: Vec<u8>, d: Scales, m: Scales, centered: bool },
     /// Signed bytes, `w = s·q`, one scale per `group` (32 or 16) values.
     Q8 { qs: Vec<i8>, s: Scales, group: usize },
+    /// Unsigned bytes with an f32 scale and offset per block of 32, `w = d·u + m` (asymmetric 8-bit):
+    /// the transposed weights of the training backward pass on AVX-512 VNNI CPUs, where `vpdpbusd`
+    /// multiplies them with int8 activations directly. The 64 bytes of each pair of blocks are
+    /// stored in the lane order of [`QActs`]' pair copy (`[b0 0-15, b1 0-15, b0 16-31, b1 16-31]`);
+    /// a row's odd last block stays in natural order.
+    U8 { qs: Vec<u8>, d: Vec<f32>, m: Vec<f32> },
     /// Dense f32.
     F32 { w: Vec<f32> },
+}
+
+/// Where value `j` of a block pair's 64 values is stored in the pair-interleaved order of
+/// [`QKind::U8`] (value `j` of block 0 for `j < 32`, of block 1 for `j >= 32`).
+fn pair_lane(j: usize) -> usize {
+    let (blk, v) = (j / QK, j % QK);
+    // Lanes of 16: [b0 0-15, b1 0-15, b0 16-31, b1 16-31].
+    (v / 16) * 32 + blk * 16 + v % 16
 }
 
 /// A `[rows, cols]` weight matrix (PyTorch's `[out, in]`), rows stored one after another.
@@ -398,8 +412,11 @@ impl QMatrix {
             return QMatrix::from_f32(w, cols, rows);
         }
         assert!(rows.is_multiple_of(QK), "transposed: {rows} rows are not whole blocks");
-        let mut qs = vec![0i8; rows * cols];
+        // Asymmetric unsigned bytes where `vpdpbusd` takes them as they are; signed int8 elsewhere.
+        let unsigned = Isa::detected() == Isa::Avx512Vnni;
+        let mut qs = vec![0u8; rows * cols];
         let mut s = vec![0f32; rows * cols / QK];
+        let mut mins = if unsigned { vec![0f32; rows * cols / QK] } else { Vec::new() };
         let mut buf = vec![0f32; CHUNK * cols];
         let mut tb = vec![0f32; cols * CHUNK];
         let locate = |g: usize| {
@@ -424,13 +441,38 @@ impl QMatrix {
                     tb[c * n + k] = v;
                 }
             }
-            qs.par_chunks_mut(rows).zip(s.par_chunks_mut(rows / QK)).zip(tb[..cols * n].par_chunks(n)).for_each(|((q, d), x)| {
-                let mut sum = vec![0f32; n / QK];
-                quantize_row(x, &mut q[r0..r0 + n], &mut d[r0 / QK..(r0 + n) / QK], &mut sum);
-            });
+            if unsigned {
+                qs.par_chunks_mut(rows).zip(s.par_chunks_mut(rows / QK).zip(mins.par_chunks_mut(rows / QK))).zip(tb[..cols * n].par_chunks(n)).for_each(
+                    |((q, (d, m)), x)| quantize_u8(x, &mut q[r0..r0 + n], &mut d[r0 / QK..(r0 + n) / QK], &mut m[r0 / QK..(r0 + n) / QK]),
+                );
+            } else {
+                qs.par_chunks_mut(rows).zip(s.par_chunks_mut(rows / QK)).zip(tb[..cols * n].par_chunks(n)).for_each(|((q, d), x)| {
+                    let mut sum = vec![0f32; n / QK];
+                    let q: &mut [i8] = bytemuck_i8(&mut q[r0..r0 + n]);
+                    quantize_row(x, q, &mut d[r0 / QK..(r0 + n) / QK], &mut sum);
+                });
+            }
             r0 += n;
         }
-        QMatrix { rows: cols, cols: rows, kind: QKind::Q8 { qs, s: Scales::F32(s), group: QK }, source: GgmlType::Q8_0 }
+        let kind = if unsigned {
+            // Interleave each row's block pairs into the activations' pair order.
+            let nb = rows / QK;
+            qs.par_chunks_mut(rows).for_each(|row| {
+                let mut b = 0;
+                while b + 2 <= nb {
+                    let mut pair = [0u8; 2 * QK];
+                    for (j, &v) in row[b * QK..(b + 2) * QK].iter().enumerate() {
+                        pair[pair_lane(j)] = v;
+                    }
+                    row[b * QK..(b + 2) * QK].copy_from_slice(&pair);
+                    b += 2;
+                }
+            });
+            QKind::U8 { qs, d: s, m: mins }
+        } else {
+            QKind::Q8 { qs: qs.into_iter().map(|b| b as i8).collect(), s: Scales::F32(s), group: QK }
+        };
+        QMatrix { rows: cols, cols: rows, kind, source: GgmlType::Q8_0 }
     }
 
     /// Output features.
@@ -454,6 +496,7 @@ impl QMatrix {
         match &self.kind {
             QKind::Q4 { qs, d, m, .. } => qs.len() + d.bytes() + m.bytes(),
             QKind::Q8 { qs, s, .. } => qs.len() + s.bytes(),
+            QKind::U8 { qs, d, m } => qs.len() + 4 * (d.len() + m.len()),
             QKind::F32 { w } => 4 * w.len(),
         }
     }
@@ -473,6 +516,7 @@ impl QMatrix {
                 centered: *centered,
             },
             QKind::Q8 { qs, s, group } => QKind::Q8 { qs: pick(qs, c, order), s: s.pick(c / group, order), group: *group },
+            QKind::U8 { qs, d, m } => QKind::U8 { qs: pick(qs, c, order), d: pick(d, c / QK, order), m: pick(m, c / QK, order) },
             QKind::F32 { w } => QKind::F32 { w: pick(w, c, order) },
         };
         QMatrix { rows: self.rows, cols: c, kind, source: self.source }
@@ -506,6 +550,22 @@ impl QMatrix {
                 let first = r * (c / group);
                 for (i, (y, &q)) in out.iter_mut().zip(row).enumerate() {
                     *y = f32::from(q) * s.get(first + i / group);
+                }
+            }
+            QKind::U8 { qs, d, m } => {
+                let (nb, row) = (c / QK, &qs[r * c..(r + 1) * c]);
+                for b in 0..nb {
+                    let (db, mb) = (d[r * nb + b], m[r * nb + b]);
+                    for v in 0..QK {
+                        let at = if b % 2 == 0 && b + 1 < nb {
+                            b * QK + pair_lane(v)
+                        } else if b % 2 == 1 {
+                            (b - 1) * QK + pair_lane(QK + v)
+                        } else {
+                            b * QK + v
+                        };
+                        out[b * QK + v] = db * f32::from(row[at]) + mb;
+                    }
                 }
             }
             QKind::F32 { w } => out.copy_from_slice(&w[r * c..(r + 1) * c]),
@@ -600,6 +660,27 @@ impl QActs {
             qz: &self.qz[r * pairs * 2 * QK..(r + 1) * pairs * 2 * QK],
             dz: &self.dz[r * pairs * 16..(r + 1) * pairs * 16],
         }
+    }
+}
+
+/// Reinterprets bytes as signed.
+fn bytemuck_i8(b: &mut [u8]) -> &mut [i8] {
+    // SAFETY: u8 and i8 have the same size and alignment, and every bit pattern is valid for both.
+    unsafe { std::slice::from_raw_parts_mut(b.as_mut_ptr().cast::<i8>(), b.len()) }
+}
+
+/// Quantizes values to unsigned bytes per block of 32: `w ≈ d·u + m` with `m` the block's minimum
+/// and `d` its range over 255 (round to nearest).
+fn quantize_u8(x: &[f32], q: &mut [u8], d: &mut [f32], m: &mut [f32]) {
+    for (((xb, qb), d), m) in x.chunks_exact(QK).zip(q.chunks_exact_mut(QK)).zip(d).zip(m) {
+        let (lo, hi) = xb.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        let scale = (hi - lo) / 255.0;
+        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        for (q, &v) in qb.iter_mut().zip(xb) {
+            *q = ((v - lo) * inv).round().clamp(0.0, 255.0) as u8;
+        }
+        *d = scale;
+        *m = lo;
     }
 }
 
@@ -749,6 +830,46 @@ unsafe fn row_range(
         QKind::Q4 { .. } => unreachable!("Q4 scale and offset share one width"),
         QKind::Q8 { qs, s: Scales::F16(s), group } => q8_range(isa, qs, s, *group, c, range, acts, t, n, &put),
         QKind::Q8 { qs, s: Scales::F32(s), group } => q8_range(isa, qs, s, *group, c, range, acts, t, n, &put),
+        QKind::U8 { qs, d, m } => u8_range(isa, qs, d, m, c, range, acts, t, n, &put),
+    }
+}
+
+/// [`QKind::U8`] weight rows `range` against activation rows `t..t + n`.
+#[allow(clippy::too_many_arguments)]
+fn u8_range(isa: Isa, qs: &[u8], d: &[f32], m: &[f32], c: usize, range: std::ops::Range<usize>, acts: &QActs, t: usize, n: usize, put: &dyn Fn(usize, &[f32])) {
+    let nb = c / QK;
+    let mut res = [0f32; TILE];
+    let xs: [ActRow; TILE] = std::array::from_fn(|k| acts.row(t + k.min(n - 1)));
+    let xs = &xs[..n];
+    for o in range {
+        let (qs, d, m) = (&qs[o * c..(o + 1) * c], &d[o * nb..(o + 1) * nb], &m[o * nb..(o + 1) * nb]);
+        #[cfg(target_arch = "x86_64")]
+        if isa == Isa::Avx512Vnni {
+            // SAFETY: AVX-512 VNNI is available (`isa`, checked by `matmul_with`).
+            unsafe { x86::u8_rows(qs, d, m, xs, &mut res) };
+            put(o, &res[..n]);
+            continue;
+        }
+        let _ = isa;
+        for (k, x) in xs.iter().enumerate() {
+            let mut acc = 0f32;
+            for b in 0..nb {
+                let mut isum = 0i32;
+                for v in 0..QK {
+                    let at = if b % 2 == 0 && b + 1 < nb {
+                        b * QK + pair_lane(v)
+                    } else if b % 2 == 1 {
+                        (b - 1) * QK + pair_lane(QK + v)
+                    } else {
+                        b * QK + v
+                    };
+                    isum += i32::from(qs[at]) * i32::from(x.q[b * QK + v]);
+                }
+                acc += d[b] * x.d[b] * isum as f32 + m[b] * x.sum[b];
+            }
+            res[k] = acc;
+        }
+        put(o, &res[..n]);
     }
 }
 
@@ -890,6 +1011,44 @@ fn q8_rows_scalar<S: Scale>(qs: &[i8], s: &[S], group: usize, xs: &[ActRow], res
             acc += sc * x.d[b] * isum as f32;
         }
         res[k] = acc;
+    }
+}
+
+/// `v[i] = e^v[i]` for every value, to within a few ulp (Cephes' polynomial on a range-reduced
+/// argument; inputs are clamped to [−87, 88], so a very negative input gives about 1e-38, not 0).
+/// Vectorised (AVX2/FMA when available): softmax rows call it instead of one `expf` per value.
+pub fn exp_in_place(v: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detected() >= Isa::Avx2 {
+        // SAFETY: AVX2 and FMA were detected.
+        return unsafe { exp_in_place_avx2(v) };
+    }
+    exp_portable(v)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn exp_in_place_avx2(v: &mut [f32]) {
+    exp_portable(v)
+}
+
+#[inline(always)]
+fn exp_portable(v: &mut [f32]) {
+    const LOG2E: f32 = std::f32::consts::LOG2_E;
+    // 1.5 · 2²³: adding and subtracting it rounds to the nearest integer.
+    const ROUND: f32 = 12_582_912.0;
+    for x in v.iter_mut() {
+        let a = x.clamp(-87.0, 88.0);
+        let n = (a * LOG2E + ROUND) - ROUND;
+        let r = a - n * 0.693_359_4 - n * -2.121_944_4e-4;
+        let mut p = 1.987_569_1e-4f32;
+        p = p * r + 1.398_199_9e-3;
+        p = p * r + 8.333_452e-3;
+        p = p * r + 4.166_579_6e-2;
+        p = p * r + 0.166_666_65;
+        p = p * r + 0.5;
+        let e = p * r * r + r + 1.0;
+        *x = e * f32::from_bits(((n as i32 + 127) << 23) as u32);
     }
 }
 

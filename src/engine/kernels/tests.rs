@@ -73,6 +73,7 @@ fn repacked_weights_dequantize_bit_for_bit_like_ggml() {
         let kind = match m.kind() {
             QKind::Q4 { .. } => "q4",
             QKind::Q8 { .. } => "q8",
+            QKind::U8 { .. } => "u8",
             QKind::F32 { .. } => "f32",
         };
         assert_eq!(kind, expected_kind, "{ty:?}");
@@ -183,4 +184,70 @@ fn malformed_inputs_are_errors() {
     assert!(matches!(QMatrix::from_ggml(GgmlType::Q4_1, &[0; 20], 1, 48), Err(KernelError::Columns { .. })));
     assert!(matches!(QMatrix::from_ggml(GgmlType::Q4_1, &[0; 19], 1, 32), Err(KernelError::Length(..))));
     assert!(matches!(QMatrix::from_ggml(GgmlType::Q4_K, &[0; 144], 1, 256).map(|m| m.rows()), Ok(1)));
+}
+
+#[test]
+fn fast_exp_matches_the_standard_library() {
+    let xs: Vec<f32> = (0..200_001).map(|i| -90.0 + i as f32 * (180.0 / 200_000.0)).collect();
+    let mut got = xs.clone();
+    exp_in_place(&mut got);
+    let mut worst = 0f64;
+    for (&x, &e) in xs.iter().zip(&got) {
+        let want = f64::from(x.clamp(-87.0, 88.0)).exp();
+        worst = worst.max((f64::from(e) - want).abs() / want);
+    }
+    assert!(worst < 4e-7, "worst relative error {worst}");
+    // Below the clamp: a tiny positive value, never NaN or infinity.
+    let mut v = [-1e4f32, f32::NEG_INFINITY, 0.0];
+    exp_in_place(&mut v);
+    assert!(v[0] > 0.0 && v[0] < 1e-37 && v[1] > 0.0 && v[1] < 1e-37 && v[2] == 1.0, "{v:?}");
+}
+
+#[test]
+fn transposes_keep_dense_values_and_quantize_the_rest_per_block() {
+    let mut g = Gen(5);
+    let (rows, cols) = (64, 96);
+    let dense: Vec<f32> = (0..rows * cols).map(|_| g.float(-0.5, 0.5)).collect();
+    let a = QMatrix::from_f32(dense[..32 * cols].to_vec(), 32, cols);
+    let b = QMatrix::from_f32(dense[32 * cols..].to_vec(), 32, cols);
+    let t = QMatrix::transposed(&[&a, &b]);
+    assert_eq!((t.rows(), t.cols()), (cols, rows));
+    let td = t.dequantize();
+    for r in 0..rows {
+        for c in 0..cols {
+            assert_eq!(td[c * rows + r], dense[r * cols + c]);
+        }
+    }
+    // 96 stacked rows: three blocks per transposed row, so a pair and an odd last block.
+    let rows = 96;
+    let q = QMatrix::from_ggml(GgmlType::Q4_1, &random_blocks(GgmlType::Q4_1, rows, cols, &mut g), rows, cols).unwrap();
+    let qt = QMatrix::transposed(&[&q]);
+    let unsigned = Isa::detected() == Isa::Avx512Vnni;
+    assert!(if unsigned { matches!(qt.kind(), QKind::U8 { .. }) } else { matches!(qt.kind(), QKind::Q8 { group: 32, .. }) });
+    let (w, wt) = (q.dequantize(), qt.dequantize());
+    for c in 0..cols {
+        for blk in 0..rows / 32 {
+            let vals: Vec<f32> = (0..32).map(|k| w[(blk * 32 + k) * cols + c]).collect();
+            let (lo, hi) = vals.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
+            let step = if unsigned { (hi - lo) / 255.0 } else { lo.abs().max(hi.abs()) / 127.0 };
+            for (k, v) in vals.iter().enumerate() {
+                assert!((wt[c * rows + blk * 32 + k] - v).abs() <= step * 0.5 + 1e-6, "column {c}, block {blk}, value {k}");
+            }
+        }
+    }
+    // The product through the transpose (every instruction set) is the dequantized transpose's.
+    let x: Vec<f32> = (0..4 * rows).map(|_| g.float(-1.0, 1.0)).collect();
+    let mut acts = QActs::default();
+    acts.quantize(&x, 4, rows);
+    for isa in Isa::available() {
+        let mut out = vec![0f32; 4 * cols];
+        matmul_with(isa, &[&qt], &x, &acts, 4, &mut out);
+        for t in 0..4 {
+            for c in 0..cols {
+                let want: f64 = (0..rows).map(|r| f64::from(wt[c * rows + r]) * f64::from(x[t * rows + r])).sum();
+                let scale: f64 = (0..rows).map(|r| (f64::from(wt[c * rows + r]) * f64::from(x[t * rows + r])).abs()).sum();
+                assert!((f64::from(out[t * cols + c]) - want).abs() <= 0.02 * scale + 1e-5, "{isa:?}: {} vs {want}", out[t * cols + c]);
+            }
+        }
+    }
 }

@@ -317,3 +317,50 @@ pub(super) unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
         i += 1;
     }
 }
+
+/// [`super::QKind::U8`] rows (pair-interleaved unsigned bytes, `w = d·u + m`) against `N`
+/// activation rows: `vpdpbusd` on two blocks per 512-bit register, the activations' pair copy and
+/// spread scales as the Q4 kernel uses them, offset term included.
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
+unsafe fn u8_zmm<const N: usize>(qs: &[u8], d: &[f32], m: &[f32], xs: &[ActRow], res: &mut [f32; TILE]) {
+    let nb = d.len();
+    debug_assert!(qs.len() == nb * QK && m.len() == nb && xs.len() == N);
+    let idx = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
+    let mut acc = [_mm512_setzero_ps(); N];
+    let mut b = 0;
+    while b + 2 <= nb {
+        let w = _mm512_loadu_si512(qs.as_ptr().add(b * QK) as *const __m512i);
+        let wd = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(f32::pair(d.as_ptr().add(b))));
+        for k in 0..N {
+            let x = xs.get_unchecked(k);
+            let xv = _mm512_loadu_si512(x.qz.as_ptr().add(b * QK) as *const __m512i);
+            let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xv);
+            let scale = _mm512_mul_ps(wd, _mm512_loadu_ps(x.dz.as_ptr().add(b * 8)));
+            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc[k]);
+        }
+        b += 2;
+    }
+    for k in 0..N {
+        let x = xs.get_unchecked(k);
+        let mut r = _mm512_reduce_add_ps(acc[k]);
+        if b < nb {
+            let w = _mm256_loadu_si256(qs.as_ptr().add(b * QK) as *const __m256i);
+            let xv = _mm256_loadu_si256(x.q.as_ptr().add(b * QK) as *const __m256i);
+            r += hsum(_mm256_cvtepi32_ps(dot_vnni(w, xv))) * (*d.get_unchecked(b) * *x.d.get_unchecked(b));
+        }
+        res[k] = r + offset_term(m, x.sum);
+    }
+}
+
+/// One [`super::QKind::U8`] row against `xs.len()` (1 to [`TILE`]) activation rows.
+///
+/// # Safety
+/// The CPU supports AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C; slices as the U8 layout implies.
+pub(super) unsafe fn u8_rows(qs: &[u8], d: &[f32], m: &[f32], xs: &[ActRow], res: &mut [f32; TILE]) {
+    match xs.len() {
+        1 => u8_zmm::<1>(qs, d, m, xs, res),
+        2 => u8_zmm::<2>(qs, d, m, xs, res),
+        3 => u8_zmm::<3>(qs, d, m, xs, res),
+        _ => u8_zmm::<4>(qs, d, m, xs, res),
+    }
+}

@@ -138,7 +138,7 @@ fn shifted(lora: &[[Option<HostPair>; 7]], m: usize, a: bool, dir: &[f32], eps: 
 /// of every module, against the analytic directional derivatives.
 fn check_finite_differences(w: &HostWeights, dropout: f32) {
     let c = config();
-    let bw = w.backward_weights();
+    let bw = HostTraining::new(std::sync::Arc::new(w.backward_weights()));
     let lora = adapters(&c, 4, 3);
     // 70 tokens: two query blocks of the attention passes.
     let (ids, mask) = example(&c, 70, 5);
@@ -182,7 +182,7 @@ fn gradients_match_finite_differences_with_dropout() {
 fn checkpointing_gives_the_same_gradients() {
     let c = config();
     let w = weights(&c, 1, true);
-    let bw = w.backward_weights();
+    let bw = HostTraining::new(std::sync::Arc::new(w.backward_weights()));
     let lora = adapters(&c, 4, 3);
     let (ids, mask) = example(&c, 40, 6);
     let kept = w.train_pass(&c, Some(&bw), &ids, &mask, &pass(&lora, 0.1, false));
@@ -203,8 +203,8 @@ fn quantized_base_stays_close_to_its_dequantized_weights() {
     let f = dequantized(&q);
     let lora = adapters(&c, 4, 3);
     let (ids, mask) = example(&c, 70, 7);
-    let rq = q.train_pass(&c, Some(&q.backward_weights()), &ids, &mask, &pass(&lora, 0.0, false));
-    let rf = f.train_pass(&c, Some(&f.backward_weights()), &ids, &mask, &pass(&lora, 0.0, false));
+    let rq = q.train_pass(&c, Some(&HostTraining::new(std::sync::Arc::new(q.backward_weights()))), &ids, &mask, &pass(&lora, 0.0, false));
+    let rf = f.train_pass(&c, Some(&HostTraining::new(std::sync::Arc::new(f.backward_weights()))), &ids, &mask, &pass(&lora, 0.0, false));
     let rel = (rq.loss - rf.loss).abs() / rf.loss;
     assert!(rel < 5e-3, "loss {} vs {} ({rel})", rq.loss, rf.loss);
     for m in 0..7 {
