@@ -32,7 +32,7 @@
 #define AGENTLM_VERSION_PATCH 0
 
 // Version of the C ABI described by this header; bumped on every incompatible change.
-#define AGENTLM_ABI_VERSION 2
+#define AGENTLM_ABI_VERSION 3
 
 // The `id` of an [`agentlm_token`] that carries no token (the end of a generation).
 #define AGENTLM_TOKEN_NONE 4294967295
@@ -587,6 +587,15 @@ typedef struct agentlm_train_progress {
   uint32_t loss_tokens;
   // Tokens per second of this step.
   double tokens_per_s;
+  // Tokens per second over this [`agentlm_trainer_run`] call so far.
+  double mean_tokens_per_s;
+  // Seconds since this [`agentlm_trainer_run`] call began.
+  double elapsed_s;
+  // Estimated seconds until the call ends (remaining steps at the call's mean step time, bounded
+  // by what is left of `max_seconds`).
+  double eta_s;
+  // Peak resident memory of the process so far, in bytes (0 where the system does not say).
+  uint64_t peak_rss_bytes;
 } agentlm_train_progress;
 
 // Called after every optimizer step on the training thread; return false to stop.

@@ -36,15 +36,43 @@ LLAMA2_TEMPLATE = (
 )
 
 
+# Frequent English words and the household vocabulary of agent tasks: with every prefix in the
+# vocabulary, SentencePiece-style merges reach whole words, so text takes a realistic number of tokens
+# (about four characters each) instead of one token per byte.
+WORDS = """the of and to a in is you that it he was for on are as with his they i at be this have from or
+one had by word but not what all were we when your can said there use an each which she do how their if
+will up other about out many then them these so some her would make like him into time has look two more
+write go see number no way could people my than first water been call who oil its now find long down day
+did get come made may part over new sound take only little work know place year live me back give most very
+after thing our just name good sentence man think say great where help through much before line right too
+mean old any same tell boy follow came want show also around form three small set put end does another well
+large must big even such because turn here why ask went men read need land different home us move try kind
+hand picture again change off play spell air away animal house point page letter mother answer found study
+still learn should task interact household solve action actions available thought observation nothing
+happens cabinet drawer countertop shelf table desk bed sofa armchair fridge microwave sinkbasin stoveburner
+toaster coffeemachine garbagecan dresser safe laundryhamper toilet bathtubbasin towelholder handtowel knife
+mug cup plate bowl pan pot apple bread egg lettuce tomato potato spoon fork spatula kettle book laptop
+pencil pen cellphone creditcard keychain remotecontrol pillow cloth soapbar candle vase statue watch
+box alarmclock desklamp floorlamp newspaper tissuebox sponge spraybottle glassbottle winebottle cd
+clean heat cool examine inventory toggle open close you see arrive closed now hold find put two some
+in/on from with first then next should will need check""".split()
+
+
 def vocabulary():
     tokens = ["<unk>", "<s>", "</s>"] + [f"<0x{b:02X}>" for b in range(256)]
     types = [gguf.TokenType.UNKNOWN, gguf.TokenType.CONTROL, gguf.TokenType.CONTROL] + [gguf.TokenType.BYTE] * 256
-    letters = "etaoinshrdlucmfwypvbgkjqxz"
     seen = set(tokens)
-    pieces = ["\u2581"] + list(letters) + ["\u2581" + c for c in letters]
+    pieces = ["\u2581"]
+    chars = "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789.,:;!?'\"()[]{}-_/*+=<>#%&@|~`$^\n"
+    pieces += list(chars) + ["\u2581" + c for c in chars]
+    for w in WORDS:
+        for cap in (w, w.capitalize()):
+            for n in range(2, len(cap) + 1):
+                pieces += ["\u2581" + cap[:n], cap[:n]]
+    letters = "etaoinshrdlucmfwypvbgkjqxz"
     n = 2
-    while len(tokens) + len(pieces) < VOCAB:
-        # Word pieces of growing length from the most frequent letters, with and without a word start.
+    while len(set(pieces)) + len(tokens) < VOCAB:
+        # Filler pieces of growing length from frequent letters, with and without a word start.
         for a in letters[: 8 + 2 * n]:
             for b in letters[:12]:
                 for start in ("\u2581", ""):
@@ -55,7 +83,8 @@ def vocabulary():
             seen.add(p)
             tokens.append(p)
             types.append(gguf.TokenType.NORMAL)
-    scores = [0.0] * 259 + [-float(i) for i in range(len(tokens) - 259)]
+    # Longer pieces score higher, so merges prefer whole words.
+    scores = [0.0] * 259 + [float(len(t)) - i * 1e-6 for i, t in enumerate(tokens[259:])]
     return tokens, scores, types
 
 

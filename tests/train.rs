@@ -241,21 +241,27 @@ fn gradient_checkpointing_gives_the_same_gradients_and_dropout_changes_them() {
 /// which are bit-identical to the exact path's: the same data gives the same loss. The trained
 /// adapter then runs on the quantized path in a live session.
 #[test]
-fn a_quantized_path_model_trains_on_the_exact_weights_and_serves_the_adapter() {
+fn a_quantized_path_model_trains_on_its_blocks_and_serves_the_adapter() {
     let exact = model();
     let q = Model::load(common::model_path(), &LoadOptions { precision: agentlm::Precision::Quantized, ..LoadOptions::default() }).unwrap();
+    assert!(q.trains_on_host() && !exact.trains_on_host());
     let dir = tempfile::tempdir().unwrap();
     let mut a = Trainer::new(&exact, config(), None).unwrap();
     fill(&mut a, dir.path());
     let mut b = Trainer::new(&q, config(), None).unwrap();
     fill(&mut b, dir.path());
+    // The host path's int8 activations against the exact path's f32: close, not identical.
     let (la, lb) = (a.evaluate().unwrap().loss, b.evaluate().unwrap().loss);
-    assert_eq!(la.to_bits(), lb.to_bits(), "held-out loss {la} (exact) vs {lb} (quantized-path model)");
+    assert!((la - lb).abs() / la < 0.03, "held-out loss {la} (exact) vs {lb} (host path)");
+    assert_eq!(q.training_bytes(), 0, "no transposed weights before the first backward pass");
     b.run(3, None, |_| true).unwrap();
+    assert!(q.training_bytes() > 0, "the trainer holds the transposed weights");
     let mut s = q.session(None);
     s.append_text("You are in room 3. Go to the door.").unwrap();
     let base = s.logits().unwrap().to_vec();
     s.set_adapter(Some((b.adapter().unwrap(), 1.0))).unwrap();
     let tuned = s.logits().unwrap().to_vec();
     assert!(tuned.iter().zip(&base).any(|(x, y)| (x - y).abs() > 1e-3), "the trained adapter changes the quantized path's logits");
+    drop(b);
+    assert_eq!(q.training_bytes(), 0, "the transposed weights go with the last trainer");
 }

@@ -64,8 +64,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut records: Vec<Trajectory> = Vec::new();
     for line in text.lines().filter(|l| !l.trim().is_empty()) {
         let r = parse_record(line)?;
-        if trainer.tokenize(&r).is_ok() {
-            records.push(r);
+        match trainer.tokenize(&r) {
+            Ok(_) => records.push(r),
+            Err(agentlm::Error::InvalidArgument(m)) if m.contains("no trained token") => {}
+            Err(e) => return Err(e.into()),
         }
         if records.len() == rows + n_eval {
             break;

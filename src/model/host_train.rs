@@ -154,58 +154,86 @@ fn dropped<'x>(x: &'x [f32], pass: &TrainPass, stream: u64, tmp: &'x mut Vec<f32
     tmp
 }
 
-/// `out[:, c0..c0 + n_out] += factor · (x Aᵀ) Bᵀ` (`out` rows of `width`).
-#[allow(clippy::too_many_arguments)]
-fn lora_forward(x: &[f32], t: usize, inp: usize, p: &HostPair, factor: f32, out: &mut [f32], width: usize, c0: usize, u: &mut Vec<f32>) {
-    let r = p.r;
-    let n_out = p.b.len() / r;
-    u.resize(t * r, 0.0);
-    mm(t, r, inp, u, r, false, x, inp, 1, &p.a, 1, inp, 1.0, true);
-    mm(t, n_out, r, &mut out[c0..], width, true, u, r, 1, &p.b, 1, r, factor, true);
+/// Adapters that read the same input: `(module, pair, first output column)`.
+type Group<'a> = Vec<(usize, &'a HostPair, usize)>;
+
+/// The adapters of `lora` among `modules` (with their output columns).
+fn group<'a>(lora: &'a [Option<HostPair>; 7], modules: &[(usize, usize)]) -> Group<'a> {
+    modules.iter().filter_map(|&(m, c0)| lora[m].as_ref().map(|p| (m, p, c0))).collect()
 }
 
-/// The backward pass of [`lora_forward`]: adds `x`'s gradient to `dx` and returns `(dA, dB)`.
-/// `dy` is the output gradient, rows of `width` from column `c0`.
+/// `out[:, c0..] += factor · (x Aᵀ) Bᵀ` for every adapter of a group reading `x` (`t` rows of
+/// `inp`; `out` rows of `width`): one product `x [A₁; A₂; ...]ᵀ` for the whole group, whose columns
+/// are kept in `u` (`[t, Σ r]`) for the backward pass.
+#[allow(clippy::too_many_arguments)]
+fn lora_forward(x: &[f32], t: usize, inp: usize, g: &Group, factor: f32, out: &mut [f32], width: usize, a_cat: &mut Vec<f32>, u: &mut Vec<f32>) {
+    let rt: usize = g.iter().map(|(_, p, _)| p.r).sum();
+    a_cat.clear();
+    g.iter().for_each(|(_, p, _)| a_cat.extend_from_slice(&p.a));
+    u.resize(t * rt, 0.0);
+    mm(t, rt, inp, u, rt, false, x, inp, 1, a_cat, 1, inp, 1.0, true);
+    let mut off = 0;
+    for (_, p, c0) in g {
+        let n_out = p.b.len() / p.r;
+        mm(t, n_out, p.r, &mut out[*c0..], width, true, &u[off..], rt, 1, &p.b, 1, p.r, factor, true);
+        off += p.r;
+    }
+}
+
+/// The backward pass of [`lora_forward`] for a group: adds `x`'s gradient to `dx` (through the
+/// dropout mask `mask` when there is one) and returns each adapter's `(dA, dB)`. `dy` holds the
+/// output gradient in rows of `width`; `u` is what the forward pass kept.
 #[allow(clippy::too_many_arguments)]
 fn lora_backward(
     x: &[f32],
     t: usize,
     inp: usize,
-    p: &HostPair,
+    g: &Group,
     factor: f32,
     dy: &[f32],
     width: usize,
-    c0: usize,
+    u: &[f32],
     dx: &mut [f32],
-    dx_scale: Option<(&TrainPass, u64)>,
-) -> (Vec<f32>, Vec<f32>) {
-    let r = p.r;
-    let n_out = p.b.len() / r;
-    let mut u = vec![0f32; t * r];
-    mm(t, r, inp, &mut u, r, false, x, inp, 1, &p.a, 1, inp, 1.0, true);
-    // dB = factor · dYᵀ u  ([n_out, r]); du = factor · dY B  ([t, r]).
-    let mut db = vec![0f32; n_out * r];
-    mm(n_out, r, t, &mut db, r, false, &dy[c0..], 1, width, &u, r, 1, factor, true);
-    let mut du = vec![0f32; t * r];
-    mm(t, r, n_out, &mut du, r, false, &dy[c0..], width, 1, &p.b, r, 1, factor, true);
-    // dA = duᵀ x  ([r, inp]); dx += du A (through the dropout mask).
-    let mut da = vec![0f32; r * inp];
-    mm(r, inp, t, &mut da, inp, false, &du, 1, r, x, inp, 1, 1.0, true);
-    match dx_scale {
-        None => mm(t, inp, r, dx, inp, true, &du, r, 1, &p.a, inp, 1, 1.0, true),
+    mask: Option<(&TrainPass, u64)>,
+) -> Vec<(Vec<f32>, Vec<f32>)> {
+    let rt: usize = g.iter().map(|(_, p, _)| p.r).sum();
+    let a_cat: Vec<f32> = g.iter().flat_map(|(_, p, _)| p.a.iter().copied()).collect();
+    // Per adapter: dB = factor · dYᵀ u ([n_out, r]); its columns of du = factor · dY B ([t, Σ r]).
+    let mut du = vec![0f32; t * rt];
+    let mut dbs = Vec::with_capacity(g.len());
+    let mut off = 0;
+    for (_, p, c0) in g {
+        let (r, n_out) = (p.r, p.b.len() / p.r);
+        let mut db = vec![0f32; n_out * r];
+        mm(n_out, r, t, &mut db, r, false, &dy[*c0..], 1, width, &u[off..], rt, 1, factor, true);
+        mm(t, r, n_out, &mut du[off..], rt, false, &dy[*c0..], width, 1, &p.b, r, 1, factor, true);
+        dbs.push(db);
+        off += r;
+    }
+    // dA = duᵀ x ([Σ r, inp], split by adapter); dx += du [A₁; A₂; ...].
+    let mut da = vec![0f32; rt * inp];
+    mm(rt, inp, t, &mut da, inp, false, &du, 1, rt, x, inp, 1, 1.0, true);
+    match mask {
+        None => mm(t, inp, rt, dx, inp, true, &du, rt, 1, &a_cat, inp, 1, 1.0, true),
         Some((pass, stream)) => {
-            let mut g = vec![0f32; t * inp];
-            mm(t, inp, r, &mut g, inp, false, &du, r, 1, &p.a, inp, 1, 1.0, true);
+            let mut gx = vec![0f32; t * inp];
+            mm(t, inp, rt, &mut gx, inp, false, &du, rt, 1, &a_cat, inp, 1, 1.0, true);
             let keep = 1.0 - f64::from(pass.dropout);
             let scale = (1.0 / keep) as f32;
-            for (i, (d, g)) in dx.iter_mut().zip(&g).enumerate() {
+            for (i, (d, gv)) in dx.iter_mut().zip(&gx).enumerate() {
                 if kept(pass.seed, stream, i as u64, keep) {
-                    *d += g * scale;
+                    *d += gv * scale;
                 }
             }
         }
     }
-    (da, db)
+    let mut out = Vec::with_capacity(g.len());
+    let mut row = 0;
+    for ((_, p, _), db) in g.iter().zip(dbs) {
+        out.push((da[row * inp..(row + p.r) * inp].to_vec(), db));
+        row += p.r;
+    }
+    out
 }
 
 /// Backward of `y = x · rsqrt(mean(x²) + eps) · w` per row: `dx += ...` given `dy`.
@@ -235,11 +263,13 @@ fn rope_half_backward(d: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
-/// Softmax of one causal row of scores in place (entries after `n` are zeroed).
+/// Softmax of one causal row of scores in place (entries after `n` are zeroed). `exp` as the
+/// inference path computes it, so the training forward pass gives the served model's values (the
+/// int8 activations downstream make the loss sensitive to the last bit: a vectorised `exp` within
+/// 1e-7 moved the golden losses by up to 0.5 %).
 fn softmax_row(s: &mut [f32], n: usize) {
     let max = s[..n].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    s[..n].iter_mut().for_each(|v| *v -= max);
-    kernels::exp_in_place(&mut s[..n]);
+    s[..n].iter_mut().for_each(|v| *v = (*v - max).exp());
     let inv = 1.0 / s[..n].iter().sum::<f32>();
     s[..n].iter_mut().for_each(|v| *v *= inv);
     s[n..].fill(0.0);
@@ -362,33 +392,40 @@ impl Attn {
     }
 }
 
-/// What one layer's backward pass needs from its forward pass.
+/// What one layer's backward pass needs from its forward pass (what is not kept in f32 is rounded to
+/// 16 bits: its inputs and the residual stream stay f32, as RMSNorm's backward pass needs them).
 #[derive(Default)]
 struct LayerActs {
     /// The layer's input `[t, h]`.
     x: Vec<f32>,
-    /// Queries, keys (after RoPE) and values `[t, qkv_w]`.
-    qkv: Vec<f32>,
-    /// Attention output `[t, q_w]`.
-    attn: Vec<f32>,
+    /// Queries, keys (after RoPE) and values `[t, qkv_w]`, in f16.
+    qkv: Vec<half::f16>,
+    /// Attention output `[t, q_w]`, in f16.
+    attn: Vec<half::f16>,
     /// The residual stream after attention `[t, h]`.
     x2: Vec<f32>,
     /// Gate and up projections `[t, 2·inter]`, in bf16: the largest of these, and SwiGLU's backward
     /// pass needs no more precision (the layer's output was computed from the f32 values).
     gu: Vec<half::bf16>,
+    /// `x Aᵀ` of each adapter group (see [`groups`]), `[t, Σ r]`.
+    u: [Vec<f32>; 4],
 }
 
 impl LayerActs {
     fn bytes(&self) -> usize {
-        4 * (self.x.capacity() + self.qkv.capacity() + self.attn.capacity() + self.x2.capacity()) + 2 * self.gu.capacity()
+        4 * (self.x.capacity() + self.x2.capacity() + self.u.iter().map(Vec::capacity).sum::<usize>())
+            + 2 * (self.qkv.capacity() + self.attn.capacity() + self.gu.capacity())
     }
 }
 
 /// Scratch reused across layers.
 #[derive(Default)]
 struct Work {
-    /// Gate and up projections in f32 (forward), or unpacked from [`LayerActs::gu`] (backward).
+    /// Gate and up projections, queries/keys/values and attention output in f32 (computed in the
+    /// forward pass, unpacked from [`LayerActs`] in the backward pass).
     gu: Vec<f32>,
+    qkv: Vec<f32>,
+    attn: Vec<f32>,
     d_act: Vec<f32>,
     d_gu: Vec<f32>,
     d_h: Vec<f32>,
@@ -399,8 +436,29 @@ struct Work {
     out: Vec<f32>,
     u: Vec<f32>,
     drop: Vec<f32>,
+    a_cat: Vec<f32>,
     logits: Vec<f32>,
     acts: QActs,
+}
+
+/// The adapter groups of a layer, each reading one input: Q/K/V (the normed input), O (the attention
+/// output), gate/up (the normed residual), down (SwiGLU's output); each with its modules' output
+/// columns. With dropout every adapter has its own mask, so each is a group of its own.
+fn groups(lora: &[Option<HostPair>; 7], q_w: usize, kv_w: usize, inter: usize, dropout: bool) -> [Vec<Group<'_>>; 4] {
+    let split = |mods: &[(usize, usize)]| -> Vec<Group<'_>> {
+        if dropout {
+            mods.iter().map(|&m| group(lora, &[m])).filter(|g| !g.is_empty()).collect()
+        } else {
+            let g = group(lora, mods);
+            if g.is_empty() { Vec::new() } else { vec![g] }
+        }
+    };
+    [split(&[(0, 0), (1, q_w), (2, q_w + kv_w)]), split(&[(3, 0)]), split(&[(4, 0), (5, inter)]), split(&[(6, 0)])]
+}
+
+/// The dropout stream of a group (its first module's).
+fn group_stream(l: usize, g: &Group) -> u64 {
+    stream(l, g[0].0)
 }
 
 /// Dropout stream of (layer, module).
@@ -432,34 +490,39 @@ impl HostWeights {
         let (q_w, kv_w) = (nh * hd, nkv * hd);
         let qkv_w = q_w + 2 * kv_w;
         let layer = &self.layers[l];
-        let lora = &pass.lora[l];
+        let gs = groups(&pass.lora[l], q_w, kv_w, inter, pass.dropout > 0.0);
         let eps = c.rms_norm_eps;
+        // The adapters of input slot `$slot` reading `$x` (`$inp` wide), added to `$out`.
+        macro_rules! adapters {
+            ($slot:expr, $x:expr, $inp:expr, $out:expr, $width:expr) => {
+                acts.u[$slot].clear();
+                for g in &gs[$slot] {
+                    let x = dropped(&$x, pass, group_stream(l, g), &mut w.drop);
+                    lora_forward(x, t, $inp, g, pass.factor, &mut $out, $width, &mut w.a_cat, &mut w.u);
+                    acts.u[$slot].extend_from_slice(&w.u);
+                }
+            };
+        }
         // Attention.
         rms_norm(&acts.x, &layer.attn_norm, eps, h, &mut w.h);
         w.acts.quantize(&w.h, t, h);
-        acts.qkv.resize(t * qkv_w, 0.0);
+        w.qkv.resize(t * qkv_w, 0.0);
         let [wq, wk, wv] = &layer.qkv;
-        kernels::matmul(&[wq, wk, wv], &w.h, &w.acts, t, &mut acts.qkv);
-        for (m, c0) in [(0, 0), (1, q_w), (2, q_w + kv_w)] {
-            if let Some(p) = &lora[m] {
-                let x = dropped(&w.h, pass, stream(l, m), &mut w.drop);
-                lora_forward(x, t, h, p, pass.factor, &mut acts.qkv, qkv_w, c0, &mut w.u);
-            }
-        }
-        acts.qkv.par_chunks_exact_mut(qkv_w).enumerate().for_each(|(pos, row)| {
+        kernels::matmul(&[wq, wk, wv], &w.h, &w.acts, t, &mut w.qkv);
+        adapters!(0, w.h, h, w.qkv, qkv_w);
+        w.qkv.par_chunks_exact_mut(qkv_w).enumerate().for_each(|(pos, row)| {
             let (cos, sin) = (&self.cos[pos * hd..(pos + 1) * hd], &self.sin[pos * hd..(pos + 1) * hd]);
             for head in row[..q_w + kv_w].chunks_exact_mut(hd) {
                 rope_half(head, cos, sin);
             }
         });
-        Attn { t, nh, nkv, hd, qkv_w }.forward(&acts.qkv, &mut acts.attn);
-        w.acts.quantize(&acts.attn, t, q_w);
+        Attn { t, nh, nkv, hd, qkv_w }.forward(&w.qkv, &mut w.attn);
+        pack(&w.qkv, &mut acts.qkv);
+        pack(&w.attn, &mut acts.attn);
+        w.acts.quantize(&w.attn, t, q_w);
         w.out.resize(t * h, 0.0);
-        kernels::matmul(&[&layer.wo], &acts.attn, &w.acts, t, &mut w.out);
-        if let Some(p) = &lora[3] {
-            let x = dropped(&acts.attn, pass, stream(l, 3), &mut w.drop);
-            lora_forward(x, t, q_w, p, pass.factor, &mut w.out, h, 0, &mut w.u);
-        }
+        kernels::matmul(&[&layer.wo], &w.attn, &w.acts, t, &mut w.out);
+        adapters!(1, w.attn, q_w, w.out, h);
         acts.x2.clear();
         acts.x2.extend(acts.x.iter().zip(&w.out).map(|(x, o)| x + o));
         // MLP.
@@ -468,21 +531,13 @@ impl HostWeights {
         w.gu.resize(t * 2 * inter, 0.0);
         let [wg, wu] = &layer.gate_up;
         kernels::matmul(&[wg, wu], &w.h, &w.acts, t, &mut w.gu);
-        for (m, c0) in [(4, 0), (5, inter)] {
-            if let Some(p) = &lora[m] {
-                let x = dropped(&w.h, pass, stream(l, m), &mut w.drop);
-                lora_forward(x, t, h, p, pass.factor, &mut w.gu, 2 * inter, c0, &mut w.u);
-            }
-        }
+        adapters!(2, w.h, h, w.gu, 2 * inter);
         acts.gu.clear();
         acts.gu.extend(w.gu.iter().map(|&v| half::bf16::from_f32(v)));
         swiglu(&w.gu, inter, &mut w.act);
         w.acts.quantize(&w.act, t, inter);
         kernels::matmul(&[&layer.down], &w.act, &w.acts, t, &mut w.out);
-        if let Some(p) = &lora[6] {
-            let x = dropped(&w.act, pass, stream(l, 6), &mut w.drop);
-            lora_forward(x, t, inter, p, pass.factor, &mut w.out, h, 0, &mut w.u);
-        }
+        adapters!(3, w.act, inter, w.out, h);
         x_out.clear();
         x_out.extend(acts.x2.iter().zip(&w.out).map(|(x, o)| x + o));
     }
@@ -497,26 +552,36 @@ impl HostWeights {
         let qkv_w = q_w + 2 * kv_w;
         let layer = &self.layers[l];
         let [qkv_t, wo_t, gu_t, down_t] = &bw.layers[l];
-        let lora = &pass.lora[l];
+        let gs = groups(&pass.lora[l], q_w, kv_w, inter, pass.dropout > 0.0);
         let eps = c.rms_norm_eps;
         let mut grads: LayerGrads = Default::default();
-        let mask_of = |m: usize| (pass.dropout > 0.0).then_some((pass, stream(l, m)));
-        let mut back = |m: usize, x: &[f32], inp: usize, dy: &[f32], width: usize, c0: usize, dxm: &mut [f32], tmp: &mut Vec<f32>| {
-            if let Some(p) = &lora[m] {
-                let xd = dropped(x, pass, stream(l, m), tmp);
-                grads[m] = Some(lora_backward(xd, t, inp, p, pass.factor, dy, width, c0, dxm, mask_of(m)));
+        // The adapters of input slot `slot` (reading `x`, `inp` wide), from the output gradient `dy`
+        // (rows of `width`), adding to `dxm`.
+        let mut back = |slot: usize, x: &[f32], inp: usize, dy: &[f32], width: usize, dxm: &mut [f32], tmp: &mut Vec<f32>| {
+            let mut off = 0;
+            for g in &gs[slot] {
+                let rt: usize = g.iter().map(|(_, p, _)| p.r).sum();
+                let xd = dropped(x, pass, group_stream(l, g), tmp);
+                let mask = (pass.dropout > 0.0).then_some((pass, group_stream(l, g)));
+                let res = lora_backward(xd, t, inp, g, pass.factor, dy, width, &acts.u[slot][off..off + t * rt], dxm, mask);
+                for ((m, _, _), gr) in g.iter().zip(res) {
+                    grads[*m] = Some(gr);
+                }
+                off += t * rt;
             }
         };
         // Down projection: d_act = dY · W_down (+ LoRA), from SwiGLU's output recomputed from the
         // stored gate and up projections.
-        let Work { gu, d_act, d_gu, d_h, d_attn, d_qkv, h: hn, act, drop, acts: q, .. } = w;
+        let Work { gu, qkv, attn, d_act, d_gu, d_h, d_attn, d_qkv, h: hn, act, drop, acts: q, .. } = w;
         gu.clear();
         gu.extend(acts.gu.iter().map(|v| v.to_f32()));
+        unpack(&acts.qkv, qkv);
+        unpack(&acts.attn, attn);
         swiglu(gu, inter, act);
         q.quantize(dx, t, h);
         d_act.resize(t * inter, 0.0);
         kernels::matmul(&[down_t], dx, q, t, d_act);
-        back(6, act, inter, dx, h, 0, d_act, drop);
+        back(3, act, inter, dx, h, d_act, drop);
         // SwiGLU.
         d_gu.resize(t * 2 * inter, 0.0);
         d_gu.par_chunks_exact_mut(2 * inter).zip(gu.par_chunks_exact(2 * inter)).zip(d_act.par_chunks_exact(inter)).for_each(|((dgu, gu), da)| {
@@ -533,17 +598,16 @@ impl HostWeights {
         q.quantize(d_gu, t, 2 * inter);
         d_h.resize(t * h, 0.0);
         kernels::matmul(&[gu_t], d_gu, q, t, d_h);
-        back(4, hn, h, d_gu, 2 * inter, 0, d_h, drop);
-        back(5, hn, h, d_gu, 2 * inter, inter, d_h, drop);
+        back(2, hn, h, d_gu, 2 * inter, d_h, drop);
         // dx2 = dx + RMSNorm backward.
         rms_norm_backward(&acts.x2, &layer.mlp_norm, eps, h, d_h, dx);
         // Output projection.
         q.quantize(dx, t, h);
         d_attn.resize(t * q_w, 0.0);
         kernels::matmul(&[wo_t], dx, q, t, d_attn);
-        back(3, &acts.attn, q_w, dx, h, 0, d_attn, drop);
+        back(1, attn, q_w, dx, h, d_attn, drop);
         // Attention, then RoPE.
-        Attn { t, nh, nkv, hd, qkv_w }.backward(&acts.qkv, &acts.attn, d_attn, d_qkv);
+        Attn { t, nh, nkv, hd, qkv_w }.backward(qkv, attn, d_attn, d_qkv);
         d_qkv.par_chunks_exact_mut(qkv_w).enumerate().for_each(|(pos, row)| {
             let (cos, sin) = (&self.cos[pos * hd..(pos + 1) * hd], &self.sin[pos * hd..(pos + 1) * hd]);
             for head in row[..q_w + kv_w].chunks_exact_mut(hd) {
@@ -554,9 +618,7 @@ impl HostWeights {
         rms_norm(&acts.x, &layer.attn_norm, eps, h, hn);
         q.quantize(d_qkv, t, qkv_w);
         kernels::matmul(&[qkv_t], d_qkv, q, t, d_h);
-        for (m, c0) in [(0, 0), (1, q_w), (2, q_w + kv_w)] {
-            back(m, hn, h, d_qkv, qkv_w, c0, d_h, drop);
-        }
+        back(0, hn, h, d_qkv, qkv_w, d_h, drop);
         rms_norm_backward(&acts.x, &layer.attn_norm, eps, h, d_h, dx);
         grads
     }
@@ -668,6 +730,19 @@ impl HostWeights {
         }
         PassResult { loss, tokens: n, grads: Some(grads) }
     }
+}
+
+/// Stores activations in f16 (the backward pass's copy; the forward pass used the f32 values).
+fn pack(x: &[f32], out: &mut Vec<half::f16>) {
+    out.clear();
+    out.resize(x.len(), half::f16::ZERO);
+    out.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(o, x)| half::slice::HalfFloatSliceExt::convert_from_f32_slice(o, x));
+}
+
+fn unpack(x: &[half::f16], out: &mut Vec<f32>) {
+    out.clear();
+    out.resize(x.len(), 0.0);
+    out.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(o, x)| half::slice::HalfFloatSliceExt::convert_to_f32_slice(x, o));
 }
 
 /// `act = silu(g) · u` per row of `gu` (`[g | u]`, each `inter` wide).
