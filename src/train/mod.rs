@@ -665,10 +665,10 @@ impl Trainer {
                 return Err(Error::InvalidArgument(format!("the loss is {} (diverged?)", res.loss)));
             }
             let mut out = Vec::with_capacity(self.params.len());
-            for layer in res.grads.expect("gradients were asked for") {
+            for mut layer in res.grads.expect("gradients were asked for") {
                 for (m, module) in TARGETS.iter().enumerate() {
                     if self.config.lora.targets(module) {
-                        let (da, db) = layer[m].clone().expect("a gradient per targeted module");
+                        let (da, db) = layer[m].take().expect("a gradient per targeted module");
                         out.push(da);
                         out.push(db);
                     }
