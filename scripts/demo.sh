@@ -8,9 +8,9 @@
 # "task completed in N steps" or "task not completed".
 #
 # The base model takes only admissible (hence accepted) actions but does not solve the task: it loops.
-# So the first run trains first, with the recipe of scripts/train-demo.sh: three rounds of on-device
+# So the first run trains first, with the recipe of scripts/train-demo.sh: four rounds of on-device
 # learning from host demonstrations on training layouts (examples/c/train_agent.c --mode demos; about
-# 12 minutes on 2 cores). It saves the LoRA adapter in the cache, and later runs reuse it
+# 5 minutes on 2 cores). It saves the LoRA adapter in the cache, and later runs reuse it
 # (AGENTLM_DEMO_RETRAIN=1 trains again). The layout the agent is shown
 # (--layout, default 1) is one training never sees. Extra arguments go to react_agent (e.g.
 # `--layout 7`, `--frame-tokens 4`); AGENTLM_DEMO_BASE=1 also runs the base model on the same layout.
@@ -24,12 +24,13 @@ build_dir="${AGENTLM_DEMO_BUILD_DIR:-build/release}"
 cmake -S . -B "$build_dir" -DAGENTLM_CARGO_PROFILE=release -DAGENTLM_BUILD_TESTS=OFF >/dev/null
 cmake --build "$build_dir" -j "$(nproc)" --target agentlm_react_agent agentlm_train_agent agentlm_chat
 # The adapter depends on the household and the training recipe: a change to either trains again.
-stamp="$(cat examples/c/household.h examples/c/train_agent.c | sha256sum | cut -c1-12)"
+rounds=4
+stamp="$( (cat examples/c/household.h examples/c/train_agent.c; echo "rounds $rounds") | sha256sum | cut -c1-12)"
 adapter="$AGENTLM_CACHE/demo-adapter-$stamp"
 if [ ! -f "$adapter/adapter_model.safetensors" ] || [ "${AGENTLM_DEMO_RETRAIN:-0}" = "1" ]; then
     echo "== training the agent on host demonstrations (first run only; saved to $adapter) =="
     rm -rf "$adapter.tmp"
-    "$build_dir/examples/c/train_agent" "$model" - --rounds 3 --episodes 24 --steps 20 --eval 0 --skip-base \
+    "$build_dir/examples/c/train_agent" "$model" - --rounds "$rounds" --episodes 24 --steps 20 --eval 0 --skip-base \
         --out "$adapter.tmp"
     rm -rf "$adapter" && mv "$adapter.tmp" "$adapter"
 else

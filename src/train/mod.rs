@@ -275,6 +275,9 @@ pub struct Trainer {
     cancel: CancelToken,
     /// Host-path training state (transposed weights, buffers), made at the first backward pass.
     host: std::sync::OnceLock<HostTraining>,
+    /// Tokenized in-memory examples, by the address of their (pool-held) record: a draw of one
+    /// already seen is not rendered and tokenized again.
+    tokenized: std::collections::HashMap<usize, Arc<TokenizedTrajectory>>,
 }
 
 /// Adapter parameters as a training path evaluates them.
@@ -417,6 +420,7 @@ impl Trainer {
             draws: 0,
             cancel: CancelToken::default(),
             host: std::sync::OnceLock::new(),
+            tokenized: Default::default(),
         })
     }
 
@@ -793,7 +797,17 @@ impl Trainer {
                 return Ok(None);
             }
             let src = self.next_source()?;
-            let ex = self.tokenize(&*src.load()?)?;
+            let ex = match &src {
+                Source::Memory(t) => match self.tokenized.get(&(Arc::as_ptr(t) as usize)) {
+                    Some(ex) => ex.clone(),
+                    None => {
+                        let ex = Arc::new(self.tokenize(t)?);
+                        self.tokenized.insert(Arc::as_ptr(t) as usize, ex.clone());
+                        ex
+                    }
+                },
+                Source::Line { .. } => Arc::new(self.tokenize(&*src.load()?)?),
+            };
             let seed = self.config.seed ^ self.draws.wrapping_mul(0xA24B_AED4_963E_E407);
             let (l, n, g) = self.model.compute(|| self.loss_and_grads(&ex, seed))?;
             loss += l / k as f64;
