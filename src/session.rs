@@ -707,43 +707,73 @@ pub(crate) fn marked_messages(messages: &[Message]) -> Vec<Message> {
     messages.iter().enumerate().map(|(i, m)| Message::new(m.role.as_str(), format!("{CONTENT_OPEN}{i}{CONTENT_CLOSE}"))).collect()
 }
 
+/// A piece of a chat rendered from [`marked_messages`], with where it starts in the rendered text.
+enum Marked<'a> {
+    /// A run of the template's own text.
+    Template(&'a str, usize),
+    /// A message's content (at its marker).
+    Content(&'a str, usize),
+}
+
+/// Walks `text` rendered from [`marked_messages`], in order, calling `each` with every piece.
+///
+/// # Errors
+/// A marker the template mangled; `each`'s errors.
+fn walk_marked<'a>(text: &'a str, contents: &[&'a str], mut each: impl FnMut(Marked<'a>) -> Result<()>) -> Result<()> {
+    let mangled = || Error::InvalidArgument("the chat template mangled a message".into());
+    let mut at = 0;
+    while let Some(open) = text[at..].find(CONTENT_OPEN).map(|o| at + o) {
+        each(Marked::Template(&text[at..open], at))?;
+        let after = open + CONTENT_OPEN.len_utf8();
+        let close = text[after..].find(CONTENT_CLOSE).map(|c| after + c).ok_or_else(mangled)?;
+        let i: usize = text[after..close].parse().map_err(|_| mangled())?;
+        each(Marked::Content(contents.get(i).ok_or_else(mangled)?, open))?;
+        at = close + CONTENT_CLOSE.len_utf8();
+    }
+    if text[at..].contains(CONTENT_CLOSE) {
+        return Err(mangled());
+    }
+    each(Marked::Template(&text[at..], at))
+}
+
 /// Tokens of `text` rendered from [`marked_messages`]: the text between markers with its control
 /// tokens, each marker replaced by `contents[i]` tokenized as plain text. No BOS is added.
 ///
 /// # Errors
 /// A marker the template mangled; tokenizer errors.
 pub(crate) fn encode_marked(tok: &Tokenizer, text: &str, contents: &[&str]) -> Result<Vec<u32>> {
-    Ok(encode_marked_with_offsets(tok, text, contents)?.0)
+    let mut ids = Vec::new();
+    walk_marked(text, contents, |piece| {
+        ids.extend(match piece {
+            Marked::Template(t, _) => tok.encode(t, false)?,
+            Marked::Content(c, _) => tok.encode_plain(c)?,
+        });
+        Ok(())
+    })?;
+    Ok(ids)
 }
 
 /// [`encode_marked`] plus where each token starts in `text` (a content's tokens all start at its
-/// marker).
+/// marker). Slower (the tokenizer computes offsets): for training data, not for prompts.
 ///
 /// # Errors
 /// As [`encode_marked`].
 pub(crate) fn encode_marked_with_offsets(tok: &Tokenizer, text: &str, contents: &[&str]) -> Result<(Vec<u32>, Vec<usize>)> {
-    let mangled = || Error::InvalidArgument("the chat template mangled a message".into());
     let (mut ids, mut starts) = (Vec::new(), Vec::new());
-    let template_piece = |piece: &str, at: usize, ids: &mut Vec<u32>, starts: &mut Vec<usize>| -> Result<()> {
-        let (p, offsets) = tok.encode_with_offsets(piece, false)?;
-        starts.extend(offsets.iter().map(|&(a, _)| at + a));
-        ids.extend(p);
+    walk_marked(text, contents, |piece| {
+        match piece {
+            Marked::Template(t, at) => {
+                let (p, offsets) = tok.encode_with_offsets(t, false)?;
+                starts.extend(offsets.iter().map(|&(a, _)| at + a));
+                ids.extend(p);
+            }
+            Marked::Content(c, at) => {
+                let plain = tok.encode_plain(c)?;
+                starts.extend(std::iter::repeat_n(at, plain.len()));
+                ids.extend(plain);
+            }
+        }
         Ok(())
-    };
-    let mut at = 0;
-    while let Some(open) = text[at..].find(CONTENT_OPEN).map(|o| at + o) {
-        template_piece(&text[at..open], at, &mut ids, &mut starts)?;
-        let after = open + CONTENT_OPEN.len_utf8();
-        let close = text[after..].find(CONTENT_CLOSE).map(|c| after + c).ok_or_else(mangled)?;
-        let i: usize = text[after..close].parse().map_err(|_| mangled())?;
-        let plain = tok.encode_plain(contents.get(i).ok_or_else(mangled)?)?;
-        starts.extend(std::iter::repeat_n(open, plain.len()));
-        ids.extend(plain);
-        at = close + CONTENT_CLOSE.len_utf8();
-    }
-    if text[at..].contains(CONTENT_CLOSE) {
-        return Err(mangled());
-    }
-    template_piece(&text[at..], at, &mut ids, &mut starts)?;
+    })?;
     Ok((ids, starts))
 }

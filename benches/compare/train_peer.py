@@ -7,7 +7,7 @@ train-runner's.
 import argparse
 import json
 import os
-import resource
+import sys
 import time
 import warnings
 
@@ -15,11 +15,9 @@ import torch
 from peft import LoraConfig, get_peft_model
 from transformers import AutoModelForCausalLM
 
+from peer_report import rss_mib
+
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
-
-
-def rss_mib():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def masked_loss(model, ids, mask):
@@ -69,7 +67,7 @@ def main():
             secs += dt
         losses.append(float(loss))
         print(f"step {step + 1}: loss {float(loss):.4f}, {len(r['ids'])} tokens, {len(r['ids']) / dt:.0f} tokens/s, "
-              f"peak {rss_mib():.0f} MiB", file=__import__("sys").stderr)
+              f"peak {rss_mib():.0f} MiB", file=sys.stderr)
     model.eval()
     total, n = 0.0, 0
     with torch.no_grad():

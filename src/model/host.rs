@@ -318,18 +318,7 @@ impl HostWeights {
                     add_lora(&s.h, t, h, p, f, &mut s.gu, 2 * inter, c0, &mut s.lora);
                 }
             }
-            s.act.resize(t * inter, 0.0);
-            let swiglu = |(a, gu): (&mut [f32], &[f32])| {
-                let (g, u) = gu.split_at(inter);
-                for ((a, &g), &u) in a.iter_mut().zip(g).zip(u) {
-                    *a = g / (1.0 + (-g).exp()) * u;
-                }
-            };
-            if t >= 8 {
-                s.act.par_chunks_exact_mut(inter).zip(s.gu.par_chunks_exact(2 * inter)).for_each(swiglu);
-            } else {
-                s.act.chunks_exact_mut(inter).zip(s.gu.chunks_exact(2 * inter)).for_each(swiglu);
-            }
+            swiglu(&s.gu, inter, &mut s.act);
             s.acts.quantize(&s.act, t, inter);
             kernels::matmul(&[&layer.down], &s.act, &s.acts, t, &mut s.out);
             if let Some((p, f)) = ad(6) {
@@ -356,6 +345,22 @@ pub(super) fn rms_norm(x: &[f32], weight: &[f32], eps: f32, n: usize, out: &mut 
         for ((o, &v), &w) in or.iter_mut().zip(xr).zip(weight) {
             *o = v * inv * w;
         }
+    }
+}
+
+/// `act = silu(g) · u` per row of `gu` (`[g | u]`, each `inter` wide; rows in parallel from 8 on).
+pub(super) fn swiglu(gu: &[f32], inter: usize, act: &mut Vec<f32>) {
+    act.resize(gu.len() / 2, 0.0);
+    let one = |(a, gu): (&mut [f32], &[f32])| {
+        let (g, u) = gu.split_at(inter);
+        for ((a, &g), &u) in a.iter_mut().zip(g).zip(u) {
+            *a = g / (1.0 + (-g).exp()) * u;
+        }
+    };
+    if act.len() >= 8 * inter {
+        act.par_chunks_exact_mut(inter).zip(gu.par_chunks_exact(2 * inter)).for_each(one);
+    } else {
+        act.chunks_exact_mut(inter).zip(gu.chunks_exact(2 * inter)).for_each(one);
     }
 }
 

@@ -24,7 +24,7 @@ use rayon::prelude::*;
 use crate::config::LlamaConfig;
 use crate::engine::kernels::{self, QActs, QMatrix};
 
-use super::host::{rms_norm, rope_half, HostPair, HostWeights};
+use super::host::{rms_norm, rope_half, swiglu, HostPair, HostWeights};
 
 /// Queries per block of the attention passes.
 const BQ: usize = 64;
@@ -532,8 +532,7 @@ impl HostWeights {
         let [wg, wu] = &layer.gate_up;
         kernels::matmul(&[wg, wu], &w.h, &w.acts, t, &mut w.gu);
         adapters!(2, w.h, h, w.gu, 2 * inter);
-        acts.gu.clear();
-        acts.gu.extend(w.gu.iter().map(|&v| half::bf16::from_f32(v)));
+        pack(&w.gu, &mut acts.gu);
         swiglu(&w.gu, inter, &mut w.act);
         w.acts.quantize(&w.act, t, inter);
         kernels::matmul(&[&layer.down], &w.act, &w.acts, t, &mut w.out);
@@ -573,8 +572,7 @@ impl HostWeights {
         // Down projection: d_act = dY · W_down (+ LoRA), from SwiGLU's output recomputed from the
         // stored gate and up projections.
         let Work { gu, qkv, attn, d_act, d_gu, d_h, d_attn, d_qkv, h: hn, act, drop, acts: q, .. } = w;
-        gu.clear();
-        gu.extend(acts.gu.iter().map(|v| v.to_f32()));
+        unpack(&acts.gu, gu);
         unpack(&acts.qkv, qkv);
         unpack(&acts.attn, attn);
         swiglu(gu, inter, act);
@@ -732,28 +730,25 @@ impl HostWeights {
     }
 }
 
-/// Stores activations in f16 (the backward pass's copy; the forward pass used the f32 values).
-fn pack(x: &[f32], out: &mut Vec<half::f16>) {
+/// Stores activations in 16 bits (`f16` or `bf16`: the backward pass's copy; the forward pass used
+/// the f32 values).
+fn pack<H: Copy + Default + Send + Sync>(x: &[f32], out: &mut Vec<H>)
+where
+    [H]: half::slice::HalfFloatSliceExt,
+{
     out.clear();
-    out.resize(x.len(), half::f16::ZERO);
+    out.resize(x.len(), H::default());
     out.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(o, x)| half::slice::HalfFloatSliceExt::convert_from_f32_slice(o, x));
 }
 
-fn unpack(x: &[half::f16], out: &mut Vec<f32>) {
+/// The f32 values of [`pack`]'s copy.
+fn unpack<H: Copy + Send + Sync>(x: &[H], out: &mut Vec<f32>)
+where
+    [H]: half::slice::HalfFloatSliceExt,
+{
     out.clear();
     out.resize(x.len(), 0.0);
     out.par_chunks_mut(4096).zip(x.par_chunks(4096)).for_each(|(o, x)| half::slice::HalfFloatSliceExt::convert_to_f32_slice(x, o));
-}
-
-/// `act = silu(g) · u` per row of `gu` (`[g | u]`, each `inter` wide).
-fn swiglu(gu: &[f32], inter: usize, act: &mut Vec<f32>) {
-    act.resize(gu.len() / 2, 0.0);
-    act.par_chunks_exact_mut(inter).zip(gu.par_chunks_exact(2 * inter)).for_each(|(a, gu)| {
-        let (g, u) = gu.split_at(inter);
-        for ((a, &g), &u) in a.iter_mut().zip(g).zip(u) {
-            *a = g / (1.0 + (-g).exp()) * u;
-        }
-    });
 }
 
 #[cfg(test)]

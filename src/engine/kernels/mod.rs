@@ -233,6 +233,18 @@ pub enum QKind {
     F32 { w: Vec<f32> },
 }
 
+/// Where value `v` of block `b` is stored in a [`QKind::U8`] row of `nb` blocks (pairs interleaved,
+/// an odd last block in natural order).
+fn u8_position(b: usize, nb: usize, v: usize) -> usize {
+    if b % 2 == 1 {
+        (b - 1) * QK + pair_lane(QK + v)
+    } else if b + 1 < nb {
+        b * QK + pair_lane(v)
+    } else {
+        b * QK + v
+    }
+}
+
 /// Where value `j` of a block pair's 64 values is stored in the pair-interleaved order of
 /// [`QKind::U8`] (value `j` of block 0 for `j < 32`, of block 1 for `j >= 32`).
 fn pair_lane(j: usize) -> usize {
@@ -557,14 +569,7 @@ impl QMatrix {
                 for b in 0..nb {
                     let (db, mb) = (d[r * nb + b], m[r * nb + b]);
                     for v in 0..QK {
-                        let at = if b % 2 == 0 && b + 1 < nb {
-                            b * QK + pair_lane(v)
-                        } else if b % 2 == 1 {
-                            (b - 1) * QK + pair_lane(QK + v)
-                        } else {
-                            b * QK + v
-                        };
-                        out[b * QK + v] = db * f32::from(row[at]) + mb;
+                        out[b * QK + v] = db * f32::from(row[u8_position(b, nb, v)]) + mb;
                     }
                 }
             }
@@ -856,14 +861,7 @@ fn u8_range(isa: Isa, qs: &[u8], d: &[f32], m: &[f32], c: usize, range: std::ops
             for b in 0..nb {
                 let mut isum = 0i32;
                 for v in 0..QK {
-                    let at = if b % 2 == 0 && b + 1 < nb {
-                        b * QK + pair_lane(v)
-                    } else if b % 2 == 1 {
-                        (b - 1) * QK + pair_lane(QK + v)
-                    } else {
-                        b * QK + v
-                    };
-                    isum += i32::from(qs[at]) * i32::from(x.q[b * QK + v]);
+                    isum += i32::from(qs[u8_position(b, nb, v)]) * i32::from(x.q[b * QK + v]);
                 }
                 acc += d[b] * x.d[b] * isum as f32 + m[b] * x.sum[b];
             }

@@ -111,6 +111,25 @@ unsafe fn offset_term<S: Scale>(m: &[S], s: &[f32]) -> f32 {
     sum
 }
 
+/// One block pair (blocks `b`, `b + 1`) of unsigned weight bytes `w` in the activations' pair lane
+/// order, with the weight scales `wd` spread over those lanes, against each activation row's pair
+/// copy: `acc[k] += (w · x_k) · wd · dz_k` lane by lane.
+///
+/// # Safety
+/// The CPU supports AVX-512 F/BW/VL/VNNI; `xs` holds `N` rows whose pair copies cover blocks `b`
+/// and `b + 1`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl")]
+unsafe fn pair_products<const N: usize>(w: __m512i, wd: __m512, xs: &[ActRow], b: usize, acc: &mut [__m512; N]) {
+    for (k, acc) in acc.iter_mut().enumerate() {
+        let x = xs.get_unchecked(k);
+        let xv = _mm512_loadu_si512(x.qz.as_ptr().add(b * QK) as *const __m512i);
+        let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xv);
+        let scale = _mm512_mul_ps(wd, _mm512_loadu_ps(x.dz.as_ptr().add(b * 8)));
+        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, *acc);
+    }
+}
+
 /// The AVX-512 Q4 kernel: two blocks per 512-bit `vpdpbusd`. The 32 bytes of a block pair unpack
 /// to `[b0 low, b1 low, b0 high, b1 high]` (16 values each), the lane order in which
 /// [`super::QActs`] keeps a copy of the activations (`qz`, with spread scales `dz`); lanes 0-3 and
@@ -129,13 +148,7 @@ unsafe fn q4_zmm<S: Scale, const N: usize>(qs: &[u8], d: &[S], m: &[S], xs: &[Ac
         let w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
         // The weight scales spread over the lanes once; the activations come pre-arranged.
         let wd = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(S::pair(d.as_ptr().add(b))));
-        for k in 0..N {
-            let x = xs.get_unchecked(k);
-            let xv = _mm512_loadu_si512(x.qz.as_ptr().add(b * QK) as *const __m512i);
-            let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xv);
-            let scale = _mm512_mul_ps(wd, _mm512_loadu_ps(x.dz.as_ptr().add(b * 8)));
-            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc[k]);
-        }
+        pair_products(w, wd, xs, b, &mut acc);
         b += 2;
     }
     for k in 0..N {
@@ -331,13 +344,7 @@ unsafe fn u8_zmm<const N: usize>(qs: &[u8], d: &[f32], m: &[f32], xs: &[ActRow],
     while b + 2 <= nb {
         let w = _mm512_loadu_si512(qs.as_ptr().add(b * QK) as *const __m512i);
         let wd = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(f32::pair(d.as_ptr().add(b))));
-        for k in 0..N {
-            let x = xs.get_unchecked(k);
-            let xv = _mm512_loadu_si512(x.qz.as_ptr().add(b * QK) as *const __m512i);
-            let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xv);
-            let scale = _mm512_mul_ps(wd, _mm512_loadu_ps(x.dz.as_ptr().add(b * 8)));
-            acc[k] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc[k]);
-        }
+        pair_products(w, wd, xs, b, &mut acc);
         b += 2;
     }
     for k in 0..N {
