@@ -8,6 +8,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 
 static int g_passed, g_failed;
 
@@ -53,5 +54,20 @@ static inline int env_flag(const char *name) {
   const char *v = getenv(name);
   return v && *v && strcmp(v, "0") != 0;
 }
+
+/* Seconds on the monotonic clock. */
+static inline double now_s(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
+}
+
+/* Runs one part of a test and prints the seconds since `t0` (a local the caller sets with now_s()),
+ * so a slow run (valgrind, sanitizers) shows where its time goes. */
+#define SECTION(call)                                                                              \
+  do {                                                                                             \
+    call;                                                                                          \
+    fprintf(stderr, "%-48s %6.1f s\n", #call, now_s() - t0);                                       \
+  } while (0)
 
 #endif

@@ -5,8 +5,8 @@
  *
  * AGENTLM_TEST_QUICK=1 shortens generations (sanitizer runs). AGENTLM_TEST_TINY=1 says MODEL is a
  * cut-down copy of the real model (its first layers only, `examples/convert --layers`, used under
- * valgrind, which runs ~50x slower): checks of what the text says are skipped. AGENTLM_TEST_SLOW=1
- * (valgrind) leaves out the admissible-action and tool-value tests. Each test prints its time.
+ * valgrind, which runs ~100x slower): checks of what the text says are skipped. AGENTLM_TEST_SLOW=1
+ * (valgrind) leaves out the admissible-action and tool-value tests. Each test prints the seconds so far.
  * Prints "N passed, N failed" and exits non-zero on any failure.
  */
 #include "agentlm.h"
@@ -24,6 +24,7 @@
 static const char *g_model_path;
 static int g_quick;
 static int g_tiny;
+static int g_slow;
 
 static agentlm_str str(const char *s) {
   agentlm_str r;
@@ -854,16 +855,6 @@ static void test_sync_chat(const agentlm_model *m) {
   agentlm_session_free(s);
 }
 
-/* Runs one test and prints how long it took, so a slow run (valgrind) shows where its time goes. */
-#define TIMED(call)                                                                                       \
-  do {                                                                                                    \
-    struct timespec t0_, t1_;                                                                             \
-    clock_gettime(CLOCK_MONOTONIC, &t0_);                                                                 \
-    call;                                                                                                 \
-    clock_gettime(CLOCK_MONOTONIC, &t1_);                                                                 \
-    fprintf(stderr, "%s: %.1f s\n", #call, (double)(t1_.tv_sec - t0_.tv_sec) + (t1_.tv_nsec - t0_.tv_nsec) / 1e9); \
-  } while (0)
-
 int main(int argc, char **argv) {
   g_model_path = argc > 1 ? argv[1] : getenv("AGENTLM_MODEL");
   if (!g_model_path || !*g_model_path) {
@@ -872,26 +863,28 @@ int main(int argc, char **argv) {
   }
   g_quick = env_flag("AGENTLM_TEST_QUICK");
   g_tiny = env_flag("AGENTLM_TEST_TINY");
+  g_slow = env_flag("AGENTLM_TEST_SLOW");
 
   test_versions();
   test_load_errors();
+  double t0 = now_s();
   agentlm_model *m = load_model();
   if (m) {
-    TIMED(test_model_queries(m));
-    TIMED(test_session_basics(m));
-    TIMED(test_untrusted_text(m));
-    TIMED(test_fork_and_state(m));
-    TIMED(test_busy(m));
-    TIMED(test_cancel(m));
-    TIMED(test_threads(m));
-    TIMED(test_agent(m));
+    SECTION(test_model_queries(m));
+    SECTION(test_session_basics(m));
+    SECTION(test_untrusted_text(m));
+    SECTION(test_fork_and_state(m));
+    SECTION(test_busy(m));
+    SECTION(test_cancel(m));
+    SECTION(test_threads(m));
+    SECTION(test_agent(m));
     /* Under valgrind (AGENTLM_TEST_SLOW=1) the admissible-action and tool-value tests are left to
        the plain and ASan runs: they add a third to a run that takes half an hour there. */
-    if (!env_flag("AGENTLM_TEST_SLOW")) {
-      TIMED(test_admissible(m));
-      TIMED(test_tool_values(m));
+    if (!g_slow) {
+      SECTION(test_admissible(m));
+      SECTION(test_tool_values(m));
     }
-    TIMED(test_sync_chat(m));
+    SECTION(test_sync_chat(m));
     /* Sessions keep the model alive: free the model first, then use a session. */
     agentlm_session *s = new_session(m, 32);
     agentlm_model_free(m);

@@ -53,12 +53,6 @@ static const char k_record[] =
     "door.\",\"loss\":null},{\"from\":\"gpt\",\"value\":\"THOUGHT: the door is north.\\nACTION: go to door "
     "1\",\"loss\":true}]}";
 
-static double now_s(void) {
-  struct timespec t;
-  clock_gettime(CLOCK_MONOTONIC, &t);
-  return (double)t.tv_sec + (double)t.tv_nsec / 1e9;
-}
-
 static void sleep_ms(long ms) {
   struct timespec t = {ms / 1000, (ms % 1000) * 1000000L};
   nanosleep(&t, NULL);
@@ -1055,11 +1049,6 @@ int main(int argc, char **argv) {
   g_no_train = env_flag("AGENTLM_TEST_NO_TRAIN");
 
   double t0 = now_s();
-#define SECTION(call)                                                                                \
-  do {                                                                                               \
-    call;                                                                                            \
-    fprintf(stderr, "%-48s %6.1f s\n", #call, now_s() - t0);                                          \
-  } while (0)
   SECTION(test_statuses());
   SECTION(test_load_misuse());
   agentlm_model *m = NULL;
