@@ -505,7 +505,7 @@ impl HostWeights {
         }
         // Attention.
         rms_norm(&acts.x, &layer.attn_norm, eps, h, &mut w.h);
-        w.acts.quantize(&w.h, t, h);
+        w.acts.prepare(&w.h, t, h);
         w.qkv.resize(t * qkv_w, 0.0);
         let [wq, wk, wv] = &layer.qkv;
         kernels::matmul(&[wq, wk, wv], &w.h, &w.acts, t, &mut w.qkv);
@@ -519,7 +519,7 @@ impl HostWeights {
         Attn { t, nh, nkv, hd, qkv_w }.forward(&w.qkv, &mut w.attn);
         pack(&w.qkv, &mut acts.qkv);
         pack(&w.attn, &mut acts.attn);
-        w.acts.quantize(&w.attn, t, q_w);
+        w.acts.prepare(&w.attn, t, q_w);
         w.out.resize(t * h, 0.0);
         kernels::matmul(&[&layer.wo], &w.attn, &w.acts, t, &mut w.out);
         adapters!(1, w.attn, q_w, w.out, h);
@@ -527,14 +527,14 @@ impl HostWeights {
         acts.x2.extend(acts.x.iter().zip(&w.out).map(|(x, o)| x + o));
         // MLP.
         rms_norm(&acts.x2, &layer.mlp_norm, eps, h, &mut w.h);
-        w.acts.quantize(&w.h, t, h);
+        w.acts.prepare(&w.h, t, h);
         w.gu.resize(t * 2 * inter, 0.0);
         let [wg, wu] = &layer.gate_up;
         kernels::matmul(&[wg, wu], &w.h, &w.acts, t, &mut w.gu);
         adapters!(2, w.h, h, w.gu, 2 * inter);
         pack(&w.gu, &mut acts.gu);
         swiglu(&w.gu, inter, &mut w.act);
-        w.acts.quantize(&w.act, t, inter);
+        w.acts.prepare(&w.act, t, inter);
         kernels::matmul(&[&layer.down], &w.act, &w.acts, t, &mut w.out);
         adapters!(3, w.act, inter, w.out, h);
         x_out.clear();
@@ -576,7 +576,7 @@ impl HostWeights {
         unpack(&acts.qkv, qkv);
         unpack(&acts.attn, attn);
         swiglu(gu, inter, act);
-        q.quantize(dx, t, h);
+        q.prepare(dx, t, h);
         d_act.resize(t * inter, 0.0);
         kernels::matmul(&[down_t], dx, q, t, d_act);
         back(3, act, inter, dx, h, d_act, drop);
@@ -593,14 +593,14 @@ impl HostWeights {
         });
         // Gate and up projections.
         rms_norm(&acts.x2, &layer.mlp_norm, eps, h, hn);
-        q.quantize(d_gu, t, 2 * inter);
+        q.prepare(d_gu, t, 2 * inter);
         d_h.resize(t * h, 0.0);
         kernels::matmul(&[gu_t], d_gu, q, t, d_h);
         back(2, hn, h, d_gu, 2 * inter, d_h, drop);
         // dx2 = dx + RMSNorm backward.
         rms_norm_backward(&acts.x2, &layer.mlp_norm, eps, h, d_h, dx);
         // Output projection.
-        q.quantize(dx, t, h);
+        q.prepare(dx, t, h);
         d_attn.resize(t * q_w, 0.0);
         kernels::matmul(&[wo_t], dx, q, t, d_attn);
         back(1, attn, q_w, dx, h, d_attn, drop);
@@ -614,7 +614,7 @@ impl HostWeights {
         });
         // Q, K, V projections.
         rms_norm(&acts.x, &layer.attn_norm, eps, h, hn);
-        q.quantize(d_qkv, t, qkv_w);
+        q.prepare(d_qkv, t, qkv_w);
         kernels::matmul(&[qkv_t], d_qkv, q, t, d_h);
         back(0, hn, h, d_qkv, qkv_w, d_h, drop);
         rms_norm_backward(&acts.x, &layer.attn_norm, eps, h, d_h, dx);
@@ -670,7 +670,7 @@ impl HostWeights {
                 hx.extend_from_slice(&x[r * h..(r + 1) * h]);
             }
             rms_norm(&hx, &self.norm, c.rms_norm_eps, h, &mut hn);
-            work.acts.quantize(&hn, k, h);
+            work.acts.prepare(&hn, k, h);
             logits.resize(k * vocab, 0.0);
             kernels::matmul(&[head], &hn, &work.acts, k, &mut logits);
             let losses: Vec<f64> = logits
@@ -694,7 +694,7 @@ impl HostWeights {
                 .collect();
             loss += losses.iter().sum::<f64>();
             if let Some(bw) = bw {
-                work.acts.quantize(&logits, k, vocab);
+                work.acts.prepare(&logits, k, vocab);
                 dh.resize(k * h, 0.0);
                 kernels::matmul(&[&bw.head], &logits, &work.acts, k, &mut dh);
                 let mut dxr = vec![0f32; k * h];

@@ -17,6 +17,8 @@
 
 #[cfg(target_arch = "x86_64")]
 mod x86;
+#[cfg(target_arch = "x86_64")]
+mod amx;
 
 use std::sync::OnceLock;
 
@@ -603,15 +605,50 @@ pub struct QActs {
     /// (`[d0 ×4, d1 ×4, d0 ×4, d1 ×4]`). Rows with an odd number of blocks leave the last one out.
     qz: Vec<i8>,
     dz: Vec<f32>,
+    /// The last [`QActs::prepare`] left the values unquantized: products with them run on bf16
+    /// tiles ([`dense_products`]).
+    dense: bool,
+}
+
+/// Activation rows from which [`QActs::prepare`] hands products to the bf16 tile unit.
+const DENSE_ROWS: usize = 128;
+
+/// Whether products with many activation rows can run on a bf16 matrix unit here (Intel AMX,
+/// granted by the OS; off with `AGENTLM_AMX=0` or an `AGENTLM_ISA` below AVX-512).
+pub fn dense_products() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        amx::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 impl QActs {
+    /// Prepares `rows` rows of `cols` values for [`matmul`]: with at least 128 rows on a CPU with a
+    /// bf16 matrix unit ([`dense_products`]) the products take the f32 values directly (rounded
+    /// to bf16 in the tile unit's layout) and nothing is quantized; otherwise as
+    /// [`QActs::quantize`]. For the training passes, whose products have hundreds of rows.
+    pub fn prepare(&mut self, x: &[f32], rows: usize, cols: usize) {
+        if rows >= DENSE_ROWS && dense_products() {
+            assert!(cols.is_multiple_of(QK) && x.len() == rows * cols, "QActs::prepare shape");
+            self.rows = rows;
+            self.cols = cols;
+            self.dense = true;
+            return;
+        }
+        self.quantize(x, rows, cols);
+    }
+
     /// Quantizes `rows` rows of `cols` values (`cols` a multiple of 32), as ggml's `quantize_row_q8_0`
     /// (scale `max|x| / 127`, round half away from zero), also keeping `d · Σq` per block.
     pub fn quantize(&mut self, x: &[f32], rows: usize, cols: usize) {
         assert!(cols.is_multiple_of(QK) && x.len() == rows * cols, "QActs::quantize shape");
         self.rows = rows;
         self.cols = cols;
+        self.dense = false;
         self.q.resize(rows * cols, 0);
         self.d.resize(rows * cols / QK, 0.0);
         self.sum.resize(rows * cols / QK, 0.0);
@@ -748,6 +785,10 @@ pub fn matmul_with(isa: Isa, parts: &[&QMatrix], x: &[f32], acts: &QActs, rows: 
     assert!(parts.iter().all(|p| p.cols == cols) && x.len() == rows * cols, "matmul input shape");
     if parts.iter().any(|p| !matches!(p.kind, QKind::F32 { .. })) {
         assert!(acts.rows == rows && acts.cols == cols, "matmul: activations not quantized for this input");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if acts.dense && acts.rows == rows && acts.cols == cols {
+        return amx::matmul(parts, x, rows, out);
     }
     // Tasks: (part, first row, last row) of about equal work, a few per thread; one task when the
     // product is too small to be worth waking another thread (about 10 µs of work).

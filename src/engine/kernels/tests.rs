@@ -251,3 +251,53 @@ fn transposes_keep_dense_values_and_quantize_the_rest_per_block() {
         }
     }
 }
+
+#[test]
+fn dense_products_match_the_dequantized_product() {
+    if !dense_products() {
+        eprintln!("no bf16 matrix unit on this CPU (AMX): the dense products are not run here");
+        return;
+    }
+    let mut g = Gen(7);
+    // 150 rows: a partial tile of activation rows; weight parts of 7-11 rows: partial tile columns;
+    // 800 columns: an odd number of blocks.
+    for (cols, t) in [(768usize, 128usize), (800, 150), (768, 300)] {
+        let x: Vec<f32> = (0..t * cols).map(|_| g.float(-2.0, 2.0)).collect();
+        let mut acts = QActs::default();
+        acts.prepare(&x, t, cols);
+        assert!(acts.dense, "prepare hands {t} rows to the tile unit");
+        let types: &[GgmlType] = if cols == 768 { &TYPES } else { &[GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16] };
+        let mut mats: Vec<QMatrix> = types
+            .iter()
+            .map(|&ty| {
+                let rows = 7 + ty.block_bytes() % 5;
+                QMatrix::from_ggml(ty, &random_blocks(ty, rows, cols, &mut g), rows, cols).unwrap()
+            })
+            .collect();
+        // The backward pass's transposed weights (unsigned bytes on these CPUs), 96 wide.
+        let src = QMatrix::from_ggml(GgmlType::Q4_1, &random_blocks(GgmlType::Q4_1, cols, 96, &mut g), cols, 96).unwrap();
+        mats.push(QMatrix::transposed(&[&src]));
+        assert!(matches!(mats.last().map(QMatrix::kind), Some(QKind::U8 { .. })));
+        let parts: Vec<&QMatrix> = mats.iter().collect();
+        let width: usize = mats.iter().map(|m| m.rows()).sum();
+        let mut out = vec![f32::NAN; t * width];
+        matmul(&parts, &x, &acts, t, &mut out);
+        let mut c0 = 0;
+        for m in &mats {
+            let w = m.dequantize();
+            for r in 0..t {
+                let xr = &x[r * cols..(r + 1) * cols];
+                for o in 0..m.rows() {
+                    let wr = &w[o * cols..(o + 1) * cols];
+                    let exact: f64 = wr.iter().zip(xr).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+                    // Each operand rounded to bf16 (relative 2^-9), then f32 sums.
+                    let mag: f64 = wr.iter().zip(xr).map(|(&a, &b)| (f64::from(a) * f64::from(b)).abs()).sum();
+                    let bound = mag * (2.0f64.powi(-8) + 1e-6) + 1e-5;
+                    let got = f64::from(out[r * width + c0 + o]);
+                    assert!((got - exact).abs() <= bound, "{:?} t={t} row {r} out {o}: {got} vs {exact} (bound {bound})", m.source_type());
+                }
+            }
+            c0 += m.rows();
+        }
+    }
+}
