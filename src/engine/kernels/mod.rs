@@ -1055,8 +1055,13 @@ fn q8_rows_scalar<S: Scale>(qs: &[i8], s: &[S], group: usize, xs: &[ActRow], res
 
 /// `v[i] = e^v[i]` for every value, to within a few ulp (Cephes' polynomial on a range-reduced
 /// argument; inputs are clamped to [−87, 88], so a very negative input gives about 1e-38, not 0).
-/// Vectorised (AVX2/FMA when available): softmax rows call it instead of one `expf` per value.
+/// Vectorised (AVX-512 or AVX2 when available, bit for bit the portable result): softmax rows call it instead of one `expf` per value.
 pub fn exp_in_place(v: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detected() == Isa::Avx512Vnni {
+        // SAFETY: AVX-512 F was detected (part of `Isa::Avx512Vnni`).
+        return unsafe { x86::exp_in_place_avx512(v) };
+    }
     #[cfg(target_arch = "x86_64")]
     if Isa::detected() >= Isa::Avx2 {
         // SAFETY: AVX2 and FMA were detected.

@@ -301,3 +301,17 @@ fn dense_products_match_the_dequantized_product() {
         }
     }
 }
+
+#[test]
+fn vectorised_exp_is_bit_for_bit_the_portable_one() {
+    let mut g = Gen(11);
+    for len in [0usize, 1, 15, 16, 17, 100, 1000] {
+        let x: Vec<f32> = (0..len).map(|i| if i % 7 == 0 { g.float(-200.0, 200.0) } else { g.float(-30.0, 5.0) }).collect();
+        let (mut a, mut b) = (x.clone(), x.clone());
+        exp_in_place(&mut a);
+        exp_portable(&mut b);
+        for ((a, b), x) in a.iter().zip(&b).zip(&x) {
+            assert_eq!(a.to_bits(), b.to_bits(), "exp({x}) with {:?}: {a} vs {b}", Isa::detected());
+        }
+    }
+}

@@ -371,3 +371,31 @@ pub(super) unsafe fn u8_rows(qs: &[u8], d: &[f32], m: &[f32], xs: &[ActRow], res
         _ => u8_zmm::<4>(qs, d, m, xs, res),
     }
 }
+
+/// [`super::exp_in_place`] sixteen lanes at a time: the same operations in the same order as
+/// `exp_portable` (no fused multiply-adds), so the results are bit for bit the same.
+///
+/// # Safety
+/// The CPU supports AVX-512 F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn exp_in_place_avx512(v: &mut [f32]) {
+    let mut chunks = v.chunks_exact_mut(16);
+    for c in &mut chunks {
+        let p = c.as_mut_ptr();
+        // SAFETY: `c` holds 16 values.
+        let x = unsafe { _mm512_loadu_ps(p) };
+        let a = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_set1_ps(88.0));
+        let round = _mm512_set1_ps(12_582_912.0);
+        let n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(a, _mm512_set1_ps(std::f32::consts::LOG2_E)), round), round);
+        let r = _mm512_sub_ps(_mm512_sub_ps(a, _mm512_mul_ps(n, _mm512_set1_ps(0.693_359_4))), _mm512_mul_ps(n, _mm512_set1_ps(-2.121_944_4e-4)));
+        let mut q = _mm512_set1_ps(1.987_569_1e-4);
+        for coef in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+            q = _mm512_add_ps(_mm512_mul_ps(q, r), _mm512_set1_ps(coef));
+        }
+        let e = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(q, r), r), r), _mm512_set1_ps(1.0));
+        let scale = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23));
+        // SAFETY: as the load.
+        unsafe { _mm512_storeu_ps(p, _mm512_mul_ps(e, scale)) };
+    }
+    super::exp_portable(chunks.into_remainder());
+}
