@@ -28,6 +28,8 @@ const TR: usize = 16;
 const TK: usize = 32;
 /// Weight rows per task: two B tiles side by side.
 const PANEL: usize = 2 * TR;
+/// Panels per task.
+const GROUP: usize = 4;
 /// u16 elements in one packed tile.
 const TILE_U16: usize = TR * TK;
 
@@ -77,15 +79,16 @@ fn bf16(v: f32) -> u16 {
 }
 
 /// `rows` rows of `k` f32 values (`x`) as the A operand: tile `(i, s)` (rows `16i..16i + 16`,
-/// values `32s..32s + 32`) at `(i · ks + s) · TILE_U16`, row-major inside the tile, so each tile load
-/// reads 1 KiB in a row. Zero past `k` values; `out` holds whole tiles for these rows.
+/// values `32s..32s + 32`) at `((i / 2 · ks + s) · 2 + i % 2) · TILE_U16` (the two tiles of a pair of
+/// tile rows side by side), row-major inside the tile, so each step of [`block`] reads 2 KiB in a row. Zero past `k` values; `out` holds whole tiles for these rows.
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn convert_rows(x: &[f32], k: usize, kp: usize, out: &mut [u16]) {
     let ks = kp / TK;
     for (r, src) in x.chunks_exact(k).enumerate() {
         let (i, row) = (r / TR, r % TR);
         for s in 0..ks {
-            let dst = &mut out[(i * ks + s) * TILE_U16 + row * TK..(i * ks + s) * TILE_U16 + (row + 1) * TK];
+            let tile = ((i / 2) * ks + s) * 2 + i % 2;
+            let dst = &mut out[tile * TILE_U16 + row * TK..tile * TILE_U16 + (row + 1) * TK];
             let part = &src[(s * TK).min(k)..((s + 1) * TK).min(k)];
             for (d, &v) in dst.iter_mut().zip(part) {
                 *d = bf16(v);
@@ -97,17 +100,17 @@ unsafe fn convert_rows(x: &[f32], k: usize, kp: usize, out: &mut [u16]) {
 
 /// Packs weight rows `r0..r0 + nr` (`nr <= PANEL`) of `w` as the B operand of two tile columns,
 /// dequantizing as [`QMatrix::dequantize_row`] does: tile `(j, s)` (the j-th 16 rows, the s-th 32
-/// values) at `(j · ks + s) · 256` words, its row `p` holding for each of the 16 weight rows `n` the
+/// values) at `(2s + j) · 256` words (the two tiles of a step side by side), its row `p` holding for each of the 16 weight rows `n` the
 /// bf16 pair of values `32s + 2p`, `32s + 2p + 1` in one 32-bit word. Zero past `nr` rows.
 #[target_feature(enable = "avx512f,avx512bw")]
 unsafe fn pack_panel(w: &QMatrix, r0: usize, nr: usize, out: &mut [u32]) {
     let k = w.cols();
-    let (nb, ks) = (k / QK, k.div_ceil(TK));
+    let nb = k / QK;
     out.fill(0);
     // Writes block `b` (32 values) of panel row `n`.
     let mut put = |n: usize, b: usize, v: &[f32; QK]| {
         let (j, col) = (n / TR, n % TR);
-        let tile = &mut out[(j * ks + b) * TR * TR..(j * ks + b + 1) * TR * TR];
+        let tile = &mut out[(b * 2 + j) * TR * TR..(b * 2 + j + 1) * TR * TR];
         for p in 0..TR {
             tile[p * TR + col] = u32::from(bf16(v[2 * p])) | (u32::from(bf16(v[2 * p + 1])) << 16);
         }
@@ -228,9 +231,9 @@ unsafe fn block(a: &[u16], m0: usize, kp: usize, panel: &[u32], c: &mut Acc) {
     // (checked above); stores write the 1 KiB tiles of `c`; the tile registers are this thread's.
     unsafe {
         asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
-        // Packed A: tile (m0 / 16, s) then (m0 / 16 + 1, s).
+        // Packed A: the tile pair of rows m0..m0 + 32 starts at m0 · kp; step s at 2s, 2s + 1.
         let a0 = a.as_ptr().add(m0 * kp);
-        let a1 = a.as_ptr().add((m0 + TR) * kp);
+        let a1 = a0.add(TILE_U16);
         let b = panel.as_ptr();
         for s in 0..ks {
             asm!(
@@ -242,10 +245,10 @@ unsafe fn block(a: &[u16], m0: usize, kp: usize, panel: &[u32], c: &mut Acc) {
                 "tdpbf16ps tmm1, tmm4, tmm7",
                 "tdpbf16ps tmm2, tmm5, tmm6",
                 "tdpbf16ps tmm3, tmm5, tmm7",
-                a0 = in(reg) a0.add(s * TILE_U16),
-                a1 = in(reg) a1.add(s * TILE_U16),
-                b0 = in(reg) b.add(s * TR * TR),
-                b1 = in(reg) b.add((ks + s) * TR * TR),
+                a0 = in(reg) a0.add(2 * s * TILE_U16),
+                a1 = in(reg) a1.add(2 * s * TILE_U16),
+                b0 = in(reg) b.add(2 * s * TR * TR),
+                b1 = in(reg) b.add((2 * s + 1) * TR * TR),
                 sa = in(reg) TK * 2,
                 sb = in(reg) TK * 2,
                 options(nostack, readonly),
@@ -315,20 +318,22 @@ pub(super) fn matmul(parts: &[&QMatrix], x: &[f32], rows: usize, out: &mut [f32]
 #[allow(clippy::too_many_arguments)]
 fn products(parts: &[&QMatrix], x: &[f32], rows: usize, k: usize, kp: usize, mp: usize, width: usize, a: &mut Vec<u16>, out: &mut [f32]) {
     let a = aligned(a, mp * kp);
-    // The tile rows past `rows` (in the last tile and the padding tiles) stay zero.
-    a[(rows / TR) * TR * kp..].fill(0);
+    // The rows past `rows` (in the last pair of tile rows and after it) stay zero.
+    a[(rows / (2 * TR)) * 2 * TR * kp..].fill(0);
     // Whole tiles of rows per task (64 rows: four tile rows).
     let per = 64usize;
-    a[..rows.next_multiple_of(TR) * kp].par_chunks_mut(per * kp).zip(x.par_chunks(per * k)).for_each(|(dst, src)| {
+    a[..mp * kp].par_chunks_mut(per * kp).zip(x.par_chunks(per * k)).for_each(|(dst, src)| {
         // SAFETY: `available` implies AVX-512 F/BW (`Isa::Avx512Vnni`).
         unsafe { convert_rows(src, k, kp, dst) }
     });
     let a: &[u16] = a;
+    // Tasks: GROUP panels of one part each; a task packs its panels once, then runs every pair of
+    // activation tile rows against all of them, so those rows are read from L1 GROUP times.
     let panels: Vec<(usize, usize, usize)> = {
         let mut v = Vec::new();
         let mut c0 = 0;
         for (pi, p) in parts.iter().enumerate() {
-            for r0 in (0..p.rows()).step_by(PANEL) {
+            for r0 in (0..p.rows()).step_by(GROUP * PANEL) {
                 v.push((pi, r0, c0));
             }
             c0 += p.rows();
@@ -338,27 +343,36 @@ fn products(parts: &[&QMatrix], x: &[f32], rows: usize, k: usize, kp: usize, mp:
     let out_ptr = SendPtr(out.as_mut_ptr());
     let run = |&(pi, r0, c0): &(usize, usize, usize)| {
         let w = parts[pi];
-        let nr = PANEL.min(w.rows() - r0);
+        let n_rows = (GROUP * PANEL).min(w.rows() - r0);
+        let n_panels = n_rows.div_ceil(PANEL);
+        let per_panel = kp * TR;
         SCRATCH.with_borrow_mut(|packed| {
-            let packed = aligned(packed, kp * TR);
-            // SAFETY: `available` implies AVX-512 F/BW.
-            unsafe { pack_panel(w, r0, nr, packed) };
+            let packed = aligned(packed, n_panels * per_panel);
+            for (g, dst) in packed.chunks_exact_mut(per_panel).enumerate() {
+                let p0 = r0 + g * PANEL;
+                // SAFETY: `available` implies AVX-512 F/BW.
+                unsafe { pack_panel(w, p0, PANEL.min(w.rows() - p0), dst) };
+            }
             let mut c = Acc([[0f32; TR * TR]; 4]);
             // SAFETY: `available()` (asserted above) enables the tile state; loading the
             // configuration sets this thread's tiles to the shapes `block` uses.
             unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack, readonly)) };
             for m0 in (0..rows).step_by(2 * TR) {
-                // SAFETY: the configuration is loaded; `a` holds `mp >= m0 + 32` rows of `kp`
-                // values and `packed` the panel's two tile columns.
-                unsafe { block(a, m0, kp, packed, &mut c) };
-                for (ti, tile) in c.0.iter().enumerate() {
-                    let (dm, dn) = ((ti / 2) * TR, (ti % 2) * TR);
-                    for i in 0..TR.min(rows.saturating_sub(m0 + dm)) {
+                for (g, panel) in packed.chunks_exact(per_panel).enumerate() {
+                    let (p0, nr) = (r0 + g * PANEL, PANEL.min(w.rows() - r0 - g * PANEL));
+                    // SAFETY: the configuration is loaded; `a` holds `mp >= m0 + 32` rows of `kp`
+                    // values and `panel` the panel's two tile columns.
+                    unsafe { block(a, m0, kp, panel, &mut c) };
+                    for (ti, tile) in c.0.iter().enumerate() {
+                        let (dm, dn) = ((ti / 2) * TR, (ti % 2) * TR);
                         let cols = TR.min(nr.saturating_sub(dn));
-                        for n in 0..cols {
-                            // SAFETY: row `m0 + dm + i < rows`, column `c0 + r0 + dn + n` inside
-                            // this part's columns; each panel writes only its own columns.
-                            unsafe { *out_ptr.get().add((m0 + dm + i) * width + c0 + r0 + dn + n) = tile[i * TR + n] };
+                        for i in 0..TR.min(rows.saturating_sub(m0 + dm)) {
+                            let row = (m0 + dm + i) * width + c0 + p0 + dn;
+                            for n in 0..cols {
+                                // SAFETY: row `m0 + dm + i < rows`, column `c0 + p0 + dn + n`
+                                // inside this part's columns; each task writes only its own.
+                                unsafe { *out_ptr.get().add(row + n) = tile[i * TR + n] };
+                            }
                         }
                     }
                 }
