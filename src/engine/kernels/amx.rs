@@ -125,7 +125,7 @@ unsafe fn pack_panel(w: &QMatrix, r0: usize, nr: usize, out: &mut [u32]) {
         QKind::U8 { qs, d, m } => {
             // Offsets of a block's values from its pair's start: the first block of a pair, the
             // second, an odd last block (natural order); see `QKind::U8`.
-            let first: [usize; QK] = std::array::from_fn(|i| super::pair_lane(i));
+            let first: [usize; QK] = std::array::from_fn(super::pair_lane);
             let second: [usize; QK] = std::array::from_fn(|i| super::pair_lane(QK + i));
             let last: [usize; QK] = std::array::from_fn(|i| i);
             for n in 0..nr {
