@@ -786,9 +786,12 @@ pub fn matmul_with(isa: Isa, parts: &[&QMatrix], x: &[f32], acts: &QActs, rows: 
     if parts.iter().any(|p| !matches!(p.kind, QKind::F32 { .. })) {
         assert!(acts.rows == rows && acts.cols == cols, "matmul: activations not quantized for this input");
     }
-    #[cfg(target_arch = "x86_64")]
-    if acts.dense && acts.rows == rows && acts.cols == cols {
+    if acts.dense {
+        assert!(acts.rows == rows && acts.cols == cols, "matmul: activations not prepared for this input");
+        #[cfg(target_arch = "x86_64")]
         return amx::matmul(parts, x, rows, out);
+        #[cfg(not(target_arch = "x86_64"))]
+        unreachable!("dense products exist only on x86-64");
     }
     // Tasks: (part, first row, last row) of about equal work, a few per thread; one task when the
     // product is too small to be worth waking another thread (about 10 µs of work).
@@ -1055,7 +1058,8 @@ fn q8_rows_scalar<S: Scale>(qs: &[i8], s: &[S], group: usize, xs: &[ActRow], res
 
 /// `v[i] = e^v[i]` for every value, to within a few ulp (Cephes' polynomial on a range-reduced
 /// argument; inputs are clamped to [−87, 88], so a very negative input gives about 1e-38, not 0).
-/// Vectorised (AVX-512 or AVX2 when available, bit for bit the portable result): softmax rows call it instead of one `expf` per value.
+/// Vectorised (AVX-512 or AVX2 when available, bit for bit the portable result): softmax rows call
+/// it instead of one `expf` per value.
 pub fn exp_in_place(v: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if Isa::detected() == Isa::Avx512Vnni {
@@ -1076,21 +1080,24 @@ unsafe fn exp_in_place_avx2(v: &mut [f32]) {
     exp_portable(v)
 }
 
+/// `exp_portable`'s constants (shared with the AVX-512 version, which must give the same bits):
+/// the rounding constant 1.5 · 2²³ (adding and subtracting it rounds to the nearest integer), ln 2
+/// split in two parts, and the polynomial's coefficients from the highest power down.
+const EXP_ROUND: f32 = 12_582_912.0;
+const EXP_LN2: [f32; 2] = [0.693_359_4, -2.121_944_4e-4];
+const EXP_POLY: [f32; 6] = [1.987_569_1e-4, 1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5];
+
 #[inline(always)]
 fn exp_portable(v: &mut [f32]) {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
-    // 1.5 · 2²³: adding and subtracting it rounds to the nearest integer.
-    const ROUND: f32 = 12_582_912.0;
     for x in v.iter_mut() {
         let a = x.clamp(-87.0, 88.0);
-        let n = (a * LOG2E + ROUND) - ROUND;
-        let r = a - n * 0.693_359_4 - n * -2.121_944_4e-4;
-        let mut p = 1.987_569_1e-4f32;
-        p = p * r + 1.398_199_9e-3;
-        p = p * r + 8.333_452e-3;
-        p = p * r + 4.166_579_6e-2;
-        p = p * r + 0.166_666_65;
-        p = p * r + 0.5;
+        let n = (a * LOG2E + EXP_ROUND) - EXP_ROUND;
+        let r = a - n * EXP_LN2[0] - n * EXP_LN2[1];
+        let mut p = EXP_POLY[0];
+        for c in &EXP_POLY[1..] {
+            p = p * r + c;
+        }
         let e = p * r * r + r + 1.0;
         *x = e * f32::from_bits(((n as i32 + 127) << 23) as u32);
     }

@@ -385,11 +385,12 @@ pub(super) unsafe fn exp_in_place_avx512(v: &mut [f32]) {
         // SAFETY: `c` holds 16 values.
         let x = unsafe { _mm512_loadu_ps(p) };
         let a = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_set1_ps(88.0));
-        let round = _mm512_set1_ps(12_582_912.0);
+        let round = _mm512_set1_ps(super::EXP_ROUND);
         let n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(a, _mm512_set1_ps(std::f32::consts::LOG2_E)), round), round);
-        let r = _mm512_sub_ps(_mm512_sub_ps(a, _mm512_mul_ps(n, _mm512_set1_ps(0.693_359_4))), _mm512_mul_ps(n, _mm512_set1_ps(-2.121_944_4e-4)));
-        let mut q = _mm512_set1_ps(1.987_569_1e-4);
-        for coef in [1.398_199_9e-3, 8.333_452e-3, 4.166_579_6e-2, 0.166_666_65, 0.5] {
+        let [ln2_hi, ln2_lo] = super::EXP_LN2;
+        let r = _mm512_sub_ps(_mm512_sub_ps(a, _mm512_mul_ps(n, _mm512_set1_ps(ln2_hi))), _mm512_mul_ps(n, _mm512_set1_ps(ln2_lo)));
+        let mut q = _mm512_set1_ps(super::EXP_POLY[0]);
+        for &coef in &super::EXP_POLY[1..] {
             q = _mm512_add_ps(_mm512_mul_ps(q, r), _mm512_set1_ps(coef));
         }
         let e = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(q, r), r), r), _mm512_set1_ps(1.0));
