@@ -15,6 +15,7 @@
 //! [`available`] asks for once. `AGENTLM_AMX=0` (or an `AGENTLM_ISA` below AVX-512) turns it off.
 
 use std::arch::asm;
+use std::arch::x86_64::*;
 use std::cell::RefCell;
 use std::sync::OnceLock;
 
@@ -23,11 +24,11 @@ use rayon::prelude::*;
 use super::{Isa, QKind, QMatrix, Scale, Scales, SendPtr, QK};
 
 /// Rows (and output columns) per tile.
-const TR: usize = 16;
+pub(super) const TR: usize = 16;
 /// bf16 values along the inner dimension per tile row (64 bytes).
-const TK: usize = 32;
+pub(super) const TK: usize = 32;
 /// Weight rows per task: two B tiles side by side.
-const PANEL: usize = 2 * TR;
+pub(super) const PANEL: usize = 2 * TR;
 /// Panels per task.
 const GROUP: usize = 4;
 /// u16 elements in one packed tile.
@@ -49,6 +50,10 @@ fn detect() -> bool {
     if leaf7.edx & (1 << 22) == 0 || leaf7.edx & (1 << 24) == 0 {
         return false;
     }
+    // Sub-leaf 1 EAX bit 5: AVX512-BF16 (`vcvtne2ps2bf16`, the f32 to bf16 rounding used here).
+    if std::arch::x86_64::__cpuid_count(7, 1).eax & (1 << 5) == 0 {
+        return false;
+    }
     #[cfg(target_os = "linux")]
     {
         const ARCH_REQ_XCOMP_PERM: libc::c_long = 0x1023;
@@ -68,9 +73,9 @@ fn detect() -> bool {
     }
 }
 
-/// f32 to bf16, rounding to nearest even (NaN stays NaN).
-#[inline(always)]
-fn bf16(v: f32) -> u16 {
+/// f32 to bf16, rounding to nearest even (NaN stays NaN), as `vcvtne2ps2bf16` rounds normal values.
+#[cfg(test)]
+pub(super) fn bf16(v: f32) -> u16 {
     let b = v.to_bits();
     if v.is_nan() {
         return ((b >> 16) as u16) | 0x40;
@@ -78,125 +83,185 @@ fn bf16(v: f32) -> u16 {
     ((b + 0x7FFF + ((b >> 16) & 1)) >> 16) as u16
 }
 
+/// 32 f32 values (`lo`: the first 16) rounded to bf16 (nearest even; subnormal values become zero)
+/// as 16 words, word `p` holding values `2p` (low half) and `2p + 1`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+fn bf16_pairs(lo: __m512, hi: __m512) -> __m512i {
+    // The intrinsic's lower 16 results come from its second operand.
+    unsafe { std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)) }
+}
+
+/// Up to 32 values of `src` (zero past its end) as [`bf16_pairs`].
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+fn pairs_of(src: &[f32]) -> __m512i {
+    let n = src.len().min(TK);
+    let lo_mask = if n >= 16 { 0xFFFF } else { (1u16 << n) - 1 };
+    let hi_mask = if n >= TK { 0xFFFF } else if n > 16 { (1u16 << (n - 16)) - 1 } else { 0 };
+    // SAFETY: the masks cover only the first `n <= src.len()` values; masked lanes are not read.
+    unsafe {
+        let lo = _mm512_maskz_loadu_ps(lo_mask, src.as_ptr());
+        let hi = _mm512_maskz_loadu_ps(hi_mask, src.as_ptr().wrapping_add(16));
+        bf16_pairs(lo, hi)
+    }
+}
+
+/// Transposes 16 rows of 16 words in place.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn transpose16(r: &mut [__m512i; 16]) {
+    let mut t = [_mm512_setzero_si512(); 16];
+    for i in 0..8 {
+        t[2 * i] = _mm512_unpacklo_epi32(r[2 * i], r[2 * i + 1]);
+        t[2 * i + 1] = _mm512_unpackhi_epi32(r[2 * i], r[2 * i + 1]);
+    }
+    // Row 4i + c: column c of rows 4i..4i + 4 in each 128-bit lane l (as words 4l + c).
+    for i in 0..4 {
+        for h in 0..2 {
+            r[4 * i + 2 * h] = _mm512_unpacklo_epi64(t[4 * i + h], t[4 * i + 2 + h]);
+            r[4 * i + 2 * h + 1] = _mm512_unpackhi_epi64(t[4 * i + h], t[4 * i + 2 + h]);
+        }
+    }
+    // Output row 4l + c is lane l of rows c, 4 + c, 8 + c, 12 + c: gather the lanes in two steps
+    // (even and odd lanes of row pairs, then of their results).
+    for i in 0..2 {
+        for c in 0..4 {
+            let (a, b) = (r[8 * i + c], r[8 * i + 4 + c]);
+            t[8 * i + c] = _mm512_shuffle_i32x4::<0b10_00_10_00>(a, b);
+            t[8 * i + 4 + c] = _mm512_shuffle_i32x4::<0b11_01_11_01>(a, b);
+        }
+    }
+    for c in 0..4 {
+        for h in 0..2 {
+            let (a, b) = (t[4 * h + c], t[8 + 4 * h + c]);
+            r[4 * h + c] = _mm512_shuffle_i32x4::<0b10_00_10_00>(a, b);
+            r[8 + 4 * h + c] = _mm512_shuffle_i32x4::<0b11_01_11_01>(a, b);
+        }
+    }
+}
+
 /// `rows` rows of `k` f32 values (`x`) as the A operand: tile `(i, s)` (rows `16i..16i + 16`,
 /// values `32s..32s + 32`) at `((i / 2 · ks + s) · 2 + i % 2) · TILE_U16` (the two tiles of a pair of
-/// tile rows side by side), row-major inside the tile, so each step of [`block`] reads 2 KiB in a row. Zero past `k` values; `out` holds whole tiles for these rows.
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn convert_rows(x: &[f32], k: usize, kp: usize, out: &mut [u16]) {
+/// tile rows side by side), row-major inside the tile, so each step of [`block`] reads 2 KiB in a
+/// row. Zero past `k` values; `out` holds whole tiles for these rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+fn convert_rows(x: &[f32], k: usize, kp: usize, out: &mut [u16]) {
     let ks = kp / TK;
     for (r, src) in x.chunks_exact(k).enumerate() {
         let (i, row) = (r / TR, r % TR);
         for s in 0..ks {
             let tile = ((i / 2) * ks + s) * 2 + i % 2;
-            let dst = &mut out[tile * TILE_U16 + row * TK..tile * TILE_U16 + (row + 1) * TK];
-            let part = &src[(s * TK).min(k)..((s + 1) * TK).min(k)];
-            for (d, &v) in dst.iter_mut().zip(part) {
-                *d = bf16(v);
-            }
-            dst[part.len()..].fill(0);
+            let at = tile * TILE_U16 + row * TK;
+            let dst = &mut out[at..at + TK];
+            let v = pairs_of(&src[(s * TK).min(k)..]);
+            // SAFETY: `dst` is 32 u16 values (64 bytes), the store's width.
+            unsafe { _mm512_storeu_si512(dst.as_mut_ptr().cast(), v) };
         }
     }
 }
 
 /// Packs weight rows `r0..r0 + nr` (`nr <= PANEL`) of `w` as the B operand of two tile columns,
 /// dequantizing as [`QMatrix::dequantize_row`] does: tile `(j, s)` (the j-th 16 rows, the s-th 32
-/// values) at `(2s + j) · 256` words (the two tiles of a step side by side), its row `p` holding for each of the 16 weight rows `n` the
-/// bf16 pair of values `32s + 2p`, `32s + 2p + 1` in one 32-bit word. Zero past `nr` rows.
-#[target_feature(enable = "avx512f,avx512bw")]
-unsafe fn pack_panel(w: &QMatrix, r0: usize, nr: usize, out: &mut [u32]) {
+/// values) at `(2s + j) · 256` words (the two tiles of a step side by side), its row `p` holding for
+/// each of the 16 weight rows `n` the bf16 pair of values `32s + 2p`, `32s + 2p + 1` in one 32-bit
+/// word. Zero past `nr` rows.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+pub(super) fn pack_panel(w: &QMatrix, r0: usize, nr: usize, out: &mut [u32]) {
     let k = w.cols();
     let nb = k / QK;
-    out.fill(0);
-    // Writes block `b` (32 values) of panel row `n`.
-    let mut put = |n: usize, b: usize, v: &[f32; QK]| {
-        let (j, col) = (n / TR, n % TR);
-        let tile = &mut out[(b * 2 + j) * TR * TR..(b * 2 + j + 1) * TR * TR];
-        for p in 0..TR {
-            tile[p * TR + col] = u32::from(bf16(v[2 * p])) | (u32::from(bf16(v[2 * p + 1])) << 16);
-        }
-    };
-    let mut v = [0f32; QK];
     match w.kind() {
-        QKind::Q4 { qs, d: Scales::F16(d), m: Scales::F16(m), centered } => q4_blocks(qs, d, m, *centered, r0, nr, nb, &mut v, &mut put),
-        QKind::Q4 { qs, d: Scales::F32(d), m: Scales::F32(m), centered } => q4_blocks(qs, d, m, *centered, r0, nr, nb, &mut v, &mut put),
+        QKind::Q4 { qs, d: Scales::F16(d), m: Scales::F16(m), centered } => tiles(nr, k, out, |n, b| q4_block(qs, d, m, *centered, (r0 + n) * nb + b)),
+        QKind::Q4 { qs, d: Scales::F32(d), m: Scales::F32(m), centered } => tiles(nr, k, out, |n, b| q4_block(qs, d, m, *centered, (r0 + n) * nb + b)),
         QKind::Q4 { .. } => unreachable!("Q4 scale and offset share one width"),
-        QKind::Q8 { qs, s: Scales::F16(sc), group } => q8_blocks(qs, sc, *group, k, r0, nr, nb, &mut v, &mut put),
-        QKind::Q8 { qs, s: Scales::F32(sc), group } => q8_blocks(qs, sc, *group, k, r0, nr, nb, &mut v, &mut put),
-        QKind::U8 { qs, d, m } => {
-            // Offsets of a block's values from its pair's start: the first block of a pair, the
-            // second, an odd last block (natural order); see `QKind::U8`.
-            let first: [usize; QK] = std::array::from_fn(super::pair_lane);
-            let second: [usize; QK] = std::array::from_fn(|i| super::pair_lane(QK + i));
-            let last: [usize; QK] = std::array::from_fn(|i| i);
-            for n in 0..nr {
-                let r = r0 + n;
-                let row = &qs[r * k..(r + 1) * k];
-                for b in 0..nb {
-                    let (start, len, lanes) = if b % 2 == 1 {
-                        ((b - 1) * QK, 2 * QK, &second)
-                    } else if b + 1 < nb {
-                        (b * QK, 2 * QK, &first)
-                    } else {
-                        (b * QK, QK, &last)
-                    };
-                    let (db, mb) = (d[r * nb + b], m[r * nb + b]);
-                    let src = &row[start..start + len];
-                    for (y, &l) in v.iter_mut().zip(lanes) {
-                        *y = db * f32::from(src[l]) + mb;
-                    }
-                    put(n, b, &v);
-                }
+        QKind::Q8 { qs, s: Scales::F16(sc), group } => tiles(nr, k, out, |n, b| q8_block(qs, sc, *group, (r0 + n) * k + b * QK)),
+        QKind::Q8 { qs, s: Scales::F32(sc), group } => tiles(nr, k, out, |n, b| q8_block(qs, sc, *group, (r0 + n) * k + b * QK)),
+        QKind::U8 { qs, d, m } => tiles(nr, k, out, |n, b| u8_block(qs, d, m, k, r0 + n, b)),
+        QKind::F32 { w } => tiles(nr, k, out, |n, b| pairs_of(&w[(r0 + n) * k + b * QK..(r0 + n + 1) * k])),
+    }
+}
+
+/// The tiles of [`pack_panel`] from `pairs(n, b)`, the bf16 pairs of block `b` of panel row `n`.
+#[inline(always)]
+fn tiles(nr: usize, k: usize, out: &mut [u32], pairs: impl Fn(usize, usize) -> __m512i) {
+    let ks = k.div_ceil(TK);
+    // SAFETY (the intrinsics below): the callers enable AVX-512 F.
+    let mut r = [unsafe { _mm512_setzero_si512() }; 16];
+    for s in 0..ks {
+        for j in 0..2 {
+            for (c, reg) in r.iter_mut().enumerate() {
+                let n = j * TR + c;
+                *reg = if n < nr { pairs(n, s) } else { unsafe { _mm512_setzero_si512() } };
             }
-        }
-        QKind::F32 { w } => {
-            for n in 0..nr {
-                let row = &w[(r0 + n) * k..(r0 + n + 1) * k];
-                for (b, chunk) in row.chunks(QK).enumerate() {
-                    v[..chunk.len()].copy_from_slice(chunk);
-                    v[chunk.len()..].fill(0.0);
-                    put(n, b, &v);
-                }
+            unsafe { transpose16(&mut r) };
+            let tile = &mut out[(2 * s + j) * TR * TR..(2 * s + j + 1) * TR * TR];
+            for (p, reg) in r.iter().enumerate() {
+                // SAFETY: row `p` of the tile is 16 words (64 bytes), the store's width.
+                unsafe { _mm512_storeu_si512(tile[p * TR..].as_mut_ptr().cast(), *reg) };
             }
         }
     }
 }
 
-/// [`QKind::Q4`] rows `r0..r0 + nr` block by block into `put`.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn q4_blocks<S: Scale>(qs: &[u8], d: &[S], m: &[S], centered: bool, r0: usize, nr: usize, nb: usize, v: &mut [f32; QK], put: &mut impl FnMut(usize, usize, &[f32; QK])) {
-    for n in 0..nr {
-        for b in 0..nb {
-            let blk = (r0 + n) * nb + b;
-            let bytes: &[u8; 16] = qs[blk * 16..blk * 16 + 16].try_into().expect("16 bytes");
-            let (db, mb) = if centered { (d[blk].get(), -8.0 * d[blk].get()) } else { (d[blk].get(), m[blk].get()) };
-            for j in 0..16 {
-                v[j] = db * f32::from(bytes[j] & 0xF) + mb;
-                v[j + 16] = db * f32::from(bytes[j] >> 4) + mb;
-            }
-            put(n, b, v);
-        }
+/// 16 bytes at `at` widened to 16 i32 lanes (`signed`: as i8).
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn widen(bytes: &[u8], at: usize, signed: bool) -> __m512i {
+    let b: &[u8; 16] = bytes[at..at + 16].try_into().expect("16 bytes");
+    // SAFETY: `b` is 16 readable bytes.
+    let v = unsafe { _mm_loadu_si128(b.as_ptr().cast()) };
+    if signed {
+        _mm512_cvtepi8_epi32(v)
+    } else {
+        _mm512_cvtepu8_epi32(v)
     }
 }
 
-/// [`QKind::Q8`] rows `r0..r0 + nr` block by block into `put`.
-#[allow(clippy::too_many_arguments)]
-#[inline(always)]
-fn q8_blocks<S: Scale>(qs: &[i8], sc: &[S], group: usize, k: usize, r0: usize, nr: usize, nb: usize, v: &mut [f32; QK], put: &mut impl FnMut(usize, usize, &[f32; QK])) {
-    for n in 0..nr {
-        let r = r0 + n;
-        let row = &qs[r * k..(r + 1) * k];
-        let scales = &sc[r * (k / group)..(r + 1) * (k / group)];
-        for b in 0..nb {
-            for (g, (y, q)) in v.chunks_exact_mut(group).zip(row[b * QK..(b + 1) * QK].chunks_exact(group)).enumerate() {
-                let s = scales[b * (QK / group) + g].get();
-                for (y, &q) in y.iter_mut().zip(q) {
-                    *y = s * f32::from(q);
-                }
-            }
-            put(n, b, v);
-        }
-    }
+/// [`QKind::Q4`] block `blk` as bf16 pairs.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+fn q4_block<S: Scale>(qs: &[u8], d: &[S], m: &[S], centered: bool, blk: usize) -> __m512i {
+    let x = widen(qs, blk * 16, false);
+    let db = d[blk].get();
+    let mb = if centered { -8.0 * db } else { m[blk].get() };
+    let (dv, mv) = (_mm512_set1_ps(db), _mm512_set1_ps(mb));
+    let lo = _mm512_cvtepi32_ps(_mm512_and_si512(x, _mm512_set1_epi32(0xF)));
+    let hi = _mm512_cvtepi32_ps(_mm512_srli_epi32::<4>(x));
+    // Multiply, then add (not fused): the values of `dequantize_row`, bit for bit.
+    bf16_pairs(_mm512_add_ps(_mm512_mul_ps(dv, lo), mv), _mm512_add_ps(_mm512_mul_ps(dv, hi), mv))
+}
+
+/// [`QKind::Q8`] block at value `at` (a multiple of 32) as bf16 pairs, `group` 16 or 32.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+fn q8_block<S: Scale>(qs: &[i8], sc: &[S], group: usize, at: usize) -> __m512i {
+    debug_assert!(matches!(group, 16 | 32), "Q8 scales cover 16 or 32 values");
+    // SAFETY: i8 and u8 have one layout.
+    let bytes: &[u8] = unsafe { std::slice::from_raw_parts(qs.as_ptr().cast(), qs.len()) };
+    let (s0, s1) = (sc[at / group].get(), sc[(at + 16) / group].get());
+    let lo = _mm512_mul_ps(_mm512_set1_ps(s0), _mm512_cvtepi32_ps(widen(bytes, at, true)));
+    let hi = _mm512_mul_ps(_mm512_set1_ps(s1), _mm512_cvtepi32_ps(widen(bytes, at + 16, true)));
+    bf16_pairs(lo, hi)
+}
+
+/// [`QKind::U8`] block `b` of row `r` as bf16 pairs (see [`super::pair_lane`] for the order).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+fn u8_block(qs: &[u8], d: &[f32], m: &[f32], k: usize, r: usize, b: usize) -> __m512i {
+    let nb = k / QK;
+    let row = r * k;
+    // Byte offsets of values 0-15 and 16-31: [b0 0-15, b1 0-15, b0 16-31, b1 16-31] per pair.
+    let (lo_at, hi_at) = if b % 2 == 1 {
+        ((b - 1) * QK + 16, (b - 1) * QK + 48)
+    } else if b + 1 < nb {
+        (b * QK, b * QK + 32)
+    } else {
+        (b * QK, b * QK + 16)
+    };
+    let (dv, mv) = (_mm512_set1_ps(d[r * nb + b]), _mm512_set1_ps(m[r * nb + b]));
+    let lo = _mm512_add_ps(_mm512_mul_ps(dv, _mm512_cvtepi32_ps(widen(qs, row + lo_at, false))), mv);
+    let hi = _mm512_add_ps(_mm512_mul_ps(dv, _mm512_cvtepi32_ps(widen(qs, row + hi_at, false))), mv);
+    bf16_pairs(lo, hi)
 }
 
 #[repr(C, align(64))]
@@ -350,7 +415,7 @@ fn products(parts: &[&QMatrix], x: &[f32], rows: usize, k: usize, kp: usize, mp:
             let packed = aligned(packed, n_panels * per_panel);
             for (g, dst) in packed.chunks_exact_mut(per_panel).enumerate() {
                 let p0 = r0 + g * PANEL;
-                // SAFETY: `available` implies AVX-512 F/BW.
+                // SAFETY: `available` implies AVX-512 F/BW/BF16.
                 unsafe { pack_panel(w, p0, PANEL.min(w.rows() - p0), dst) };
             }
             let mut c = Acc([[0f32; TR * TR]; 4]);
@@ -366,13 +431,16 @@ fn products(parts: &[&QMatrix], x: &[f32], rows: usize, k: usize, kp: usize, mp:
                     for (ti, tile) in c.0.iter().enumerate() {
                         let (dm, dn) = ((ti / 2) * TR, (ti % 2) * TR);
                         let cols = TR.min(nr.saturating_sub(dn));
+                        if cols == 0 {
+                            continue;
+                        }
+                        let mask = if cols == TR { 0xFFFF } else { (1u16 << cols) - 1 };
                         for i in 0..TR.min(rows.saturating_sub(m0 + dm)) {
                             let row = (m0 + dm + i) * width + c0 + p0 + dn;
-                            for n in 0..cols {
-                                // SAFETY: row `m0 + dm + i < rows`, column `c0 + p0 + dn + n`
-                                // inside this part's columns; each task writes only its own.
-                                unsafe { *out_ptr.get().add(row + n) = tile[i * TR + n] };
-                            }
+                            // SAFETY: row `m0 + dm + i < rows`, columns `c0 + p0 + dn` up to
+                            // `cols` more inside this part's columns (masked); each task writes
+                            // only its own; `available` implies AVX-512 F.
+                            unsafe { _mm512_mask_storeu_ps(out_ptr.get().add(row), mask, _mm512_load_ps(tile[i * TR..].as_ptr())) };
                         }
                     }
                 }
@@ -391,6 +459,42 @@ fn products(parts: &[&QMatrix], x: &[f32], rows: usize, k: usize, kp: usize, mp:
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The vector rounding is the scalar definition's (nearest even, NaN kept), value pairs in
+    /// order, zeros past the values given.
+    #[test]
+    fn vector_rounding_is_the_scalar_one() {
+        if !available() {
+            eprintln!("no AMX here: packing not checked");
+            return;
+        }
+        let vals: Vec<f32> = (0..40u32)
+            .map(|i| match i {
+                0 => f32::NAN,
+                1 => f32::INFINITY,
+                2 => f32::from_bits(0x3F80_8000), // a tie: rounds to even
+                3 => f32::from_bits(0x3F81_8000),
+                _ => (i as f32 * 0.377).sin() * 3.0,
+            })
+            .collect();
+        for n in [32usize, 20, 7] {
+            let mut got = [0u32; 16];
+            // SAFETY: `available` implies AVX-512 F/BW/BF16.
+            unsafe { _mm512_storeu_si512(got.as_mut_ptr().cast(), pairs_of(&vals[..n])) };
+            for (p, &w) in got.iter().enumerate() {
+                for h in 0..2 {
+                    let i = 2 * p + h;
+                    let want = if i < n { bf16(vals[i]) } else { 0 };
+                    let have = (w >> (16 * h)) as u16;
+                    if vals[i.min(n - 1)].is_nan() && i < n {
+                        assert!(f32::from_bits(u32::from(have) << 16).is_nan());
+                    } else {
+                        assert_eq!(have, want, "value {i} of {n}");
+                    }
+                }
+            }
+        }
+    }
 
     /// A timing probe run by hand on an AMX machine (`cargo test --release --lib speed_probe --
     /// --ignored --nocapture`): the product and its parts at training shapes. Asserts nothing.

@@ -252,6 +252,50 @@ fn transposes_keep_dense_values_and_quantize_the_rest_per_block() {
     }
 }
 
+/// Every weight layout packed for the tile unit holds, at each tile position, the bf16 rounding of
+/// the value `dequantize` gives (bit for bit), and zeros past the panel's rows.
+#[test]
+fn packed_tiles_hold_the_dequantized_weights_in_bf16() {
+    if !dense_products() {
+        eprintln!("no bf16 matrix unit on this CPU (AMX): the packing is not checked here");
+        return;
+    }
+    use amx::{PANEL, TK, TR};
+    let mut g = Gen(5);
+    let cols = 768;
+    let mut mats: Vec<QMatrix> = TYPES.iter().map(|&ty| QMatrix::from_ggml(ty, &random_blocks(ty, 45, cols, &mut g), 45, cols).unwrap()).collect();
+    // Unsigned bytes (the backward pass's transposed weights), with an odd last block (96 wide).
+    let src = QMatrix::from_ggml(GgmlType::Q4_1, &random_blocks(GgmlType::Q4_1, 96, 64, &mut g), 96, 64).unwrap();
+    mats.push(QMatrix::transposed(&[&src]));
+    mats.push(QMatrix::from_f32((0..45 * 70).map(|_| g.float(-3.0, 3.0)).collect(), 45, 70));
+    for m in &mats {
+        let (rows, k) = (m.rows(), m.cols());
+        let w = m.dequantize();
+        let kp = k.next_multiple_of(TK);
+        let mut packed = vec![0u32; kp * TR];
+        for r0 in (0..rows).step_by(PANEL) {
+            let nr = PANEL.min(rows - r0);
+            // SAFETY: `dense_products` implies the AVX-512 F/BW/BF16 the packing uses.
+            unsafe { amx::pack_panel(m, r0, nr, &mut packed) };
+            for s in 0..kp / TK {
+                for j in 0..2 {
+                    for p in 0..TR {
+                        for c in 0..TR {
+                            let n = j * TR + c;
+                            let at = |h: usize| {
+                                let i = s * TK + 2 * p + h;
+                                if n < nr && i < k { amx::bf16(w[(r0 + n) * k + i]) } else { 0 }
+                            };
+                            let word = packed[(2 * s + j) * TR * TR + p * TR + c];
+                            assert_eq!(word, u32::from(at(0)) | (u32::from(at(1)) << 16), "{:?} {:?}: rows {r0}+{n}, values {}", m.source_type(), std::mem::discriminant(m.kind()), s * TK + 2 * p);
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn dense_products_match_the_dequantized_product() {
     if !dense_products() {
