@@ -170,35 +170,18 @@ fn convert_rows(x: &[f32], k: usize, kp: usize, out: &mut [u16]) {
 pub(super) fn pack_panel(w: &QMatrix, r0: usize, nr: usize, out: &mut [u32]) {
     let k = w.cols();
     let nb = k / QK;
-    match w.kind() {
-        QKind::Q4 { qs, d: Scales::F16(d), m: Scales::F16(m), centered } => tiles(nr, k, out, |n, b| q4_block(qs, d, m, *centered, (r0 + n) * nb + b)),
-        QKind::Q4 { qs, d: Scales::F32(d), m: Scales::F32(m), centered } => tiles(nr, k, out, |n, b| q4_block(qs, d, m, *centered, (r0 + n) * nb + b)),
-        QKind::Q4 { .. } => unreachable!("Q4 scale and offset share one width"),
-        QKind::Q8 { qs, s: Scales::F16(sc), group } => tiles(nr, k, out, |n, b| q8_block(qs, sc, *group, (r0 + n) * k + b * QK)),
-        QKind::Q8 { qs, s: Scales::F32(sc), group } => tiles(nr, k, out, |n, b| q8_block(qs, sc, *group, (r0 + n) * k + b * QK)),
-        QKind::U8 { qs, d, m } => tiles(nr, k, out, |n, b| u8_block(qs, d, m, k, r0 + n, b)),
-        QKind::F32 { w } => tiles(nr, k, out, |n, b| pairs_of(&w[(r0 + n) * k + b * QK..(r0 + n + 1) * k])),
-    }
-}
-
-/// The tiles of [`pack_panel`] from `pairs(n, b)`, the bf16 pairs of block `b` of panel row `n`.
-#[inline(always)]
-fn tiles(nr: usize, k: usize, out: &mut [u32], pairs: impl Fn(usize, usize) -> __m512i) {
-    let ks = k.div_ceil(TK);
-    // SAFETY (the intrinsics below): the callers enable AVX-512 F.
-    let mut r = [unsafe { _mm512_setzero_si512() }; 16];
-    for s in 0..ks {
-        for j in 0..2 {
-            for (c, reg) in r.iter_mut().enumerate() {
-                let n = j * TR + c;
-                *reg = if n < nr { pairs(n, s) } else { unsafe { _mm512_setzero_si512() } };
-            }
-            unsafe { transpose16(&mut r) };
-            let tile = &mut out[(2 * s + j) * TR * TR..(2 * s + j + 1) * TR * TR];
-            for (p, reg) in r.iter().enumerate() {
-                // SAFETY: row `p` of the tile is 16 words (64 bytes), the store's width.
-                unsafe { _mm512_storeu_si512(tile[p * TR..].as_mut_ptr().cast(), *reg) };
-            }
+    for j in 0..2 {
+        let (rows, out) = (TR.min(nr.saturating_sub(j * TR)), &mut *out);
+        let at = |s: usize| (2 * s + j) * TR * TR;
+        let row = |c: usize| r0 + j * TR + c;
+        match w.kind() {
+            QKind::Q4 { qs, d: Scales::F16(d), m: Scales::F16(m), centered } => tiles(rows, k, out, at, |c, b| q4_block(qs, d, m, *centered, row(c) * nb + b)),
+            QKind::Q4 { qs, d: Scales::F32(d), m: Scales::F32(m), centered } => tiles(rows, k, out, at, |c, b| q4_block(qs, d, m, *centered, row(c) * nb + b)),
+            QKind::Q4 { .. } => unreachable!("Q4 scale and offset share one width"),
+            QKind::Q8 { qs, s: Scales::F16(sc), group } => tiles(rows, k, out, at, |c, b| q8_block(qs, sc, *group, row(c) * k + b * QK)),
+            QKind::Q8 { qs, s: Scales::F32(sc), group } => tiles(rows, k, out, at, |c, b| q8_block(qs, sc, *group, row(c) * k + b * QK)),
+            QKind::U8 { qs, d, m } => tiles(rows, k, out, at, |c, b| u8_block(qs, d, m, k, row(c), b)),
+            QKind::F32 { w } => tiles(rows, k, out, at, |c, b| pairs_of(&w[row(c) * k + b * QK..(row(c) + 1) * k])),
         }
     }
 }
@@ -428,21 +411,10 @@ fn products(parts: &[&QMatrix], x: &[f32], rows: usize, k: usize, kp: usize, mp:
                     // SAFETY: the configuration is loaded; `a` holds `mp >= m0 + 32` rows of `kp`
                     // values and `panel` the panel's two tile columns.
                     unsafe { block(a, m0, kp, panel, &mut c) };
-                    for (ti, tile) in c.0.iter().enumerate() {
-                        let (dm, dn) = ((ti / 2) * TR, (ti % 2) * TR);
-                        let cols = TR.min(nr.saturating_sub(dn));
-                        if cols == 0 {
-                            continue;
-                        }
-                        let mask = if cols == TR { 0xFFFF } else { (1u16 << cols) - 1 };
-                        for i in 0..TR.min(rows.saturating_sub(m0 + dm)) {
-                            let row = (m0 + dm + i) * width + c0 + p0 + dn;
-                            // SAFETY: row `m0 + dm + i < rows`, columns `c0 + p0 + dn` up to
-                            // `cols` more inside this part's columns (masked); each task writes
-                            // only its own; `available` implies AVX-512 F.
-                            unsafe { _mm512_mask_storeu_ps(out_ptr.get().add(row), mask, _mm512_load_ps(tile[i * TR..].as_ptr())) };
-                        }
-                    }
+                    // SAFETY: rows `m0..rows`, this panel's columns `c0 + p0..c0 + p0 + nr` of
+                    // `out` (row stride `width`); each task writes only its own columns;
+                    // `available` implies AVX-512 F.
+                    unsafe { write_block(&c, out_ptr.get().add(m0 * width + c0 + p0), width, rows - m0, nr, false, 1.0) };
                 }
             }
             // SAFETY: releases this thread's tile state (no operands).
@@ -454,6 +426,304 @@ fn products(parts: &[&QMatrix], x: &[f32], rows: usize, k: usize, kp: usize, mp:
     } else {
         panels.iter().for_each(run);
     }
+}
+
+/// Writes the 32 × 32 block in `c` to `dst` (row stride `rs`): rows below `m`, columns below `n`,
+/// `alpha` times the block, added to what is there when `acc`.
+///
+/// # Safety
+/// Rows `0..m.min(32)` and columns `0..n.min(32)` at `dst` (stride `rs`) are writable (and
+/// readable when `acc`), and no other thread touches them meanwhile.
+#[inline]
+#[target_feature(enable = "avx512f")]
+unsafe fn write_block(c: &Acc, dst: *mut f32, rs: usize, m: usize, n: usize, acc: bool, alpha: f32) {
+    let va = _mm512_set1_ps(alpha);
+    for (ti, tile) in c.0.iter().enumerate() {
+        let (dm, dn) = ((ti / 2) * TR, (ti % 2) * TR);
+        let cols = TR.min(n.saturating_sub(dn));
+        if cols == 0 {
+            continue;
+        }
+        let mask = if cols == TR { 0xFFFF } else { (1u16 << cols) - 1 };
+        for r in 0..TR.min(m.saturating_sub(dm)) {
+            // SAFETY: row `dm + r < m`, columns `dn..dn + cols` (masked): inside the caller's
+            // region; the tile row is 64-byte aligned (`Acc`).
+            unsafe {
+                let p = dst.add((dm + r) * rs + dn);
+                let mut v = _mm512_load_ps(tile[r * TR..].as_ptr());
+                if alpha != 1.0 {
+                    v = _mm512_mul_ps(va, v);
+                }
+                if acc {
+                    v = _mm512_add_ps(v, _mm512_maskz_loadu_ps(mask, p));
+                }
+                _mm512_mask_storeu_ps(p, mask, v);
+            }
+        }
+    }
+}
+
+/// Aligned storage: a vector and the offset of its first 64-byte boundary.
+#[derive(Debug, Default)]
+struct AlignedBuf<T> {
+    v: Vec<T>,
+    off: usize,
+}
+
+impl<T: Copy + Default> AlignedBuf<T> {
+    /// `len` zeroed elements starting at a 64-byte boundary.
+    fn zeroed(&mut self, len: usize) -> &mut [T] {
+        self.v.clear();
+        self.v.resize(len + 64 / std::mem::size_of::<T>(), T::default());
+        self.off = self.v.as_ptr().align_offset(64);
+        &mut self.v[self.off..self.off + len]
+    }
+    fn get(&self) -> &[T] {
+        &self.v[self.off.min(self.v.len())..]
+    }
+}
+
+/// An f32 matrix rounded to bf16 as the left operand (A) of [`tile_product`]: rows padded to a
+/// multiple of 32 and the inner dimension to a multiple of 32 with zeros; tile `(i, s)` (rows
+/// `16i..16i + 16`, values `32s..32s + 32`) at `(i · ks + s) · 512` values, row-major. Reusable.
+#[derive(Debug, Default)]
+pub struct TilesA {
+    buf: AlignedBuf<u16>,
+    rows: usize,
+    ks: usize,
+}
+
+/// An f32 matrix rounded to bf16 as the right operand (B) of [`tile_product`]: `k` (padded to 32)
+/// by `n` (padded to 32); tile `(s, j)` (values `32s..32s + 32` of columns `16j..16j + 16`) at
+/// `(j · ks + s) · 256` words, its row `p` holding for each column the bf16 pair of values
+/// `32s + 2p`, `32s + 2p + 1` in one word. Reusable.
+#[derive(Debug, Default)]
+pub struct TilesB {
+    buf: AlignedBuf<u32>,
+    cols: usize,
+    ks: usize,
+}
+
+impl TilesA {
+    /// Rows `0..rows` of `k` values, row `i` at `src[i · stride..]`.
+    ///
+    /// # Panics
+    /// The tile unit is not [`available`], or `src` is too short.
+    pub fn pack(&mut self, src: &[f32], rows: usize, k: usize, stride: usize) {
+        assert!(available(), "AMX tile products are not available");
+        assert!(rows == 0 || (rows - 1) * stride + k <= src.len(), "TilesA::pack: source too short");
+        let (rp, ks) = (rows.next_multiple_of(2 * TR), k.div_ceil(TK));
+        (self.rows, self.ks) = (rp, ks);
+        let out = self.buf.zeroed(rp * ks * TILE_U16);
+        // SAFETY: `available` implies AVX-512 F/BW/BF16.
+        unsafe { pack_a(src, rows, k, stride, ks, out) };
+    }
+
+    /// The transpose of `src`'s `k` rows of `rows` values (row `j` at `src[j · stride..]`): row `i`
+    /// of this operand is column `i` of `src`.
+    ///
+    /// # Panics
+    /// As [`TilesA::pack`].
+    pub fn pack_transposed(&mut self, src: &[f32], rows: usize, k: usize, stride: usize, scratch: &mut Vec<f32>) {
+        assert!(k == 0 || (k - 1) * stride + rows <= src.len(), "TilesA::pack_transposed: source too short");
+        scratch.clear();
+        scratch.resize(rows * k, 0.0);
+        for j in 0..k {
+            for (i, &v) in src[j * stride..j * stride + rows].iter().enumerate() {
+                scratch[i * k + j] = v;
+            }
+        }
+        let t = std::mem::take(scratch);
+        self.pack(&t, rows, k, k);
+        *scratch = t;
+    }
+}
+
+impl TilesB {
+    /// The `k × n` matrix whose column `j` is row `j` of `src` (`n` rows of `k` values, row `j` at
+    /// `src[j · stride..]`): `B = srcᵀ`, as weights are used.
+    ///
+    /// # Panics
+    /// The tile unit is not [`available`], or `src` is too short.
+    pub fn pack_rows(&mut self, src: &[f32], n: usize, k: usize, stride: usize) {
+        assert!(available(), "AMX tile products are not available");
+        assert!(n == 0 || (n - 1) * stride + k <= src.len(), "TilesB::pack_rows: source too short");
+        let (np, ks) = (n.next_multiple_of(2 * TR), k.div_ceil(TK));
+        (self.cols, self.ks) = (np, ks);
+        let out = self.buf.zeroed(np * ks * TR * TR);
+        // SAFETY: `available` implies AVX-512 F/BW/BF16.
+        unsafe { pack_b_rows(src, n, k, stride, ks, out) };
+    }
+
+    /// The `k × n` matrix `src` (`k` rows of `n` values, row `p` at `src[p · stride..]`).
+    ///
+    /// # Panics
+    /// As [`TilesB::pack_rows`].
+    pub fn pack(&mut self, src: &[f32], k: usize, n: usize, stride: usize) {
+        assert!(available(), "AMX tile products are not available");
+        assert!(k == 0 || (k - 1) * stride + n <= src.len(), "TilesB::pack: source too short");
+        let (np, ks) = (n.next_multiple_of(2 * TR), k.div_ceil(TK));
+        (self.cols, self.ks) = (np, ks);
+        let out = self.buf.zeroed(np * ks * TR * TR);
+        // SAFETY: `available` implies AVX-512 F/BW/BF16.
+        unsafe { pack_b(src, k, n, stride, ks, out) };
+    }
+}
+
+/// [`TilesA::pack`]'s conversion.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+fn pack_a(src: &[f32], rows: usize, k: usize, stride: usize, ks: usize, out: &mut [u16]) {
+    for i in 0..rows {
+        let row = &src[i * stride..i * stride + k];
+        for s in 0..ks {
+            let at = ((i / TR) * ks + s) * TILE_U16 + (i % TR) * TK;
+            let v = pairs_of(&row[s * TK..]);
+            // SAFETY: 32 u16 values (64 bytes) at `at` lie inside `out` (whole tiles).
+            unsafe { _mm512_storeu_si512(out[at..at + TK].as_mut_ptr().cast(), v) };
+        }
+    }
+}
+
+/// One tile column of a B operand from rows of values: `pairs(c, s)` gives column `c`'s values
+/// `32s..32s + 32` as [`bf16_pairs`] (`c < rows`; zero after), transposed into the tile of step `s`
+/// at word `at(s)` of `out`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+fn tiles(rows: usize, k: usize, out: &mut [u32], at: impl Fn(usize) -> usize, pairs: impl Fn(usize, usize) -> __m512i) {
+    let mut r = [_mm512_setzero_si512(); 16];
+    for s in 0..k.div_ceil(TK) {
+        for (c, reg) in r.iter_mut().enumerate() {
+            *reg = if c < rows { pairs(c, s) } else { _mm512_setzero_si512() };
+        }
+        transpose16(&mut r);
+        for (p, reg) in r.iter().enumerate() {
+            // SAFETY: row `p` of tile `s` is 16 words (64 bytes) inside `out`.
+            unsafe { _mm512_storeu_si512(out[at(s) + p * TR..][..TR].as_mut_ptr().cast(), *reg) };
+        }
+    }
+}
+
+/// [`TilesB::pack_rows`]'s conversion.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+fn pack_b_rows(src: &[f32], n: usize, k: usize, stride: usize, ks: usize, out: &mut [u32]) {
+    for (j, col) in out.chunks_exact_mut(ks * TR * TR).enumerate() {
+        let rows = TR.min(n.saturating_sub(j * TR));
+        tiles(rows, k, col, |s| s * TR * TR, |c, s| pairs_of(&src[(j * TR + c) * stride + s * TK..(j * TR + c) * stride + k]));
+    }
+}
+
+/// [`TilesB::pack`]'s conversion: rows `2p`, `2p + 1` of each 32-row step interleaved by column.
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+fn pack_b(src: &[f32], k: usize, n: usize, stride: usize, ks: usize, out: &mut [u32]) {
+    // Word c: bf16 lane c (row 2p) and lane 16 + c (row 2p + 1).
+    let idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
+    let load = |r: usize, j: usize| -> __m512 {
+        if r >= k {
+            return _mm512_setzero_ps();
+        }
+        let cols = TR.min(n.saturating_sub(j * TR));
+        let mask = if cols >= TR { 0xFFFF } else { (1u16 << cols) - 1 };
+        // SAFETY: the mask covers columns `16j..16j + cols` of row `r`, inside `src` (checked by
+        // the caller: `(k - 1) · stride + n <= src.len()`).
+        unsafe { _mm512_maskz_loadu_ps(mask, src.as_ptr().add(r * stride + j * TR)) }
+    };
+    for j in 0..n.div_ceil(TR) {
+        for s in 0..ks {
+            let tile = &mut out[(j * ks + s) * TR * TR..(j * ks + s + 1) * TR * TR];
+            for p in 0..TR {
+                let (r0, r1) = (load(s * TK + 2 * p, j), load(s * TK + 2 * p + 1, j));
+                let both = bf16_pairs(r0, r1);
+                let v = _mm512_permutexvar_epi16(idx, both);
+                // SAFETY: row `p` of the tile is 16 words (64 bytes).
+                unsafe { _mm512_storeu_si512(tile[p * TR..].as_mut_ptr().cast(), v) };
+            }
+        }
+    }
+}
+
+/// `dst[i · dst_rs + j] (+)= alpha · Σ_p A[a_row0 + i][a_k0 + p] · B[p][j]` for `i < m`, `j < n`,
+/// `p < k` (`acc`: add to `dst`, else overwrite), on the tile unit. `a_row0` and `a_k0` are
+/// multiples of 32; the operands' padding is zero, so `k` may end inside a 32-value step.
+///
+/// # Panics
+/// The tile unit is not [`available`], or an operand or `dst` is too small.
+#[allow(clippy::too_many_arguments)]
+pub fn tile_product(a: &TilesA, a_row0: usize, m: usize, a_k0: usize, b: &TilesB, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, acc: bool, alpha: f32) {
+    assert!(available(), "AMX tile products are not available");
+    if m == 0 || n == 0 {
+        return;
+    }
+    let ks = k.div_ceil(TK);
+    assert!(a_row0 % (2 * TR) == 0 && a_k0 % TK == 0, "tile_product: A offsets must be multiples of 32");
+    assert!(a_row0 + m <= a.rows && a_k0 / TK + ks <= a.ks, "tile_product: A too small");
+    assert!(n <= b.cols && ks <= b.ks, "tile_product: B too small");
+    assert!((m - 1) * dst_rs + n <= dst.len(), "tile_product: destination too small");
+    let (pa, pb) = (a.buf.get(), b.buf.get());
+    assert!(pa.len() >= a.rows * a.ks * TILE_U16 && pb.len() >= b.cols * b.ks * TR * TR, "tile_product: operand storage");
+    // SAFETY: `available` (asserted) enables the tile state and implies AVX-512 F; the checks
+    // above keep every tile load inside the operands and every store inside `dst`.
+    unsafe { dense_blocks(pa, a.ks, a_row0 / TR, a_k0 / TK, pb, b.ks, m, n, ks, dst, dst_rs, acc, alpha) };
+}
+
+/// [`tile_product`]'s loop over 32 × 32 blocks of the result.
+///
+/// # Safety
+/// The tile state is granted; the operands hold the tiles the block indices reach (see
+/// [`tile_product`]'s checks).
+#[allow(clippy::too_many_arguments)]
+#[target_feature(enable = "avx512f")]
+unsafe fn dense_blocks(pa: &[u16], aks: usize, ai0: usize, as0: usize, pb: &[u32], bks: usize, m: usize, n: usize, ks: usize, dst: &mut [f32], dst_rs: usize, acc: bool, alpha: f32) {
+    let mut c = Acc([[0f32; TR * TR]; 4]);
+    // SAFETY: loading the configuration sets this thread's tiles to the shapes used below.
+    unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack, readonly)) };
+    for m0 in (0..m).step_by(2 * TR) {
+        let i = ai0 + m0 / TR;
+        for n0 in (0..n).step_by(2 * TR) {
+            let j = n0 / TR;
+            // SAFETY: tiles (i, as0 + s), (i + 1, as0 + s) of A and (s, j), (s, j + 1) of B exist
+            // (the caller's checks: rows and columns padded to 32, steps up to ks); the stores
+            // write the 1 KiB tiles of `c`.
+            unsafe {
+                asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
+                for s in 0..ks {
+                    asm!(
+                        "tileloadd tmm4, [{a0} + {sa} * 1]",
+                        "tileloadd tmm5, [{a1} + {sa} * 1]",
+                        "tileloadd tmm6, [{b0} + {sb} * 1]",
+                        "tileloadd tmm7, [{b1} + {sb} * 1]",
+                        "tdpbf16ps tmm0, tmm4, tmm6",
+                        "tdpbf16ps tmm1, tmm4, tmm7",
+                        "tdpbf16ps tmm2, tmm5, tmm6",
+                        "tdpbf16ps tmm3, tmm5, tmm7",
+                        a0 = in(reg) pa.as_ptr().add((i * aks + as0 + s) * TILE_U16),
+                        a1 = in(reg) pa.as_ptr().add(((i + 1) * aks + as0 + s) * TILE_U16),
+                        b0 = in(reg) pb.as_ptr().add((j * bks + s) * TR * TR),
+                        b1 = in(reg) pb.as_ptr().add(((j + 1) * bks + s) * TR * TR),
+                        sa = in(reg) TK * 2,
+                        sb = in(reg) TR * 4,
+                        options(nostack, readonly),
+                    );
+                }
+                asm!(
+                    "tilestored [{c0} + {s} * 1], tmm0",
+                    "tilestored [{c1} + {s} * 1], tmm1",
+                    "tilestored [{c2} + {s} * 1], tmm2",
+                    "tilestored [{c3} + {s} * 1], tmm3",
+                    c0 = in(reg) c.0[0].as_mut_ptr(),
+                    c1 = in(reg) c.0[1].as_mut_ptr(),
+                    c2 = in(reg) c.0[2].as_mut_ptr(),
+                    c3 = in(reg) c.0[3].as_mut_ptr(),
+                    s = in(reg) TR * 4,
+                    options(nostack),
+                );
+            }
+            // SAFETY: the block's rows `m0..` and columns `n0..` (bounded by `m`, `n`) lie inside
+            // `dst` (the caller checked `(m - 1) · dst_rs + n <= dst.len()`).
+            unsafe { write_block(&c, dst.as_mut_ptr().add(m0 * dst_rs + n0), dst_rs, m - m0, n - n0, acc, alpha) };
+        }
+    }
+    // SAFETY: releases this thread's tile state (no operands).
+    unsafe { asm!("tilerelease", options(nostack, nomem)) };
 }
 
 #[cfg(test)]

@@ -19,6 +19,8 @@
 mod x86;
 #[cfg(target_arch = "x86_64")]
 mod amx;
+#[cfg(target_arch = "x86_64")]
+pub use amx::{tile_product, TilesA, TilesB};
 
 use std::sync::OnceLock;
 

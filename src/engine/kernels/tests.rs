@@ -296,6 +296,57 @@ fn packed_tiles_hold_the_dequantized_weights_in_bf16() {
     }
 }
 
+/// Products of f32 matrices on the tile unit, each operand packed every way (rows, transposed rows;
+/// B from rows of columns or of values), with offsets into A, partial tiles, accumulation and a
+/// scale, against f64 sums (each operand rounded to bf16: relative 2^-9 each).
+#[test]
+fn tile_products_of_f32_matrices_match_the_exact_sums() {
+    if !dense_products() {
+        eprintln!("no bf16 matrix unit on this CPU (AMX): tile products not checked here");
+        return;
+    }
+    let mut g = Gen(13);
+    for (m, n, k, row0, k0) in [(64usize, 64usize, 64usize, 0usize, 0usize), (37, 50, 70, 32, 64), (5, 3, 1, 0, 32), (100, 200, 45, 64, 0)] {
+        // A: (row0 + m) × (k0 + k), stride 3 more than its width; B: k × n.
+        let (ar, ac) = (row0 + m, k0 + k);
+        let (a_rs, b_rs) = (ac + 3, n + 2);
+        let a: Vec<f32> = (0..ar * a_rs).map(|_| g.float(-2.0, 2.0)).collect();
+        let b: Vec<f32> = (0..k * b_rs).map(|_| g.float(-2.0, 2.0)).collect();
+        let at: Vec<f32> = (0..ac * (ar + 1)).map(|i| a[(i % (ar + 1)).min(ar - 1) * a_rs + i / (ar + 1)]).collect();
+        let bt: Vec<f32> = (0..n * (k + 5)).map(|i| if i % (k + 5) < k { b[(i % (k + 5)) * b_rs + i / (k + 5)] } else { 9.0 }).collect();
+        let mut pa = [TilesA::default(), TilesA::default()];
+        pa[0].pack(&a, ar, ac, a_rs);
+        // `at` holds Aᵀ (ac rows of ar + 1 values: one extra column).
+        pa[1].pack_transposed(&at, ar, ac, ar + 1, &mut Vec::new());
+        let mut pb = [TilesB::default(), TilesB::default()];
+        pb[0].pack(&b, k, n, b_rs);
+        pb[1].pack_rows(&bt, n, k, k + 5);
+        for (ai, pa) in pa.iter().enumerate() {
+            for (bi, pb) in pb.iter().enumerate() {
+                for (acc, alpha) in [(false, 1.0f32), (true, 0.125)] {
+                    let dst_rs = n + 1;
+                    let init: Vec<f32> = (0..m * dst_rs).map(|_| g.float(-1.0, 1.0)).collect();
+                    let mut dst = init.clone();
+                    tile_product(pa, row0, m, k0, pb, n, k, &mut dst, dst_rs, acc, alpha);
+                    for i in 0..m {
+                        for j in 0..n {
+                            let terms = (0..k).map(|p| f64::from(a[(row0 + i) * a_rs + k0 + p]) * f64::from(b[p * b_rs + j]));
+                            let (exact, mag) = terms.fold((0f64, 0f64), |(s, m), v| (s + v, m + v.abs()));
+                            let base = if acc { f64::from(init[i * dst_rs + j]) } else { 0.0 };
+                            let want = base + f64::from(alpha) * exact;
+                            let bound = f64::from(alpha) * mag * (2.0f64.powi(-8) + 1e-6) + 1e-5;
+                            let got = f64::from(dst[i * dst_rs + j]);
+                            assert!((got - want).abs() <= bound, "A {ai} B {bi} {m}x{n}x{k} at ({row0},{k0}) acc {acc}: [{i}][{j}] {got} vs {want}");
+                        }
+                        // Past `n` in each row, nothing is written.
+                        assert_eq!(dst[i * dst_rs + n], init[i * dst_rs + n]);
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn dense_products_match_the_dequantized_product() {
     if !dense_products() {
