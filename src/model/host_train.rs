@@ -73,6 +73,10 @@ pub(crate) struct TrainPass<'a> {
     pub seed: u64,
     /// Keep only each layer's input and recompute the layer in the backward pass.
     pub checkpoint: bool,
+    /// Attention in f32 even where the tile unit would run it in bf16 ([`tile_attn`]): for checks
+    /// that need a smooth loss (finite differences), which bf16 roundings of the probabilities
+    /// make step-like at their scale.
+    pub f32_attention: bool,
 }
 
 /// Result of [`HostWeights::train_pass`].
@@ -267,17 +271,16 @@ fn rope_half_backward(d: &mut [f32], cos: &[f32], sin: &[f32]) {
 /// activations downstream, `exp` is the standard library's, as the inference path computes it: the
 /// loss is sensitive to the last bit there (a vectorised `exp` within 1e-7 moved the golden losses by
 /// up to 0.5 %). Where the products run on bf16 tiles ([`kernels::dense_products`]) that sensitivity
-/// is gone and the vectorised [`kernels::exp_in_place`] is used (a tenth of a step's time otherwise).
+/// is gone and the vectorised [`kernels::softmax_in_place`] is used (a tenth of a step's time otherwise).
 fn softmax_row(s: &mut [f32], n: usize) {
-    let max = s[..n].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     if kernels::dense_products() {
-        s[..n].iter_mut().for_each(|v| *v -= max);
-        kernels::exp_in_place(&mut s[..n]);
+        kernels::softmax_in_place(&mut s[..n]);
     } else {
+        let max = s[..n].iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
         s[..n].iter_mut().for_each(|v| *v = (*v - max).exp());
+        let inv = 1.0 / s[..n].iter().sum::<f32>();
+        s[..n].iter_mut().for_each(|v| *v *= inv);
     }
-    let inv = 1.0 / s[..n].iter().sum::<f32>();
-    s[..n].iter_mut().for_each(|v| *v *= inv);
     s[n..].fill(0.0);
 }
 
@@ -314,6 +317,9 @@ struct Attn {
     nkv: usize,
     hd: usize,
     qkv_w: usize,
+    /// Run on the tile unit ([`tile_attn`]).
+    #[cfg_attr(not(target_arch = "x86_64"), allow(dead_code))]
+    tiles: bool,
 }
 
 impl Attn {
@@ -341,10 +347,33 @@ impl Attn {
         n
     }
 
-    /// Causal attention output `[t, q_w]`.
+    /// Causal attention output `[t, q_w]`: on the tile unit where the frozen products run there
+    /// ([`tile_attn`]), else in f32.
     fn forward(&self, qkv: &[f32], out: &mut Vec<f32>) {
+        #[cfg(target_arch = "x86_64")]
+        if self.tiles {
+            let heads = self.tile_forward(qkv);
+            return self.gather(&heads, out);
+        }
+        let heads = self.f32_forward(qkv);
+        self.gather(&heads, out);
+    }
+
+    /// Per-head outputs `[t, hd]` into `out` (`[t, q_w]`).
+    fn gather(&self, heads: &[Vec<f32>], out: &mut Vec<f32>) {
+        let (t, hd, q_w) = (self.t, self.hd, self.q_w());
+        out.resize(t * q_w, 0.0);
+        for (head, o) in heads.iter().enumerate() {
+            for i in 0..t {
+                out[i * q_w + head * hd..i * q_w + (head + 1) * hd].copy_from_slice(&o[i * hd..(i + 1) * hd]);
+            }
+        }
+    }
+
+    /// [`Attn::forward`] in f32: per head `[t, hd]`.
+    fn f32_forward(&self, qkv: &[f32]) -> Vec<Vec<f32>> {
         let (t, hd) = (self.t, self.hd);
-        let heads: Vec<Vec<f32>> = (0..self.nh)
+        (0..self.nh)
             .into_par_iter()
             .map(|head| {
                 let g = head / (self.nh / self.nkv);
@@ -357,22 +386,47 @@ impl Attn {
                 }
                 o
             })
-            .collect();
-        let q_w = self.q_w();
-        out.resize(t * q_w, 0.0);
-        for (head, o) in heads.iter().enumerate() {
+            .collect()
+    }
+
+    /// Gradients of queries, keys and values (`[t, qkv_w]`, overwritten) from the output gradient
+    /// `d_out` (`[t, q_w]`) and the output `out`, on the tile unit or in f32 as [`Attn::forward`].
+    fn backward(&self, qkv: &[f32], out: &[f32], d_out: &[f32], d_qkv: &mut Vec<f32>) {
+        #[cfg(target_arch = "x86_64")]
+        if self.tiles {
+            let per_head = self.tile_backward(qkv, out, d_out);
+            return self.scatter(&per_head, d_qkv);
+        }
+        let per_head = self.f32_backward(qkv, out, d_out);
+        self.scatter(&per_head, d_qkv);
+    }
+
+    /// Per-head `[dq, dk, dv]` into `d_qkv` (`[t, qkv_w]`, overwritten; heads sharing keys and
+    /// values add up).
+    fn scatter(&self, per_head: &[[Vec<f32>; 3]], d_qkv: &mut Vec<f32>) {
+        let (t, hd, w) = (self.t, self.hd, self.qkv_w);
+        d_qkv.clear();
+        d_qkv.resize(t * w, 0.0);
+        for (head, [dq, dk, dv]) in per_head.iter().enumerate() {
+            let g = head / (self.nh / self.nkv);
             for i in 0..t {
-                out[i * q_w + head * hd..i * q_w + (head + 1) * hd].copy_from_slice(&o[i * hd..(i + 1) * hd]);
+                let row = &mut d_qkv[i * w..(i + 1) * w];
+                row[head * hd..(head + 1) * hd].copy_from_slice(&dq[i * hd..(i + 1) * hd]);
+                for (d, s) in row[self.k0(g)..self.k0(g) + hd].iter_mut().zip(&dk[i * hd..(i + 1) * hd]) {
+                    *d += s;
+                }
+                for (d, s) in row[self.v0(g)..self.v0(g) + hd].iter_mut().zip(&dv[i * hd..(i + 1) * hd]) {
+                    *d += s;
+                }
             }
         }
     }
 
-    /// Gradients of queries, keys and values (`[t, qkv_w]`, overwritten) from the output gradient
-    /// `d_out` (`[t, q_w]`) and the output `out`.
-    fn backward(&self, qkv: &[f32], out: &[f32], d_out: &[f32], d_qkv: &mut Vec<f32>) {
+    /// [`Attn::backward`] in f32: per head `[dq, dk, dv]`, each `[t, hd]`.
+    fn f32_backward(&self, qkv: &[f32], out: &[f32], d_out: &[f32]) -> Vec<[Vec<f32>; 3]> {
         let (t, hd, q_w, w) = (self.t, self.hd, self.q_w(), self.qkv_w);
         let scale = 1.0 / (hd as f32).sqrt();
-        let per_head: Vec<[Vec<f32>; 3]> = (0..self.nh)
+        (0..self.nh)
             .into_par_iter()
             .map(|head| {
                 let g = head / (self.nh / self.nkv);
@@ -404,22 +458,7 @@ impl Attn {
                 }
                 [dq, dk, dv]
             })
-            .collect();
-        d_qkv.clear();
-        d_qkv.resize(t * w, 0.0);
-        for (head, [dq, dk, dv]) in per_head.iter().enumerate() {
-            let g = head / (self.nh / self.nkv);
-            for i in 0..t {
-                let row = &mut d_qkv[i * w..(i + 1) * w];
-                row[head * hd..(head + 1) * hd].copy_from_slice(&dq[i * hd..(i + 1) * hd]);
-                for (d, s) in row[self.k0(g)..self.k0(g) + hd].iter_mut().zip(&dk[i * hd..(i + 1) * hd]) {
-                    *d += s;
-                }
-                for (d, s) in row[self.v0(g)..self.v0(g) + hd].iter_mut().zip(&dv[i * hd..(i + 1) * hd]) {
-                    *d += s;
-                }
-            }
-        }
+            .collect()
     }
 }
 
@@ -547,7 +586,7 @@ impl HostWeights {
                 rope_half(head, cos, sin);
             }
         });
-        Attn { t, nh, nkv, hd, qkv_w }.forward(&w.qkv, &mut w.attn);
+        Attn { t, nh, nkv, hd, qkv_w, tiles: kernels::dense_products() && !pass.f32_attention }.forward(&w.qkv, &mut w.attn);
         pack(&w.qkv, &mut acts.qkv);
         pack(&w.attn, &mut acts.attn);
         w.acts.prepare(&w.attn, t, q_w);
@@ -637,7 +676,7 @@ impl HostWeights {
         kernels::matmul(&[wo_t], dx, q, t, d_attn);
         back(1, attn, q_w, dx, h, d_attn, drop);
         // Attention, then RoPE.
-        Attn { t, nh, nkv, hd, qkv_w }.backward(qkv, attn, d_attn, d_qkv);
+        Attn { t, nh, nkv, hd, qkv_w, tiles: kernels::dense_products() && !pass.f32_attention }.backward(qkv, attn, d_attn, d_qkv);
         d_qkv.par_chunks_exact_mut(qkv_w).enumerate().for_each(|(pos, row)| {
             let (cos, sin) = (&self.cos[pos * hd..(pos + 1) * hd], &self.sin[pos * hd..(pos + 1) * hd]);
             for head in row[..q_w + kv_w].chunks_exact_mut(hd) {
@@ -785,3 +824,5 @@ where
 
 #[cfg(test)]
 mod tests;
+#[cfg(target_arch = "x86_64")]
+mod tile_attn;

@@ -655,6 +655,7 @@ impl Trainer {
             dropout: self.config.lora.dropout,
             seed: dropout_seed,
             checkpoint: self.config.gradient_checkpointing,
+            f32_attention: false,
         }
     }
 

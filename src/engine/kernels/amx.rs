@@ -107,6 +107,31 @@ fn pairs_of(src: &[f32]) -> __m512i {
     }
 }
 
+/// What [`pairs_of`] loses to rounding: up to 32 values of `src` minus their bf16 roundings, as
+/// [`bf16_pairs`] (a value is then the sum of its two bf16 parts to within 2^-16 of itself).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+fn residual_pairs_of(src: &[f32]) -> __m512i {
+    let n = src.len().min(TK);
+    let lo_mask = if n >= 16 { 0xFFFF } else { (1u16 << n) - 1 };
+    let hi_mask = if n >= TK { 0xFFFF } else if n > 16 { (1u16 << (n - 16)) - 1 } else { 0 };
+    // SAFETY: as in `pairs_of`.
+    unsafe {
+        let lo = _mm512_maskz_loadu_ps(lo_mask, src.as_ptr());
+        let hi = _mm512_maskz_loadu_ps(hi_mask, src.as_ptr().wrapping_add(16));
+        bf16_pairs(residual(lo), residual(hi))
+    }
+}
+
+/// Each value minus its bf16 rounding (nearest even, as [`bf16_pairs`] rounds).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+fn residual(v: __m512) -> __m512 {
+    // SAFETY: both types are 256 bits of plain data.
+    let rounded = unsafe { std::mem::transmute::<__m256bh, __m256i>(_mm512_cvtneps_pbh(v)) };
+    _mm512_sub_ps(v, _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(rounded), 16)))
+}
+
 /// Transposes 16 rows of 16 words in place.
 #[inline]
 #[target_feature(enable = "avx512f")]
@@ -471,10 +496,13 @@ struct AlignedBuf<T> {
 }
 
 impl<T: Copy + Default> AlignedBuf<T> {
-    /// `len` zeroed elements starting at a 64-byte boundary.
-    fn zeroed(&mut self, len: usize) -> &mut [T] {
-        self.v.clear();
-        self.v.resize(len + 64 / std::mem::size_of::<T>(), T::default());
+    /// `len` elements starting at a 64-byte boundary, holding whatever an earlier use left (the
+    /// packers write every element, padding included): storage grows, never shrinks or clears.
+    fn storage(&mut self, len: usize) -> &mut [T] {
+        let want = len + 64 / std::mem::size_of::<T>();
+        if self.v.len() < want {
+            self.v.resize(want, T::default());
+        }
         self.off = self.v.as_ptr().align_offset(64);
         &mut self.v[self.off..self.off + len]
     }
@@ -510,13 +538,28 @@ impl TilesA {
     /// # Panics
     /// The tile unit is not [`available`], or `src` is too short.
     pub fn pack(&mut self, src: &[f32], rows: usize, k: usize, stride: usize) {
+        self.pack_part(src, rows, k, stride, false);
+    }
+
+    /// As [`TilesA::pack`], each value minus its bf16 rounding: a product with this operand added
+    /// to one with the rounded operand gives the product of the f32 values to within 2^-16 of each
+    /// term's size, where the rounded one alone is within 2^-8 (the second operand may be split
+    /// the same way: the "bf16x3" product sums three).
+    ///
+    /// # Panics
+    /// As [`TilesA::pack`].
+    pub fn pack_residual(&mut self, src: &[f32], rows: usize, k: usize, stride: usize) {
+        self.pack_part(src, rows, k, stride, true);
+    }
+
+    fn pack_part(&mut self, src: &[f32], rows: usize, k: usize, stride: usize, residual: bool) {
         assert!(available(), "AMX tile products are not available");
         assert!(rows == 0 || (rows - 1) * stride + k <= src.len(), "TilesA::pack: source too short");
         let (rp, ks) = (rows.next_multiple_of(2 * TR), k.div_ceil(TK));
         (self.rows, self.ks) = (rp, ks);
-        let out = self.buf.zeroed(rp * ks * TILE_U16);
+        let out = self.buf.storage(rp / TR * ks * TILE_U16);
         // SAFETY: `available` implies AVX-512 F/BW/BF16.
-        unsafe { pack_a(src, rows, k, stride, ks, out) };
+        unsafe { pack_a(src, rows, k, stride, ks, residual, out) };
     }
 
     /// The transpose of `src`'s `k` rows of `rows` values (row `j` at `src[j · stride..]`): row `i`
@@ -526,7 +569,7 @@ impl TilesA {
     /// As [`TilesA::pack`].
     pub fn pack_transposed(&mut self, src: &[f32], rows: usize, k: usize, stride: usize, scratch: &mut Vec<f32>) {
         assert!(k == 0 || (k - 1) * stride + rows <= src.len(), "TilesA::pack_transposed: source too short");
-        scratch.clear();
+        // Every value is written below.
         scratch.resize(rows * k, 0.0);
         for j in 0..k {
             for (i, &v) in src[j * stride..j * stride + rows].iter().enumerate() {
@@ -546,13 +589,26 @@ impl TilesB {
     /// # Panics
     /// The tile unit is not [`available`], or `src` is too short.
     pub fn pack_rows(&mut self, src: &[f32], n: usize, k: usize, stride: usize) {
+        self.pack_rows_part(src, n, k, stride, false);
+    }
+
+    /// As [`TilesB::pack_rows`], each value minus its bf16 rounding (see
+    /// [`TilesA::pack_residual`]).
+    ///
+    /// # Panics
+    /// As [`TilesB::pack_rows`].
+    pub fn pack_rows_residual(&mut self, src: &[f32], n: usize, k: usize, stride: usize) {
+        self.pack_rows_part(src, n, k, stride, true);
+    }
+
+    fn pack_rows_part(&mut self, src: &[f32], n: usize, k: usize, stride: usize, residual: bool) {
         assert!(available(), "AMX tile products are not available");
         assert!(n == 0 || (n - 1) * stride + k <= src.len(), "TilesB::pack_rows: source too short");
         let (np, ks) = (n.next_multiple_of(2 * TR), k.div_ceil(TK));
         (self.cols, self.ks) = (np, ks);
-        let out = self.buf.zeroed(np * ks * TR * TR);
+        let out = self.buf.storage(np / TR * ks * TR * TR);
         // SAFETY: `available` implies AVX-512 F/BW/BF16.
-        unsafe { pack_b_rows(src, n, k, stride, ks, out) };
+        unsafe { pack_b_rows(src, n, k, stride, ks, residual, out) };
     }
 
     /// The `k × n` matrix `src` (`k` rows of `n` values, row `p` at `src[p · stride..]`).
@@ -560,24 +616,43 @@ impl TilesB {
     /// # Panics
     /// As [`TilesB::pack_rows`].
     pub fn pack(&mut self, src: &[f32], k: usize, n: usize, stride: usize) {
+        self.pack_part(src, k, n, stride, false);
+    }
+
+    /// As [`TilesB::pack`], each value minus its bf16 rounding (see [`TilesA::pack_residual`]).
+    ///
+    /// # Panics
+    /// As [`TilesB::pack`].
+    pub fn pack_residual(&mut self, src: &[f32], k: usize, n: usize, stride: usize) {
+        self.pack_part(src, k, n, stride, true);
+    }
+
+    fn pack_part(&mut self, src: &[f32], k: usize, n: usize, stride: usize, residual: bool) {
         assert!(available(), "AMX tile products are not available");
         assert!(k == 0 || (k - 1) * stride + n <= src.len(), "TilesB::pack: source too short");
         let (np, ks) = (n.next_multiple_of(2 * TR), k.div_ceil(TK));
         (self.cols, self.ks) = (np, ks);
-        let out = self.buf.zeroed(np * ks * TR * TR);
+        let out = self.buf.storage(np / TR * ks * TR * TR);
         // SAFETY: `available` implies AVX-512 F/BW/BF16.
-        unsafe { pack_b(src, k, n, stride, ks, out) };
+        unsafe { pack_b(src, k, n, stride, ks, residual, out) };
     }
 }
 
 /// [`TilesA::pack`]'s conversion.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-fn pack_a(src: &[f32], rows: usize, k: usize, stride: usize, ks: usize, out: &mut [u16]) {
+fn pack_a(src: &[f32], rows: usize, k: usize, stride: usize, ks: usize, residual: bool, out: &mut [u16]) {
+    // Padding rows: zero.
+    for i in rows..rows.next_multiple_of(2 * TR) {
+        for s in 0..ks {
+            let at = ((i / TR) * ks + s) * TILE_U16 + (i % TR) * TK;
+            out[at..at + TK].fill(0);
+        }
+    }
     for i in 0..rows {
         let row = &src[i * stride..i * stride + k];
         for s in 0..ks {
             let at = ((i / TR) * ks + s) * TILE_U16 + (i % TR) * TK;
-            let v = pairs_of(&row[s * TK..]);
+            let v = if residual { residual_pairs_of(&row[s * TK..]) } else { pairs_of(&row[s * TK..]) };
             // SAFETY: 32 u16 values (64 bytes) at `at` lie inside `out` (whole tiles).
             unsafe { _mm512_storeu_si512(out[at..at + TK].as_mut_ptr().cast(), v) };
         }
@@ -605,16 +680,21 @@ fn tiles(rows: usize, k: usize, out: &mut [u32], at: impl Fn(usize) -> usize, pa
 
 /// [`TilesB::pack_rows`]'s conversion.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-fn pack_b_rows(src: &[f32], n: usize, k: usize, stride: usize, ks: usize, out: &mut [u32]) {
+fn pack_b_rows(src: &[f32], n: usize, k: usize, stride: usize, ks: usize, residual: bool, out: &mut [u32]) {
     for (j, col) in out.chunks_exact_mut(ks * TR * TR).enumerate() {
         let rows = TR.min(n.saturating_sub(j * TR));
-        tiles(rows, k, col, |s| s * TR * TR, |c, s| pairs_of(&src[(j * TR + c) * stride + s * TK..(j * TR + c) * stride + k]));
+        let values = |c: usize, s: usize| &src[(j * TR + c) * stride + s * TK..(j * TR + c) * stride + k];
+        if residual {
+            tiles(rows, k, col, |s| s * TR * TR, |c, s| residual_pairs_of(values(c, s)));
+        } else {
+            tiles(rows, k, col, |s| s * TR * TR, |c, s| pairs_of(values(c, s)));
+        }
     }
 }
 
 /// [`TilesB::pack`]'s conversion: rows `2p`, `2p + 1` of each 32-row step interleaved by column.
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-fn pack_b(src: &[f32], k: usize, n: usize, stride: usize, ks: usize, out: &mut [u32]) {
+fn pack_b(src: &[f32], k: usize, n: usize, stride: usize, ks: usize, residual_part: bool, out: &mut [u32]) {
     // Word c: bf16 lane c (row 2p) and lane 16 + c (row 2p + 1).
     let idx = _mm512_set_epi16(31, 15, 30, 14, 29, 13, 28, 12, 27, 11, 26, 10, 25, 9, 24, 8, 23, 7, 22, 6, 21, 5, 20, 4, 19, 3, 18, 2, 17, 1, 16, 0);
     let load = |r: usize, j: usize| -> __m512 {
@@ -627,11 +707,16 @@ fn pack_b(src: &[f32], k: usize, n: usize, stride: usize, ks: usize, out: &mut [
         // the caller: `(k - 1) · stride + n <= src.len()`).
         unsafe { _mm512_maskz_loadu_ps(mask, src.as_ptr().add(r * stride + j * TR)) }
     };
+    // A padding group of 16 columns: zero.
+    out[n.div_ceil(TR) * ks * TR * TR..].fill(0);
     for j in 0..n.div_ceil(TR) {
         for s in 0..ks {
             let tile = &mut out[(j * ks + s) * TR * TR..(j * ks + s + 1) * TR * TR];
             for p in 0..TR {
-                let (r0, r1) = (load(s * TK + 2 * p, j), load(s * TK + 2 * p + 1, j));
+                let (mut r0, mut r1) = (load(s * TK + 2 * p, j), load(s * TK + 2 * p + 1, j));
+                if residual_part {
+                    (r0, r1) = (residual(r0), residual(r1));
+                }
                 let both = bf16_pairs(r0, r1);
                 let v = _mm512_permutexvar_epi16(idx, both);
                 // SAFETY: row `p` of the tile is 16 words (64 bytes).
@@ -659,7 +744,7 @@ pub fn tile_product(a: &TilesA, a_row0: usize, m: usize, a_k0: usize, b: &TilesB
     assert!(n <= b.cols && ks <= b.ks, "tile_product: B too small");
     assert!((m - 1) * dst_rs + n <= dst.len(), "tile_product: destination too small");
     let (pa, pb) = (a.buf.get(), b.buf.get());
-    assert!(pa.len() >= a.rows * a.ks * TILE_U16 && pb.len() >= b.cols * b.ks * TR * TR, "tile_product: operand storage");
+    assert!(pa.len() >= a.rows / TR * a.ks * TILE_U16 && pb.len() >= b.cols / TR * b.ks * TR * TR, "tile_product: operand storage");
     // SAFETY: `available` (asserted) enables the tile state and implies AVX-512 F; the checks
     // above keep every tile load inside the operands and every store inside `dst`.
     unsafe { dense_blocks(pa, a.ks, a_row0 / TR, a_k0 / TK, pb, b.ks, m, n, ks, dst, dst_rs, acc, alpha) };

@@ -1082,6 +1082,34 @@ unsafe fn exp_in_place_avx2(v: &mut [f32]) {
     exp_portable(v)
 }
 
+/// Softmax of `v` in place: `e^(v[i] − max) / Σ`, with [`exp_in_place`]'s `exp` and the sum taken
+/// in sixteen lanes (value `i` into lane `i mod 16`, the lanes then added in order), vectorised with
+/// AVX-512 where available and bit for bit the same as the portable version. An empty slice is left
+/// alone.
+pub fn softmax_in_place(v: &mut [f32]) {
+    if v.is_empty() {
+        return;
+    }
+    #[cfg(target_arch = "x86_64")]
+    if Isa::detected() == Isa::Avx512Vnni {
+        // SAFETY: AVX-512 F was detected (part of `Isa::Avx512Vnni`).
+        return unsafe { x86::softmax_in_place_avx512(v) };
+    }
+    softmax_portable(v)
+}
+
+fn softmax_portable(v: &mut [f32]) {
+    let max = v.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
+    v.iter_mut().for_each(|x| *x -= max);
+    exp_portable(v);
+    let mut lanes = [0f32; 16];
+    for c in v.chunks(16) {
+        lanes.iter_mut().zip(c).for_each(|(l, &x)| *l += x);
+    }
+    let inv = 1.0 / lanes.iter().sum::<f32>();
+    v.iter_mut().for_each(|x| *x *= inv);
+}
+
 /// `exp_portable`'s constants (shared with the AVX-512 version, which must give the same bits):
 /// the rounding constant 1.5 · 2²³ (adding and subtracting it rounds to the nearest integer), ln 2
 /// split in two parts, and the polynomial's coefficients from the highest power down.

@@ -306,7 +306,9 @@ fn tile_products_of_f32_matrices_match_the_exact_sums() {
         return;
     }
     let mut g = Gen(13);
-    for (m, n, k, row0, k0) in [(64usize, 64usize, 64usize, 0usize, 0usize), (37, 50, 70, 32, 64), (5, 3, 1, 0, 32), (100, 200, 45, 64, 0)] {
+    // Reused from one shape to the next: what a larger packing left must not leak into a smaller.
+    let (mut pa, mut pb) = ([TilesA::default(), TilesA::default()], [TilesB::default(), TilesB::default()]);
+    for (m, n, k, row0, k0) in [(64usize, 64usize, 64usize, 0usize, 0usize), (100, 200, 45, 64, 0), (37, 50, 70, 32, 64), (5, 3, 1, 0, 32)] {
         // A: (row0 + m) × (k0 + k), stride 3 more than its width; B: k × n.
         let (ar, ac) = (row0 + m, k0 + k);
         let (a_rs, b_rs) = (ac + 3, n + 2);
@@ -314,11 +316,9 @@ fn tile_products_of_f32_matrices_match_the_exact_sums() {
         let b: Vec<f32> = (0..k * b_rs).map(|_| g.float(-2.0, 2.0)).collect();
         let at: Vec<f32> = (0..ac * (ar + 1)).map(|i| a[(i % (ar + 1)).min(ar - 1) * a_rs + i / (ar + 1)]).collect();
         let bt: Vec<f32> = (0..n * (k + 5)).map(|i| if i % (k + 5) < k { b[(i % (k + 5)) * b_rs + i / (k + 5)] } else { 9.0 }).collect();
-        let mut pa = [TilesA::default(), TilesA::default()];
         pa[0].pack(&a, ar, ac, a_rs);
         // `at` holds Aᵀ (ac rows of ar + 1 values: one extra column).
         pa[1].pack_transposed(&at, ar, ac, ar + 1, &mut Vec::new());
-        let mut pb = [TilesB::default(), TilesB::default()];
         pb[0].pack(&b, k, n, b_rs);
         pb[1].pack_rows(&bt, n, k, k + 5);
         for (ai, pa) in pa.iter().enumerate() {
@@ -334,7 +334,9 @@ fn tile_products_of_f32_matrices_match_the_exact_sums() {
                             let (exact, mag) = terms.fold((0f64, 0f64), |(s, m), v| (s + v, m + v.abs()));
                             let base = if acc { f64::from(init[i * dst_rs + j]) } else { 0.0 };
                             let want = base + f64::from(alpha) * exact;
-                            let bound = f64::from(alpha) * mag * (2.0f64.powi(-8) + 1e-6) + 1e-5;
+                            // Each operand rounds to bf16 within half a unit (2^-8 relative), so each
+                            // term within 2^-7.
+                            let bound = f64::from(alpha) * mag * (2.0f64.powi(-7) + 1e-6) + 1e-5;
                             let got = f64::from(dst[i * dst_rs + j]);
                             assert!((got - want).abs() <= bound, "A {ai} B {bi} {m}x{n}x{k} at ({row0},{k0}) acc {acc}: [{i}][{j}] {got} vs {want}");
                         }
@@ -343,6 +345,26 @@ fn tile_products_of_f32_matrices_match_the_exact_sums() {
                     }
                 }
             }
+        }
+        // Split in rounded and residual parts, three products come within 2^-14 of each term
+        // (the dropped low-by-low product and the residuals' own rounding, each within 2^-16).
+        let (mut a_lo, mut b_lo) = (TilesA::default(), [TilesB::default(), TilesB::default()]);
+        a_lo.pack_residual(&a, ar, ac, a_rs);
+        b_lo[0].pack_residual(&b, k, n, b_rs);
+        b_lo[1].pack_rows_residual(&bt, n, k, k + 5);
+        for (bi, b_lo) in b_lo.iter().enumerate() {
+        let mut dst = vec![0f32; m * n];
+        tile_product(&pa[0], row0, m, k0, &pb[bi], n, k, &mut dst, n, false, 1.0);
+        tile_product(&a_lo, row0, m, k0, &pb[bi], n, k, &mut dst, n, true, 1.0);
+        tile_product(&pa[0], row0, m, k0, b_lo, n, k, &mut dst, n, true, 1.0);
+        for i in 0..m {
+            for j in 0..n {
+                let terms = (0..k).map(|p| f64::from(a[(row0 + i) * a_rs + k0 + p]) * f64::from(b[p * b_rs + j]));
+                let (exact, mag) = terms.fold((0f64, 0f64), |(s, m), v| (s + v, m + v.abs()));
+                let got = f64::from(dst[i * n + j]);
+                assert!((got - exact).abs() <= mag * 2.0f64.powi(-14) + 1e-5, "split B {bi} {m}x{n}x{k}: [{i}][{j}] {got} vs {exact}");
+            }
+        }
         }
     }
 }
@@ -409,4 +431,24 @@ fn vectorised_exp_is_bit_for_bit_the_portable_one() {
             assert_eq!(a.to_bits(), b.to_bits(), "exp({x}) with {:?}: {a} vs {b}", Isa::detected());
         }
     }
+}
+
+#[test]
+fn softmax_is_the_portable_one_and_close_to_the_exact_one() {
+    let mut g = Gen(21);
+    for n in [1usize, 5, 16, 17, 100, 1024] {
+        let v: Vec<f32> = (0..n).map(|_| g.float(-20.0, 20.0)).collect();
+        let mut fast = v.clone();
+        softmax_in_place(&mut fast);
+        let mut portable = v.clone();
+        softmax_portable(&mut portable);
+        assert_eq!(fast.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), portable.iter().map(|x| x.to_bits()).collect::<Vec<_>>(), "n {n}");
+        let max = v.iter().fold(f64::NEG_INFINITY, |m, &x| m.max(f64::from(x)));
+        let sum: f64 = v.iter().map(|&x| (f64::from(x) - max).exp()).sum();
+        for (i, (&x, &got)) in v.iter().zip(&fast).enumerate() {
+            let want = (f64::from(x) - max).exp() / sum;
+            assert!((f64::from(got) - want).abs() <= 2e-6 * want + 1e-12, "n {n} [{i}]: {got} vs {want}");
+        }
+    }
+    softmax_in_place(&mut []);
 }

@@ -384,19 +384,59 @@ pub(super) unsafe fn exp_in_place_avx512(v: &mut [f32]) {
         let p = c.as_mut_ptr();
         // SAFETY: `c` holds 16 values.
         let x = unsafe { _mm512_loadu_ps(p) };
-        let a = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_set1_ps(88.0));
-        let round = _mm512_set1_ps(super::EXP_ROUND);
-        let n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(a, _mm512_set1_ps(std::f32::consts::LOG2_E)), round), round);
-        let [ln2_hi, ln2_lo] = super::EXP_LN2;
-        let r = _mm512_sub_ps(_mm512_sub_ps(a, _mm512_mul_ps(n, _mm512_set1_ps(ln2_hi))), _mm512_mul_ps(n, _mm512_set1_ps(ln2_lo)));
-        let mut q = _mm512_set1_ps(super::EXP_POLY[0]);
-        for &coef in &super::EXP_POLY[1..] {
-            q = _mm512_add_ps(_mm512_mul_ps(q, r), _mm512_set1_ps(coef));
-        }
-        let e = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(q, r), r), r), _mm512_set1_ps(1.0));
-        let scale = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23));
         // SAFETY: as the load.
-        unsafe { _mm512_storeu_ps(p, _mm512_mul_ps(e, scale)) };
+        unsafe { _mm512_storeu_ps(p, exp16(x)) };
     }
     super::exp_portable(chunks.into_remainder());
+}
+
+/// `exp_portable` on sixteen lanes.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn exp16(x: __m512) -> __m512 {
+    let a = _mm512_min_ps(_mm512_max_ps(x, _mm512_set1_ps(-87.0)), _mm512_set1_ps(88.0));
+    let round = _mm512_set1_ps(super::EXP_ROUND);
+    let n = _mm512_sub_ps(_mm512_add_ps(_mm512_mul_ps(a, _mm512_set1_ps(std::f32::consts::LOG2_E)), round), round);
+    let [ln2_hi, ln2_lo] = super::EXP_LN2;
+    let r = _mm512_sub_ps(_mm512_sub_ps(a, _mm512_mul_ps(n, _mm512_set1_ps(ln2_hi))), _mm512_mul_ps(n, _mm512_set1_ps(ln2_lo)));
+    let mut q = _mm512_set1_ps(super::EXP_POLY[0]);
+    for &coef in &super::EXP_POLY[1..] {
+        q = _mm512_add_ps(_mm512_mul_ps(q, r), _mm512_set1_ps(coef));
+    }
+    let e = _mm512_add_ps(_mm512_add_ps(_mm512_mul_ps(_mm512_mul_ps(q, r), r), r), _mm512_set1_ps(1.0));
+    let scale = _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_add_epi32(_mm512_cvttps_epi32(n), _mm512_set1_epi32(127)), 23));
+    _mm512_mul_ps(e, scale)
+}
+
+/// [`super::softmax_in_place`] sixteen lanes at a time (the same operations in the same order as
+/// `softmax_portable`; the last partial chunk masked).
+///
+/// # Safety
+/// The CPU supports AVX-512 F.
+#[target_feature(enable = "avx512f")]
+pub(super) unsafe fn softmax_in_place_avx512(v: &mut [f32]) {
+    let n = v.len();
+    let p = v.as_mut_ptr();
+    let mask_at = |i: usize| -> __mmask16 { if n - i >= 16 { 0xFFFF } else { (1u16 << (n - i)) - 1 } };
+    // SAFETY (every load and store below): the mask covers only values `i..min(i + 16, n)` of `v`.
+    let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
+    for i in (0..n).step_by(16) {
+        m = _mm512_max_ps(m, unsafe { _mm512_mask_loadu_ps(_mm512_set1_ps(f32::NEG_INFINITY), mask_at(i), p.add(i)) });
+    }
+    let max = _mm512_set1_ps(_mm512_reduce_max_ps(m));
+    let mut sum = _mm512_setzero_ps();
+    for i in (0..n).step_by(16) {
+        let k = mask_at(i);
+        let e = exp16(_mm512_sub_ps(unsafe { _mm512_maskz_loadu_ps(k, p.add(i)) }, max));
+        sum = _mm512_mask_add_ps(sum, k, sum, e);
+        unsafe { _mm512_mask_storeu_ps(p.add(i), k, e) };
+    }
+    let mut lanes = [0f32; 16];
+    // SAFETY: `lanes` holds 16 values.
+    unsafe { _mm512_storeu_ps(lanes.as_mut_ptr(), sum) };
+    let inv = _mm512_set1_ps(1.0 / lanes.iter().sum::<f32>());
+    for i in (0..n).step_by(16) {
+        let k = mask_at(i);
+        unsafe { _mm512_mask_storeu_ps(p.add(i), k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p.add(i)), inv)) };
+    }
 }
