@@ -265,3 +265,29 @@ fn a_quantized_path_model_trains_on_its_blocks_and_serves_the_adapter() {
     drop(b);
     assert_eq!(q.training_bytes(), 0, "the transposed weights go with the last trainer");
 }
+
+/// `Trainer::upcoming` names the examples in the order `run` draws them, across an epoch boundary:
+/// each step's loss is the loss of the example it named, before the update.
+#[test]
+fn upcoming_names_the_examples_in_the_order_they_are_drawn() {
+    let model = Model::load(common::model_path(), &LoadOptions { precision: agentlm::Precision::Quantized, ..LoadOptions::default() }).unwrap();
+    let cfg = TrainConfig { grad_accum: 1, agent_ratio: 1.0, lora: LoraConfig { dropout: 0.0, ..config().lora }, ..config() };
+    let mut t = Trainer::new(&model, cfg, None).unwrap();
+    let rows: Vec<_> = (0..4)
+        .map(|i| agentlm::train::parse_record(&record(&format!("You are in room {i}. Find the key {i}."), &format!("THOUGHT: look around.\nACTION: open drawer {}", 3 * i + 1), 1.0)).unwrap())
+        .collect();
+    for r in &rows {
+        assert!(t.add_trajectory(r.clone(), DataKind::Agent).unwrap());
+    }
+    let first = t.upcoming(DataKind::Agent);
+    let mut sorted = first.clone();
+    sorted.sort_unstable();
+    assert_eq!(sorted, vec![0, 1, 2, 3]);
+    for step in 0..6 {
+        let order = t.upcoming(DataKind::Agent);
+        assert_eq!(order.len(), if step < 4 { 4 - step } else { 8 - step }, "step {step}: {order:?}");
+        let (want, _) = t.loss(&rows[order[0]]).unwrap();
+        let got = t.run(1, None, |_| true).unwrap().last.unwrap().loss;
+        assert!((got - want).abs() <= 1e-9 * want, "step {step}: the step's loss {got} is not example {}'s {want}", order[0]);
+    }
+}

@@ -3,8 +3,8 @@
 # transformers + torch f32 (benches/compare/train_peer.py), on the same model file, the same token
 # rows (ids and loss masks written by train-runner), the same LoRA (r 8, alpha 16, every linear) and
 # AdamW settings, batch 1, each row once, one fresh process per engine and sequence length. Prints a
-# table: training tokens/s over the steps after the first, peak RSS, and the masked loss on held-out
-# rows after training.
+# table: training tokens/s over the steps after the first, peak RSS, the masked loss on held-out
+# rows before and after training, and the largest step-by-step gap between the engines' training losses.
 #
 #   bash benches/compare/train.sh [--seq "512 1024"] [--rows 8] [--eval 4] [--threads 2]
 #        [--precision auto|exact|quantized] [--model FILE] [--data FILE.jsonl] [--checkpointing]
@@ -71,10 +71,13 @@ peer = [json.loads(l) for l in open(os.path.join(work, "peer.jsonl"))]
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 print(f"model {os.path.basename(model)}; LoRA r 8 alpha 16 on every linear, batch 1, {rows} rows each once "
       f"(tokens/s over steps 2..{rows}); {ours[0]['threads']} threads; CPU {cpu}, {os.cpu_count()} cores")
-print(f"{'engine':<34} {'seq':>5} {'train tok/s':>12} {'peak RSS MiB':>13} {'held-out loss after':>20}")
+print(f"{'engine':<34} {'seq':>5} {'train tok/s':>12} {'peak RSS MiB':>13} {'held-out loss before -> after':>30}")
 for o, p in zip(ours, peer):
     for r in (o, p):
-        print(f"{r['engine']:<34} {o['seq']:>5} {r['train_tok_s']:>12.1f} {r['peak_rss_mib']:>13.0f} {r['eval_loss_after']:>20.4f}")
+        print(f"{r['engine']:<34} {o['seq']:>5} {r['train_tok_s']:>12.1f} {r['peak_rss_mib']:>13.0f} "
+              f"{r['eval_loss_before']:>20.4f} -> {r['eval_loss_after']:.4f}")
     print(f"{'ratio libagentlm / PEFT':<34} {o['seq']:>5} {o['train_tok_s'] / p['train_tok_s']:>11.2f}x "
           f"{o['peak_rss_mib'] / p['peak_rss_mib']:>12.2f}x")
+    gap = max(abs(a - b) / b for a, b in zip(o['losses'], p['losses']))
+    print(f"{'training losses: largest gap':<34} {o['seq']:>5} {gap:>11.2%} (step by step, relative to PEFT's)")
 PY

@@ -51,6 +51,18 @@ def main():
     if a.checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
+    def held_out():
+        model.eval()
+        total, n = 0.0, 0
+        with torch.no_grad():
+            for r in evals:
+                loss, k = masked_loss(model, r["ids"], r["mask"])
+                total += float(loss) * k
+                n += k
+        model.train()
+        return total / n
+
+    eval_before = held_out()
     model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=a.lr, weight_decay=0.0)
     rss_before = rss_mib()
@@ -68,13 +80,7 @@ def main():
         losses.append(float(loss))
         print(f"step {step + 1}: loss {float(loss):.4f}, {len(r['ids'])} tokens, {len(r['ids']) / dt:.0f} tokens/s, "
               f"peak {rss_mib():.0f} MiB", file=sys.stderr)
-    model.eval()
-    total, n = 0.0, 0
-    with torch.no_grad():
-        for r in evals:
-            loss, k = masked_loss(model, r["ids"], r["mask"])
-            total += float(loss) * k
-            n += k
+    eval_after = held_out()
     print(json.dumps({
         "engine": f"PEFT (torch {torch.__version__.split('+')[0]} f32)",
         "threads": a.threads,
@@ -85,7 +91,8 @@ def main():
         "peak_rss_mib": rss_mib(),
         "peak_rss_before_training_mib": rss_before,
         "losses": losses,
-        "eval_loss_after": total / n,
+        "eval_loss_before": eval_before,
+        "eval_loss_after": eval_after,
     }))
 
 

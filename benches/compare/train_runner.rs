@@ -1,6 +1,6 @@
 //! libagentlm side of the training comparison (`benches/compare/train.sh`): LoRA on the first
 //! `--rows` conversations of an AgentInstruct/ShareGPT JSONL file, each cut to `--seq` tokens, one
-//! per step (batch 1, each row once), then the mean masked loss on the next `--eval` rows. Prints
+//! per step (batch 1, each row once), then the mean masked loss on the next `--eval` rows (also before training). Prints
 //! one JSON object: tokens/s over the steps after the first, peak resident set, losses. With
 //! `--rows-out FILE` it also writes the rows it trains and evaluates on (ids and loss masks) for
 //! the peer, so both engines see the same tokens.
@@ -76,13 +76,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     if records.len() < rows + n_eval {
         return Err(format!("{data} holds {} usable conversations; {} are needed", records.len(), rows + n_eval).into());
     }
-    let mut out = rows_out.map(std::fs::File::create).transpose()?;
     for (i, r) in records.iter().enumerate() {
-        let tok = trainer.tokenize(r)?;
-        if let Some(f) = out.as_mut() {
-            let mask: Vec<u8> = tok.train.iter().map(|&m| u8::from(m)).collect();
-            writeln!(f, "{}", serde_json::json!({"split": if i < rows { "train" } else { "eval" }, "ids": tok.ids, "mask": mask}))?;
-        }
         // Every row once, whatever the reward field says.
         let r = Trajectory { reward: None, ..r.clone() };
         if i < rows {
@@ -91,6 +85,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             trainer.add_eval_trajectory(r)?;
         }
     }
+    // The rows for the peer: the training rows in the order the trainer draws them, so both
+    // engines take the same steps; then the held-out rows.
+    if let Some(path) = rows_out {
+        let mut f = std::fs::File::create(path)?;
+        let order = trainer.upcoming(DataKind::Agent);
+        for (split, i) in order.iter().map(|&i| ("train", i)).chain((rows..rows + n_eval).map(|i| ("eval", i))) {
+            let tok = trainer.tokenize(&records[i])?;
+            let mask: Vec<u8> = tok.train.iter().map(|&m| u8::from(m)).collect();
+            writeln!(f, "{}", serde_json::json!({"split": split, "ids": tok.ids, "mask": mask}))?;
+        }
+    }
+    let eval_before = trainer.evaluate()?;
     let rss_before = rss_kib("VmHWM:");
     let (mut tokens, mut secs, mut losses) = (0usize, 0f64, Vec::new());
     for step in 0..rows {
@@ -118,6 +124,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             "peak_rss_mib": rss_kib("VmHWM:") as f64 / 1024.0,
             "peak_rss_before_training_mib": rss_before as f64 / 1024.0,
             "losses": losses,
+            "eval_loss_before": eval_before.loss,
             "eval_loss_after": eval.loss,
         })
     );

@@ -436,6 +436,19 @@ impl Trainer {
     pub fn examples(&self, kind: DataKind) -> usize {
         self.pools[kind.index()].items.len()
     }
+    /// Where each of the examples the current epoch of `kind` will still draw was added (0: the
+    /// first example of that kind added), in the order they will be drawn; where the epoch is used
+    /// up, the whole next epoch's order. An epoch's order is fixed when it begins, so examples added
+    /// during one wait for the next. For logs, and for replaying a run's data order elsewhere (the
+    /// side-by-side training benchmark feeds its peer this order).
+    pub fn upcoming(&self, kind: DataKind) -> Vec<usize> {
+        let pool = &self.pools[kind.index()];
+        if pool.cursor < pool.perm.len() {
+            return pool.perm[pool.cursor..].iter().map(|&i| i as usize).collect();
+        }
+        let epoch = pool.epoch + u64::from(!pool.perm.is_empty());
+        permutation(pool.items.len(), self.config.seed, kind.index(), epoch).into_iter().map(|i| i as usize).collect()
+    }
     /// Held-out examples.
     pub fn eval_examples(&self) -> usize {
         self.eval.len()
