@@ -658,6 +658,11 @@ impl QActs {
         // (compiled for AVX2 where available, with the same rounding).
         let per_row = |((xr, qr), (dr, sr)): ((&[f32], &mut [i8]), (&mut [f32], &mut [f32]))| {
             #[cfg(target_arch = "x86_64")]
+            if Isa::detected() == Isa::Avx512Vnni {
+                // SAFETY: AVX-512 F and BW were detected (part of `Isa::Avx512Vnni`).
+                return unsafe { x86::quantize_row_avx512(xr, qr, dr, sr) };
+            }
+            #[cfg(target_arch = "x86_64")]
             if Isa::detected() >= Isa::Avx2 {
                 // SAFETY: AVX2 and FMA were detected.
                 return unsafe { quantize_row_avx2(xr, qr, dr, sr) };

@@ -452,3 +452,34 @@ fn softmax_is_the_portable_one_and_close_to_the_exact_one() {
     }
     softmax_in_place(&mut []);
 }
+
+/// The AVX-512 activation quantization against the scalar one, bit for bit: random rows, halves that
+/// must round away from zero, zero blocks, and a block whose maximum is negative.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn vectorised_quantization_is_bit_for_bit_the_scalar_one() {
+    if Isa::detected() != Isa::Avx512Vnni {
+        eprintln!("no AVX-512 here: the vectorised quantization is not run");
+        return;
+    }
+    let mut g = Gen(31);
+    let mut x: Vec<f32> = (0..32 * 64).map(|_| g.float(-3.0, 3.0)).collect();
+    // Block 1: all zero. Block 2: ±(k + 0.5) · d with d = 1 (max 127 exactly), so halves occur.
+    x[32..64].fill(0.0);
+    for (i, v) in x[64..96].iter_mut().enumerate() {
+        *v = if i == 0 { -127.0 } else { (i as f32 - 16.0) + 0.5 };
+    }
+    // Block 3: the largest magnitude negative; block 4: tiny values.
+    x[96] = -50.0;
+    x[128..160].iter_mut().enumerate().for_each(|(i, v)| *v = (i as f32 - 15.5) * 1e-30);
+    let (mut q0, mut d0, mut s0) = (vec![0i8; x.len()], vec![0f32; x.len() / 32], vec![0f32; x.len() / 32]);
+    let (mut q1, mut d1, mut s1) = (q0.clone(), d0.clone(), s0.clone());
+    quantize_row(&x, &mut q0, &mut d0, &mut s0);
+    // SAFETY: AVX-512 F and BW were detected.
+    unsafe { x86::quantize_row_avx512(&x, &mut q1, &mut d1, &mut s1) };
+    assert_eq!(q0, q1);
+    assert_eq!(d0.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), d1.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+    assert_eq!(s0.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), s1.iter().map(|v| v.to_bits()).collect::<Vec<_>>());
+    // The halves of block 2 rounded away from zero: 0.5 → 1, −0.5 → −1, 1.5 → 2.
+    assert_eq!((q1[64 + 16], q1[64 + 15], q1[64 + 17]), (1, -1, 2));
+}
