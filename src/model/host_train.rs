@@ -320,6 +320,13 @@ struct Attn {
 }
 
 impl Attn {
+    /// The attention of one layer of `c` over `t` positions: on the tile unit where the frozen
+    /// products run there, unless `pass` asks for f32.
+    fn new(c: &LlamaConfig, t: usize, pass: &TrainPass) -> Attn {
+        let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
+        Attn { t, nh, nkv, hd, qkv_w: (nh + 2 * nkv) * hd, tiles: kernels::dense_products() && !pass.f32_attention }
+    }
+
     fn q_w(&self) -> usize {
         self.nh * self.hd
     }
@@ -583,7 +590,7 @@ impl HostWeights {
                 rope_half(head, cos, sin);
             }
         });
-        Attn { t, nh, nkv, hd, qkv_w, tiles: kernels::dense_products() && !pass.f32_attention }.forward(&w.qkv, &mut w.attn);
+        Attn::new(c, t, pass).forward(&w.qkv, &mut w.attn);
         pack(&w.qkv, &mut acts.qkv);
         pack(&w.attn, &mut acts.attn);
         w.acts.prepare(&w.attn, t, q_w);
@@ -673,7 +680,7 @@ impl HostWeights {
         kernels::matmul(&[wo_t], dx, q, t, d_attn);
         back(1, attn, q_w, dx, h, d_attn, drop);
         // Attention, then RoPE.
-        Attn { t, nh, nkv, hd, qkv_w, tiles: kernels::dense_products() && !pass.f32_attention }.backward(qkv, attn, d_attn, d_qkv);
+        Attn::new(c, t, pass).backward(qkv, attn, d_attn, d_qkv);
         d_qkv.par_chunks_exact_mut(qkv_w).enumerate().for_each(|(pos, row)| {
             let (cos, sin) = (&self.cos[pos * hd..(pos + 1) * hd], &self.sin[pos * hd..(pos + 1) * hd]);
             for head in row[..q_w + kv_w].chunks_exact_mut(hd) {

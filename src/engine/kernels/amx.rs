@@ -96,15 +96,19 @@ fn bf16_pairs(lo: __m512, hi: __m512) -> __m512i {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 fn pairs_of(src: &[f32]) -> __m512i {
+    let (lo, hi) = halves(src);
+    bf16_pairs(lo, hi)
+}
+
+/// Up to 32 values of `src` (zero past its end) as two vectors of 16.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn halves(src: &[f32]) -> (__m512, __m512) {
     let n = src.len().min(TK);
     let lo_mask = if n >= 16 { 0xFFFF } else { (1u16 << n) - 1 };
     let hi_mask = if n >= TK { 0xFFFF } else if n > 16 { (1u16 << (n - 16)) - 1 } else { 0 };
     // SAFETY: the masks cover only the first `n <= src.len()` values; masked lanes are not read.
-    unsafe {
-        let lo = _mm512_maskz_loadu_ps(lo_mask, src.as_ptr());
-        let hi = _mm512_maskz_loadu_ps(hi_mask, src.as_ptr().wrapping_add(16));
-        bf16_pairs(lo, hi)
-    }
+    unsafe { (_mm512_maskz_loadu_ps(lo_mask, src.as_ptr()), _mm512_maskz_loadu_ps(hi_mask, src.as_ptr().wrapping_add(16))) }
 }
 
 /// What [`pairs_of`] loses to rounding: up to 32 values of `src` minus their bf16 roundings, as
@@ -112,15 +116,8 @@ fn pairs_of(src: &[f32]) -> __m512i {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 fn residual_pairs_of(src: &[f32]) -> __m512i {
-    let n = src.len().min(TK);
-    let lo_mask = if n >= 16 { 0xFFFF } else { (1u16 << n) - 1 };
-    let hi_mask = if n >= TK { 0xFFFF } else if n > 16 { (1u16 << (n - 16)) - 1 } else { 0 };
-    // SAFETY: as in `pairs_of`.
-    unsafe {
-        let lo = _mm512_maskz_loadu_ps(lo_mask, src.as_ptr());
-        let hi = _mm512_maskz_loadu_ps(hi_mask, src.as_ptr().wrapping_add(16));
-        bf16_pairs(residual(lo), residual(hi))
-    }
+    let (lo, hi) = halves(src);
+    bf16_pairs(residual(lo), residual(hi))
 }
 
 /// Each value minus its bf16 rounding (nearest even, as [`bf16_pairs`] rounds).
@@ -602,13 +599,21 @@ impl TilesB {
     }
 
     fn pack_rows_part(&mut self, src: &[f32], n: usize, k: usize, stride: usize, residual: bool) {
-        assert!(available(), "AMX tile products are not available");
         assert!(n == 0 || (n - 1) * stride + k <= src.len(), "TilesB::pack_rows: source too short");
+        let (out, ks) = self.layout(k, n);
+        // SAFETY: `layout` asserted `available`, which implies AVX-512 F/BW/BF16.
+        unsafe { pack_b_rows(src, n, k, stride, ks, residual, out) };
+    }
+
+    /// Storage for a `k × n` operand (both padded to 32) and its steps of 32 values.
+    ///
+    /// # Panics
+    /// The tile unit is not [`available`].
+    fn layout(&mut self, k: usize, n: usize) -> (&mut [u32], usize) {
+        assert!(available(), "AMX tile products are not available");
         let (np, ks) = (n.next_multiple_of(2 * TR), k.div_ceil(TK));
         (self.cols, self.ks) = (np, ks);
-        let out = self.buf.storage(np / TR * ks * TR * TR);
-        // SAFETY: `available` implies AVX-512 F/BW/BF16.
-        unsafe { pack_b_rows(src, n, k, stride, ks, residual, out) };
+        (self.buf.storage(np / TR * ks * TR * TR), ks)
     }
 
     /// The `k × n` matrix `src` (`k` rows of `n` values, row `p` at `src[p · stride..]`).
@@ -628,12 +633,9 @@ impl TilesB {
     }
 
     fn pack_part(&mut self, src: &[f32], k: usize, n: usize, stride: usize, residual: bool) {
-        assert!(available(), "AMX tile products are not available");
         assert!(k == 0 || (k - 1) * stride + n <= src.len(), "TilesB::pack: source too short");
-        let (np, ks) = (n.next_multiple_of(2 * TR), k.div_ceil(TK));
-        (self.cols, self.ks) = (np, ks);
-        let out = self.buf.storage(np / TR * ks * TR * TR);
-        // SAFETY: `available` implies AVX-512 F/BW/BF16.
+        let (out, ks) = self.layout(k, n);
+        // SAFETY: `layout` asserted `available`, which implies AVX-512 F/BW/BF16.
         unsafe { pack_b(src, k, n, stride, ks, residual, out) };
     }
 }

@@ -61,7 +61,18 @@ thread_local! {
 }
 
 impl Attn {
-    /// Scores of queries `i0..i0 + bq` over keys `0..i0 + bq` into `p` (`[bq, n]`), softmaxed.
+    /// The operands of [`Attn::tile_probs`] for `head`: its queries and their keys, rounded and
+    /// residual parts.
+    fn pack_scores(&self, s: &mut Scratch, qkv: &[f32], head: usize) {
+        let (t, hd, w, k0) = (self.t, self.hd, self.qkv_w, self.k0(head / (self.nh / self.nkv)));
+        s.q.pack(&qkv[head * hd..], t, hd, w);
+        s.q_lo.pack_residual(&qkv[head * hd..], t, hd, w);
+        s.k_rows.pack_rows(&qkv[k0..], t, hd, w);
+        s.k_lo.pack_rows_residual(&qkv[k0..], t, hd, w);
+    }
+
+    /// Scores of queries `i0..i0 + bq` over keys `0..i0 + bq` into `p` (`[bq, n]`), softmaxed (the
+    /// head's operands packed by [`Attn::pack_scores`]).
     fn tile_probs(&self, s: &mut Scratch, i0: usize, bq: usize) -> usize {
         let n = i0 + bq;
         let p = &mut s.p;
@@ -84,10 +95,7 @@ impl Attn {
             .map(|head| {
                 SCRATCH.with_borrow_mut(|s| {
                     let g = head / (self.nh / self.nkv);
-                    s.q.pack(&qkv[head * hd..], t, hd, w);
-                    s.k_rows.pack_rows(&qkv[self.k0(g)..], t, hd, w);
-                    s.q_lo.pack_residual(&qkv[head * hd..], t, hd, w);
-                    s.k_lo.pack_rows_residual(&qkv[self.k0(g)..], t, hd, w);
+                    self.pack_scores(s, qkv, head);
                     s.v.pack(&qkv[self.v0(g)..], t, hd, w);
                     s.v_lo.pack_residual(&qkv[self.v0(g)..], t, hd, w);
                     let mut o = vec![0f32; t * hd];
@@ -115,11 +123,8 @@ impl Attn {
             .map(|head| {
                 SCRATCH.with_borrow_mut(|s| {
                     let g = head / (self.nh / self.nkv);
-                    s.q.pack(&qkv[head * hd..], t, hd, w);
+                    self.pack_scores(s, qkv, head);
                     s.qt.pack_transposed(&qkv[head * hd..], hd, t, w, &mut s.transposed);
-                    s.k_rows.pack_rows(&qkv[self.k0(g)..], t, hd, w);
-                    s.q_lo.pack_residual(&qkv[head * hd..], t, hd, w);
-                    s.k_lo.pack_rows_residual(&qkv[self.k0(g)..], t, hd, w);
                     s.k.pack(&qkv[self.k0(g)..], t, hd, w);
                     s.v_rows.pack_rows(&qkv[self.v0(g)..], t, hd, w);
                     s.d_o.pack(&d_out[head * hd..], t, hd, q_w);
