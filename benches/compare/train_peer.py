@@ -63,7 +63,6 @@ def main():
         return total / n
 
     eval_before = held_out()
-    model.train()
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=a.lr, weight_decay=0.0)
     rss_before = rss_mib()
     tokens, secs, losses = 0, 0.0, []
