@@ -63,6 +63,8 @@ if [ -d ../shared/golden ]; then
 fi
 stage cargo test cargo test --locked --all-targets
 stage cargo doc cargo test --locked --doc
+# The training kernels' other paths on this CPU (AVX512-BF16 vectors, int8), which the run above skips.
+stage cargo kernel-paths bash scripts/test-kernel-paths.sh
 
 # The Swift binding's C module through its module map (no Swift toolchain here: see bindings/swift).
 stage plain swift bash scripts/check-swift-module.sh

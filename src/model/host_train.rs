@@ -320,11 +320,11 @@ struct Attn {
 }
 
 impl Attn {
-    /// The attention of one layer of `c` over `t` positions: on the tile unit where the frozen
-    /// products run there, unless `pass` asks for f32.
+    /// The attention of one layer of `c` over `t` positions: on the tile unit where this CPU has
+    /// one ([`kernels::tile_products`]), unless `pass` asks for f32.
     fn new(c: &LlamaConfig, t: usize, pass: &TrainPass) -> Attn {
         let (nh, nkv, hd) = (c.num_attention_heads, c.num_key_value_heads, c.head_dim);
-        Attn { t, nh, nkv, hd, qkv_w: (nh + 2 * nkv) * hd, tiles: kernels::dense_products() && !pass.f32_attention }
+        Attn { t, nh, nkv, hd, qkv_w: (nh + 2 * nkv) * hd, tiles: kernels::tile_products() && !pass.f32_attention }
     }
 
     fn q_w(&self) -> usize {

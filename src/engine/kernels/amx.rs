@@ -34,13 +34,53 @@ const GROUP: usize = 4;
 /// u16 elements in one packed tile.
 const TILE_U16: usize = TR * TK;
 
-/// Whether AMX bf16 tile products can run here (detected and granted once).
-pub(super) fn available() -> bool {
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        let off = matches!(std::env::var("AGENTLM_AMX").as_deref(), Ok("0" | "off" | "false"));
-        !off && Isa::detected() == Isa::Avx512Vnni && detect()
+/// The bf16 unit the dense products run on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Unit {
+    /// AMX tiles (`tdpbf16ps`, 16×32 by 32×16 per instruction).
+    Tiles,
+    /// AVX512-BF16 vectors (`vdpbf16ps`, 16 lanes of pairs per instruction): CPUs without the tile
+    /// unit, such as AMD Zen 4 and later.
+    Vectors,
+}
+
+/// The bf16 unit for the dense products, detected once: the tile unit where the CPU has it and the
+/// OS grants it (not with `AGENTLM_AMX=0`), else AVX512-BF16 vectors; none with `AGENTLM_BF16=0`,
+/// an `AGENTLM_ISA` below AVX-512, or a CPU with neither.
+pub(super) fn unit() -> Option<Unit> {
+    static UNIT: OnceLock<Option<Unit>> = OnceLock::new();
+    *UNIT.get_or_init(|| {
+        let off = |var: &str| matches!(std::env::var(var).as_deref(), Ok("0" | "off" | "false"));
+        // Sub-leaf 1 EAX bit 5: AVX512-BF16 (`vcvtne2ps2bf16`, the f32 to bf16 rounding both units
+        // use, and `vdpbf16ps`). Leaf 7 is defined on the CPUs that report AVX-512.
+        if off("AGENTLM_BF16") || Isa::detected() != Isa::Avx512Vnni || std::arch::x86_64::__cpuid_count(7, 1).eax & (1 << 5) == 0 {
+            return None;
+        }
+        if !off("AGENTLM_AMX") && detect() {
+            return Some(Unit::Tiles);
+        }
+        tracing::debug!("bf16 products on AVX512-BF16 vectors");
+        Some(Unit::Vectors)
     })
+}
+
+/// Every bf16 unit this CPU can run the dense products on, whatever the environment asks (for
+/// tests that compare them).
+#[cfg(test)]
+pub(super) fn units() -> Vec<Unit> {
+    let mut v = Vec::new();
+    if Isa::best() == Isa::Avx512Vnni && std::arch::x86_64::__cpuid_count(7, 1).eax & (1 << 5) != 0 {
+        v.push(Unit::Vectors);
+        if detect() {
+            v.push(Unit::Tiles);
+        }
+    }
+    v
+}
+
+/// Whether AMX bf16 tile products can run here (detected and granted once; see [`unit`]).
+pub(super) fn available() -> bool {
+    unit() == Some(Unit::Tiles)
 }
 
 fn detect() -> bool {
@@ -48,10 +88,6 @@ fn detect() -> bool {
     let leaf7 = std::arch::x86_64::__cpuid_count(7, 0);
     // EDX bit 22: AMX-BF16; bit 24: AMX-TILE.
     if leaf7.edx & (1 << 22) == 0 || leaf7.edx & (1 << 24) == 0 {
-        return false;
-    }
-    // Sub-leaf 1 EAX bit 5: AVX512-BF16 (`vcvtne2ps2bf16`, the f32 to bf16 rounding used here).
-    if std::arch::x86_64::__cpuid_count(7, 1).eax & (1 << 5) == 0 {
         return false;
     }
     #[cfg(target_os = "linux")]
@@ -339,6 +375,55 @@ unsafe fn block(a: &[u16], m0: usize, kp: usize, panel: &[u32], c: &mut Acc) {
     }
 }
 
+/// Activation rows per pass of [`block_vectors`] (eight rows by the panel's 32 columns: sixteen
+/// accumulators).
+const VEC_ROWS: usize = 8;
+
+/// [`block`] on AVX512-BF16 vectors: the same operands, the same result. For each group of
+/// [`VEC_ROWS`] rows, every step broadcasts a row's bf16 pair of values `2p`, `2p + 1` and
+/// multiplies it with the panel's tile rows `p` (each column's pair of weights, 16 columns per
+/// register) into that row's two accumulators.
+///
+/// # Safety
+/// The CPU supports AVX-512 F and AVX512-BF16; `a` and `panel` as for [`block`].
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn block_vectors(a: &[u16], m0: usize, kp: usize, panel: &[u32], c: &mut Acc) {
+    debug_assert!(a.len() >= (m0 + 2 * TR) * kp && panel.len() >= kp * TR);
+    let ks = kp / TK;
+    for r0 in (0..2 * TR).step_by(VEC_ROWS) {
+        let mut acc = [[_mm512_setzero_ps(); 2]; VEC_ROWS];
+        for s in 0..ks {
+            // Tile (i, s) of A for the tile row i holding rows m0 + r0.. (see `convert_rows`); its
+            // row r holds 16 words (pairs of values), row after row.
+            let tile = ((m0 / (2 * TR)) * ks + s) * 2 + r0 / TR;
+            // SAFETY: tile `tile` lies inside `a` (rows m0..m0 + 32 of `kp` values), and the
+            // panel's step s inside `panel` (the caller's contract); every load below reads inside
+            // them: rows `r0 % TR + r < TR` of the A tile, rows `p < TR` of the two B tiles.
+            unsafe {
+                let arow = a.as_ptr().add(tile * TILE_U16 + (r0 % TR) * TK).cast::<i32>();
+                let b = panel.as_ptr().add(2 * s * TR * TR);
+                for p in 0..TR {
+                    let b0: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(p * TR).cast()));
+                    let b1: __m512bh = std::mem::transmute(_mm512_loadu_si512(b.add(TR * TR + p * TR).cast()));
+                    for (r, acc) in acc.iter_mut().enumerate() {
+                        let x: __m512bh = std::mem::transmute(_mm512_set1_epi32(*arow.add(r * TR + p)));
+                        acc[0] = _mm512_dpbf16_ps(acc[0], x, b0);
+                        acc[1] = _mm512_dpbf16_ps(acc[1], x, b1);
+                    }
+                }
+            }
+        }
+        for (r, acc) in acc.iter().enumerate() {
+            let row = r0 + r;
+            for (j, v) in acc.iter().enumerate() {
+                let tile = &mut c.0[(row / TR) * 2 + j][(row % TR) * TR..(row % TR + 1) * TR];
+                // SAFETY: `tile` is 16 f32 values.
+                unsafe { _mm512_storeu_ps(tile.as_mut_ptr(), *v) };
+            }
+        }
+    }
+}
+
 /// `len` elements of `v` starting at a 64-byte boundary (tile loads and stores of unaligned rows
 /// split every cache line and run several times slower), growing `v` as needed.
 fn aligned<T: Copy + Default>(v: &mut Vec<T>, len: usize) -> &mut [T] {
@@ -358,13 +443,17 @@ thread_local! {
     static ACTS: RefCell<Vec<u16>> = const { RefCell::new(Vec::new()) };
 }
 
-/// [`super::matmul`] on the tile unit: `out[t][o] = Σ_i w[o][i] · x[t][i]` for the parts side by
-/// side. Work is split over panels of 32 weight rows across the current rayon pool.
+/// [`super::matmul`] in bf16 on this CPU's [`unit`]: `out[t][o] = Σ_i w[o][i] · x[t][i]` for the
+/// parts side by side. Work is split over panels of 32 weight rows across the current rayon pool.
 ///
 /// # Panics
-/// [`available`] is false.
+/// There is no bf16 unit ([`unit`] is `None`).
 pub(super) fn matmul(parts: &[&QMatrix], x: &[f32], rows: usize, out: &mut [f32]) {
-    assert!(available(), "AMX tile products are not available");
+    matmul_on(unit().expect("no bf16 product unit on this CPU"), parts, x, rows, out)
+}
+
+/// [`matmul`] on a chosen unit (one of [`units`]: the tiles only once [`detect`] granted them).
+pub(super) fn matmul_on(unit: Unit, parts: &[&QMatrix], x: &[f32], rows: usize, out: &mut [f32]) {
     let width: usize = parts.iter().map(|p| p.rows()).sum();
     let k = parts.first().map_or(0, |p| p.cols());
     if rows == 0 || width == 0 {
@@ -380,13 +469,13 @@ pub(super) fn matmul(parts: &[&QMatrix], x: &[f32], rows: usize, out: &mut [f32]
             Some(v) => v,
             None => &mut own,
         };
-        products(parts, x, rows, k, kp, mp, width, a, out);
+        products(unit, parts, x, rows, k, kp, mp, width, a, out);
     });
 }
 
 /// [`matmul`] with its bf16 activation buffer `a`.
 #[allow(clippy::too_many_arguments)]
-fn products(parts: &[&QMatrix], x: &[f32], rows: usize, k: usize, kp: usize, mp: usize, width: usize, a: &mut Vec<u16>, out: &mut [f32]) {
+fn products(unit: Unit, parts: &[&QMatrix], x: &[f32], rows: usize, k: usize, kp: usize, mp: usize, width: usize, a: &mut Vec<u16>, out: &mut [f32]) {
     let a = aligned(a, mp * kp);
     // The rows past `rows` (in the last pair of tile rows and after it) stay zero.
     a[(rows / (2 * TR)) * 2 * TR * kp..].fill(0);
@@ -424,23 +513,31 @@ fn products(parts: &[&QMatrix], x: &[f32], rows: usize, k: usize, kp: usize, mp:
                 unsafe { pack_panel(w, p0, PANEL.min(w.rows() - p0), dst) };
             }
             let mut c = Acc([[0f32; TR * TR]; 4]);
-            // SAFETY: `available()` (asserted above) enables the tile state; loading the
-            // configuration sets this thread's tiles to the shapes `block` uses.
-            unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack, readonly)) };
+            if unit == Unit::Tiles {
+                // SAFETY: the tile unit is available (`unit`); loading the configuration sets
+                // this thread's tiles to the shapes `block` uses.
+                unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack, readonly)) };
+            }
             for m0 in (0..rows).step_by(2 * TR) {
                 for (g, panel) in packed.chunks_exact(per_panel).enumerate() {
                     let (p0, nr) = (r0 + g * PANEL, PANEL.min(w.rows() - r0 - g * PANEL));
-                    // SAFETY: the configuration is loaded; `a` holds `mp >= m0 + 32` rows of `kp`
-                    // values and `panel` the panel's two tile columns.
-                    unsafe { block(a, m0, kp, panel, &mut c) };
+                    // SAFETY: `a` holds `mp >= m0 + 32` rows of `kp` values and `panel` the
+                    // panel's two tile columns; for the tiles the configuration is loaded, for the
+                    // vectors the CPU has AVX512-BF16 (`unit`).
+                    match unit {
+                        Unit::Tiles => unsafe { block(a, m0, kp, panel, &mut c) },
+                        Unit::Vectors => unsafe { block_vectors(a, m0, kp, panel, &mut c) },
+                    }
                     // SAFETY: rows `m0..rows`, this panel's columns `c0 + p0..c0 + p0 + nr` of
                     // `out` (row stride `width`); each task writes only its own columns;
                     // `available` implies AVX-512 F.
                     unsafe { write_block(&c, out_ptr.get().add(m0 * width + c0 + p0), width, rows - m0, nr, false, 1.0) };
                 }
             }
-            // SAFETY: releases this thread's tile state (no operands).
-            unsafe { asm!("tilerelease", options(nostack, nomem)) };
+            if unit == Unit::Tiles {
+                // SAFETY: releases this thread's tile state (no operands).
+                unsafe { asm!("tilerelease", options(nostack, nomem)) };
+            }
         });
     };
     if panels.len() > 1 && rayon::current_num_threads() > 1 {

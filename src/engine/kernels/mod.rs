@@ -612,12 +612,25 @@ pub struct QActs {
     dense: bool,
 }
 
-/// Activation rows from which [`QActs::prepare`] hands products to the bf16 tile unit.
+/// Activation rows from which [`QActs::prepare`] hands products to the bf16 unit.
 const DENSE_ROWS: usize = 128;
 
-/// Whether products with many activation rows can run on a bf16 matrix unit here (Intel AMX,
-/// granted by the OS; off with `AGENTLM_AMX=0` or an `AGENTLM_ISA` below AVX-512).
+/// Whether products with many activation rows can run in bf16 here: on Intel AMX tiles (granted by
+/// the OS; off with `AGENTLM_AMX=0`) or else on AVX512-BF16 vectors (AMD Zen 4 and later); neither
+/// with `AGENTLM_BF16=0` or an `AGENTLM_ISA` below AVX-512.
 pub fn dense_products() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        amx::unit().is_some()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// Whether [`tile_product`] (f32 matrices on AMX tiles) can run here.
+pub fn tile_products() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
         amx::available()

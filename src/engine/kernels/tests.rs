@@ -301,7 +301,7 @@ fn packed_tiles_hold_the_dequantized_weights_in_bf16() {
 /// scale, against f64 sums (each operand rounded to bf16: relative 2^-9 each).
 #[test]
 fn tile_products_of_f32_matrices_match_the_exact_sums() {
-    if !dense_products() {
+    if !tile_products() {
         eprintln!("no bf16 matrix unit on this CPU (AMX): tile products not checked here");
         return;
     }
@@ -399,23 +399,33 @@ fn dense_products_match_the_dequantized_product() {
         let width: usize = mats.iter().map(|m| m.rows()).sum();
         let mut out = vec![f32::NAN; t * width];
         matmul(&parts, &x, &acts, t, &mut out);
-        let mut c0 = 0;
-        for m in &mats {
-            let w = m.dequantize();
-            for r in 0..t {
-                let xr = &x[r * cols..(r + 1) * cols];
-                for o in 0..m.rows() {
-                    let wr = &w[o * cols..(o + 1) * cols];
-                    let exact: f64 = wr.iter().zip(xr).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
-                    // Each operand rounded to bf16 (relative 2^-9), then f32 sums.
-                    let mag: f64 = wr.iter().zip(xr).map(|(&a, &b)| (f64::from(a) * f64::from(b)).abs()).sum();
-                    let bound = mag * (2.0f64.powi(-8) + 1e-6) + 1e-5;
-                    let got = f64::from(out[r * width + c0 + o]);
-                    assert!((got - exact).abs() <= bound, "{:?} t={t} row {r} out {o}: {got} vs {exact} (bound {bound})", m.source_type());
-                }
-            }
-            c0 += m.rows();
+        // The chosen unit through `matmul`, then every unit this CPU has (tiles and vectors).
+        let mut outs = vec![("matmul".to_string(), out)];
+        for unit in amx::units() {
+            let mut out = vec![f32::NAN; t * width];
+            amx::matmul_on(unit, &parts, &x, t, &mut out);
+            outs.push((format!("{unit:?}"), out));
         }
+        for (unit, out) in &outs {
+            let mut c0 = 0;
+            for m in &mats {
+                let w = m.dequantize();
+                for r in 0..t {
+                    let xr = &x[r * cols..(r + 1) * cols];
+                    for o in 0..m.rows() {
+                        let wr = &w[o * cols..(o + 1) * cols];
+                        let exact: f64 = wr.iter().zip(xr).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
+                        // Each operand rounded to bf16 (relative 2^-9), then f32 sums.
+                        let mag: f64 = wr.iter().zip(xr).map(|(&a, &b)| (f64::from(a) * f64::from(b)).abs()).sum();
+                        let bound = mag * (2.0f64.powi(-8) + 1e-6) + 1e-5;
+                        let got = f64::from(out[r * width + c0 + o]);
+                        assert!((got - exact).abs() <= bound, "{unit}: {:?} t={t} row {r} out {o}: {got} vs {exact} (bound {bound})", m.source_type());
+                    }
+                }
+                c0 += m.rows();
+            }
+        }
+        assert!(outs.len() > 1, "no bf16 unit checked");
     }
 }
 

@@ -233,7 +233,7 @@ fn quantized_base_stays_close_to_its_dequantized_weights() {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn tile_attention_matches_f32_attention() {
-    if !kernels::dense_products() {
+    if !kernels::tile_products() {
         eprintln!("skipped: no tile unit here");
         return;
     }
