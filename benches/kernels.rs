@@ -1,5 +1,6 @@
 //! The block-quantized CPU kernels alone (`cargo bench --bench kernels`): matrix-vector products
-//! (decode) and 128-row products (prefill) on the SmolLM2-135M shapes, per instruction set and
+//! (decode), 128-row products (prefill) and, on CPUs with a bf16 unit, the training passes' 512-row
+//! products, on the SmolLM2-135M shapes, per instruction set and
 //! thread count, with weights from the real GGUF file. Throughput is in weights per second
 //! (criterion "elements"; ×2 for FLOP/s).
 
@@ -7,7 +8,7 @@ mod common;
 
 use std::time::Duration;
 
-use agentlm::engine::kernels::{matmul_with, Isa, QActs, QMatrix};
+use agentlm::engine::kernels::{dense_products, matmul, matmul_with, Isa, QActs, QMatrix};
 use agentlm::formats::gguf::GgufFile;
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
 
@@ -41,6 +42,23 @@ fn bench(c: &mut Criterion) {
                 g.bench_function(format!("{label}/{}/{threads}t", isa.name()), |b| {
                     b.iter(|| pool.install(|| matmul_with(isa, &[w], &x, &acts, rows, &mut out)))
                 });
+            }
+        }
+    }
+    // The training passes' products (512 rows) on the bf16 unit where the CPU has one: AMX tiles,
+    // or AVX512-BF16 vectors with `AGENTLM_AMX=0`; the forward and the backward (transposed) shapes.
+    if dense_products() {
+        let down_t = QMatrix::transposed(&[&up]);
+        for threads in [1, 2] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            for (label, w) in [("q4_1_up_512rows_bf16", &up), ("q4_1_down_512rows_bf16", &down), ("u8_up_transposed_512rows_bf16", &down_t)] {
+                let rows = 512;
+                let x: Vec<f32> = (0..rows * w.cols()).map(|i| ((i * 7919) % 1000) as f32 / 500.0 - 1.0).collect();
+                let mut acts = QActs::default();
+                acts.prepare(&x, rows, w.cols());
+                let mut out = vec![0f32; rows * w.rows()];
+                g.throughput(Throughput::Elements((rows * w.rows() * w.cols()) as u64));
+                g.bench_function(format!("{label}/{threads}t"), |b| b.iter(|| pool.install(|| matmul(&[w], &x, &acts, rows, &mut out))));
             }
         }
     }
