@@ -486,13 +486,18 @@ fn products(unit: Unit, parts: &[&QMatrix], x: &[f32], rows: usize, k: usize, kp
         unsafe { convert_rows(src, k, kp, dst) }
     });
     let a: &[u16] = a;
-    // Tasks: GROUP panels of one part each; a task packs its panels once, then runs every pair of
-    // activation tile rows against all of them, so those rows are read from L1 GROUP times.
+    // Tasks: up to GROUP panels of one part each; a task packs its panels once, then runs every
+    // pair of activation tile rows against all of them, so those rows are read from L1 that many
+    // times. The group shrinks so that the threads get equal shares (576 rows are 18 panels: five
+    // tasks of four would leave one of two threads 10 panels and the other 8; six of three, 9 each).
+    let threads = rayon::current_num_threads().max(1);
+    let total: usize = parts.iter().map(|p| p.rows().div_ceil(PANEL)).sum();
+    let group = total.div_ceil(threads * total.div_ceil(threads * GROUP)).clamp(1, GROUP);
     let panels: Vec<(usize, usize, usize)> = {
         let mut v = Vec::new();
         let mut c0 = 0;
         for (pi, p) in parts.iter().enumerate() {
-            for r0 in (0..p.rows()).step_by(GROUP * PANEL) {
+            for r0 in (0..p.rows()).step_by(group * PANEL) {
                 v.push((pi, r0, c0));
             }
             c0 += p.rows();
@@ -502,7 +507,7 @@ fn products(unit: Unit, parts: &[&QMatrix], x: &[f32], rows: usize, k: usize, kp
     let out_ptr = SendPtr(out.as_mut_ptr());
     let run = |&(pi, r0, c0): &(usize, usize, usize)| {
         let w = parts[pi];
-        let n_rows = (GROUP * PANEL).min(w.rows() - r0);
+        let n_rows = (group * PANEL).min(w.rows() - r0);
         let n_panels = n_rows.div_ceil(PANEL);
         let per_panel = kp * TR;
         SCRATCH.with_borrow_mut(|packed| {
