@@ -51,6 +51,8 @@ golden_pid=$!
 # examples, the tests, the cxx bridge and the CMake build below share one build of the dependencies.
 # The CLI tests run the generate example as a program: build it first.
 stage none build cargo build --locked --examples
+# The layering of docs/architecture.md: no import looks up a floor, no cycle of files.
+stage plain module-graph python3 scripts/module-graph.py
 wait "$golden_pid" || { golden_pid=""; echo "error: scripts/golden/make.sh failed" >&2; exit 1; }
 golden_pid=""
 AGENTLM_GOLDEN="$(tail -n 1 "$logs/golden.out")"

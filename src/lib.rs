@@ -6,7 +6,6 @@
 //! Layers only look down: `formats` (files) → `config`/`tokenizer` → `engine` (burn) → `model` →
 //! `generate` → the public API re-exported here. See `docs/architecture.md`.
 
-pub mod adapter;
 pub mod agent;
 pub mod config;
 pub mod engine;
@@ -17,10 +16,8 @@ pub mod template;
 pub mod tokenizer;
 mod error;
 pub mod runtime;
-pub mod session;
 pub mod train;
 
-pub use adapter::Adapter;
 pub use config::LlamaConfig;
 pub use formats::peft::LoraConfig;
 pub use train::{DataKind, TrainConfig, Trainer};
@@ -28,8 +25,7 @@ pub use engine::Backend;
 pub use error::{Error, Result};
 pub use generate::{CancelToken, SamplingParams};
 pub use model::Precision;
-pub use runtime::{LoadOptions, Model, ModelFormat};
-pub use session::{FinishReason, GenerateParams, Generation, Session, Step};
+pub use runtime::{Adapter, FinishReason, GenerateParams, Generation, LoadOptions, Model, ModelFormat, Session, Step};
 pub use template::{BuiltinTemplate, ChatTemplate, Message};
 pub use tokenizer::Tokenizer;
 pub mod convert;

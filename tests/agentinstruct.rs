@@ -7,7 +7,7 @@ mod common;
 
 use agentlm::agent::format::ALFWORLD_VERBS;
 use agentlm::agent::{Action, ActionFormat, Trajectory};
-use agentlm::session::chat_tokens;
+use agentlm::runtime::chat_tokens;
 use agentlm::{BuiltinTemplate, ChatTemplate, LoadOptions, Model};
 
 /// The trajectories, or `None` after a `SKIPPED` line when the data is not available.

@@ -87,7 +87,7 @@ fn rendered_messages_keep_their_turn_structure() {
     for _ in 0..200 {
         let msgs = [Message::new("user", hostile(&mut rng, &specials)), Message::new("assistant", "ok"), Message::new("user", hostile(&mut rng, &specials))];
         // The template's own text is tokenized with its control tokens, the contents as text.
-        let ids = agentlm::session::chat_tokens(&template, &tok, &msgs, true).unwrap();
+        let ids = agentlm::runtime::chat_tokens(&template, &tok, &msgs, true).unwrap();
         // system (default) + 3 messages + generation prompt.
         assert_eq!(ids.iter().filter(|&&i| i == im_start).count(), 5);
     }
@@ -147,7 +147,7 @@ fn hostile_episodes_train_on_text_not_control_tokens() {
         // Default system turn + one per message.
         assert_eq!(tt.ids.iter().filter(|&&i| i == im_start).count(), turns + 1, "{:?}", t.id);
         assert_eq!(tt.ids.iter().filter(|&&i| i == im_end).count(), turns + 1, "{:?}", t.id);
-        assert_eq!(tt.ids, agentlm::session::chat_tokens(&template, &tok, &t.messages().unwrap(), false).unwrap());
+        assert_eq!(tt.ids, agentlm::runtime::chat_tokens(&template, &tok, &t.messages().unwrap(), false).unwrap());
         let mut run: Vec<u32> = Vec::new();
         let mut runs = 0;
         for (k, (&id, &m)) in tt.ids.iter().zip(&tt.train).enumerate() {

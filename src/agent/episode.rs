@@ -8,9 +8,10 @@
 //! ([`crate::train::Trainer::add_trajectory`] filters on the reward), train, and evaluate on held-out
 //! environments with [`EpisodeRunner::evaluate`].
 
-use super::run::{Agent, AgentConfig, StepKind, Tool};
+use super::run::{Agent, AgentConfig, StepKind};
+use super::tool::Tool;
 use super::trajectory::Trajectory;
-use crate::adapter::Adapter;
+use crate::runtime::Adapter;
 use crate::error::Result;
 use crate::runtime::Model;
 

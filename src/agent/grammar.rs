@@ -18,7 +18,7 @@ use llguidance::{Matcher, ParserFactory};
 use serde_json::{json, Map, Value};
 
 use super::format::ActionFormat;
-use super::run::Tool;
+use super::tool::Tool;
 use crate::error::{Error, Result};
 
 /// Host value sets: per tool, per parameter (`None`: the tool's input as a line format writes it, or

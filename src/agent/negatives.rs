@@ -19,7 +19,8 @@ use crate::error::{Error, Result};
 use crate::generate::Rng;
 
 use super::format::{Action, ActionFormat};
-use super::run::{head_turns, Tool};
+use super::run::head_turns;
+use super::tool::Tool;
 use super::trajectory::{Trajectory, Turn};
 
 /// Which kind of negative a sample is.

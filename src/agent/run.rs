@@ -7,30 +7,19 @@ use serde_json::Value;
 
 use super::grammar::{admissible_grammar, chosen_action, reply_grammar, reply_prefixes, GrammarConstraint, ValueSets};
 use super::format::{Action, ActionFormat};
+use super::tool::Tool;
 use super::trajectory::{Trajectory, Turn};
-use crate::adapter::Adapter;
+use crate::runtime::Adapter;
 use crate::error::{Error, Result};
 use crate::generate::{CancelToken, SamplingParams};
 use crate::runtime::Model;
-use crate::session::{chat_tokens, FinishReason, GenerateParams, Session, Step};
+use crate::runtime::session::{chat_tokens, FinishReason, GenerateParams, Session, Step};
 use crate::template::{BuiltinTemplate, ChatTemplate, Message};
 
 /// In constrained mode, the tokens a JSON call gets after its thought.
 const ACTION_TOKENS: usize = 320;
 /// What the agent answers the task's instructions with (AgentInstruct's own words; not trained on).
 const INSTRUCTIONS_ACK: &str = "OK. I'll follow your instructions and try my best to solve the task.";
-
-/// A tool the agent may call: its name (for ALFWorld-style formats, an action verb such as `go to`),
-/// what it does, and a JSON schema of its arguments (may be `null`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Tool {
-    /// Name as the model writes it.
-    pub name: String,
-    /// One-line description shown to the model.
-    pub description: String,
-    /// JSON schema of the arguments, or `Value::Null`.
-    pub parameters: Value,
-}
 
 /// How an agent runs.
 #[derive(Debug, Clone, PartialEq)]

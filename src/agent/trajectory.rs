@@ -4,7 +4,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
-use crate::session::{encode_marked_with_offsets, marked_messages};
+use crate::runtime::session::{encode_marked_with_offsets, marked_messages};
 use crate::template::{ChatTemplate, Message};
 use crate::tokenizer::Tokenizer;
 

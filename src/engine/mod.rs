@@ -8,6 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 
 pub mod kernels;
+pub mod memory;
 
 pub use burn::tensor::activation::{silu, softmax};
 pub use burn::tensor::activation::log_softmax;

@@ -2,12 +2,12 @@
 
 use std::sync::Mutex;
 
-use super::log::LogSink;
+use super::log::{with_state, LogSink};
 use super::registry::{self, Kind, Tracked, Users};
-use super::util::{with_state, Fail};
+use super::util::Fail;
 use crate::generate::CancelToken;
 use crate::runtime::Model;
-use crate::session::Session;
+use crate::runtime::session::Session;
 
 /// A loaded model (opaque). Immutable and thread-safe; each handle is one reference.
 pub struct agentlm_model {

@@ -9,7 +9,7 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
 
-use super::util::{Fail, SendPtr};
+use super::util::{try_lock, Fail, SendPtr};
 use super::agentlm_status::*;
 
 /// Log callback: `level` is an `agentlm_log_level`, `message` is `message_len` bytes of UTF-8,
@@ -52,6 +52,21 @@ pub(crate) fn with_sink<T>(sink: Option<&LogSink>, f: impl FnOnce() -> T) -> T {
         Some(s) => tracing::dispatcher::with_default(&tracing::Dispatch::new(s.clone()), f),
         None => f(),
     }
+}
+
+/// Runs `f` on a handle's state behind [`try_lock`](super::util::try_lock), with the handle's log sink (`log_of` the state)
+/// receiving the library's messages meanwhile.
+pub(crate) fn with_state<S, T>(
+    m: &std::sync::Mutex<S>,
+    what: &str,
+    repair: impl FnOnce(&mut S),
+    log_of: impl FnOnce(&S) -> Option<LogSink>,
+    f: impl FnOnce(&mut S) -> Result<T, Fail>,
+) -> Result<T, Fail> {
+    let mut guard = try_lock(m, what, repair)?;
+    let st = &mut *guard;
+    let sink = log_of(st);
+    with_sink(sink.as_ref(), || f(st))
 }
 
 struct MessageVisitor(String);

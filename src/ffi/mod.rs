@@ -27,7 +27,7 @@ use std::ptr;
 
 use crate::generate::SamplingParams;
 use crate::runtime::{LoadOptions, Model};
-use crate::session::{FinishReason, GenerateParams, Step};
+use crate::runtime::session::{FinishReason, GenerateParams, Step};
 use crate::template::Message;
 use crate::Backend;
 

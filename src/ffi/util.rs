@@ -227,7 +227,7 @@ pub(crate) unsafe fn copy_str_out(s: &str, dst: *mut c_char, capacity: usize, le
 
 /// Locks a handle's state without waiting: an overlapping call gets `AGENTLM_STATUS_BUSY`. A lock
 /// poisoned by a panic in an earlier call is recovered after `repair` restores the state's invariants.
-fn try_lock<'a, S>(
+pub(crate) fn try_lock<'a, S>(
     m: &'a std::sync::Mutex<S>,
     what: &str,
     repair: impl FnOnce(&mut S),
@@ -248,21 +248,6 @@ fn try_lock<'a, S>(
             ),
         )),
     }
-}
-
-/// Runs `f` on a handle's state behind [`try_lock`], with the handle's log sink (`log_of` the state)
-/// receiving the library's messages meanwhile.
-pub(crate) fn with_state<S, T>(
-    m: &std::sync::Mutex<S>,
-    what: &str,
-    repair: impl FnOnce(&mut S),
-    log_of: impl FnOnce(&S) -> Option<super::log::LogSink>,
-    f: impl FnOnce(&mut S) -> Result<T, Fail>,
-) -> Result<T, Fail> {
-    let mut guard = try_lock(m, what, repair)?;
-    let st = &mut *guard;
-    let sink = log_of(st);
-    super::log::with_sink(sink.as_ref(), || f(st))
 }
 
 /// A host `void *user_data`: the host vouches for using it from the threads it lets us call it on.

@@ -15,27 +15,27 @@
 //! A trainer is `Send` but not `Sync`: drive it from one thread at a time ([`Trainer::cancel_token`]
 //! may be used from any thread).
 
+mod checkpoint;
 mod data;
 mod optim;
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 use serde_json::json;
 
-use crate::adapter::Adapter;
 use crate::agent::trajectory::{TokenizedTrajectory, Trajectory};
-use crate::config::LlamaConfig;
 use crate::engine::{self, log_softmax, Device, Tensor, TensorData};
 use crate::error::{Error, Result};
 use crate::formats::peft::{self, tensor_name, LoraConfig, PeftAdapter, TARGETS};
 use crate::formats::HostTensor;
 use crate::generate::{CancelToken, Rng};
-use crate::model::{lora::linear_shape, HostPair, HostTraining, Llama, LoraApply, LoraPair, LoraWeights, TrainPass};
-use crate::runtime::Model;
+use crate::model::{HostPair, HostTraining, Llama, LoraApply, LoraPair, LoraWeights, TrainPass};
+use crate::runtime::adapter::init_lora;
+use crate::runtime::{Adapter, Model};
 use crate::template::ChatTemplate;
 
 pub use data::{parse_record, DataKind};
@@ -286,24 +286,6 @@ enum Frozen {
     Device(LoraWeights),
     /// Host matrices (the quantized CPU path).
     Host(Vec<[Option<HostPair>; 7]>),
-}
-
-/// PEFT's initialisation: `A` Kaiming-uniform with `a = √5` (uniform in ±1/√in), `B` zero.
-pub(crate) fn init_lora(model: &LlamaConfig, lora: &LoraConfig, seed: u64) -> Result<BTreeMap<String, HostTensor>> {
-    let mut lora = lora.clone();
-    lora.validate().map_err(Error::InvalidArgument)?;
-    let mut rng = Rng::new(seed);
-    let mut out = BTreeMap::new();
-    for l in 0..model.num_hidden_layers {
-        for m in TARGETS.iter().filter(|m| lora.targets(m)) {
-            let (o, i) = linear_shape(model, m);
-            let bound = 1.0 / (i as f64).sqrt();
-            let a = (0..lora.r * i).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
-            out.insert(tensor_name(l, m, true), HostTensor { shape: vec![lora.r, i], data: a });
-            out.insert(tensor_name(l, m, false), HostTensor { shape: vec![o, lora.r], data: vec![0.0; o * lora.r] });
-        }
-    }
-    Ok(out)
 }
 
 /// Mean cross-entropy of `ids[t]` given `ids[..t]` over the positions `t` with `mask[t]` (the logits
@@ -785,7 +767,7 @@ impl Trainer {
                 mean_tokens_per_s: run_tokens as f64 / elapsed.as_secs_f64().max(1e-9),
                 elapsed,
                 eta,
-                peak_rss: crate::runtime::peak_rss().unwrap_or(0),
+                peak_rss: crate::engine::memory::peak_rss().unwrap_or(0),
             };
             tracing::debug!(step = report.step, loss = report.loss, lr = report.lr, grad_norm = report.grad_norm, "train step");
             summary.steps += 1;
@@ -917,168 +899,6 @@ impl Trainer {
     pub fn save_adapter(&self, dir: impl AsRef<Path>) -> Result<()> {
         Ok(peft::write_adapter(dir.as_ref(), &self.peft())?)
     }
-
-    /// Saves everything needed to continue exactly: the adapter (PEFT files), the optimizer moments,
-    /// the settings, the data (in-memory records inline, file records by path and offset) and the
-    /// position in it. The directory is written under a temporary name and swapped in, so a crash
-    /// leaves the previous checkpoint (`dir`, or `dir` with `.old` appended mid-swap) intact. A write
-    /// that fails (a full disk) removes the temporary directory and leaves `dir` as it was.
-    ///
-    /// # Errors
-    /// I/O errors, naming the file.
-    pub fn checkpoint(&self, dir: impl AsRef<Path>) -> Result<()> {
-        let dir = dir.as_ref();
-        let tmp = sibling(dir, ".tmp");
-        let old = sibling(dir, ".old");
-        if tmp.exists() {
-            // What a crashed checkpoint left.
-            std::fs::remove_dir_all(&tmp).map_err(io(&tmp))?;
-        }
-        if let Err(e) = self.write_checkpoint_files(&tmp) {
-            // A failed write (a full disk) leaves nothing behind; `dir` is untouched.
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(e);
-        }
-        if dir.exists() {
-            if old.exists() {
-                std::fs::remove_dir_all(&old).map_err(io(&old))?;
-            }
-            if let Err(e) = std::fs::rename(dir, &old) {
-                let _ = std::fs::remove_dir_all(&tmp);
-                return Err(io(dir)(e));
-            }
-        }
-        if let Err(e) = std::fs::rename(&tmp, dir) {
-            // Put the previous checkpoint back.
-            let _ = std::fs::rename(&old, dir);
-            let _ = std::fs::remove_dir_all(&tmp);
-            return Err(io(dir)(e));
-        }
-        if let Some(parent) = dir.parent() {
-            peft::sync_dir(parent);
-        }
-        if old.exists() {
-            std::fs::remove_dir_all(&old).map_err(io(&old))?;
-        }
-        Ok(())
-    }
-
-    /// The files of a checkpoint, written into `tmp` (created).
-    fn write_checkpoint_files(&self, tmp: &Path) -> Result<()> {
-        std::fs::create_dir_all(tmp).map_err(io(tmp))?;
-        peft::write_adapter(tmp, &self.peft())?;
-        let moments: Vec<(String, HostTensor)> = self
-            .names
-            .iter()
-            .zip(&self.shapes)
-            .zip(self.opt.exp_avg.iter().zip(&self.opt.exp_avg_sq))
-            .flat_map(|((n, s), (m, v))| {
-                [
-                    (format!("{n}.exp_avg"), HostTensor { shape: s.to_vec(), data: m.clone() }),
-                    (format!("{n}.exp_avg_sq"), HostTensor { shape: s.to_vec(), data: v.clone() }),
-                ]
-            })
-            .collect();
-        peft::write_tensors(&tmp.join("optimizer.safetensors"), &moments)?;
-        let mut data = String::new();
-        for (split, items) in [("agent", &self.pools[0].items), ("general", &self.pools[1].items), ("eval", &self.eval)] {
-            for s in items {
-                let line = match s {
-                    Source::Memory(t) => json!({"split": split, "record": **t}),
-                    Source::Line { file, offset, len, line } => json!({"split": split, "file": file.as_path(), "offset": offset, "len": len, "line": line}),
-                };
-                data.push_str(&line.to_string());
-                data.push('\n');
-            }
-        }
-        crate::formats::hf::write_atomic(&tmp.join("data.jsonl"), |f| std::io::Write::write_all(f, data.as_bytes()))?;
-        let state = json!({
-            "format": "agentlm-trainer",
-            "version": 1,
-            "optimizer_step": self.opt.step,
-            "position": self.position(),
-            "config": self.config.to_json(),
-            "parameters": self.parameter_count(),
-        });
-        let state = serde_json::to_string_pretty(&state).expect("JSON value serializes");
-        crate::formats::hf::write_atomic(&tmp.join("trainer_state.json"), |f| std::io::Write::write_all(f, state.as_bytes()))?;
-        peft::sync_dir(tmp);
-        Ok(())
-    }
-
-    /// A trainer continuing from a [`Trainer::checkpoint`] directory (or its `.old` copy when a crash
-    /// interrupted the swap). The model must be the one it was trained on (same shape).
-    ///
-    /// # Errors
-    /// Missing or malformed checkpoint files ([`Error::State`], [`Error::Format`]); a model of another shape.
-    pub fn resume(model: &Model, dir: impl AsRef<Path>) -> Result<Trainer> {
-        let mut dir = dir.as_ref().to_path_buf();
-        if !dir.join("trainer_state.json").exists() && sibling(&dir, ".old").join("trainer_state.json").exists() {
-            dir = sibling(&dir, ".old");
-        }
-        let state_path = dir.join("trainer_state.json");
-        let text = std::fs::read_to_string(&state_path).map_err(|source| Error::Io { path: state_path.clone(), source })?;
-        let bad = |m: String| Error::State(format!("{}: {m}", state_path.display()));
-        let state: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("bad JSON: {e}")))?;
-        if state["format"] != "agentlm-trainer" || state["version"] != 1 {
-            return Err(bad("not an agentlm trainer checkpoint of version 1".into()));
-        }
-        let config = TrainConfig::from_json(&state["config"], &state_path)?;
-        let files = peft::read_adapter(&dir)?;
-        let start = Adapter::from_peft(model, &files)?;
-        // The adapter's own configuration (written by the same checkpoint) sets the LoRA shape.
-        let mut t = Trainer::new(model, config, Some(&start))?;
-        let moments = peft::read_tensors(&dir.join("optimizer.safetensors"))?;
-        for (i, n) in t.names.iter().enumerate() {
-            let get = |suffix: &str| {
-                moments
-                    .get(&format!("{n}.{suffix}"))
-                    .filter(|m| m.data.len() == t.params[i].len())
-                    .map(|m| m.data.clone())
-                    .ok_or_else(|| bad(format!("optimizer state for {n} is missing or mis-shaped")))
-            };
-            t.opt.exp_avg[i] = get("exp_avg")?;
-            t.opt.exp_avg_sq[i] = get("exp_avg_sq")?;
-        }
-        t.opt.step = state["optimizer_step"].as_u64().ok_or_else(|| bad("\"optimizer_step\" is missing".into()))?;
-        let data_path = dir.join("data.jsonl");
-        let data = std::fs::read_to_string(&data_path).map_err(|source| Error::Io { path: data_path.clone(), source })?;
-        for (i, line) in data.lines().enumerate() {
-            let bad_line = |m: String| Error::State(format!("{}:{}: {m}", data_path.display(), i + 1));
-            let v: serde_json::Value = serde_json::from_str(line).map_err(|e| bad_line(e.to_string()))?;
-            let src = if let Some(r) = v.get("record") {
-                Source::Memory(Arc::new(serde_json::from_value(r.clone()).map_err(|e| bad_line(e.to_string()))?))
-            } else {
-                let field = |k: &str| v[k].as_u64().ok_or_else(|| bad_line(format!("\"{k}\" is missing")));
-                let file = v["file"].as_str().ok_or_else(|| bad_line("\"file\" is missing".into()))?;
-                Source::Line { file: Arc::new(PathBuf::from(file)), offset: field("offset")?, len: field("len")? as u32, line: field("line")? as usize }
-            };
-            match v["split"].as_str() {
-                Some("agent") => t.pools[0].items.push(src),
-                Some("general") => t.pools[1].items.push(src),
-                Some("eval") => t.eval.push(src),
-                other => return Err(bad_line(format!("unknown split {other:?}"))),
-            }
-        }
-        let pos: Position = serde_json::from_value(state["position"].clone()).map_err(|e| bad(format!("position: {e}")))?;
-        if pos.pools.iter().zip(&t.pools).any(|(p, pool)| p.2 > pool.items.len() || p.1 > p.2) {
-            return Err(bad("the data position does not fit the saved data".into()));
-        }
-        t.set_position(&pos);
-        Ok(t)
-    }
-}
-
-/// Maps an I/O error to [`Error::Io`] naming `path`.
-fn io(path: &Path) -> impl FnOnce(std::io::Error) -> Error {
-    let path = path.to_path_buf();
-    move |source| Error::Io { path, source }
-}
-
-fn sibling(dir: &Path, suffix: &str) -> PathBuf {
-    let mut s = dir.as_os_str().to_os_string();
-    s.push(suffix);
-    PathBuf::from(s)
 }
 
 #[cfg(test)]

@@ -4,14 +4,12 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use crate::config::LlamaConfig;
-use crate::engine::Backend;
-use crate::adapter::Adapter;
+use crate::engine::{self, Backend};
 use crate::error::{Error, Result};
 use crate::formats::gguf::{GgufFile, GgufWeights};
 use crate::formats::hf::HfModelDir;
 use crate::formats::FormatError;
 use crate::model::{Llama, Precision};
-use crate::session::Session;
 use crate::template::{ChatTemplate, Message};
 use crate::tokenizer::Tokenizer;
 
@@ -175,27 +173,6 @@ impl Model {
         })
     }
 
-    /// A new conversation with a KV cache for `capacity` positions (default and maximum: the context length).
-    ///
-    /// # Panics
-    /// When the cache does not fit in the memory the system says is available ([`Model::try_session`]
-    /// returns that as an error instead).
-    pub fn session(&self, capacity: Option<usize>) -> Session {
-        self.try_session(capacity).unwrap_or_else(|e| panic!("{e}"))
-    }
-
-    /// [`Model::session`], failing with [`Error::InvalidArgument`] instead of allocating a KV cache
-    /// larger than the memory the system says is available (Linux: `MemAvailable`, within the
-    /// cgroup's limit; elsewhere only arithmetic overflow is caught).
-    ///
-    /// # Errors
-    /// The cache for `capacity` positions does not fit.
-    pub fn try_session(&self, capacity: Option<usize>) -> Result<Session> {
-        let capacity = capacity.unwrap_or(self.inner.context).clamp(1, self.inner.context);
-        ensure_fits(self.kv_cache_bytes(capacity), || format!("a KV cache of {capacity} positions"))?;
-        Ok(Session::new(self.clone(), capacity))
-    }
-
     /// Bytes of one session's KV cache for `capacity` positions (f32 keys and values of every layer);
     /// `None` if that overflows.
     pub fn kv_cache_bytes(&self, capacity: usize) -> Option<usize> {
@@ -297,50 +274,13 @@ impl Model {
         &self.llama
     }
 
-    /// A model with `adapter` merged into its weights at `scale`: the adapter's outputs at the base
-    /// model's speed. It shares the tokenizer, template and thread pool with `self`; the targeted
-    /// weights are new (memory: one more copy of those matrices).
-    ///
-    /// # Errors
-    /// [`Error::InvalidArgument`] when the adapter belongs to a model of another shape or device.
-    pub fn merged(&self, adapter: &Adapter, scale: f32) -> Result<Model> {
-        adapter.check_model(self)?;
-        let llama = self.compute(|| self.llama.merged(adapter.weights(), scale));
-        Ok(Model { inner: self.inner.clone(), llama: Arc::new(llama) })
+    /// This model's tokenizer, template, pool and paths with other weights (a merged adapter).
+    pub(super) fn with_llama(&self, llama: Llama) -> Model {
+        Model { inner: self.inner.clone(), llama: Arc::new(llama) }
     }
 }
 
-/// Memory this process may still allocate, as far as the system says: Linux's `MemAvailable`, bounded
-/// by the cgroup (v2) limit less its usage. `None` where unknown.
-pub(crate) fn available_memory() -> Option<u64> {
-    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
-    let kib: u64 = meminfo.lines().find_map(|l| l.strip_prefix("MemAvailable:"))?.split_whitespace().next()?.parse().ok()?;
-    let mut avail = kib.saturating_mul(1024);
-    let read = |f: &str| std::fs::read_to_string(format!("/sys/fs/cgroup/{f}")).ok().and_then(|s| s.trim().parse::<u64>().ok());
-    if let (Some(max), Some(cur)) = (read("memory.max"), read("memory.current")) {
-        avail = avail.min(max.saturating_sub(cur));
-    }
-    Some(avail)
-}
-
-/// The peak resident set of this process in bytes (Linux's `VmHWM`); `None` where unknown.
-pub(crate) fn peak_rss() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let kib: u64 = status.lines().find_map(|l| l.strip_prefix("VmHWM:"))?.split_whitespace().next()?.parse().ok()?;
-    Some(kib.saturating_mul(1024))
-}
-
-/// Fails with a clear error when `bytes` overflowed or exceed [`available_memory`].
+/// [`engine::memory::fits`] as the crate's error ([`Error::InvalidArgument`]).
 pub(crate) fn ensure_fits(bytes: Option<usize>, what: impl FnOnce() -> String) -> Result<()> {
-    let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
-    match (bytes, available_memory()) {
-        (None, _) => Err(Error::InvalidArgument(format!("{} would need more memory than can be addressed", what()))),
-        (Some(b), Some(avail)) if b as u64 > avail => Err(Error::InvalidArgument(format!(
-            "{} needs {:.2} GiB, more than the {:.2} GiB of memory available",
-            what(),
-            gib(b as u64),
-            gib(avail)
-        ))),
-        _ => Ok(()),
-    }
+    engine::memory::fits(bytes, what).map_err(Error::InvalidArgument)
 }

@@ -5,15 +5,18 @@
 //! [`crate::Session::set_adapter`]. Files are Hugging Face PEFT's (`adapter_config.json`,
 //! `adapter_model.safetensors`), so adapters move both ways between this library and Python.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
 use crate::config::LlamaConfig;
 use crate::engine::Device;
 use crate::error::{Error, Result};
-use crate::formats::peft::{self, LoraConfig, PeftAdapter};
-use crate::model::LoraWeights;
-use crate::runtime::Model;
+use crate::formats::peft::{self, tensor_name, LoraConfig, PeftAdapter, TARGETS};
+use crate::formats::HostTensor;
+use crate::generate::Rng;
+use crate::model::{lora::linear_shape, LoraWeights};
+use super::model::Model;
 
 struct Inner {
     config: LoraConfig,
@@ -64,7 +67,7 @@ impl Adapter {
     /// # Errors
     /// An invalid configuration ([`Error::InvalidArgument`]).
     pub fn new_initialized(model: &Model, config: &LoraConfig, seed: u64) -> Result<Adapter> {
-        let files = PeftAdapter { config: config.clone(), tensors: crate::train::init_lora(model.config(), config, seed)? };
+        let files = PeftAdapter { config: config.clone(), tensors: init_lora(model.config(), config, seed)? };
         Self::from_peft(model, &files)
     }
 
@@ -112,3 +115,36 @@ impl Adapter {
         Ok(())
     }
 }
+
+impl Model {
+    /// A model with `adapter` merged into its weights at `scale`: the adapter's outputs at the base
+    /// model's speed. It shares the tokenizer, template and thread pool with `self`; the targeted
+    /// weights are new (memory: one more copy of those matrices).
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when the adapter belongs to a model of another shape or device.
+    pub fn merged(&self, adapter: &Adapter, scale: f32) -> Result<Model> {
+        adapter.check_model(self)?;
+        let llama = self.compute(|| self.llama().merged(adapter.weights(), scale));
+        Ok(self.with_llama(llama))
+    }
+}
+
+/// PEFT's initialisation: `A` Kaiming-uniform with `a = √5` (uniform in ±1/√in), `B` zero.
+pub(crate) fn init_lora(model: &LlamaConfig, lora: &LoraConfig, seed: u64) -> Result<BTreeMap<String, HostTensor>> {
+    let mut lora = lora.clone();
+    lora.validate().map_err(Error::InvalidArgument)?;
+    let mut rng = Rng::new(seed);
+    let mut out = BTreeMap::new();
+    for l in 0..model.num_hidden_layers {
+        for m in TARGETS.iter().filter(|m| lora.targets(m)) {
+            let (o, i) = linear_shape(model, m);
+            let bound = 1.0 / (i as f64).sqrt();
+            let a = (0..lora.r * i).map(|_| ((rng.next_f64() * 2.0 - 1.0) * bound) as f32).collect();
+            out.insert(tensor_name(l, m, true), HostTensor { shape: vec![lora.r, i], data: a });
+            out.insert(tensor_name(l, m, false), HostTensor { shape: vec![o, lora.r], data: vec![0.0; o * lora.r] });
+        }
+    }
+    Ok(out)
+}
+
