@@ -9,72 +9,13 @@ use super::agentlm_status::*;
 use super::log::{with_sink, LogSink};
 use super::registry::{self, Kind, Tracked, Users};
 use super::log::with_state;
+use super::types::{agentlm_action_format, agentlm_chat_template};
 use super::util::{boundary, opt_out, read_params, str_arg, strs_arg, write_out, Fail, SendPtr};
 use super::{agentlm_error, agentlm_model, agentlm_status, agentlm_str};
 use crate::agent::{ActionFormat, Agent, AgentConfig, AgentStep, StepKind, Tool};
 use crate::generate::{CancelToken, SamplingParams};
 use crate::template::BuiltinTemplate;
 
-/// Action formats (`agentlm_agent_params.format`).
-#[repr(i32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum agentlm_action_format {
-    /// ALFWorld: `THOUGHT: ...` / `ACTION: go to countertop 1`.
-    AGENTLM_FORMAT_ALFWORLD = 0,
-    /// AgentBench OS: `Act: bash` + fenced code, `Act: finish`, `Act: answer(...)`.
-    AGENTLM_FORMAT_OS = 1,
-    /// AgentBench DB: `Action: Operation` + fenced SQL, `Action: Answer` + `Final Answer:`.
-    AGENTLM_FORMAT_DB = 2,
-    /// WebShop: `Action: search[...]` / `click[...]`.
-    AGENTLM_FORMAT_WEBSHOP = 3,
-    /// Knowledge graph: `Action: get_relations(...)`, `Final Answer: #id`.
-    AGENTLM_FORMAT_KG = 4,
-    /// Mind2Web: `Answer:` / `Action:` / `Value:`.
-    AGENTLM_FORMAT_MIND2WEB = 5,
-    /// Classic ReAct: `Thought:` / `Action: tool[input]` / `Final Answer:`.
-    AGENTLM_FORMAT_REACT = 6,
-    /// JSON tool calls.
-    AGENTLM_FORMAT_JSON = 7,
-}
-
-/// Chat templates (`agentlm_agent_params.chat_template`).
-#[repr(i32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum agentlm_chat_template {
-    /// The model's own (Jinja) template.
-    AGENTLM_TEMPLATE_MODEL = 0,
-    /// Llama-2-chat with AgentLM's system prompt.
-    AGENTLM_TEMPLATE_LLAMA2 = 1,
-    /// Llama-2-chat without a default system prompt.
-    AGENTLM_TEMPLATE_LLAMA2_NO_SYSTEM = 2,
-    /// ChatML.
-    AGENTLM_TEMPLATE_CHATML = 3,
-    /// Agent-FLAN.
-    AGENTLM_TEMPLATE_AGENT_FLAN = 4,
-}
-
-/// What a step produced (`agentlm_agent_step.kind`).
-#[repr(i32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum agentlm_step_kind {
-    /// An action: `tool` and `input` are set. Unless the tool has a callback (which then ran, see
-    /// `observation`), submit the observation with `agentlm_agent_submit_observation`.
-    AGENTLM_STEP_ACTION = 1,
-    /// The final answer (`answer`); the episode is over.
-    AGENTLM_STEP_FINAL = 2,
-    /// Not a valid action (`answer` holds the reason); the format's feedback was added as the
-    /// observation, so step again.
-    AGENTLM_STEP_INVALID = 3,
-    /// The frame budget ran out mid-reply: call `agentlm_agent_step` again.
-    AGENTLM_STEP_PENDING = 4,
-    /// `max_steps` replies were generated; the episode is over.
-    AGENTLM_STEP_LIMIT = 5,
-    /// Cancelled mid-reply; the next step starts the reply over.
-    AGENTLM_STEP_CANCELLED = 6,
-    /// The same action was asked for `repeat_limit` times in a row; the episode is over and the action
-    /// was not run.
-    AGENTLM_STEP_REPEAT_LIMIT = 7,
-}
 
 /// Parameters of [`agentlm_agent_new`]. Initialise with [`agentlm_agent_params_default`].
 #[repr(C)]
@@ -240,21 +181,8 @@ pub extern "C" fn agentlm_agent_params_default() -> agentlm_agent_params {
 }
 
 fn config(p: &agentlm_agent_params) -> Result<AgentConfig, Fail> {
-    let bad = |what: &str, v: i32| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("unknown {what} {v}"));
-    let names = ["alfworld", "os", "db", "webshop", "kg", "mind2web", "react", "json"];
-    let format = usize::try_from(p.format)
-        .ok()
-        .and_then(|i| names.get(i))
-        .and_then(|n| ActionFormat::from_name(n))
-        .ok_or_else(|| bad("format", p.format))?;
-    let template = match p.chat_template {
-        0 => None,
-        1 => Some(BuiltinTemplate::Llama2 { default_system: true }),
-        2 => Some(BuiltinTemplate::Llama2 { default_system: false }),
-        3 => Some(BuiltinTemplate::ChatMl),
-        4 => Some(BuiltinTemplate::AgentFlan),
-        v => return Err(bad("chat_template", v)),
-    };
+    let format = ActionFormat::from(agentlm_action_format::try_from(p.format)?);
+    let template = Option::<BuiltinTemplate>::from(agentlm_chat_template::try_from(p.chat_template)?);
     if p.max_steps == 0 || p.max_tokens_per_step == 0 {
         return Err(Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, "max_steps and max_tokens_per_step must be positive"));
     }
@@ -395,7 +323,7 @@ fn set(buf: &mut Vec<u8>, s: &str) -> agentlm_str {
 /// Reports step `s` in `*out`, running the action's tool callback (if it has one) and submitting its
 /// observation first.
 fn report(st: &mut AgentState, s: AgentStep, out: *mut agentlm_agent_step_result) -> Result<agentlm_status, Fail> {
-    use agentlm_step_kind::*;
+    use super::agentlm_step_kind::*;
     let (kind, tool, input, answer, repeated) = match &s.kind {
         StepKind::Action { tool, input, repeated } => (AGENTLM_STEP_ACTION, tool.as_str(), input.as_str(), "", *repeated),
         StepKind::Final { answer } => (AGENTLM_STEP_FINAL, "", "", answer.as_str(), false),

@@ -20,6 +20,7 @@ mod handles;
 mod log;
 mod registry;
 mod train;
+mod types;
 mod util;
 
 use std::ffi::{c_char, c_void};
@@ -32,6 +33,9 @@ use crate::template::Message;
 use crate::Backend;
 
 pub use agent::*;
+pub use types::*;
+use types::{finish_code, status_string};
+use agentlm_status::*;
 pub use train::*;
 pub use handles::{agentlm_model, agentlm_session};
 use handles::{lock, SessionState};
@@ -56,161 +60,12 @@ pub const AGENTLM_TOKENIZE_ADD_BOS: u32 = 1;
 /// ids. Without it they are tokenized as plain text (safe for untrusted text).
 pub const AGENTLM_TOKENIZE_PARSE_SPECIAL: u32 = 2;
 
-/// Result of every fallible call: `0` success, `> 0` flow control, `< 0` error. Numbers are never reused.
-#[repr(i32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum agentlm_status {
-    /// Success.
-    AGENTLM_STATUS_OK = 0,
-    /// A generation has ended ([`agentlm_session_next_token`]); see the finish reason.
-    AGENTLM_STATUS_DONE = 1,
-    /// The token callback asked to stop.
-    AGENTLM_STATUS_STOPPED = 2,
-    /// The session was cancelled with [`agentlm_session_cancel`]; its state is consistent.
-    AGENTLM_STATUS_CANCELLED = 3,
-    /// The caller's buffer is too small; the needed size was stored in the size out-parameter.
-    AGENTLM_STATUS_BUFFER_TOO_SMALL = 4,
-    /// An argument is out of range or the call is not allowed in the handle's current state.
-    AGENTLM_STATUS_INVALID_ARGUMENT = -1,
-    /// A required pointer was NULL.
-    AGENTLM_STATUS_NULL_POINTER = -2,
-    /// A string argument is not valid UTF-8.
-    AGENTLM_STATUS_INVALID_UTF8 = -3,
-    /// A parameter struct's `struct_size` is not one this library knows.
-    AGENTLM_STATUS_STRUCT_SIZE = -4,
-    /// A file could not be read or written.
-    AGENTLM_STATUS_IO = -5,
-    /// A model file is malformed (truncated, bad magic, lying offsets, bad header, ...).
-    AGENTLM_STATUS_FORMAT = -6,
-    /// Valid input this build does not support (architecture, tensor type, backend not compiled in).
-    AGENTLM_STATUS_UNSUPPORTED = -7,
-    /// The compute backend failed (no device, readback failure).
-    AGENTLM_STATUS_BACKEND = -8,
-    /// The tokenizer could not be built or failed.
-    AGENTLM_STATUS_TOKENIZER = -9,
-    /// The chat template could not be compiled or rendered.
-    AGENTLM_STATUS_TEMPLATE = -10,
-    /// The model's weights or configuration are inconsistent.
-    AGENTLM_STATUS_MODEL = -11,
-    /// Saved session state is malformed or belongs to another model.
-    AGENTLM_STATUS_STATE = -12,
-    /// The progress callback aborted loading.
-    AGENTLM_STATUS_ABORTED = -13,
-    /// Another call is running on this session (only `agentlm_session_cancel` may overlap).
-    AGENTLM_STATUS_BUSY = -14,
-    /// The session's context is full.
-    AGENTLM_STATUS_CONTEXT_FULL = -15,
-    /// A handle argument is not a live handle of its type: already freed, never returned by this
-    /// library, or a handle of another type. Detected before the pointer is read (see `docs/c-api.md`
-    /// for the one case that cannot be told apart: an address reused by a new handle of the same type).
-    AGENTLM_STATUS_INVALID_HANDLE = -16,
-    /// A bug: the library panicked. The handle involved stays usable but its state may be reset.
-    AGENTLM_STATUS_PANIC = -99,
-}
 
-use agentlm_status::*;
 
-/// Compute backends (values of `agentlm_model_params.backend`).
-#[repr(i32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum agentlm_backend {
-    /// The CPU (always compiled in by default builds).
-    AGENTLM_BACKEND_CPU = 0,
-    /// wgpu: Vulkan, Metal, DX12 (cargo feature `wgpu`).
-    AGENTLM_BACKEND_WGPU = 1,
-    /// NVIDIA CUDA (cargo feature `cuda`).
-    AGENTLM_BACKEND_CUDA = 2,
-}
 
-/// Forward-pass numerics (values of `agentlm_model_params.precision`).
-#[repr(i32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum agentlm_precision {
-    /// Block-quantized kernels for a quantized GGUF file on the CPU, exact f32 otherwise.
-    AGENTLM_PRECISION_AUTO = 0,
-    /// Weights dequantized to f32 at load (Hugging Face parity).
-    AGENTLM_PRECISION_EXACT = 1,
-    /// CPU and GGUF only: weights kept in block form, 8-bit activations (llama.cpp's numerics).
-    AGENTLM_PRECISION_QUANTIZED = 2,
-}
 
-impl agentlm_precision {
-    fn from_i32(v: i32) -> Result<crate::Precision, Fail> {
-        match v {
-            0 => Ok(crate::Precision::Auto),
-            1 => Ok(crate::Precision::Exact),
-            2 => Ok(crate::Precision::Quantized),
-            _ => Err(Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("unknown precision {v}"))),
-        }
-    }
-}
 
-impl agentlm_backend {
-    fn from_i32(v: i32) -> Result<Backend, Fail> {
-        match v {
-            0 => Ok(Backend::Cpu),
-            1 => Ok(Backend::Wgpu),
-            2 => Ok(Backend::Cuda),
-            _ => Err(Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("unknown backend {v}"))),
-        }
-    }
-    fn to_i32(b: Backend) -> i32 {
-        match b {
-            Backend::Cpu => 0,
-            Backend::Wgpu => 1,
-            Backend::Cuda => 2,
-        }
-    }
-}
 
-/// Why a generation ended (`agentlm_generation.finish_reason`, `agentlm_token.finish_reason`).
-#[repr(i32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum agentlm_finish_reason {
-    /// Not finished.
-    AGENTLM_FINISH_NONE = 0,
-    /// The model produced an end-of-sequence token.
-    AGENTLM_FINISH_EOS = 1,
-    /// A stop string appeared (`stop_index` says which); it is not part of the output.
-    AGENTLM_FINISH_STOP = 2,
-    /// `max_tokens` were generated.
-    AGENTLM_FINISH_LENGTH = 3,
-    /// The token callback returned false, or the generation was ended early.
-    AGENTLM_FINISH_CALLBACK = 4,
-    /// [`agentlm_session_cancel`] was called.
-    AGENTLM_FINISH_CANCELLED = 5,
-    /// The session's context is full.
-    AGENTLM_FINISH_CONTEXT_FULL = 6,
-}
-
-fn finish_code(r: FinishReason) -> (i32, i32) {
-    use agentlm_finish_reason::*;
-    let (code, stop) = match r {
-        FinishReason::Eos => (AGENTLM_FINISH_EOS, -1),
-        FinishReason::Stop(i) => (AGENTLM_FINISH_STOP, i as i32),
-        FinishReason::Length => (AGENTLM_FINISH_LENGTH, -1),
-        FinishReason::Callback => (AGENTLM_FINISH_CALLBACK, -1),
-        FinishReason::Cancelled => (AGENTLM_FINISH_CANCELLED, -1),
-        FinishReason::ContextFull => (AGENTLM_FINISH_CONTEXT_FULL, -1),
-    };
-    (code as i32, stop)
-}
-
-/// Log levels (values passed to an [`agentlm_log_fn`] and of `agentlm_model_params.log_level`).
-#[repr(i32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum agentlm_log_level {
-    /// Errors only.
-    AGENTLM_LOG_ERROR = 1,
-    /// Warnings and errors.
-    AGENTLM_LOG_WARN = 2,
-    /// Informational messages (model loaded, ...).
-    AGENTLM_LOG_INFO = 3,
-    /// Debugging detail.
-    AGENTLM_LOG_DEBUG = 4,
-    /// Everything.
-    AGENTLM_LOG_TRACE = 5,
-}
 
 /// An error: a status and a message. Created by the library, freed by the caller with
 /// [`agentlm_error_free`] (a second free is detected and ignored). Safe to read from any thread.
@@ -387,7 +242,7 @@ pub extern "C" fn agentlm_abi_version() -> u32 {
 /// Thread-safe.
 #[no_mangle]
 pub extern "C" fn agentlm_status_string(status: i32) -> *const c_char {
-    util::status_string(status).as_ptr().cast()
+    status_string(status).as_ptr()
 }
 
 /// The error's message: NUL-terminated UTF-8, owned by the error, valid until [`agentlm_error_free`].
@@ -425,7 +280,7 @@ pub unsafe extern "C" fn agentlm_error_free(error: *mut agentlm_error) {
 /// Whether `backend` (an `agentlm_backend` value) is compiled into this library. Thread-safe.
 #[no_mangle]
 pub extern "C" fn agentlm_backend_is_compiled(backend: i32) -> bool {
-    agentlm_backend::from_i32(backend).is_ok_and(Backend::is_compiled)
+    agentlm_backend::try_from(backend).is_ok_and(|b| Backend::from(b).is_compiled())
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -470,8 +325,8 @@ pub unsafe extern "C" fn agentlm_model_load(
         let path = unsafe { str_arg(path, path_len, "path") }?;
         let p = unsafe { read_params(params, agentlm_model_params_default()) }?;
         let out = opt_out(out, "out")?;
-        let backend = agentlm_backend::from_i32(p.backend)?;
-        let precision = agentlm_precision::from_i32(p.precision)?;
+        let backend = Backend::from(agentlm_backend::try_from(p.backend)?);
+        let precision = crate::Precision::from(agentlm_precision::try_from(p.precision)?);
         let log = LogSink::new(p.log, p.log_user_data, p.log_level)?;
         let progress = p.progress.map(|f| {
             let user = util::SendPtr(p.progress_user_data);
@@ -548,7 +403,7 @@ pub unsafe extern "C" fn agentlm_model_has_chat_template(model: *const agentlm_m
 /// The `agentlm_backend` the model runs on; -1 for NULL or a pointer that is not a live model.
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_model_backend(model: *const agentlm_model) -> i32 {
-    model_query(model, -1, |m| agentlm_backend::to_i32(m.model.backend()))
+    model_query(model, -1, |m| agentlm_backend::from(m.model.backend()) as i32)
 }
 
 /// Tokenizes `text_len` bytes of UTF-8 at `text` (`AGENTLM_TOKENIZE_*` flags) into `ids` (room for

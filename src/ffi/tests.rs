@@ -43,6 +43,28 @@ fn every_status_has_its_own_description() {
     assert_eq!(unsafe { CStr::from_ptr(agentlm_status_string(12345)) }.to_str().unwrap(), "unknown status");
 }
 
+/// Each C enum takes exactly its declared numbers from a host, and refuses others naming the enum.
+#[test]
+fn c_enums_take_their_numbers_and_refuse_others() {
+    fn check<T: TryFrom<i32, Error = crate::Error> + std::fmt::Debug>(valid: std::ops::RangeInclusive<i32>, what: &str) {
+        for v in valid.clone() {
+            assert!(T::try_from(v).is_ok(), "{what} {v}");
+        }
+        for v in [*valid.start() - 1, *valid.end() + 1, i32::MAX] {
+            let e = T::try_from(v).unwrap_err();
+            assert!(matches!(&e, crate::Error::InvalidArgument(m) if m == &format!("unknown {what} {v}")), "{what} {v}: {e}");
+        }
+    }
+    check::<agentlm_backend>(0..=2, "backend");
+    check::<agentlm_precision>(0..=2, "precision");
+    check::<agentlm_action_format>(0..=7, "format");
+    check::<agentlm_chat_template>(0..=4, "chat_template");
+    check::<agentlm_data_kind>(0..=2, "data kind");
+    assert_eq!(crate::Backend::from(agentlm_backend::try_from(2).unwrap()), crate::Backend::Cuda);
+    assert_eq!(agentlm_backend::from(crate::Backend::Wgpu) as i32, 1);
+    assert_eq!(crate::Precision::from(agentlm_precision::try_from(2).unwrap()), crate::Precision::Quantized);
+}
+
 #[test]
 fn load_rejects_bad_arguments_with_errors() {
     let _serial = serial();

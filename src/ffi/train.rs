@@ -11,6 +11,7 @@ use super::handles::{agentlm_model, agentlm_session, lock};
 use super::log::{with_sink, LogSink};
 use super::registry::{self, pin_opt, Kind, Tracked, Users};
 use super::log::with_state;
+use super::types::agentlm_data_kind;
 use super::util::{boundary, catch_or, opt_out, read_params, str_arg, write_out, Fail};
 use super::{agentlm_error, agentlm_status};
 use crate::runtime::Adapter;
@@ -56,17 +57,6 @@ pub const AGENTLM_LORA_DOWN_PROJ: u32 = 64;
 /// Every Llama linear (the default).
 pub const AGENTLM_LORA_ALL: u32 = 127;
 
-/// Which data set a record goes to.
-#[repr(i32)]
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum agentlm_data_kind {
-    /// Agent trajectories (drawn with probability `agent_ratio`).
-    AGENTLM_DATA_AGENT = 0,
-    /// General chat (drawn with probability 1 − `agent_ratio`).
-    AGENTLM_DATA_GENERAL = 1,
-    /// Held-out examples for [`agentlm_trainer_evaluate`] (no reward filter).
-    AGENTLM_DATA_EVAL = 2,
-}
 
 /// Parameters of [`agentlm_trainer_new`]. Initialise with [`agentlm_trainer_params_default`].
 #[repr(C)]
@@ -374,12 +364,7 @@ pub unsafe extern "C" fn agentlm_trainer_free(trainer: *mut agentlm_trainer) {
 }
 
 fn kind(k: i32) -> Result<Option<DataKind>, Fail> {
-    match k {
-        0 => Ok(Some(DataKind::Agent)),
-        1 => Ok(Some(DataKind::General)),
-        2 => Ok(None),
-        _ => Err(Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("data kind {k} is not an agentlm_data_kind"))),
-    }
+    Ok(Option::<DataKind>::from(agentlm_data_kind::try_from(k).map_err(|_| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("data kind {k} is not an agentlm_data_kind")))?))
 }
 
 /// Adds one JSON record (AgentInstruct `conversations`, ShareGPT, or Agent-FLAN `conversation`

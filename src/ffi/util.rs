@@ -61,35 +61,6 @@ fn format_status(f: &FormatError) -> agentlm_status {
     }
 }
 
-/// Static description of a status code.
-pub(crate) fn status_string(status: i32) -> &'static str {
-    match status {
-        0 => "ok\0",
-        1 => "done\0",
-        2 => "stopped by the callback\0",
-        3 => "cancelled\0",
-        4 => "buffer too small\0",
-        -1 => "invalid argument\0",
-        -2 => "null pointer\0",
-        -3 => "invalid UTF-8\0",
-        -4 => "unknown struct_size\0",
-        -5 => "I/O error\0",
-        -6 => "malformed model file\0",
-        -7 => "unsupported\0",
-        -8 => "backend error\0",
-        -9 => "tokenizer error\0",
-        -10 => "chat template error\0",
-        -11 => "model error\0",
-        -12 => "invalid session state\0",
-        -13 => "aborted by the progress callback\0",
-        -14 => "session busy\0",
-        -15 => "context full\0",
-        -16 => "invalid handle\0",
-        -99 => "internal panic\0",
-        _ => "unknown status\0",
-    }
-}
-
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
     p.downcast_ref::<&str>()
         .map(|s| s.to_string())
