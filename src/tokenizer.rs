@@ -217,6 +217,9 @@ impl GgufVocab {
 /// Llama 3's pre-tokenizer split regex (llama.cpp `llama-bpe`).
 const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
+/// Token ids and each one's byte range in the text ([`Tokenizer::encode_with_offsets`]).
+pub type Encoded = (Vec<u32>, Vec<(usize, usize)>);
+
 /// A tokenizer plus the model's special-token conventions. `Send + Sync`, cheap to share by reference.
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -302,7 +305,7 @@ impl Tokenizer {
     }
 
     /// [`Tokenizer::encode`] plus each token's byte range in `text` (`(0, 0)` for an added BOS).
-    pub fn encode_with_offsets(&self, text: &str, add_bos: bool) -> Result<(Vec<u32>, Vec<(usize, usize)>), TokenizerError> {
+    pub fn encode_with_offsets(&self, text: &str, add_bos: bool) -> Result<Encoded, TokenizerError> {
         // `encode` (not `encode_fast`) computes offsets; they are byte offsets into `text`.
         let enc = self.inner.encode(text, false).map_err(lib)?;
         let mut offsets = enc.get_offsets().to_vec();

@@ -104,7 +104,7 @@ fn agenttuning_style_requests_match_the_generate_example() {
     let (st, v, body) = post(a, "/generate", &json!({"inputs": PROMPT, "parameters": {"max_new_tokens": 24, "do_sample": false, "truncate": 3500, "details": true}}));
     assert_eq!(st, 200, "{body}");
     assert_eq!(v["generated_text"].as_str().unwrap(), generate_cli(PROMPT, 24));
-    assert_eq!(v["details"]["generated_tokens"].as_u64().unwrap() > 0, true);
+    assert!(v["details"]["generated_tokens"].as_u64().unwrap() > 0);
     // Stop at the first newline.
     let (st, v, body) = post(a, "/generate", &json!({"inputs": PROMPT, "parameters": {"max_new_tokens": 64, "stop_sequences": ["\n"], "details": true}}));
     assert_eq!(st, 200, "{body}");

@@ -117,7 +117,7 @@ impl Trajectory {
             segments.push(Segment { text: reply[..cut].to_string(), train: self.conversations[i].loss == Some(true) });
             done = format!("{prompt}{}", &reply[..cut]);
         }
-        let all = template.render(&msgs, false)?;
+        let all = template.render(msgs, false)?;
         match all.strip_prefix(done.as_str()) {
             Some(rest) if !rest.is_empty() => segments.push(Segment { text: rest.to_string(), train: false }),
             Some(_) => {}

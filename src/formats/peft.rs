@@ -153,7 +153,7 @@ impl LoraConfig {
             use_rslora: truthy("use_rslora"),
             base_model: obj.get("base_model_name_or_path").and_then(Value::as_str).map(str::to_string),
         };
-        config.validate().map_err(|e| invalid(e))?;
+        config.validate().map_err(invalid)?;
         Ok(config)
     }
 

@@ -29,6 +29,10 @@ pub(crate) struct HostLayer {
     pub(super) down: QMatrix,
 }
 
+/// The weights in f32, Hugging Face layout: embedding, per layer `[attn_norm, q, k, v, o, mlp_norm,
+/// gate, up, down]`, final norm, LM head (untied models).
+pub(crate) type DenseWeights = (Vec<f32>, Vec<[Vec<f32>; 9]>, Vec<f32>, Option<Vec<f32>>);
+
 /// Block-quantized weights of a whole model, on the host.
 pub(crate) struct HostWeights {
     /// `[vocab, hidden]`.
@@ -126,7 +130,7 @@ fn matrix(w: &GgufWeights, name: &str, out: usize, inp: usize, n_head: Option<us
         None => m,
         Some(n) => {
             let per = out / n;
-            if n == 0 || out % n != 0 || per % 2 != 0 {
+            if n == 0 || !out.is_multiple_of(n) || !per.is_multiple_of(2) {
                 return Err(tensor_err(w, name, format!("{out} rows do not split into {n} heads of rotary pairs")));
             }
             // Hugging Face row h*per + j*per/2 + i is GGUF row h*per + 2i + j.
@@ -218,7 +222,7 @@ impl HostWeights {
 
     /// The weights in f32 as Hugging Face lays them out (`[out, in]`), for building the exact path:
     /// (embed, per layer [attn_norm, q, k, v, o, mlp_norm, gate, up, down], norm, lm_head).
-    pub(crate) fn dequantized(&self) -> (Vec<f32>, Vec<[Vec<f32>; 9]>, Vec<f32>, Option<Vec<f32>>) {
+    pub(crate) fn dequantized(&self) -> DenseWeights {
         let layers = self
             .layers
             .iter()
@@ -253,6 +257,7 @@ impl HostWeights {
     /// writes the logits of the last position (`all`: of every position, row-major) into `logits`
     /// (resized; no allocation once it has the room). Callers have checked the token ids and the
     /// capacity.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) fn forward(
         &self,
         c: &LlamaConfig,

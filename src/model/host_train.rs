@@ -618,7 +618,7 @@ impl HostWeights {
     /// One layer's backward pass: `dx` holds the output gradient on entry and the input gradient on
     /// return.
     #[allow(clippy::too_many_arguments)]
-    fn layer_backward(&self, c: &LlamaConfig, bw: &HostBackward, l: usize, pass: &TrainPass, acts: &LayerActs, w: &mut Work, dx: &mut Vec<f32>) -> LayerGrads {
+    fn layer_backward(&self, c: &LlamaConfig, bw: &HostBackward, l: usize, pass: &TrainPass, acts: &LayerActs, w: &mut Work, dx: &mut [f32]) -> LayerGrads {
         let (h, nh, nkv, hd, inter) = (c.hidden_size, c.num_attention_heads, c.num_key_value_heads, c.head_dim, c.intermediate_size);
         let t = acts.x.len() / h;
         let (q_w, kv_w) = (nh * hd, nkv * hd);

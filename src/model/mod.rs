@@ -209,13 +209,13 @@ fn check_config(c: &LlamaConfig) -> Result<(), ModelError> {
     if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
         return Err(ModelError::Config(format!("{name} is 0")));
     }
-    if c.num_attention_heads % c.num_key_value_heads != 0 {
+    if !c.num_attention_heads.is_multiple_of(c.num_key_value_heads) {
         return Err(ModelError::Config(format!(
             "num_attention_heads {} is not a multiple of num_key_value_heads {}",
             c.num_attention_heads, c.num_key_value_heads
         )));
     }
-    if c.head_dim % 2 != 0 {
+    if !c.head_dim.is_multiple_of(2) {
         return Err(ModelError::Config(format!("head_dim {} is odd", c.head_dim)));
     }
     if !(c.rms_norm_eps.is_finite() && c.rms_norm_eps > 0.0 && c.rope_theta.is_finite() && c.rope_theta > 0.0) {

@@ -90,6 +90,8 @@ impl Model {
     fn detokenize(&self, ids: &[u32]) -> agentlm::Result<String> {
         Ok(self.0.tokenizer().decode(ids, true)?)
     }
+    // `&Vec`: the bridge's signature for a `rust::Vec` argument (cxx has no slice of shared structs).
+    #[allow(clippy::ptr_arg)]
     fn apply_chat_template(&self, messages: &Vec<ffi::ChatMessage>) -> agentlm::Result<String> {
         let m: Vec<Message> = messages.iter().map(|m| Message::new(m.role.as_str(), m.content.as_str())).collect();
         self.0.apply_chat_template(&m)
@@ -106,6 +108,8 @@ impl Session {
     fn append_untrusted_text(&mut self, text: &str) -> agentlm::Result<()> {
         self.0.append_untrusted_text(text)
     }
+    // `&Vec`: as in `apply_chat_template`.
+    #[allow(clippy::ptr_arg)]
     fn sync_chat(&mut self, messages: &Vec<ffi::ChatMessage>) -> agentlm::Result<()> {
         let m: Vec<Message> = messages.iter().map(|m| Message::new(m.role.as_str(), m.content.as_str())).collect();
         let model = self.0.model().clone();

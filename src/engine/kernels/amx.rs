@@ -843,7 +843,7 @@ pub fn tile_product(a: &TilesA, a_row0: usize, m: usize, a_k0: usize, b: &TilesB
         return;
     }
     let ks = k.div_ceil(TK);
-    assert!(a_row0 % (2 * TR) == 0 && a_k0 % TK == 0, "tile_product: A offsets must be multiples of 32");
+    assert!(a_row0.is_multiple_of(2 * TR) && a_k0.is_multiple_of(TK), "tile_product: A offsets must be multiples of 32");
     assert!(a_row0 + m <= a.rows && a_k0 / TK + ks <= a.ks, "tile_product: A too small");
     assert!(n <= b.cols && ks <= b.ks, "tile_product: B too small");
     assert!((m - 1) * dst_rs + n <= dst.len(), "tile_product: destination too small");

@@ -669,7 +669,8 @@ impl QActs {
         self.sum.resize(rows * cols / QK, 0.0);
         // Rows in parallel for a prefill-sized input; each block as ggml's scalar code computes it
         // (compiled for AVX2 where available, with the same rounding).
-        let per_row = |((xr, qr), (dr, sr)): ((&[f32], &mut [i8]), (&mut [f32], &mut [f32]))| {
+        type Row<'a> = ((&'a [f32], &'a mut [i8]), (&'a mut [f32], &'a mut [f32]));
+        let per_row = |((xr, qr), (dr, sr)): Row| {
             #[cfg(target_arch = "x86_64")]
             if Isa::detected() == Isa::Avx512Vnni {
                 // SAFETY: AVX-512 F and BW were detected (part of `Isa::Avx512Vnni`).

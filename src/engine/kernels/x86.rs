@@ -180,7 +180,7 @@ unsafe fn q4_gemv<S: Scale, const R: usize>(qs: &[u8], d: &[S], m: &[S], x: &Act
     while b + 2 <= nb {
         let xv = _mm512_loadu_si512(x.qz.as_ptr().add(b * QK) as *const __m512i);
         let xd = _mm_castpd_ps(_mm_load_sd(x.d.as_ptr().add(b) as *const f64));
-        for r in 0..R {
+        for (r, acc) in acc.iter_mut().enumerate() {
             let blk = r * nb + b;
             let raw = _mm256_loadu_si256(qs.as_ptr().add(blk * 16) as *const __m256i);
             let lo = _mm256_and_si256(raw, mask);
@@ -189,7 +189,7 @@ unsafe fn q4_gemv<S: Scale, const R: usize>(qs: &[u8], d: &[S], m: &[S], x: &Act
             let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xv);
             let wd = S::pair(d.as_ptr().add(blk));
             let scale = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_mul_ps(wd, xd)));
-            acc[r] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, acc[r]);
+            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, *acc);
         }
         b += 2;
     }
