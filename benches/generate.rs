@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use agentlm::{LoadOptions, Model, Precision};
 
-
 /// 128 prompt tokens: a fixed English paragraph, tokenized, cut or repeated to length.
 fn prompt(model: &Model, n: usize) -> Vec<u32> {
     let text = "The robot walked through the kitchen, checked the fridge for milk, and then went to the \

@@ -30,7 +30,8 @@ fn bench(c: &mut Criterion) {
     for threads in [1, 2] {
         let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
         for isa in Isa::available() {
-            for (label, w, rows) in [("q4_1_up_matvec", &up, 1), ("q4_1_down_matvec", &down, 1), ("q8_0_head_matvec", &embed, 1), ("q4_1_up_128rows", &up, 128)] {
+            for (label, w, rows) in [("q4_1_up_matvec", &up, 1), ("q4_1_down_matvec", &down, 1), ("q8_0_head_matvec", &embed, 1), ("q4_1_up_128rows", &up, 128)]
+            {
                 if isa == Isa::Scalar && rows > 1 {
                     continue;
                 }

@@ -55,7 +55,10 @@ fn bench(c: &mut Criterion) {
     let path_str = path.to_str().unwrap();
     let (mut m, mut h) = (std::ptr::null_mut(), std::ptr::null_mut());
     unsafe {
-        assert_eq!(agentlm_model_load(path_str.as_ptr().cast(), path_str.len(), std::ptr::null(), &mut m, std::ptr::null_mut()), agentlm_status::AGENTLM_STATUS_OK);
+        assert_eq!(
+            agentlm_model_load(path_str.as_ptr().cast(), path_str.len(), std::ptr::null(), &mut m, std::ptr::null_mut()),
+            agentlm_status::AGENTLM_STATUS_OK
+        );
         assert_eq!(agentlm_session_new(m, std::ptr::null(), &mut h, std::ptr::null_mut()), agentlm_status::AGENTLM_STATUS_OK);
         assert_eq!(agentlm_session_append_tokens(h, ids.as_ptr(), n, std::ptr::null_mut()), agentlm_status::AGENTLM_STATUS_OK);
     }
@@ -71,10 +74,14 @@ fn bench(c: &mut Criterion) {
     }
 
     // One ReAct step of a fresh agent.
-    let tools: Vec<Tool> = [("go to", "go to a place, e.g. go to fridge 1"), ("open", "open a place, e.g. open fridge 1"), ("take", "take an object, e.g. take apple 1 from fridge 1")]
-        .iter()
-        .map(|(n, d)| Tool { name: n.to_string(), description: d.to_string(), parameters: serde_json::Value::Null })
-        .collect();
+    let tools: Vec<Tool> = [
+        ("go to", "go to a place, e.g. go to fridge 1"),
+        ("open", "open a place, e.g. open fridge 1"),
+        ("take", "take an object, e.g. take apple 1 from fridge 1"),
+    ]
+    .iter()
+    .map(|(n, d)| Tool { name: n.to_string(), description: d.to_string(), parameters: serde_json::Value::Null })
+    .collect();
     let config = AgentConfig { format: ActionFormat::Alfworld, constrained: true, max_tokens_per_step: 32, ..AgentConfig::default() };
     g.sample_size(10).measurement_time(Duration::from_secs(15));
     g.bench_function("react_step", |b| {
@@ -119,10 +126,18 @@ fn constrained_decode(c: &mut Criterion, model: &Model) {
     }
     let valued = compile(&reply_grammar(ActionFormat::Alfworld, &tools, &values, 16).unwrap().lark);
     let json_tools = vec![
-        Tool { name: "move".into(), description: String::new(), parameters: serde_json::json!({"type": "object", "properties": {
+        Tool {
+            name: "move".into(),
+            description: String::new(),
+            parameters: serde_json::json!({"type": "object", "properties": {
             "direction": {"type": "string", "enum": ["north", "south", "east", "west"]}, "steps": {"type": "integer", "minimum": 1, "maximum": 9}},
-            "required": ["direction", "steps"]}) },
-        Tool { name: "say".into(), description: String::new(), parameters: serde_json::json!({"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}) },
+            "required": ["direction", "steps"]}),
+        },
+        Tool {
+            name: "say".into(),
+            description: String::new(),
+            parameters: serde_json::json!({"type": "object", "properties": {"text": {"type": "string"}}, "required": ["text"]}),
+        },
     ];
     let json = compile(&reply_grammar(ActionFormat::Json, &json_tools, &ValueSets::new(), 16).unwrap().lark);
     let prompt = model

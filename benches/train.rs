@@ -12,7 +12,6 @@ use std::time::Duration;
 use agentlm::train::{DataKind, TrainConfig, Trainer};
 use agentlm::{LoadOptions, Model};
 
-
 /// A ReAct-style episode long enough to fill `tokens` tokens, loss on the agent's replies.
 fn episode(turns: usize) -> String {
     let mut conv = vec![serde_json::json!({"from": "human", "value": "Interact with a household to solve a task. \
@@ -35,11 +34,12 @@ fn bench(c: &mut Criterion) {
         let mut trainer = Trainer::new(&model, config, None).expect("trainer");
         trainer.add_json(&episode(40), DataKind::Agent).expect("data");
         let mut n = 0;
-        trainer.run(1, None, |r| {
-            n = r.tokens;
-            true
-        })
-        .expect("warm-up step");
+        trainer
+            .run(1, None, |r| {
+                n = r.tokens;
+                true
+            })
+            .expect("warm-up step");
         assert_eq!(n, tokens, "the episode fills the token limit");
         g.throughput(Throughput::Elements(tokens as u64));
         g.bench_function(format!("train_step_{tokens}"), |b| b.iter(|| trainer.run(1, None, |_| true).expect("step").steps));

@@ -44,7 +44,8 @@ fn tools() -> Vec<Tool> {
 
 /// (request, tool, input) for positive example `i` of a split.
 fn positive(i: usize, held: bool) -> (String, &'static str, String) {
-    let (places, things, objects) = if held { (&HELD_PLACES[..], &HELD_THINGS[..], &HELD_OBJECTS[..]) } else { (&TRAIN_PLACES[..], &TRAIN_THINGS[..], &TRAIN_OBJECTS[..]) };
+    let (places, things, objects) =
+        if held { (&HELD_PLACES[..], &HELD_THINGS[..], &HELD_OBJECTS[..]) } else { (&TRAIN_PLACES[..], &TRAIN_THINGS[..], &TRAIN_OBJECTS[..]) };
     let k = i / 4;
     match i % 4 {
         0 => (format!("Go to the {}.", places[k % places.len()]), "go_to", places[k % places.len()].to_string()),

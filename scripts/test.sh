@@ -53,6 +53,9 @@ golden_pid=$!
 stage none build cargo build --locked --examples
 # The layering of docs/architecture.md: no import looks up a floor, no cycle of files.
 stage plain module-graph python3 scripts/module-graph.py
+# Habits: rustfmt.toml's style, clippy without warnings (allowances are written beside the code).
+stage plain fmt bash -c 'cargo fmt --check && echo "fmt: 1 passed, 0 failed"'
+stage plain clippy bash -c 'cargo clippy --locked --all-targets -- -D warnings && echo "clippy: 1 passed, 0 failed"'
 wait "$golden_pid" || { golden_pid=""; echo "error: scripts/golden/make.sh failed" >&2; exit 1; }
 golden_pid=""
 AGENTLM_GOLDEN="$(tail -n 1 "$logs/golden.out")"

@@ -8,12 +8,7 @@ pub enum RopeScaling {
     /// `{"rope_type": "linear", "factor": f}`: positions divided by `factor`.
     Linear { factor: f32 },
     /// `{"rope_type": "llama3", ...}` (Llama 3.1+).
-    Llama3 {
-        factor: f32,
-        low_freq_factor: f32,
-        high_freq_factor: f32,
-        original_max_position_embeddings: usize,
-    },
+    Llama3 { factor: f32, low_freq_factor: f32, high_freq_factor: f32, original_max_position_embeddings: usize },
 }
 
 /// Hyper-parameters of a Llama decoder (`LlamaForCausalLM`).

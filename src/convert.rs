@@ -75,8 +75,7 @@ pub fn gguf_to_hf_dir_with_layers(gguf: &Path, out_dir: &Path, keep_layers: Opti
         "model_max_length": config.max_position_embeddings,
         "tokenizer_class": "PreTrainedTokenizerFast",
     });
-    let tokenizer_config = serde_json::to_string_pretty(&tokenizer_config)
-        .map_err(|e| crate::Error::InvalidArgument(format!("tokenizer_config.json: {e}")))?;
+    let tokenizer_config = serde_json::to_string_pretty(&tokenizer_config).map_err(|e| crate::Error::InvalidArgument(format!("tokenizer_config.json: {e}")))?;
     hf::write_hf_dir(out_dir, &config, &mut tensors, &tokenizer.to_hf_json()?, &tokenizer_config, None)?;
     Ok(())
 }

@@ -9,25 +9,25 @@
 pub mod agent;
 pub mod config;
 pub mod engine;
+mod error;
 pub mod formats;
 pub mod generate;
 pub mod model;
+pub mod runtime;
 pub mod template;
 pub mod tokenizer;
-mod error;
-pub mod runtime;
 pub mod train;
 
 pub use config::LlamaConfig;
-pub use formats::peft::LoraConfig;
-pub use train::{DataKind, TrainConfig, Trainer};
 pub use engine::Backend;
 pub use error::{Error, Result};
+pub use formats::peft::LoraConfig;
 pub use generate::{CancelToken, SamplingParams};
 pub use model::Precision;
 pub use runtime::{Adapter, FinishReason, GenerateParams, Generation, LoadOptions, Model, ModelFormat, Session, Step};
 pub use template::{BuiltinTemplate, ChatTemplate, Message};
 pub use tokenizer::Tokenizer;
+pub use train::{DataKind, TrainConfig, Trainer};
 pub mod convert;
 pub mod ffi;
 #[cfg(test)]

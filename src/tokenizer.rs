@@ -77,12 +77,8 @@ impl GgufVocab {
             model: get("model").and_then(GgufValue::as_str).ok_or_else(|| bad("model"))?.to_string(),
             pre: get("pre").and_then(GgufValue::as_str).map(str::to_string),
             tokens: strings("tokens")?.ok_or_else(|| bad("tokens"))?,
-            scores: arr("scores")
-                .map(|a| a.iter().map(|v| v.as_f64().map(|f| f as f32).ok_or_else(|| bad("scores"))).collect())
-                .transpose()?,
-            token_types: arr("token_type")
-                .map(|a| a.iter().map(|v| v.as_i64().map(|i| i as i32).ok_or_else(|| bad("token_type"))).collect())
-                .transpose()?,
+            scores: arr("scores").map(|a| a.iter().map(|v| v.as_f64().map(|f| f as f32).ok_or_else(|| bad("scores"))).collect()).transpose()?,
+            token_types: arr("token_type").map(|a| a.iter().map(|v| v.as_i64().map(|i| i as i32).ok_or_else(|| bad("token_type"))).collect()).transpose()?,
             merges: strings("merges")?,
             bos_id: id("bos_token_id"),
             eos_id: id("eos_token_id"),
@@ -137,9 +133,7 @@ impl GgufVocab {
             .as_ref()
             .ok_or_else(|| TokenizerError::Invalid("gpt2 tokenizer without tokenizer.ggml.merges".into()))?
             .iter()
-            .map(|m| {
-                m.split_once(' ').map(|(a, b)| json!([a, b])).ok_or_else(|| TokenizerError::Invalid(format!("merge {m:?} has no space")))
-            })
+            .map(|m| m.split_once(' ').map(|(a, b)| json!([a, b])).ok_or_else(|| TokenizerError::Invalid(format!("merge {m:?} has no space"))))
             .collect::<Result<_, _>>()?;
         let byte_level = json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true});
         let pre = match self.pre.as_deref().unwrap_or("default") {
@@ -192,11 +186,8 @@ impl GgufVocab {
             normalizers.push(json!({"type": "Prepend", "prepend": "\u{2581}"}));
         }
         normalizers.push(json!({"type": "Replace", "pattern": {"String": " "}, "content": "\u{2581}"}));
-        let mut decoders = vec![
-            json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}),
-            json!({"type": "ByteFallback"}),
-            json!({"type": "Fuse"}),
-        ];
+        let mut decoders =
+            vec![json!({"type": "Replace", "pattern": {"String": "\u{2581}"}, "content": " "}), json!({"type": "ByteFallback"}), json!({"type": "Fuse"})];
         if add_prefix {
             decoders.push(json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
         }
@@ -271,8 +262,7 @@ impl Tokenizer {
     /// adds it (as transformers does).
     pub fn from_hf_files(tokenizer_json: &Path, tokenizer_config_json: Option<&Path>) -> Result<Self, TokenizerError> {
         let read = |p: &Path| std::fs::read_to_string(p).map_err(|source| TokenizerError::Io { path: p.display().to_string(), source });
-        let doc: Value = serde_json::from_str(&read(tokenizer_json)?)
-            .map_err(|e| TokenizerError::Invalid(format!("{}: {e}", tokenizer_json.display())))?;
+        let doc: Value = serde_json::from_str(&read(tokenizer_json)?).map_err(|e| TokenizerError::Invalid(format!("{}: {e}", tokenizer_json.display())))?;
         let config: Value = match tokenizer_config_json {
             Some(p) => serde_json::from_str(&read(p)?).map_err(|e| TokenizerError::Invalid(format!("{}: {e}", p.display())))?,
             None => Value::Null,

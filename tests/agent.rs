@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::OnceLock;
 
-use agentlm::agent::{Agent, AgentConfig, ActionFormat, StepKind, Tool};
+use agentlm::agent::{ActionFormat, Agent, AgentConfig, StepKind, Tool};
 use agentlm::{LoadOptions, Model};
 
 fn model() -> &'static Model {
@@ -53,7 +53,11 @@ impl House {
                 Some(p) => {
                     let (name, objs) = (p.0.clone(), p.1.join(", "));
                     self.at = name.clone();
-                    if objs.is_empty() { format!("On the {name}, you see nothing.") } else { format!("On the {name}, you see {objs}.") }
+                    if objs.is_empty() {
+                        format!("On the {name}, you see nothing.")
+                    } else {
+                        format!("On the {name}, you see {objs}.")
+                    }
                 }
                 None => nothing,
             },
@@ -101,8 +105,7 @@ fn tools() -> Vec<Tool> {
 
 fn agent(constrained: bool, max_steps: usize) -> Agent {
     // These tests look at whole runs of replies: no repeat guard.
-    let config =
-        AgentConfig { format: ActionFormat::Alfworld, constrained, max_steps, max_tokens_per_step: 48, repeat_limit: 0, ..AgentConfig::default() };
+    let config = AgentConfig { format: ActionFormat::Alfworld, constrained, max_steps, max_tokens_per_step: 48, repeat_limit: 0, ..AgentConfig::default() };
     Agent::new(model(), config, INSTRUCTIONS, TASK, tools()).expect("agent")
 }
 
@@ -336,8 +339,7 @@ fn demonstrations_verdicts_and_examples() {
     assert!(matches!(s.kind, StepKind::Invalid { .. }), "{s:?}");
     assert_eq!((teacher.actions(), teacher.accepted_actions()), (3, 2));
     let json = serde_json::to_value(teacher.trajectory()).unwrap();
-    let verdicts: Vec<Option<bool>> =
-        json["conversations"].as_array().unwrap().iter().skip(4).step_by(2).map(|t| t["accepted"].as_bool()).collect();
+    let verdicts: Vec<Option<bool>> = json["conversations"].as_array().unwrap().iter().skip(4).step_by(2).map(|t| t["accepted"].as_bool()).collect();
     assert_eq!(verdicts, [Some(true), Some(true), Some(false), Some(false)]);
     assert!(json["conversations"][3]["loss"] == true && json["conversations"][0].get("accepted").is_none());
 
@@ -409,8 +411,7 @@ fn record_filter_train_evaluate() {
     let failed = short.run(&mut Corridor { at: 1, goal: 5, rooms: 5 }, false, 0).unwrap();
     assert!(!failed.solved && failed.trajectory.reward == Some(0.0) && failed.accepted == failed.actions, "{failed:?}");
 
-    let mut trainer =
-        agentlm::Trainer::new(model(), agentlm::TrainConfig { max_tokens: 384, learning_rate: 1e-3, ..Default::default() }, None).unwrap();
+    let mut trainer = agentlm::Trainer::new(model(), agentlm::TrainConfig { max_tokens: 384, learning_rate: 1e-3, ..Default::default() }, None).unwrap();
     assert!(trainer.add_trajectory(demo.trajectory.clone(), agentlm::DataKind::Agent).unwrap(), "reward 1 is kept");
     assert!(!trainer.add_trajectory(failed.trajectory.clone(), agentlm::DataKind::Agent).unwrap(), "reward 0 is not");
     trainer.run(1, None, |_| true).unwrap();
@@ -444,10 +445,14 @@ fn constrained_replies_are_valid_in_every_format() {
             ActionFormat::Os => vec![tool("bash", serde_json::Value::Null)],
             ActionFormat::Db => vec![tool("sql", serde_json::Value::Null)],
             ActionFormat::WebShop => vec![tool("search", serde_json::Value::Null), tool("click", colour.clone())],
-            ActionFormat::Kg => vec![tool("get_relations", json!({"type": "string", "pattern": "^(#[0-9]|m\\.[a-z0-9]+)$"})), tool("count", serde_json::Value::Null)],
+            ActionFormat::Kg => {
+                vec![tool("get_relations", json!({"type": "string", "pattern": "^(#[0-9]|m\\.[a-z0-9]+)$"})), tool("count", serde_json::Value::Null)]
+            }
             ActionFormat::Mind2Web => vec![tool("CLICK", serde_json::Value::Null), tool("TYPE", colour.clone())],
             ActionFormat::React => vec![tool("paint", colour.clone()), tool("calculator", serde_json::Value::Null)],
-            ActionFormat::Json => vec![tool("move", move_schema.clone()), tool("paint", json!({"type": "object", "properties": {"colour": colour}, "required": ["colour"]}))],
+            ActionFormat::Json => {
+                vec![tool("move", move_schema.clone()), tool("paint", json!({"type": "object", "properties": {"colour": colour}, "required": ["colour"]}))]
+            }
         };
         for seed in [None, Some(7u64)] {
             let mut config = AgentConfig { format, constrained: true, max_steps: 2, max_tokens_per_step: 24, repeat_limit: 0, ..AgentConfig::default() };
@@ -496,7 +501,8 @@ fn constrained_replies_are_valid_in_every_format() {
 /// Host value sets narrow a tool's input from the next reply on, and are checked when set.
 #[test]
 fn tool_values_narrow_inputs_between_steps() {
-    let config = AgentConfig { format: ActionFormat::Alfworld, constrained: true, max_steps: 4, max_tokens_per_step: 24, repeat_limit: 0, ..AgentConfig::default() };
+    let config =
+        AgentConfig { format: ActionFormat::Alfworld, constrained: true, max_steps: 4, max_tokens_per_step: 24, repeat_limit: 0, ..AgentConfig::default() };
     let mut a = Agent::new(model(), config, INSTRUCTIONS, TASK, vec![tool("go to", serde_json::Value::Null)]).unwrap();
     let sets = [vec!["drawer 7".to_string(), "shelf 9".to_string()], vec!["garage 4".to_string()]];
     for (i, set) in sets.iter().enumerate() {

@@ -66,8 +66,7 @@ fn llama2_rendering_and_loss_masks() {
         assert!(joined.starts_with("[INST] <<SYS>>\nYou are a helpful, respectful and honest assistant.\n<</SYS>>\n\nInteract with a household"));
         // One trained segment per `loss: true` turn, exactly " {reply} </s>".
         let trained: Vec<&str> = segments.iter().filter(|s| s.train).map(|s| s.text.as_str()).collect();
-        let want: Vec<String> =
-            t.conversations.iter().filter(|c| c.loss == Some(true)).map(|c| format!(" {} </s>", c.value)).collect();
+        let want: Vec<String> = t.conversations.iter().filter(|c| c.loss == Some(true)).map(|c| format!(" {} </s>", c.value)).collect();
         assert_eq!(trained, want, "{:?}", t.id);
 
         let tt = t.tokenize(template, tok, None).unwrap();

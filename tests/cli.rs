@@ -26,8 +26,20 @@ fn json_output_matches_golden_greedy_tokens() {
     let p = golden["prompts"].as_array().unwrap().iter().find(|p| p["name"] == "chat_capital").unwrap();
     let user = p["messages"][0]["content"].as_str().unwrap();
     let (ok, stdout, stderr) = run(&[
-        "--model", model.to_str().unwrap(), "--prompt", user, "--chat", "--max-tokens", "48", "--greedy", "--ignore-eos",
-        "--backend", "cpu", "--precision", "exact", "--json",
+        "--model",
+        model.to_str().unwrap(),
+        "--prompt",
+        user,
+        "--chat",
+        "--max-tokens",
+        "48",
+        "--greedy",
+        "--ignore-eos",
+        "--backend",
+        "cpu",
+        "--precision",
+        "exact",
+        "--json",
     ]);
     assert!(ok, "{stderr}");
     let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
@@ -48,11 +60,27 @@ fn sampling_flags_stop_and_prompt_file() {
     let pf = dir.path().join("prompt.txt");
     std::fs::write(&pf, "Once upon a time, in a small village nestled between two mountains, there lived a").unwrap();
     let args = |seed: &str| {
-        vec!["--model", m, "--prompt-file", pf.to_str().unwrap(), "--temperature", "0.8", "--top-k", "40", "--top-p", "0.9", "--seed", seed,
-             "--max-tokens", "16", "--ignore-eos", "--json"]
-            .into_iter()
-            .map(String::from)
-            .collect::<Vec<_>>()
+        vec![
+            "--model",
+            m,
+            "--prompt-file",
+            pf.to_str().unwrap(),
+            "--temperature",
+            "0.8",
+            "--top-k",
+            "40",
+            "--top-p",
+            "0.9",
+            "--seed",
+            seed,
+            "--max-tokens",
+            "16",
+            "--ignore-eos",
+            "--json",
+        ]
+        .into_iter()
+        .map(String::from)
+        .collect::<Vec<_>>()
     };
     let go = |a: Vec<String>| {
         let refs: Vec<&str> = a.iter().map(String::as_str).collect();

@@ -185,10 +185,7 @@ fn sibling(dir: &Path, suffix: &str) -> PathBuf {
 /// Runs this test binary again as a child in `role` (see [`fault_child`]).
 fn child(role: &str, work: &Path) -> Command {
     let mut c = Command::new(std::env::current_exe().unwrap());
-    c.args(["fault_child", "--exact", "--nocapture", "--test-threads", "1"])
-        .env(CHILD_ENV, role)
-        .env(DIR_ENV, work)
-        .env("RAYON_NUM_THREADS", "1");
+    c.args(["fault_child", "--exact", "--nocapture", "--test-threads", "1"]).env(CHILD_ENV, role).env(DIR_ENV, work).env("RAYON_NUM_THREADS", "1");
     c
 }
 
@@ -510,12 +507,7 @@ fn a_full_tmpfs_fails_the_save_and_keeps_the_previous_files() {
     let work = work.path();
     let mnt = work.join("mnt");
     std::fs::create_dir(&mnt).unwrap();
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
-        .arg(&mnt)
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success());
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"]).arg(&mnt).stderr(Stdio::null()).status().is_ok_and(|s| s.success());
     if !mounted {
         eprintln!("cannot mount a tmpfs here (not root?): the disk-full case runs under `ulimit -f` only");
         return;
@@ -631,10 +623,7 @@ fn a_loaded_model_survives_its_file_being_overwritten_and_truncated() {
     std::fs::copy(common::model_path(), &copy).unwrap();
     let len = std::fs::metadata(&copy).unwrap().len();
     let exact = LoadOptions { precision: agentlm::Precision::Exact, ..LoadOptions::default() };
-    let models = [
-        ("quantized", Model::load(&copy, &LoadOptions::default()).unwrap()),
-        ("exact", Model::load(&copy, &exact).unwrap()),
-    ];
+    let models = [("quantized", Model::load(&copy, &LoadOptions::default()).unwrap()), ("exact", Model::load(&copy, &exact).unwrap())];
     assert_eq!(models[0].1.precision(), agentlm::Precision::Quantized);
     let before: Vec<Vec<u32>> = models.iter().map(|(_, m)| greedy(m)).collect();
     // Overwrite every byte in place (a mapping of the file would see the zeros), then truncate (a

@@ -10,13 +10,10 @@ use std::path::Path;
 
 use common::Rng;
 
-
 fn seeds(target: &str) -> Vec<Vec<u8>> {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus").join(target);
-    let mut out: Vec<Vec<u8>> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| std::fs::read(e.unwrap().path()).unwrap())
-        .collect();
+    let mut out: Vec<Vec<u8>> =
+        std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())).map(|e| std::fs::read(e.unwrap().path()).unwrap()).collect();
     out.sort();
     assert!(!out.is_empty(), "no seeds for {target}");
     out
@@ -32,8 +29,7 @@ fn mutate(seed: &[u8], other: &[u8], rng: &mut Rng) -> Vec<u8> {
                 v[i] ^= 1 << rng.below(8);
             }
             2 => {
-                const INTERESTING: [&[u8]; 8] =
-                    [&[0xff; 8], &[0; 8], &[0x7f, 0xff, 0xff, 0xff], b"{", b"\"", b"\n", b"ACTION:", &[0x80, 0, 0, 0, 0, 0, 0, 0]];
+                const INTERESTING: [&[u8]; 8] = [&[0xff; 8], &[0; 8], &[0x7f, 0xff, 0xff, 0xff], b"{", b"\"", b"\n", b"ACTION:", &[0x80, 0, 0, 0, 0, 0, 0, 0]];
                 let i = rng.below(v.len() + 1);
                 let ins = INTERESTING[rng.below(INTERESTING.len())];
                 v.splice(i..i, ins.iter().copied());

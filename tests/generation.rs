@@ -75,8 +75,7 @@ fn stop_string_ends_generation_and_is_not_emitted() {
 
 #[test]
 fn eos_ends_generation_unless_ignored() {
-    let prompt =
-        model().apply_chat_template(&[Message::new("user", "What is the capital of France? Answer in one sentence.")]).unwrap();
+    let prompt = model().apply_chat_template(&[Message::new("user", "What is the capital of France? Answer in one sentence.")]).unwrap();
     let (out, _) = run(&prompt, &GenerateParams { max_tokens: 64, ..Default::default() });
     assert_eq!(out.finish, FinishReason::Eos);
     assert!(model().tokenizer().eos_ids().contains(out.ids.last().unwrap()));

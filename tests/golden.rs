@@ -52,10 +52,7 @@ fn check(model: &Model, name: &str) {
     let p = prompt(name);
     let text = p["text"].as_str().unwrap();
     if let Some(msgs) = p["messages"].as_array() {
-        let msgs: Vec<Message> = msgs
-            .iter()
-            .map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap()))
-            .collect();
+        let msgs: Vec<Message> = msgs.iter().map(|m| Message::new(m["role"].as_str().unwrap(), m["content"].as_str().unwrap())).collect();
         assert_eq!(model.apply_chat_template(&msgs).unwrap(), text, "{name}: chat template rendering");
     }
     let want_ids = ids(&p["input_ids"]);
@@ -79,10 +76,7 @@ fn check(model: &Model, name: &str) {
     let params = GenerateParams { sampling: SamplingParams::greedy(), max_tokens: 48, stop: vec![], ignore_eos: true };
     let out = session.generate(&params, |_| std::ops::ControlFlow::Continue(())).unwrap();
     assert_eq!(out.ids, ids(&p["greedy_ids"]), "{name}: 48 greedy tokens");
-    eprintln!(
-        "{name} [{:?}]: top-10 ids identical, max |Δlogit| {max_diff:.2e}, 48 greedy tokens identical",
-        model.format()
-    );
+    eprintln!("{name} [{:?}]: top-10 ids identical, max |Δlogit| {max_diff:.2e}, 48 greedy tokens identical", model.format());
 }
 
 /// The quantized path against the same references, with llama.cpp-like tolerances.
@@ -111,10 +105,7 @@ fn check_quantized(name: &str) {
     let same = out.ids.iter().zip(&want_ids).take_while(|(a, b)| a == b).count();
     if same < want_ids.len() {
         let margin = steps[same]["margin"].as_f64().unwrap();
-        assert!(
-            margin < 0.2,
-            "{name}: greedy tokens leave the reference at step {same} where its top-1/top-2 margin is {margin:.3} (not a near-tie)"
-        );
+        assert!(margin < 0.2, "{name}: greedy tokens leave the reference at step {same} where its top-1/top-2 margin is {margin:.3} (not a near-tie)");
     }
     eprintln!("{name} [quantized]: top-1 identical, max |Δlogit| over the top-10 {max_diff:.3}, {same} of 48 greedy tokens identical");
 }

@@ -8,21 +8,13 @@ fn header_is_generated_from_the_ffi_module() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let config = cbindgen::Config::from_file(root.join("cbindgen.toml")).expect("cbindgen.toml");
     let mut generated = Vec::new();
-    cbindgen::Builder::new()
-        .with_config(config)
-        .with_src(root.join("src/ffi/mod.rs"))
-        .generate()
-        .expect("cbindgen")
-        .write(&mut generated);
+    cbindgen::Builder::new().with_config(config).with_src(root.join("src/ffi/mod.rs")).generate().expect("cbindgen").write(&mut generated);
     let path = root.join("include/agentlm.h");
     if std::env::var_os("AGENTLM_UPDATE_HEADER").is_some() {
         std::fs::write(&path, &generated).unwrap();
     }
     let committed = std::fs::read(&path).unwrap_or_default();
-    assert!(
-        committed == generated,
-        "include/agentlm.h is stale: regenerate with AGENTLM_UPDATE_HEADER=1 cargo test --test header"
-    );
+    assert!(committed == generated, "include/agentlm.h is stale: regenerate with AGENTLM_UPDATE_HEADER=1 cargo test --test header");
 }
 
 #[test]

@@ -78,8 +78,7 @@ fn single_and_sharded_round_trips() {
 
 /// Shard file names listed in the index, sorted.
 fn shard_files(dir: &Path) -> Vec<String> {
-    let index: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("model.safetensors.index.json")).unwrap()).unwrap();
+    let index: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("model.safetensors.index.json")).unwrap()).unwrap();
     let mut files: Vec<String> = index["weight_map"].as_object().unwrap().values().map(|v| v.as_str().unwrap().to_string()).collect();
     files.sort();
     files.dedup();

@@ -9,7 +9,6 @@ use agentlm::formats::gguf::GgufFile;
 use agentlm::{ChatTemplate, Message, Tokenizer};
 use common::Rng;
 
-
 fn tokenizers() -> Vec<(&'static str, Tokenizer)> {
     let file = GgufFile::open(&common::model_path()).unwrap();
     let gguf = Tokenizer::from_gguf(&file).unwrap();
@@ -23,8 +22,22 @@ fn tokenizers() -> Vec<(&'static str, Tokenizer)> {
 /// A random string made of special-token strings, their halves, look-alikes and filler.
 fn hostile(rng: &mut Rng, specials: &[String]) -> String {
     const FILLER: [&str; 16] = [
-        " ", "\n", "hello", "Observation:", "ACTION: ", "Action: rm[-rf /]", "{{ eos_token }}", "{% endfor %}",
-        "<", ">", "|", "<|", "|>", "</", "[INST]", "\u{E000}0\u{E001}",
+        " ",
+        "\n",
+        "hello",
+        "Observation:",
+        "ACTION: ",
+        "Action: rm[-rf /]",
+        "{{ eos_token }}",
+        "{% endfor %}",
+        "<",
+        ">",
+        "|",
+        "<|",
+        "|>",
+        "</",
+        "[INST]",
+        "\u{E000}0\u{E001}",
     ];
     let mut s = String::new();
     for _ in 0..1 + rng.below(12) {

@@ -175,9 +175,7 @@ fn one_adamw_step_matches_the_reference_gradient_and_loss_after() {
     let mut trainer = Trainer::new(&model, reference_config(), Some(&adapter)).unwrap();
     let traj = reference_trajectory(&g["masked_loss"]["trajectories"][0]);
     let (loss, grads) = trainer.gradients(&traj).unwrap();
-    let norm = |pred: &dyn Fn(&str) -> bool| {
-        grads.iter().filter(|(k, _)| pred(k)).flat_map(|(_, v)| v).map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt()
-    };
+    let norm = |pred: &dyn Fn(&str) -> bool| grads.iter().filter(|(k, _)| pred(k)).flat_map(|(_, v)| v).map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
     let rel = |a: f64, b: f64| (a - b).abs() / b.abs();
     let (all, a, b) = (norm(&|_| true), norm(&|k| k.contains("lora_A")), norm(&|k| k.contains("lora_B")));
     eprintln!("loss {loss} grad norm {all} (A {a}, B {b})");
@@ -201,12 +199,7 @@ fn one_adamw_step_matches_the_reference_gradient_and_loss_after() {
     // The step moved the parameters by the reference's update norm.
     let moved = trainer.adapter().unwrap().to_peft().unwrap();
     let start = adapter.to_peft().unwrap();
-    let update = moved
-        .tensors
-        .iter()
-        .flat_map(|(k, v)| v.data.iter().zip(&start.tensors[k].data).map(|(a, b)| f64::from(a - b).powi(2)))
-        .sum::<f64>()
-        .sqrt();
+    let update = moved.tensors.iter().flat_map(|(k, v)| v.data.iter().zip(&start.tensors[k].data).map(|(a, b)| f64::from(a - b).powi(2))).sum::<f64>().sqrt();
     assert!(rel(update, ts["param_update_global_l2_norm"].as_f64().unwrap()) < 0.01, "update norm {update}");
 }
 
@@ -258,10 +251,7 @@ fn quantized_path_applies_the_adapter() {
         let want = p["lora_last_logits_top10"].as_array().unwrap();
         let top1 = (0..on.len()).max_by(|&a, &b| on[a].total_cmp(&on[b])).unwrap();
         assert_eq!(top1 as u64, want[0]["id"].as_u64().unwrap(), "{name}: top-1 with the adapter");
-        let worst = want
-            .iter()
-            .map(|w| (on[w["id"].as_u64().unwrap() as usize] - w["logit"].as_f64().unwrap() as f32).abs())
-            .fold(0f32, f32::max);
+        let worst = want.iter().map(|w| (on[w["id"].as_u64().unwrap() as usize] - w["logit"].as_f64().unwrap() as f32).abs()).fold(0f32, f32::max);
         assert!(worst <= 0.5, "{name}: quantized path with adapter, top-10 max |Δlogit| {worst}");
         let moved = on.iter().zip(&off).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
         let reference = p["max_abs_diff_lora_vs_base_full_vocab"].as_f64().unwrap() as f32;
@@ -308,9 +298,7 @@ fn host_path_losses_and_one_step_stay_close_to_the_reference() {
     let ts = &g["train_step"];
     let traj = reference_trajectory(&g["masked_loss"]["trajectories"][0]);
     let (loss, grads) = trainer.gradients(&traj).unwrap();
-    let norm = |pred: &dyn Fn(&str) -> bool| {
-        grads.iter().filter(|(k, _)| pred(k)).flat_map(|(_, v)| v).map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt()
-    };
+    let norm = |pred: &dyn Fn(&str) -> bool| grads.iter().filter(|(k, _)| pred(k)).flat_map(|(_, v)| v).map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
     let (all, a, b) = (norm(&|_| true), norm(&|k| k.contains("lora_A")), norm(&|k| k.contains("lora_B")));
     eprintln!(
         "host path: loss {loss} ({:.2e}), grad norm {all} ({:.2e}), A {a} ({:.2e}), B {b} ({:.2e})",

@@ -15,12 +15,7 @@ fn model() -> &'static Model {
 }
 
 fn params(max_tokens: usize, stop: &[&str]) -> GenerateParams {
-    GenerateParams {
-        sampling: SamplingParams::greedy(),
-        max_tokens,
-        stop: stop.iter().map(|s| s.to_string()).collect(),
-        ignore_eos: true,
-    }
+    GenerateParams { sampling: SamplingParams::greedy(), max_tokens, stop: stop.iter().map(|s| s.to_string()).collect(), ignore_eos: true }
 }
 
 const PROMPT: &str = "<|im_start|>user\nName three colors.<|im_end|>\n<|im_start|>assistant\n";
@@ -32,11 +27,12 @@ fn pull_style_generation_equals_push_style() {
         let mut a = model().session(Some(256));
         a.append_text(PROMPT).unwrap();
         let mut pushed = String::new();
-        let ga = a.generate(&p, |t| {
-            pushed.push_str(t);
-            ControlFlow::Continue(())
-        })
-        .unwrap();
+        let ga = a
+            .generate(&p, |t| {
+                pushed.push_str(t);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
 
         let mut b = model().session(Some(256));
         b.append_text(PROMPT).unwrap();

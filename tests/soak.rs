@@ -35,7 +35,8 @@ struct Script {
 fn script(i: usize) -> Script {
     const TOPICS: [&str; 6] = ["the kitchen", "a drawer", "the weather", "a robot arm", "prime numbers", "a cup of tea"];
     let scale = |k: usize| [None, Some(1.0), Some(2.0)][k % 3];
-    let mut sampling = if i.is_multiple_of(2) { SamplingParams::greedy() } else { SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, ..SamplingParams::default() } };
+    let mut sampling =
+        if i.is_multiple_of(2) { SamplingParams::greedy() } else { SamplingParams { temperature: 0.8, top_k: 40, top_p: 0.95, ..SamplingParams::default() } };
     sampling.seed = i as u64 * 7919;
     Script {
         prompt: format!("<|im_start|>user\nTell me about {} ({i}).<|im_end|>\n<|im_start|>assistant\n", TOPICS[i % TOPICS.len()]),
@@ -63,7 +64,13 @@ enum Run {
 
 /// A short ReAct episode: a constrained ALFWorld agent with three tools, two steps, the adapter
 /// swapped between them; observations are a fixed function of the action.
-fn episode(model: &Model, adapter: &Adapter, sc: &Script, i: usize, publish: &dyn Fn(Option<agentlm::CancelToken>)) -> Result<Vec<Vec<u32>>, (usize, Vec<u32>)> {
+fn episode(
+    model: &Model,
+    adapter: &Adapter,
+    sc: &Script,
+    i: usize,
+    publish: &dyn Fn(Option<agentlm::CancelToken>),
+) -> Result<Vec<Vec<u32>>, (usize, Vec<u32>)> {
     use agentlm::agent::{ActionFormat, Agent, AgentConfig, StepKind, Tool};
     let tools = ["look", "go to", "take"]
         .iter()

@@ -52,7 +52,8 @@ fn start(extra: &[&str]) -> Server {
 fn http(addr: &str, method: &str, path: &str, body: &[u8]) -> (u16, String) {
     let mut s = TcpStream::connect(addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(300))).unwrap();
-    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len()).unwrap();
+    write!(s, "{method} {path} HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len())
+        .unwrap();
     s.write_all(body).unwrap();
     let mut raw = Vec::new();
     s.read_to_end(&mut raw).unwrap();
@@ -93,7 +94,8 @@ fn generate_cli(prompt: &str, max_tokens: usize) -> String {
     v["text"].as_str().unwrap().to_string()
 }
 
-const PROMPT: &str = "<|im_start|>user\nYou are in the middle of a room. Your task is to: put an apple in the fridge.\nWhat do you do first?<|im_end|>\n<|im_start|>assistant\n";
+const PROMPT: &str =
+    "<|im_start|>user\nYou are in the middle of a room. Your task is to: put an apple in the fridge.\nWhat do you do first?<|im_end|>\n<|im_start|>assistant\n";
 
 #[test]
 fn agenttuning_style_requests_match_the_generate_example() {
@@ -101,7 +103,8 @@ fn agenttuning_style_requests_match_the_generate_example() {
     let a = &server.addr;
     assert_eq!(http(a, "GET", "/health", b"").0, 200);
     // Greedy with truncate, as the AgentTuning eval scripts send it.
-    let (st, v, body) = post(a, "/generate", &json!({"inputs": PROMPT, "parameters": {"max_new_tokens": 24, "do_sample": false, "truncate": 3500, "details": true}}));
+    let (st, v, body) =
+        post(a, "/generate", &json!({"inputs": PROMPT, "parameters": {"max_new_tokens": 24, "do_sample": false, "truncate": 3500, "details": true}}));
     assert_eq!(st, 200, "{body}");
     assert_eq!(v["generated_text"].as_str().unwrap(), generate_cli(PROMPT, 24));
     assert!(v["details"]["generated_tokens"].as_u64().unwrap() > 0);

@@ -47,8 +47,10 @@ fn fill(t: &mut Trainer, dir: &std::path::Path) {
     for i in 0..3 {
         assert!(t.add_json(&record(&format!("What is {i} plus {i}?"), &format!("{} .", 2 * i), 1.0), DataKind::General).unwrap());
     }
-    t.add_eval_trajectory(agentlm::train::parse_record(&record("You are in room 9. Go to the door.", "THOUGHT: the door is north.\nACTION: go to door 9", 1.0)).unwrap())
-        .unwrap();
+    t.add_eval_trajectory(
+        agentlm::train::parse_record(&record("You are in room 9. Go to the door.", "THOUGHT: the door is north.\nACTION: go to door 9", 1.0)).unwrap(),
+    )
+    .unwrap();
 }
 
 fn params(t: &Trainer) -> Vec<(String, Vec<f32>)> {
@@ -74,11 +76,12 @@ fn lowers_the_held_out_loss_and_is_reproducible(model: Model) {
     fill(&mut a, dir.path());
     let before = a.evaluate().unwrap().loss;
     let mut reports = Vec::new();
-    let s = a.run(6, None, |r| {
-        reports.push(r.clone());
-        true
-    })
-    .unwrap();
+    let s = a
+        .run(6, None, |r| {
+            reports.push(r.clone());
+            true
+        })
+        .unwrap();
     assert_eq!((s.steps, s.stop), (6, RunStop::Steps));
     let after = a.evaluate().unwrap().loss;
     eprintln!("held-out loss {before:.4} -> {after:.4}; steps: {reports:?}");
@@ -145,13 +148,14 @@ fn cancellation_budgets_and_callbacks_stop_cleanly() {
     assert_eq!((s.steps, s.stop), (1, RunStop::Callback));
     // Cancelled mid-run from another thread: stops at the next example, the step count is consistent.
     let token = t.cancel_token();
-    let s = t.run(100, None, move |r| {
-        if r.step == 2 {
-            token.cancel();
-        }
-        true
-    })
-    .unwrap();
+    let s = t
+        .run(100, None, move |r| {
+            if r.step == 2 {
+                token.cancel();
+            }
+            true
+        })
+        .unwrap();
     assert_eq!((s.steps, s.stop, t.step()), (1, RunStop::Cancelled, 2));
 }
 
@@ -209,7 +213,8 @@ fn a_trained_adapter_hot_swaps_into_a_live_session() {
     let loaded = Adapter::load(&model, dir.path().join("a")).unwrap();
     assert_eq!(loaded.to_peft().unwrap(), trained.to_peft().unwrap());
     // An adapter for a model of another shape is refused.
-    let other = Model::load(common::model_path(), &LoadOptions { max_context: Some(64), precision: agentlm::Precision::Exact, ..LoadOptions::default() }).unwrap();
+    let other =
+        Model::load(common::model_path(), &LoadOptions { max_context: Some(64), precision: agentlm::Precision::Exact, ..LoadOptions::default() }).unwrap();
     assert!(other.session(None).set_adapter(Some((loaded, 1.0))).is_ok(), "same shape: allowed");
 }
 
@@ -274,7 +279,14 @@ fn upcoming_names_the_examples_in_the_order_they_are_drawn() {
     let cfg = TrainConfig { grad_accum: 1, agent_ratio: 1.0, lora: LoraConfig { dropout: 0.0, ..config().lora }, ..config() };
     let mut t = Trainer::new(&model, cfg, None).unwrap();
     let rows: Vec<_> = (0..4)
-        .map(|i| agentlm::train::parse_record(&record(&format!("You are in room {i}. Find the key {i}."), &format!("THOUGHT: look around.\nACTION: open drawer {}", 3 * i + 1), 1.0)).unwrap())
+        .map(|i| {
+            agentlm::train::parse_record(&record(
+                &format!("You are in room {i}. Find the key {i}."),
+                &format!("THOUGHT: look around.\nACTION: open drawer {}", 3 * i + 1),
+                1.0,
+            ))
+            .unwrap()
+        })
         .collect();
     for r in &rows {
         assert!(t.add_trajectory(r.clone(), DataKind::Agent).unwrap());

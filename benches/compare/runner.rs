@@ -19,13 +19,7 @@ const TEXT: &str = "The robot walked through the kitchen, checked the fridge for
 /// Peak and current resident set in KiB, from /proc/self/status (0 where unavailable).
 fn rss_kib() -> (u64, u64) {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.split_whitespace().next()?.parse().ok())
-            .unwrap_or(0)
-    };
+    let field = |name: &str| status.lines().find_map(|l| l.strip_prefix(name)).and_then(|v| v.split_whitespace().next()?.parse().ok()).unwrap_or(0);
     (field("VmHWM:"), field("VmRSS:"))
 }
 
@@ -41,8 +35,7 @@ fn argmax(v: &[f32]) -> u32 {
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut args = std::env::args().skip(1);
-    let (mut model_path, mut n_prompt, mut n_gen, mut threads, mut precision, mut ids_out) =
-        (None, 128usize, 128usize, 2usize, Precision::Auto, None);
+    let (mut model_path, mut n_prompt, mut n_gen, mut threads, mut precision, mut ids_out) = (None, 128usize, 128usize, 2usize, Precision::Auto, None);
     while let Some(a) = args.next() {
         let mut val = || args.next().ok_or_else(|| format!("{a} needs a value"));
         match a.as_str() {

@@ -127,22 +127,13 @@ pub fn parse(tokenize: &dyn Fn(&str) -> Result<Vec<u32>, String>, context_length
         return Err(bad("`inputs` is empty"));
     }
     if prompt_ids.len() > limits.max_input_tokens {
-        return Err(bad(format!(
-            "`inputs` has {} tokens, more than the limit of {} (use `truncate`)",
-            prompt_ids.len(),
-            limits.max_input_tokens
-        )));
+        return Err(bad(format!("`inputs` has {} tokens, more than the limit of {} (use `truncate`)", prompt_ids.len(), limits.max_input_tokens)));
     }
     if prompt_ids.len() + max_new > context_length {
-        return Err(bad(format!(
-            "`inputs` tokens + `max_new_tokens` must be <= {}; given {} and {max_new}",
-            context_length,
-            prompt_ids.len()
-        )));
+        return Err(bad(format!("`inputs` tokens + `max_new_tokens` must be <= {}; given {} and {max_new}", context_length, prompt_ids.len())));
     }
     let params = GenerateParams { sampling, max_tokens: max_new, stop, ignore_eos: false };
     params.sampling.validate().map_err(|e| bad(e.to_string()))?;
     let prefix = flag("return_full_text")?.then(|| inputs.to_string());
     Ok(Job { prefix, prompt_ids, params, details: flag("details")?, seed: sample.then_some(seed.unwrap_or(0)) })
 }
-

@@ -11,8 +11,8 @@
 use super::run::{Agent, AgentConfig, StepKind};
 use super::tool::Tool;
 use super::trajectory::Trajectory;
-use crate::runtime::Adapter;
 use crate::error::Result;
+use crate::runtime::Adapter;
 use crate::runtime::Model;
 
 /// What the environment answers an action with.
@@ -188,11 +188,7 @@ impl EpisodeRunner {
     ///
     /// # Errors
     /// As [`EpisodeRunner::run`].
-    pub fn evaluate<E: Environment>(
-        &self,
-        envs: impl IntoIterator<Item = E>,
-        mut progress: impl FnMut(&EpisodeReport),
-    ) -> Result<Rates> {
+    pub fn evaluate<E: Environment>(&self, envs: impl IntoIterator<Item = E>, mut progress: impl FnMut(&EpisodeReport)) -> Result<Rates> {
         let mut rates = Rates::default();
         for (i, mut env) in envs.into_iter().enumerate() {
             let r = self.run(&mut env, false, i as u64)?;

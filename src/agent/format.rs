@@ -56,8 +56,7 @@ pub enum ActionFormat {
 }
 
 /// ALFWorld's action verbs (longest first where one is a prefix of another).
-pub const ALFWORLD_VERBS: &[&str] =
-    &["go to", "take", "put", "open", "close", "toggle", "clean", "heat", "cool", "use", "examine", "inventory", "look"];
+pub const ALFWORLD_VERBS: &[&str] = &["go to", "take", "put", "open", "close", "toggle", "clean", "heat", "cool", "use", "examine", "inventory", "look"];
 
 impl ActionFormat {
     /// Every format, in declaration order.
@@ -162,10 +161,7 @@ fn parse_alfworld(reply: &str) -> ParsedReply {
 
 /// Splits `go to countertop 1` into the verb (longest known prefix, else the first word) and the rest.
 pub(crate) fn split_verb(line: &str, verbs: &[&str]) -> (String, String) {
-    let best = verbs
-        .iter()
-        .filter(|v| line == **v || line.strip_prefix(**v).is_some_and(|r| r.starts_with(' ')))
-        .max_by_key(|v| v.len());
+    let best = verbs.iter().filter(|v| line == **v || line.strip_prefix(**v).is_some_and(|r| r.starts_with(' '))).max_by_key(|v| v.len());
     match best {
         Some(v) => (v.to_string(), line[v.len()..].trim().to_string()),
         None => match line.split_once(' ') {
@@ -201,11 +197,7 @@ fn parse_os(reply: &str) -> ParsedReply {
         let lower = act.to_ascii_lowercase();
         if lower.starts_with("bash") {
             let code = fenced(reply, "bash").join("\n\n");
-            action = if code.is_empty() {
-                Err("Act: bash without a ```bash block".to_string())
-            } else {
-                Ok(Action::Call { tool: "bash".into(), input: code })
-            };
+            action = if code.is_empty() { Err("Act: bash without a ```bash block".to_string()) } else { Ok(Action::Call { tool: "bash".into(), input: code }) };
             break;
         }
         if lower.starts_with("finish") {
@@ -265,8 +257,7 @@ fn parse_webshop(reply: &str) -> ParsedReply {
 }
 
 /// The functions of the AgentBench knowledge-graph task.
-pub const KG_FUNCTIONS: &[&str] =
-    &["get_relations", "get_neighbors", "intersection", "get_attributes", "argmax", "argmin", "count"];
+pub const KG_FUNCTIONS: &[&str] = &["get_relations", "get_neighbors", "intersection", "get_attributes", "argmax", "argmin", "count"];
 
 fn parse_kg(reply: &str) -> ParsedReply {
     let thought = thought(reply, "Thought:");
@@ -394,9 +385,9 @@ fn parse_json(reply: &str) -> ParsedReply {
                 other => other,
             };
             let action = match name {
-                Some("final_answer") | Some("finish") => Ok(Action::Finish {
-                    answer: args.get("answer").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| args.to_string()),
-                }),
+                Some("final_answer") | Some("finish") => {
+                    Ok(Action::Finish { answer: args.get("answer").and_then(Value::as_str).map(str::to_string).unwrap_or_else(|| args.to_string()) })
+                }
                 Some(n) => Ok(Action::Call { tool: n.to_string(), input: args.to_string() }),
                 None => Err("JSON object without a \"name\"".to_string()),
             };

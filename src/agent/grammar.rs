@@ -49,9 +49,7 @@ fn alternation<S: AsRef<str>>(strings: &[S]) -> (String, usize) {
 /// string schema, or its one property's when it is an object of one string property.
 fn input_schema(parameters: &Value) -> Option<(Option<String>, &Map<String, Value>)> {
     let obj = parameters.as_object()?;
-    let is_string = |o: &Map<String, Value>| {
-        o.get("type").and_then(Value::as_str) == Some("string") || o.contains_key("enum") || o.contains_key("const")
-    };
+    let is_string = |o: &Map<String, Value>| o.get("type").and_then(Value::as_str) == Some("string") || o.contains_key("enum") || o.contains_key("const");
     if is_string(obj) {
         return Some((None, obj));
     }
@@ -255,10 +253,7 @@ pub fn reply_grammar(format: ActionFormat, tools: &[Tool], values: &ValueSets, t
                 ActionFormat::Kg => ("(", " \")\"", r"[^\n()]", &['\n', '(', ')']),
                 _ => ("[", " \"]\"", r"[^\n\]]", &['\n', ']']),
             };
-            let mut acts: Vec<String> = line_actions(open, free, close, forbidden, false)?
-                .into_iter()
-                .map(|a| format!("\"Action: \" {a}"))
-                .collect();
+            let mut acts: Vec<String> = line_actions(open, free, close, forbidden, false)?.into_iter().map(|a| format!("\"Action: \" {a}")).collect();
             if format != ActionFormat::WebShop {
                 acts.push(format!("\"Final Answer: \" {}", rx(&format!("[^\\n]{{1,{MAX_INPUT_BYTES}}}"))));
             }
@@ -559,8 +554,7 @@ mod tests {
                     && schema.get("pattern").and_then(Value::as_str).is_none_or(|p| p != "^[0-9]+$" || (n > 0 && s.bytes().all(|b| b.is_ascii_digit())))
             }
             Some("integer") => v.as_i64().is_some_and(|i| {
-                schema.get("minimum").and_then(Value::as_i64).is_none_or(|m| i >= m)
-                    && schema.get("maximum").and_then(Value::as_i64).is_none_or(|m| i <= m)
+                schema.get("minimum").and_then(Value::as_i64).is_none_or(|m| i >= m) && schema.get("maximum").and_then(Value::as_i64).is_none_or(|m| i <= m)
             }),
             Some("boolean") => v.is_boolean(),
             Some("object") => {

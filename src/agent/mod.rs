@@ -1,16 +1,16 @@
 //! ReAct agents: action formats (one parser per task family), and — built on them — tool registries,
 //! stepping, constrained actions and trajectory recording.
 
+mod episode;
 pub mod format;
 pub mod grammar;
 pub mod negatives;
-mod episode;
 mod run;
 mod tool;
 pub mod trajectory;
 
+pub use episode::{run_episode, Environment, EpisodeReport, EpisodeRunner, Outcome, Rates};
 pub use format::{Action, ActionFormat, ParsedReply};
-pub use trajectory::{Segment, TokenizedTrajectory, Trajectory, Turn};
 pub use run::{Agent, AgentConfig, AgentStep, StepKind};
 pub use tool::Tool;
-pub use episode::{run_episode, Environment, EpisodeReport, EpisodeRunner, Outcome, Rates};
+pub use trajectory::{Segment, TokenizedTrajectory, Trajectory, Turn};

@@ -44,26 +44,65 @@ pub enum NegativeSplit {
 /// Tool names a request may ask for (those registered are skipped); even indices train, odd ones
 /// are held out.
 const MISSING_TOOLS: [&str; 24] = [
-    "weather", "calendar", "email", "translate", "stock_price", "web_browser", "calculator", "camera", "music_player",
-    "maps", "news", "timer", "alarm", "dictionary", "flight_search", "payment", "sms", "database", "image_generator",
-    "spreadsheet", "file_upload", "clock", "thermostat", "voice_call",
+    "weather",
+    "calendar",
+    "email",
+    "translate",
+    "stock_price",
+    "web_browser",
+    "calculator",
+    "camera",
+    "music_player",
+    "maps",
+    "news",
+    "timer",
+    "alarm",
+    "dictionary",
+    "flight_search",
+    "payment",
+    "sms",
+    "database",
+    "image_generator",
+    "spreadsheet",
+    "file_upload",
+    "clock",
+    "thermostat",
+    "voice_call",
 ];
 
 /// What the missing tool would be used for, per name above.
 const PURPOSES: [&str; 24] = [
-    "check tomorrow's forecast", "book a meeting on Friday", "send a message to my manager", "translate 'good morning' into French",
-    "get the price of one share", "open a news website", "compute 1234 divided by 7", "take a photo of the room",
-    "play some jazz", "find the nearest pharmacy", "read today's headlines", "set a ten minute countdown", "wake me at six",
-    "look up the word 'ephemeral'", "find a flight to Lisbon", "pay the electricity bill", "text my brother",
-    "query last month's orders", "draw a red bicycle", "sum column B", "upload my report", "tell the time in Tokyo",
-    "set the heating to 21 degrees", "call the office",
+    "check tomorrow's forecast",
+    "book a meeting on Friday",
+    "send a message to my manager",
+    "translate 'good morning' into French",
+    "get the price of one share",
+    "open a news website",
+    "compute 1234 divided by 7",
+    "take a photo of the room",
+    "play some jazz",
+    "find the nearest pharmacy",
+    "read today's headlines",
+    "set a ten minute countdown",
+    "wake me at six",
+    "look up the word 'ephemeral'",
+    "find a flight to Lisbon",
+    "pay the electricity bill",
+    "text my brother",
+    "query last month's orders",
+    "draw a red bicycle",
+    "sum column B",
+    "upload my report",
+    "tell the time in Tokyo",
+    "set the heating to 21 degrees",
+    "call the office",
 ];
 
 /// The reply's answer when asked to compute something with the first kind of negative.
 fn no_tool_request(rng: &mut Rng, split: NegativeSplit) -> (String, String) {
     const WORDS: [&str; 16] = [
-        "cabinet", "drawer", "kitchen", "garden", "window", "pencil", "bottle", "basket", "lantern", "blanket", "carpet", "mirror",
-        "ladder", "helmet", "candle", "bucket",
+        "cabinet", "drawer", "kitchen", "garden", "window", "pencil", "bottle", "basket", "lantern", "blanket", "carpet", "mirror", "ladder", "helmet",
+        "candle", "bucket",
     ];
     let held = split == NegativeSplit::HeldOut;
     // Held-out numbers come from another range, held-out words from the other half of the list.
@@ -108,10 +147,7 @@ pub fn final_reply(format: ActionFormat, thought: &str, answer: &str) -> Result<
         ActionFormat::React | ActionFormat::Kg => Ok(format!("Thought: {thought}\nFinal Answer: {answer}")),
         ActionFormat::Db => Ok(format!("{thought}\nAction: Answer\nFinal Answer: {answer}")),
         ActionFormat::Os => Ok(format!("Think: {thought}\n\nAct: answer({answer})")),
-        ActionFormat::Json => Ok(format!(
-            "{thought}\n{}",
-            serde_json::json!({"name": "final_answer", "arguments": {"answer": answer}})
-        )),
+        ActionFormat::Json => Ok(format!("{thought}\n{}", serde_json::json!({"name": "final_answer", "arguments": {"answer": answer}}))),
         ActionFormat::Alfworld | ActionFormat::WebShop | ActionFormat::Mind2Web => {
             Err(Error::InvalidArgument(format!("the {} format has no final answer to reply with", format.name())))
         }
@@ -251,7 +287,8 @@ mod tests {
                 v.iter().filter_map(|t| request(t).split(" tool").next().and_then(|s| s.strip_prefix("Use the ")).map(str::to_string)).collect()
             };
             assert!(names(&train).is_disjoint(&names(&held)), "{:?} {:?}", names(&train), names(&held));
-            let (tr, he): (std::collections::BTreeSet<_>, std::collections::BTreeSet<_>) = (train.iter().map(request).collect(), held.iter().map(request).collect());
+            let (tr, he): (std::collections::BTreeSet<_>, std::collections::BTreeSet<_>) =
+                (train.iter().map(request).collect(), held.iter().map(request).collect());
             assert!(tr.is_disjoint(&he));
         }
         // Computed answers are right.

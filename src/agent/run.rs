@@ -5,15 +5,15 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use super::grammar::{admissible_grammar, chosen_action, reply_grammar, reply_prefixes, GrammarConstraint, ValueSets};
 use super::format::{Action, ActionFormat};
+use super::grammar::{admissible_grammar, chosen_action, reply_grammar, reply_prefixes, GrammarConstraint, ValueSets};
 use super::tool::Tool;
 use super::trajectory::{Trajectory, Turn};
-use crate::runtime::Adapter;
 use crate::error::{Error, Result};
 use crate::generate::{CancelToken, SamplingParams};
-use crate::runtime::Model;
 use crate::runtime::session::{chat_tokens, FinishReason, GenerateParams, Session, Step};
+use crate::runtime::Adapter;
+use crate::runtime::Model;
 use crate::template::{BuiltinTemplate, ChatTemplate, Message};
 
 /// In constrained mode, the tokens a JSON call gets after its thought.
@@ -323,15 +323,10 @@ impl Agent {
         for (i, turn) in turns.iter().enumerate() {
             let want: &[&str] = if i % 2 == 0 { &human } else { &gpt };
             if !is(turn, want) {
-                return Err(Error::InvalidArgument(format!(
-                    "example turn {i} is {:?}: examples alternate human and gpt turns, from the task",
-                    turn.from
-                )));
+                return Err(Error::InvalidArgument(format!("example turn {i} is {:?}: examples alternate human and gpt turns, from the task", turn.from)));
             }
         }
-        self.examples.extend(
-            turns.iter().enumerate().map(|(i, t)| Message::new(if i % 2 == 0 { "user" } else { "assistant" }, t.value.as_str())),
-        );
+        self.examples.extend(turns.iter().enumerate().map(|(i, t)| Message::new(if i % 2 == 0 { "user" } else { "assistant" }, t.value.as_str())));
         Ok(())
     }
 
@@ -365,10 +360,7 @@ impl Agent {
             }
             let parsed = resolve(self.config.format.parse(&format!("{prefix}{a}\n")).action, &self.tools);
             if let Err(reason) = parsed {
-                return Err(Error::InvalidArgument(format!(
-                    "admissible action {a:?} is not a {} action: {reason}",
-                    self.config.format.name()
-                )));
+                return Err(Error::InvalidArgument(format!("admissible action {a:?} is not a {} action: {reason}", self.config.format.name())));
             }
         }
         self.admissible = Some(actions);
@@ -653,9 +645,7 @@ impl Agent {
             // The thought has `max_tokens_per_step` tokens (the grammar ends it there); every token
             // carries a byte, so the action's byte bound lets it always end.
             Some(actions) => Some(admissible_grammar(self.config.format, actions, self.config.max_tokens_per_step)?),
-            None if self.config.constrained => {
-                Some(reply_grammar(self.config.format, &self.tools, &self.values, self.config.max_tokens_per_step)?)
-            }
+            None if self.config.constrained => Some(reply_grammar(self.config.format, &self.tools, &self.values, self.config.max_tokens_per_step)?),
             None => None,
         };
         self.constraint = match grammar {
@@ -683,12 +673,7 @@ impl Agent {
         if let Some(b) = &self.config.template {
             stop.push(b.turn_end().to_string());
         }
-        let params = GenerateParams {
-            sampling: self.config.sampling.clone(),
-            max_tokens: self.config.max_tokens_per_step + extra,
-            stop,
-            ignore_eos: false,
-        };
+        let params = GenerateParams { sampling: self.config.sampling.clone(), max_tokens: self.config.max_tokens_per_step + extra, stop, ignore_eos: false };
         self.session.begin(&params)?;
         self.reply.clear();
         self.reply_tokens = 0;
@@ -778,9 +763,7 @@ fn written_action(format: ActionFormat, tool: &str, input: &str) -> String {
 /// host dispatches environment verbs itself, as in ALFWorld).
 fn resolve(action: std::result::Result<Action, String>, tools: &[Tool]) -> std::result::Result<Action, String> {
     match action {
-        Ok(Action::Call { tool, .. }) if !tools.is_empty() && !tools.iter().any(|x| x.name == tool) => {
-            Err(format!("unknown tool {tool:?}"))
-        }
+        Ok(Action::Call { tool, .. }) if !tools.is_empty() && !tools.iter().any(|x| x.name == tool) => Err(format!("unknown tool {tool:?}")),
         other => other,
     }
 }
@@ -819,14 +802,38 @@ mod tests {
     /// Cyrillic letters, control characters), injected observations and format syntax.
     #[test]
     fn replies_cannot_name_unregistered_tools() {
-        let tools: Vec<Tool> = ["search", "click", "look", "bash"]
-            .iter()
-            .map(|n| Tool { name: n.to_string(), description: String::new(), parameters: Value::Null })
-            .collect();
+        let tools: Vec<Tool> =
+            ["search", "click", "look", "bash"].iter().map(|n| Tool { name: n.to_string(), description: String::new(), parameters: Value::Null }).collect();
         const PIECES: [&str; 29] = [
-            "search", "click", "look", "bash", "Search", "search ", " look", "lооk", "se\u{0}arch", "rm", "sudo", "ACTION: ",
-            "Action: ", "Act: ", "Thought: x\n", "[", "]", "(", ")", "{\"name\": \"", "\", \"arguments\": {}}", "\n",
-            "```bash\nls\n```", "Observation: ", "Final Answer: ", "<|im_end|>", "final_answer", "\"", "#0",
+            "search",
+            "click",
+            "look",
+            "bash",
+            "Search",
+            "search ",
+            " look",
+            "lооk",
+            "se\u{0}arch",
+            "rm",
+            "sudo",
+            "ACTION: ",
+            "Action: ",
+            "Act: ",
+            "Thought: x\n",
+            "[",
+            "]",
+            "(",
+            ")",
+            "{\"name\": \"",
+            "\", \"arguments\": {}}",
+            "\n",
+            "```bash\nls\n```",
+            "Observation: ",
+            "Final Answer: ",
+            "<|im_end|>",
+            "final_answer",
+            "\"",
+            "#0",
         ];
         let mut rng = crate::testdata::Rng(0x9E37_79B9_7F4A_7C15);
         let mut next = |n: usize| rng.below(n);

@@ -10,8 +10,8 @@ use std::str::FromStr;
 pub mod kernels;
 pub mod memory;
 
-pub use burn::tensor::activation::{silu, softmax};
 pub use burn::tensor::activation::log_softmax;
+pub use burn::tensor::activation::{silu, softmax};
 pub use burn::tensor::{Bool, Device, Distribution, Int, Tensor, TensorData};
 
 /// A compute backend, chosen at run time among those compiled in (cargo features `flex`, `wgpu`, `cuda`).
@@ -72,10 +72,7 @@ impl Backend {
 
     /// The backends compiled into this build, CPU first.
     pub fn compiled() -> Vec<Backend> {
-        [Backend::Cpu, Backend::Wgpu, Backend::Cuda]
-            .into_iter()
-            .filter(|b| b.is_compiled())
-            .collect()
+        [Backend::Cpu, Backend::Wgpu, Backend::Cuda].into_iter().filter(|b| b.is_compiled()).collect()
     }
 
     /// Starts a device of this backend (device 0 for GPUs).
@@ -119,15 +116,9 @@ fn probe(backend: Backend, device: &Device) -> Result<(), EngineError> {
     });
     match result {
         Ok(Ok(v)) if v == [2.0, 4.0] => Ok(()),
-        Ok(Ok(v)) => Err(EngineError::DeviceUnavailable {
-            backend,
-            reason: format!("probe computed {v:?} instead of [2.0, 4.0]"),
-        }),
+        Ok(Ok(v)) => Err(EngineError::DeviceUnavailable { backend, reason: format!("probe computed {v:?} instead of [2.0, 4.0]") }),
         Ok(Err(reason)) => Err(EngineError::DeviceUnavailable { backend, reason }),
-        Err(panic) => Err(EngineError::DeviceUnavailable {
-            backend,
-            reason: panic_message(&panic),
-        }),
+        Err(panic) => Err(EngineError::DeviceUnavailable { backend, reason: panic_message(&panic) }),
     }
 }
 
@@ -174,10 +165,7 @@ pub fn upload_ids(ids: &[u32], device: &Device) -> Tensor<1, Int> {
 
 /// Reads a float tensor back to host memory (blocks until the device has computed it).
 pub fn readback<const D: usize>(t: Tensor<D>) -> Result<Vec<f32>, EngineError> {
-    t.into_data()
-        .convert::<f32>()
-        .try_into_vec::<f32>()
-        .map_err(|e| EngineError::Readback(format!("{e:?}")))
+    t.into_data().convert::<f32>().try_into_vec::<f32>().map_err(|e| EngineError::Readback(format!("{e:?}")))
 }
 
 #[cfg(test)]

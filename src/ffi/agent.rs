@@ -6,16 +6,15 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::agentlm_status::*;
+use super::log::with_state;
 use super::log::{with_sink, LogSink};
 use super::registry::{self, Kind, Tracked, Users};
-use super::log::with_state;
 use super::types::{agentlm_action_format, agentlm_chat_template};
 use super::util::{boundary, opt_out, read_params, str_arg, strs_arg, write_out, Fail, SendPtr};
 use super::{agentlm_error, agentlm_model, agentlm_status, agentlm_str};
 use crate::agent::{ActionFormat, Agent, AgentConfig, AgentStep, StepKind, Tool};
 use crate::generate::{CancelToken, SamplingParams};
 use crate::template::BuiltinTemplate;
-
 
 /// Parameters of [`agentlm_agent_new`]. Initialise with [`agentlm_agent_params_default`].
 #[repr(C)]
@@ -271,8 +270,7 @@ pub unsafe extern "C" fn agentlm_agent_add_tool(
         let parameters = if params.trim().is_empty() {
             serde_json::Value::Null
         } else {
-            serde_json::from_str(params)
-                .map_err(|e| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("parameters_json is not JSON: {e}")))?
+            serde_json::from_str(params).map_err(|e| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("parameters_json is not JSON: {e}")))?
         };
         lock_agent(agent, |st| {
             st.agent.add_tool(Tool { name: name.to_string(), description: description.to_string(), parameters })?;
@@ -384,10 +382,7 @@ pub unsafe extern "C" fn agentlm_agent_step(
     boundary(err, || {
         let out = opt_out(out, "out")?;
         lock_agent(agent, |st| {
-            let s = st.agent.step_budget(
-                (max_tokens > 0).then_some(max_tokens as usize),
-                (max_ms > 0).then(|| Duration::from_millis(u64::from(max_ms))),
-            )?;
+            let s = st.agent.step_budget((max_tokens > 0).then_some(max_tokens as usize), (max_ms > 0).then(|| Duration::from_millis(u64::from(max_ms))))?;
             report(st, s, out)
         })
     })
@@ -478,8 +473,7 @@ pub unsafe extern "C" fn agentlm_agent_add_example(
 ) -> agentlm_status {
     boundary(err, || {
         let json = unsafe { str_arg(json, json_len, "json") }?;
-        let t = crate::train::parse_record(json)
-            .map_err(|e| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("example is not a trajectory: {e}")))?;
+        let t = crate::train::parse_record(json).map_err(|e| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("example is not a trajectory: {e}")))?;
         lock_agent(agent, |st| Ok(st.agent.add_example(&t)?)).map(|_| AGENTLM_STATUS_OK)
     })
 }
@@ -587,8 +581,7 @@ pub unsafe extern "C" fn agentlm_agent_trajectory_json(
     boundary(err, || {
         let len = opt_out(len, "len")?;
         lock_agent(agent, |st| {
-            let json = serde_json::to_string(st.agent.trajectory())
-                .map_err(|e| Fail::new(AGENTLM_STATUS_PANIC, format!("trajectory JSON: {e}")))?;
+            let json = serde_json::to_string(st.agent.trajectory()).map_err(|e| Fail::new(AGENTLM_STATUS_PANIC, format!("trajectory JSON: {e}")))?;
             unsafe { super::util::copy_str_out(&json, buf, capacity, len) }
         })
     })

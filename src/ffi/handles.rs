@@ -6,8 +6,8 @@ use super::log::{with_state, LogSink};
 use super::registry::{self, Kind, Tracked, Users};
 use super::util::Fail;
 use crate::generate::CancelToken;
-use crate::runtime::Model;
 use crate::runtime::session::Session;
+use crate::runtime::Model;
 
 /// A loaded model (opaque). Immutable and thread-safe; each handle is one reference.
 pub struct agentlm_model {

@@ -9,8 +9,8 @@ use tracing::field::{Field, Visit};
 use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
 
-use super::util::{try_lock, Fail, SendPtr};
 use super::agentlm_status::*;
+use super::util::{try_lock, Fail, SendPtr};
 
 /// Log callback: `level` is an `agentlm_log_level`, `message` is `message_len` bytes of UTF-8,
 /// NUL-terminated, valid only during the call. Called on the thread that made the library call.

@@ -27,21 +27,21 @@ use std::ffi::{c_char, c_void};
 use std::ptr;
 
 use crate::generate::SamplingParams;
-use crate::runtime::{LoadOptions, Model};
 use crate::runtime::session::{FinishReason, GenerateParams, Step};
+use crate::runtime::{LoadOptions, Model};
 use crate::template::Message;
 use crate::Backend;
 
 pub use agent::*;
-pub use types::*;
-use types::{finish_code, status_string};
 use agentlm_status::*;
-pub use train::*;
 pub use handles::{agentlm_model, agentlm_session};
 use handles::{lock, SessionState};
 pub use log::agentlm_log_fn;
 use log::LogSink;
 use registry::{Kind, Tracked, Users};
+pub use train::*;
+pub use types::*;
+use types::{finish_code, status_string};
 use util::{boundary, opt_out, read_params, slice_arg, str_arg, write_out, Fail};
 
 /// Major version of this library (semantic versioning; before 1.0 minor versions may break the ABI).
@@ -59,13 +59,6 @@ pub const AGENTLM_TOKENIZE_ADD_BOS: u32 = 1;
 /// [`agentlm_model_tokenize`] flag: special-token strings in the text (`</s>`, `<|im_end|>`) become their
 /// ids. Without it they are tokenized as plain text (safe for untrusted text).
 pub const AGENTLM_TOKENIZE_PARSE_SPECIAL: u32 = 2;
-
-
-
-
-
-
-
 
 /// An error: a status and a message. Created by the library, freed by the caller with
 /// [`agentlm_error_free`] (a second free is detected and ignored). Safe to read from any thread.
@@ -117,8 +110,7 @@ pub type agentlm_progress_fn = Option<unsafe extern "C" fn(user_data: *mut c_voi
 /// completes (`text_len` bytes of whole UTF-8 characters, NUL-terminated, possibly empty; valid only
 /// during the call), and a final call with `token == AGENTLM_TOKEN_NONE` if text was held back until the
 /// end. Return `false` to stop generating. Called on the thread that called generate.
-pub type agentlm_token_fn =
-    Option<unsafe extern "C" fn(user_data: *mut c_void, token: u32, text: *const c_char, text_len: usize) -> bool>;
+pub type agentlm_token_fn = Option<unsafe extern "C" fn(user_data: *mut c_void, token: u32, text: *const c_char, text_len: usize) -> bool>;
 
 /// Parameters of [`agentlm_model_load`]. Initialise with [`agentlm_model_params_default`].
 #[repr(C)]
@@ -430,11 +422,7 @@ pub unsafe extern "C" fn agentlm_model_tokenize(
         }
         let tok = m.model.tokenizer();
         let add_bos = flags & AGENTLM_TOKENIZE_ADD_BOS != 0 && tok.add_bos_by_default();
-        let mut v = if flags & AGENTLM_TOKENIZE_PARSE_SPECIAL != 0 {
-            tok.encode(text, add_bos)?
-        } else {
-            tok.encode_plain(text)?
-        };
+        let mut v = if flags & AGENTLM_TOKENIZE_PARSE_SPECIAL != 0 { tok.encode(text, add_bos)? } else { tok.encode_plain(text)? };
         if add_bos && flags & AGENTLM_TOKENIZE_PARSE_SPECIAL == 0 {
             if let Some(bos) = tok.bos_id() {
                 v.insert(0, bos);
@@ -491,10 +479,7 @@ pub unsafe extern "C" fn agentlm_model_apply_chat_template(
         let m = registry::pin(model, "model")?;
         let list = unsafe { messages_arg(messages, n_messages) }?;
         let text_len = opt_out(text_len, "text_len")?;
-        let t = m
-            .model
-            .chat_template()
-            .ok_or_else(|| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, "the model has no chat template"))?;
+        let t = m.model.chat_template().ok_or_else(|| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, "the model has no chat template"))?;
         let s = t.render(&list, add_generation_prompt).map_err(crate::Error::from)?;
         unsafe { util::copy_str_out(&s, buf, capacity, text_len) }
     })
@@ -605,9 +590,7 @@ pub unsafe extern "C" fn agentlm_session_sync_chat(
         let list = unsafe { messages_arg(messages, n_messages) }?;
         lock(session, |st| {
             let model = st.session.model().clone();
-            let t = model
-                .chat_template()
-                .ok_or_else(|| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, "the model has no chat template"))?;
+            let t = model.chat_template().ok_or_else(|| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, "the model has no chat template"))?;
             Ok(st.session.sync_chat(t, &list, add_generation_prompt)?)
         })
         .map(|_| AGENTLM_STATUS_OK)
@@ -684,11 +667,7 @@ pub unsafe extern "C" fn agentlm_session_reset(session: *const agentlm_session, 
 
 /// Rewinds the conversation to its first `n_tokens` tokens (no-op when not longer).
 #[no_mangle]
-pub unsafe extern "C" fn agentlm_session_truncate(
-    session: *const agentlm_session,
-    n_tokens: usize,
-    err: *mut *mut agentlm_error,
-) -> agentlm_status {
+pub unsafe extern "C" fn agentlm_session_truncate(session: *const agentlm_session, n_tokens: usize, err: *mut *mut agentlm_error) -> agentlm_status {
     boundary(err, || {
         lock(session, |st| {
             st.session.truncate(n_tokens);
@@ -700,11 +679,7 @@ pub unsafe extern "C" fn agentlm_session_truncate(
 /// An independent copy of the conversation (tokens and cache), e.g. to explore two continuations.
 /// Free with [`agentlm_session_free`].
 #[no_mangle]
-pub unsafe extern "C" fn agentlm_session_fork(
-    session: *const agentlm_session,
-    out: *mut *mut agentlm_session,
-    err: *mut *mut agentlm_error,
-) -> agentlm_status {
+pub unsafe extern "C" fn agentlm_session_fork(session: *const agentlm_session, out: *mut *mut agentlm_session, err: *mut *mut agentlm_error) -> agentlm_status {
     boundary(err, || {
         let out = opt_out(out, "out")?;
         let copy = lock(session, |st| Ok(agentlm_session::new_raw(st.session.try_fork()?, st.log.clone())))?;
@@ -865,17 +840,10 @@ pub unsafe extern "C" fn agentlm_session_next_token(
 /// Ends the generation begun with [`agentlm_session_begin`] (early, or after `DONE`) and stores its
 /// statistics in `*result` (may be NULL). `INVALID_ARGUMENT` when none was begun.
 #[no_mangle]
-pub unsafe extern "C" fn agentlm_session_end(
-    session: *const agentlm_session,
-    result: *mut agentlm_generation,
-    err: *mut *mut agentlm_error,
-) -> agentlm_status {
+pub unsafe extern "C" fn agentlm_session_end(session: *const agentlm_session, result: *mut agentlm_generation, err: *mut *mut agentlm_error) -> agentlm_status {
     boundary(err, || {
         lock(session, |st| {
-            let g = st
-                .session
-                .end()
-                .ok_or_else(|| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, "no generation in progress"))?;
+            let g = st.session.end().ok_or_else(|| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, "no generation in progress"))?;
             if !result.is_null() {
                 unsafe { result.write(generation_out(&g)) };
             }

@@ -125,10 +125,7 @@ fn not_live(p: *const (), what: &str, want: Kind, found: Option<Kind>) -> Fail {
         None if want == Kind::ToolResult => {
             format!("{what} ({p:p}) is not the result of a running tool callback (it is valid only during the callback)")
         }
-        None => format!(
-            "{what} ({p:p}) is not a live {}: it was already freed, or was never returned by this library",
-            want.c_name()
-        ),
+        None => format!("{what} ({p:p}) is not a live {}: it was already freed, or was never returned by this library", want.c_name()),
     };
     Fail::new(AGENTLM_STATUS_INVALID_HANDLE, message)
 }

@@ -5,18 +5,18 @@ use std::ffi::{c_char, c_void};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::agent::{lock_agent, agentlm_agent};
+use super::agent::{agentlm_agent, lock_agent};
 use super::agentlm_status::*;
 use super::handles::{agentlm_model, agentlm_session, lock};
+use super::log::with_state;
 use super::log::{with_sink, LogSink};
 use super::registry::{self, pin_opt, Kind, Tracked, Users};
-use super::log::with_state;
 use super::types::agentlm_data_kind;
 use super::util::{boundary, catch_or, opt_out, read_params, str_arg, write_out, Fail};
 use super::{agentlm_error, agentlm_status};
-use crate::runtime::Adapter;
 use crate::formats::peft::{LoraConfig, TARGETS};
 use crate::generate::CancelToken;
+use crate::runtime::Adapter;
 use crate::train::{AdamWConfig, DataKind, RunStop, StepReport, TrainConfig, Trainer};
 
 /// A LoRA adapter loaded for a model (opaque). Immutable and thread-safe; attach it to any number of
@@ -56,7 +56,6 @@ pub const AGENTLM_LORA_UP_PROJ: u32 = 32;
 pub const AGENTLM_LORA_DOWN_PROJ: u32 = 64;
 /// Every Llama linear (the default).
 pub const AGENTLM_LORA_ALL: u32 = 127;
-
 
 /// Parameters of [`agentlm_trainer_new`]. Initialise with [`agentlm_trainer_params_default`].
 #[repr(C)]
@@ -323,11 +322,7 @@ fn train_config(p: &agentlm_trainer_params) -> Result<TrainConfig, Fail> {
 }
 
 fn new_trainer(trainer: Trainer, log: Option<LogSink>) -> *mut agentlm_trainer {
-    registry::register(agentlm_trainer {
-        cancel: trainer.cancel_token(),
-        state: Mutex::new(TrainerState { trainer, log }),
-        users: Users::default(),
-    })
+    registry::register(agentlm_trainer { cancel: trainer.cancel_token(), state: Mutex::new(TrainerState { trainer, log }), users: Users::default() })
 }
 
 /// Creates a trainer for `model` (which must have a chat template): a fresh adapter, or continuing
@@ -364,7 +359,9 @@ pub unsafe extern "C" fn agentlm_trainer_free(trainer: *mut agentlm_trainer) {
 }
 
 fn kind(k: i32) -> Result<Option<DataKind>, Fail> {
-    Ok(Option::<DataKind>::from(agentlm_data_kind::try_from(k).map_err(|_| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("data kind {k} is not an agentlm_data_kind")))?))
+    Ok(Option::<DataKind>::from(
+        agentlm_data_kind::try_from(k).map_err(|_| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("data kind {k} is not an agentlm_data_kind")))?,
+    ))
 }
 
 /// Adds one JSON record (AgentInstruct `conversations`, ShareGPT, or Agent-FLAN `conversation`

@@ -246,7 +246,9 @@ from_host!(
 pub(crate) fn status_string(status: i32) -> &'static CStr {
     static STRINGS: OnceLock<Vec<(i32, std::ffi::CString)>> = OnceLock::new();
     let table = STRINGS.get_or_init(|| {
-        agentlm_status::iter().map(|s| (s as i32, std::ffi::CString::new(s.get_message().unwrap_or("unknown status")).expect("no NUL in a status message"))).collect()
+        agentlm_status::iter()
+            .map(|s| (s as i32, std::ffi::CString::new(s.get_message().unwrap_or("unknown status")).expect("no NUL in a status message")))
+            .collect()
     });
     table.iter().find(|(v, _)| *v == status).map_or(c"unknown status", |(_, s)| s.as_c_str())
 }

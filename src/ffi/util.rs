@@ -62,10 +62,7 @@ fn format_status(f: &FormatError) -> agentlm_status {
 }
 
 fn panic_text(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
+    p.downcast_ref::<&str>().map(|s| s.to_string()).or_else(|| p.downcast_ref::<String>().cloned()).unwrap_or_else(|| "unknown panic".into())
 }
 
 /// Runs an exported function's body: panics become `AGENTLM_STATUS_PANIC`, failures become an error
@@ -198,11 +195,7 @@ pub(crate) unsafe fn copy_str_out(s: &str, dst: *mut c_char, capacity: usize, le
 
 /// Locks a handle's state without waiting: an overlapping call gets `AGENTLM_STATUS_BUSY`. A lock
 /// poisoned by a panic in an earlier call is recovered after `repair` restores the state's invariants.
-pub(crate) fn try_lock<'a, S>(
-    m: &'a std::sync::Mutex<S>,
-    what: &str,
-    repair: impl FnOnce(&mut S),
-) -> Result<std::sync::MutexGuard<'a, S>, Fail> {
+pub(crate) fn try_lock<'a, S>(m: &'a std::sync::Mutex<S>, what: &str, repair: impl FnOnce(&mut S)) -> Result<std::sync::MutexGuard<'a, S>, Fail> {
     match m.try_lock() {
         Ok(g) => Ok(g),
         Err(std::sync::TryLockError::Poisoned(p)) => {

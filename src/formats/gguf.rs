@@ -227,11 +227,7 @@ impl<'a> Cursor<'a> {
 
     fn take(&mut self, n: usize, what: &str) -> Result<&'a [u8], FormatError> {
         if n > self.remaining() {
-            return Err(self.err(format!(
-                "truncated: {what} needs {n} bytes at offset {}, the file has {} left",
-                self.pos,
-                self.remaining()
-            )));
+            return Err(self.err(format!("truncated: {what} needs {n} bytes at offset {}, the file has {} left", self.pos, self.remaining())));
         }
         let s = &self.buf[self.pos..self.pos + n];
         self.pos += n;
@@ -257,11 +253,7 @@ impl<'a> Cursor<'a> {
         let n = self.u64(what)?;
         let max = (self.remaining() / min_item.max(1)) as u64;
         if n > max {
-            return Err(self.err(format!(
-                "{what} {n} at offset {} cannot fit in the {} bytes left",
-                self.pos - 8,
-                self.remaining()
-            )));
+            return Err(self.err(format!("{what} {n} at offset {} cannot fit in the {} bytes left", self.pos - 8, self.remaining())));
         }
         // n <= remaining <= usize::MAX.
         Ok(n as usize)
@@ -405,9 +397,7 @@ impl GgufFile {
         for _ in 0..n_kv {
             let key = c.string("metadata key length")?;
             let in_key = |e: FormatError| match e {
-                FormatError::Invalid { path, reason } => {
-                    FormatError::Invalid { path, reason: format!("metadata {key:?}: {reason}") }
-                }
+                FormatError::Invalid { path, reason } => FormatError::Invalid { path, reason: format!("metadata {key:?}: {reason}") },
                 e => e,
             };
             let ty = c.u32("metadata value type").map_err(in_key)?;
@@ -469,20 +459,14 @@ impl GgufFile {
             if !row.is_multiple_of(bs) {
                 return Err(bad(format!("first dimension {row} is not a multiple of the {ggml_type} block size {bs}")));
             }
-            let n_bytes =
-                ggml_type.bytes_for(n).ok_or_else(|| bad(format!("size of {n} {ggml_type} elements overflows")))?;
+            let n_bytes = ggml_type.bytes_for(n).ok_or_else(|| bad(format!("size of {n} {ggml_type} elements overflows")))?;
             if !rel_offset.is_multiple_of(alignment) {
                 return Err(bad(format!("offset {rel_offset} is not a multiple of the alignment {alignment}")));
             }
-            let offset =
-                data_offset.checked_add(rel_offset).ok_or_else(|| bad(format!("offset {rel_offset} overflows")))?;
+            let offset = data_offset.checked_add(rel_offset).ok_or_else(|| bad(format!("offset {rel_offset} overflows")))?;
             match offset.checked_add(n_bytes) {
                 Some(end) if end <= file_len => {}
-                _ => {
-                    return Err(bad(format!(
-                        "data at {offset}..{offset}+{n_bytes} lies past the end of the file ({file_len} bytes)"
-                    )))
-                }
+                _ => return Err(bad(format!("data at {offset}..{offset}+{n_bytes} lies past the end of the file ({file_len} bytes)"))),
             }
             tensors.push(GgufTensorInfo { name, dims, ggml_type, offset, n_bytes });
         }
@@ -492,11 +476,7 @@ impl GgufFile {
         by_offset.sort_by_key(|t| t.offset);
         for pair in by_offset.windows(2) {
             if pair[0].offset + pair[0].n_bytes > pair[1].offset {
-                return Err(FormatError::Tensor {
-                    path: path.clone(),
-                    name: pair[1].name.clone(),
-                    reason: format!("data overlaps tensor {}", pair[0].name),
-                });
+                return Err(FormatError::Tensor { path: path.clone(), name: pair[1].name.clone(), reason: format!("data overlaps tensor {}", pair[0].name) });
             }
         }
 
@@ -562,10 +542,7 @@ impl GgufFile {
         let info = self.tensor_info(name).ok_or_else(|| self.tensor_err(name, "not in the file".into()))?;
         // Checked at open: offset + n_bytes <= map length, so both fit in usize.
         let start = info.offset as usize;
-        let bytes = self
-            .map
-            .get(start..start + info.n_bytes as usize)
-            .ok_or_else(|| self.tensor_err(name, "data lies outside the file".into()))?;
+        let bytes = self.map.get(start..start + info.n_bytes as usize).ok_or_else(|| self.tensor_err(name, "data lies outside the file".into()))?;
         Ok((info, bytes))
     }
 
@@ -595,10 +572,7 @@ impl GgufFile {
         let (info, bytes) = self.tensor_bytes(name)?;
         let ty = info.ggml_type;
         if !ty.can_dequantize() {
-            return Err(FormatError::Unsupported {
-                path: self.path.clone(),
-                reason: format!("tensor {name}: dequantization of ggml type {ty}"),
-            });
+            return Err(FormatError::Unsupported { path: self.path.clone(), reason: format!("tensor {name}: dequantization of ggml type {ty}") });
         }
         // Bounded by the file: every type takes at least 1 byte per 8 elements and the data was
         // checked at open to lie inside the file.
@@ -612,14 +586,12 @@ impl GgufFile {
     fn meta_usize(&self, key: &str) -> Result<Option<usize>, FormatError> {
         match self.metadata(key) {
             None => Ok(None),
-            Some(GgufValue::Array(_)) => Err(FormatError::Unsupported {
-                path: self.path.clone(),
-                reason: format!("per-layer values in metadata {key}"),
-            }),
-            Some(v) => v.as_u64().and_then(|v| usize::try_from(v).ok()).map(Some).ok_or_else(|| FormatError::Invalid {
-                path: self.path.clone(),
-                reason: format!("metadata {key} should be a non-negative integer, is {v:?}"),
-            }),
+            Some(GgufValue::Array(_)) => Err(FormatError::Unsupported { path: self.path.clone(), reason: format!("per-layer values in metadata {key}") }),
+            Some(v) => v
+                .as_u64()
+                .and_then(|v| usize::try_from(v).ok())
+                .map(Some)
+                .ok_or_else(|| FormatError::Invalid { path: self.path.clone(), reason: format!("metadata {key} should be a non-negative integer, is {v:?}") }),
         }
     }
 
@@ -627,10 +599,10 @@ impl GgufFile {
     fn meta_f64(&self, key: &str) -> Result<Option<f64>, FormatError> {
         match self.metadata(key) {
             None => Ok(None),
-            Some(v) => v.as_f64().map(Some).ok_or_else(|| FormatError::Invalid {
-                path: self.path.clone(),
-                reason: format!("metadata {key} should be a number, is {v:?}"),
-            }),
+            Some(v) => v
+                .as_f64()
+                .map(Some)
+                .ok_or_else(|| FormatError::Invalid { path: self.path.clone(), reason: format!("metadata {key} should be a number, is {v:?}") }),
         }
     }
 
@@ -688,8 +660,7 @@ impl GgufFile {
         let context = positive("context_length", need("context_length")?)?;
         let rms_norm_eps = self
             .meta_f64(&key("attention.layer_norm_rms_epsilon"))?
-            .ok_or_else(|| invalid(format!("missing metadata {}", key("attention.layer_norm_rms_epsilon"))))?
-            as f32;
+            .ok_or_else(|| invalid(format!("missing metadata {}", key("attention.layer_norm_rms_epsilon"))))? as f32;
         let rope_theta = self.meta_f64(&key("rope.freq_base"))?.unwrap_or(10000.0) as f32;
         if !(rms_norm_eps.is_finite() && rms_norm_eps >= 0.0 && rope_theta.is_finite() && rope_theta > 0.0) {
             return Err(invalid(format!("rms epsilon {rms_norm_eps} / rope base {rope_theta} out of range")));
@@ -712,18 +683,13 @@ impl GgufFile {
             Some(Err(v)) => return Err(invalid(format!("{} should be a string, is {v:?}", key("rope.scaling.type")))),
         };
         if self.tensor_info("rope_freqs.weight").is_some() {
-            return Err(unsupported(
-                "per-dimension RoPE frequency factors (rope_freqs.weight, Llama 3.1 style) in GGUF".into(),
-            ));
+            return Err(unsupported("per-dimension RoPE frequency factors (rope_freqs.weight, Llama 3.1 style) in GGUF".into()));
         }
 
         let vocab = match opt("vocab_size")? {
             Some(v) => v,
             None => match self.metadata("tokenizer.ggml.tokens") {
-                Some(t) => t
-                    .as_array()
-                    .map(<[GgufValue]>::len)
-                    .ok_or_else(|| invalid("tokenizer.ggml.tokens is not an array".into()))?,
+                Some(t) => t.as_array().map(<[GgufValue]>::len).ok_or_else(|| invalid("tokenizer.ggml.tokens is not an array".into()))?,
                 None => match self.tensor_info("token_embd.weight").map(|t| t.dims.as_slice()) {
                     Some([_, v]) => *v as usize,
                     _ => return Err(invalid("cannot determine the vocabulary size".into())),
@@ -732,9 +698,7 @@ impl GgufFile {
         };
         let vocab = positive("vocab_size", vocab)?;
         let token_id = |k: &str| -> Result<Option<u32>, FormatError> {
-            self.meta_usize(k)?
-                .map(|v| u32::try_from(v).map_err(|_| invalid(format!("{k} {v} does not fit in u32"))))
-                .transpose()
+            self.meta_usize(k)?.map(|v| u32::try_from(v).map_err(|_| invalid(format!("{k} {v} does not fit in u32")))).transpose()
         };
 
         Ok(LlamaConfig {
@@ -770,11 +734,8 @@ const LAYER_NAMES: [(&str, &str); 9] = [
 ];
 
 /// Whole-model tensor names: (Hugging Face, GGUF).
-const GLOBAL_NAMES: [(&str, &str); 3] = [
-    ("model.embed_tokens.weight", "token_embd.weight"),
-    ("model.norm.weight", "output_norm.weight"),
-    ("lm_head.weight", "output.weight"),
-];
+const GLOBAL_NAMES: [(&str, &str); 3] =
+    [("model.embed_tokens.weight", "token_embd.weight"), ("model.norm.weight", "output_norm.weight"), ("lm_head.weight", "output.weight")];
 
 /// Splits `{prefix}{layer}.{suffix}` into the layer number and suffix. The layer must be a plain
 /// decimal number (no sign, no leading zeros) so that the mapping is a bijection.
@@ -899,11 +860,7 @@ impl WeightSource for GgufWeights {
     }
 
     fn tensor(&self, name: &str) -> Result<HostTensor, FormatError> {
-        let err = |name: &str, reason: String| FormatError::Tensor {
-            path: self.file.path().to_path_buf(),
-            name: name.to_string(),
-            reason,
-        };
+        let err = |name: &str, reason: String| FormatError::Tensor { path: self.file.path().to_path_buf(), name: name.to_string(), reason };
         let g = hf_to_gguf_name(name).ok_or_else(|| err(name, "no GGUF counterpart for this name".into()))?;
         if self.file.tensor_info(&g).is_none() {
             return Err(err(name, format!("not in the file (as {g})")));
@@ -920,8 +877,8 @@ impl WeightSource for GgufWeights {
             let [rows, cols] = t.shape[..] else {
                 return Err(err(name, format!("shape {:?} is not 2-D", t.shape)));
             };
-            t.data = unpermute_qk(&t.data, rows, cols, n_head)
-                .ok_or_else(|| err(name, format!("{rows} rows do not split into {n_head} heads of rotary pairs")))?;
+            t.data =
+                unpermute_qk(&t.data, rows, cols, n_head).ok_or_else(|| err(name, format!("{rows} rows do not split into {n_head} heads of rotary pairs")))?;
         }
         Ok(t)
     }

@@ -134,7 +134,9 @@ pub fn parse_llama_config(json_text: &str, path: &Path) -> Result<LlamaConfig, F
     let rope_theta = float(&v["rope_theta"], "rope_theta")?.or(float(&v["rope_parameters"]["rope_theta"], "rope_theta")?).unwrap_or(10000.0);
     let rope_scaling = match rope["rope_type"].as_str().or(rope["type"].as_str()) {
         None | Some("default") => None,
-        Some("linear") => Some(RopeScaling::Linear { factor: float(&rope["factor"], "factor")?.ok_or_else(|| invalid(path, "linear rope scaling without factor"))? }),
+        Some("linear") => {
+            Some(RopeScaling::Linear { factor: float(&rope["factor"], "factor")?.ok_or_else(|| invalid(path, "linear rope scaling without factor"))? })
+        }
         Some("llama3") => {
             let f = |k: &str| float(&rope[k], k)?.ok_or_else(|| invalid(path, format!("llama3 rope scaling without {k}")));
             Some(RopeScaling::Llama3 {
@@ -143,7 +145,8 @@ pub fn parse_llama_config(json_text: &str, path: &Path) -> Result<LlamaConfig, F
                 high_freq_factor: f("high_freq_factor")?,
                 original_max_position_embeddings: rope["original_max_position_embeddings"]
                     .as_u64()
-                    .ok_or_else(|| invalid(path, "llama3 rope scaling without original_max_position_embeddings"))? as usize,
+                    .ok_or_else(|| invalid(path, "llama3 rope scaling without original_max_position_embeddings"))?
+                    as usize,
             })
         }
         Some(other) => return Err(FormatError::Unsupported { path: path.to_path_buf(), reason: format!("rope scaling type {other:?}") }),
@@ -164,7 +167,12 @@ pub fn parse_llama_config(json_text: &str, path: &Path) -> Result<LlamaConfig, F
         bos_token_id: v["bos_token_id"].as_u64().map(|i| i as u32),
         eos_token_ids: ids(&v["eos_token_id"]),
     };
-    for (k, n) in [("vocab_size", config.vocab_size), ("intermediate_size", config.intermediate_size), ("num_hidden_layers", config.num_hidden_layers), ("head_dim", head_dim)] {
+    for (k, n) in [
+        ("vocab_size", config.vocab_size),
+        ("intermediate_size", config.intermediate_size),
+        ("num_hidden_layers", config.num_hidden_layers),
+        ("head_dim", head_dim),
+    ] {
         if n == 0 {
             return Err(invalid(path, format!("{k} is 0")));
         }
@@ -318,7 +326,8 @@ impl WeightSource for HfModelDir {
         self.tensors.contains_key(name)
     }
     fn tensor(&self, name: &str) -> Result<HostTensor, FormatError> {
-        let e = self.tensors.get(name).ok_or_else(|| FormatError::Tensor { path: self.dir.clone(), name: name.into(), reason: "not in the checkpoint".into() })?;
+        let e =
+            self.tensors.get(name).ok_or_else(|| FormatError::Tensor { path: self.dir.clone(), name: name.into(), reason: "not in the checkpoint".into() })?;
         let (path, map) = &self.shards[e.shard];
         let bytes = &map[e.start..e.end];
         let n: usize = e.shape.iter().product();
@@ -384,10 +393,8 @@ impl safetensors::View for &F32View<'_> {
 }
 
 pub(crate) fn write_shard(path: &Path, tensors: &[(String, HostTensor)]) -> Result<(), FormatError> {
-    let views: Vec<(String, F32View)> = tensors
-        .iter()
-        .map(|(n, t)| (n.clone(), F32View { shape: &t.shape, bytes: t.data.iter().flat_map(|v| v.to_le_bytes()).collect() }))
-        .collect();
+    let views: Vec<(String, F32View)> =
+        tensors.iter().map(|(n, t)| (n.clone(), F32View { shape: &t.shape, bytes: t.data.iter().flat_map(|v| v.to_le_bytes()).collect() })).collect();
     let meta: HashMap<String, String> = [("format".to_string(), "pt".to_string())].into();
     let bytes = safetensors::serialize(views.iter().map(|(n, v)| (n.as_str(), v)), Some(meta)).map_err(|e| invalid(path, e.to_string()))?;
     write_atomic(path, |f| f.write_all(&bytes))

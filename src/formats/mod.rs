@@ -2,9 +2,9 @@
 //! unchecked header value. Tensors are handed up in Hugging Face naming and layout.
 
 pub mod gguf;
-pub mod quant;
 pub mod hf;
 pub mod peft;
+pub mod quant;
 
 use std::path::PathBuf;
 

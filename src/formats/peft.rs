@@ -41,14 +41,7 @@ pub struct LoraConfig {
 impl Default for LoraConfig {
     /// PEFT's defaults for a causal LM with every Llama linear targeted: r 8, alpha 16, no dropout.
     fn default() -> Self {
-        LoraConfig {
-            r: 8,
-            alpha: 16.0,
-            dropout: 0.0,
-            target_modules: TARGETS.iter().map(|s| s.to_string()).collect(),
-            use_rslora: false,
-            base_model: None,
-        }
+        LoraConfig { r: 8, alpha: 16.0, dropout: 0.0, target_modules: TARGETS.iter().map(|s| s.to_string()).collect(), use_rslora: false, base_model: None }
     }
 }
 
@@ -226,10 +219,7 @@ pub fn read_adapter(dir: &Path) -> Result<PeftAdapter, FormatError> {
     let tensors = read_tensors(&path)?;
     for name in tensors.keys() {
         if parse_tensor_name(name).is_none() {
-            return Err(FormatError::Unsupported {
-                path: path.clone(),
-                reason: format!("tensor {name:?} is not a LoRA matrix of a Llama linear layer"),
-            });
+            return Err(FormatError::Unsupported { path: path.clone(), reason: format!("tensor {name:?} is not a LoRA matrix of a Llama linear layer") });
         }
     }
     Ok(PeftAdapter { config, tensors })
@@ -247,8 +237,7 @@ pub(crate) fn read_tensors(path: &Path) -> Result<BTreeMap<String, HostTensor>, 
 /// # Errors
 /// A malformed file, another dtype, non-finite values.
 pub fn read_tensors_bytes(bytes: &[u8], path: &Path) -> Result<BTreeMap<String, HostTensor>, FormatError> {
-    let st = SafeTensors::deserialize(bytes)
-        .map_err(|e| FormatError::Invalid { path: path.to_path_buf(), reason: format!("bad safetensors: {e}") })?;
+    let st = SafeTensors::deserialize(bytes).map_err(|e| FormatError::Invalid { path: path.to_path_buf(), reason: format!("bad safetensors: {e}") })?;
     let mut out = BTreeMap::new();
     for (name, view) in st.tensors() {
         let data = view.data();
@@ -302,10 +291,7 @@ mod tests {
                 assert_eq!(parse_tensor_name(&tensor_name(l, m, a)), Some((l, m, a)));
             }
         }
-        assert_eq!(
-            tensor_name(0, "down_proj", true),
-            "base_model.model.model.layers.0.mlp.down_proj.lora_A.weight"
-        );
+        assert_eq!(tensor_name(0, "down_proj", true), "base_model.model.model.layers.0.mlp.down_proj.lora_A.weight");
         assert_eq!(parse_tensor_name("base_model.model.model.embed_tokens.lora_A.weight"), None);
         assert_eq!(parse_tensor_name("base_model.model.model.layers.0.self_attn.q_proj.lora_A.default.weight"), None);
     }

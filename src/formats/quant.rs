@@ -338,9 +338,7 @@ pub fn dequantize(ty: GgmlType, bytes: &[u8], n_elements: usize, out: &mut [f32]
         GgmlType::F32 => blocks.for_each(|(b, y)| y[0] = f32::from_le_bytes([b[0], b[1], b[2], b[3]])),
         GgmlType::F16 => blocks.for_each(|(b, y)| y[0] = f16_at(b, 0)),
         GgmlType::BF16 => blocks.for_each(|(b, y)| y[0] = bf16::from_le_bytes([b[0], b[1]]).to_f32()),
-        GgmlType::F64 => {
-            blocks.for_each(|(b, y)| y[0] = f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32)
-        }
+        GgmlType::F64 => blocks.for_each(|(b, y)| y[0] = f64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]) as f32),
         GgmlType::Q4_0 => blocks.for_each(|(b, y)| q4_0(b, y)),
         GgmlType::Q4_1 => blocks.for_each(|(b, y)| q4_1(b, y)),
         GgmlType::Q5_0 => blocks.for_each(|(b, y)| q5_0(b, y)),
@@ -479,11 +477,7 @@ fn q3_k(b: &[u8], y: &mut [f32]) {
 /// The 6-bit scale and min of sub-block `j` (0..8) packed in a K-quant's 12 scale bytes
 /// (ggml's `get_scale_min_k4`).
 pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (f32, f32) {
-    let (sc, m) = if j < 4 {
-        (q[j] & 63, q[j + 4] & 63)
-    } else {
-        ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
-    };
+    let (sc, m) = if j < 4 { (q[j] & 63, q[j + 4] & 63) } else { ((q[j + 4] & 0xF) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4)) };
     (f32::from(sc), f32::from(m))
 }
 
@@ -663,8 +657,7 @@ mod tests {
             let ty = GgmlType::from_id(id).unwrap();
             assert_eq!(ty.name(), case["type"].as_str().unwrap());
             let bytes: Vec<u8> = case["bytes"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u8).collect();
-            let want: Vec<u32> =
-                case["f32_bits"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            let want: Vec<u32> = case["f32_bits"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
             let mut got = vec![0f32; want.len()];
             dequantize(ty, &bytes, want.len(), &mut got).unwrap();
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {

@@ -20,11 +20,7 @@ pub struct StopMatcher {
 impl StopMatcher {
     /// A matcher for `stops`; empty strings are ignored.
     pub fn new(stops: &[String]) -> Self {
-        StopMatcher {
-            stops: stops.iter().enumerate().filter(|(_, s)| !s.is_empty()).map(|(i, s)| (i, s.clone())).collect(),
-            held: String::new(),
-            done: false,
-        }
+        StopMatcher { stops: stops.iter().enumerate().filter(|(_, s)| !s.is_empty()).map(|(i, s)| (i, s.clone())).collect(), held: String::new(), done: false }
     }
 
     /// Feeds newly decoded text.
@@ -34,11 +30,7 @@ impl StopMatcher {
         }
         self.held.push_str(text);
         // Earliest complete stop string (ties: the one listed first).
-        let hit = self
-            .stops
-            .iter()
-            .filter_map(|(i, s)| self.held.find(s.as_str()).map(|pos| (pos, *i)))
-            .min();
+        let hit = self.stops.iter().filter_map(|(i, s)| self.held.find(s.as_str()).map(|pos| (pos, *i))).min();
         if let Some((pos, i)) = hit {
             let emit = self.held[..pos].to_string();
             self.held.clear();

@@ -117,12 +117,7 @@ fn matrix(w: &GgufWeights, name: &str, out: usize, inp: usize, n_head: Option<us
     let g = hf_to_gguf_name(name).ok_or_else(|| tensor_err(w, name, "no GGUF counterpart for this name".into()))?;
     let (info, bytes) = w.file().tensor_bytes(&g)?;
     if info.shape() != [out, inp] {
-        return Err(ModelError::Shape {
-            path: w.path().display().to_string(),
-            name: name.to_string(),
-            expected: vec![out, inp],
-            got: info.shape(),
-        });
+        return Err(ModelError::Shape { path: w.path().display().to_string(), name: name.to_string(), expected: vec![out, inp], got: info.shape() });
     }
     let m = QMatrix::from_ggml(info.ggml_type, bytes, out, inp).map_err(|e| tensor_err(w, name, e.to_string()))?;
     w.file().release_pages(&g);
@@ -165,12 +160,7 @@ pub(crate) fn supports(c: &LlamaConfig) -> bool {
 impl HostWeights {
     /// Repacks the GGUF weights (`progress` gets a fraction after each layer; `false` aborts).
     /// `rope` holds the rotate-half `cos` and `sin` tables (`model::rope::tables`).
-    pub(crate) fn load(
-        w: &GgufWeights,
-        c: &LlamaConfig,
-        rope: (Vec<f32>, Vec<f32>),
-        progress: &mut dyn FnMut(f32) -> bool,
-    ) -> Result<HostWeights, ModelError> {
+    pub(crate) fn load(w: &GgufWeights, c: &LlamaConfig, rope: (Vec<f32>, Vec<f32>), progress: &mut dyn FnMut(f32) -> bool) -> Result<HostWeights, ModelError> {
         if !supports(c) {
             return Err(ModelError::Config("the quantized CPU path needs hidden, intermediate and attention sizes that are multiples of 32".into()));
         }

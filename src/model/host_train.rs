@@ -92,7 +92,22 @@ pub(crate) struct PassResult {
 /// `dst[i·dst_rs + j] (+)= alpha · Σ_p a[i·a_rs + p·a_cs] · b[p·b_rs + j·b_cs]` for an `m × n`
 /// result over `k` terms (`acc`: add to `dst`, else overwrite).
 #[allow(clippy::too_many_arguments)]
-fn mm(m: usize, n: usize, k: usize, dst: &mut [f32], dst_rs: usize, acc: bool, a: &[f32], a_rs: usize, a_cs: usize, b: &[f32], b_rs: usize, b_cs: usize, alpha: f32, par: bool) {
+fn mm(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    acc: bool,
+    a: &[f32],
+    a_rs: usize,
+    a_cs: usize,
+    b: &[f32],
+    b_rs: usize,
+    b_cs: usize,
+    alpha: f32,
+    par: bool,
+) {
     if m == 0 || n == 0 {
         return;
     }
@@ -524,7 +539,11 @@ fn groups(lora: &[Option<HostPair>; 7], q_w: usize, kv_w: usize, inter: usize, d
             mods.iter().map(|&m| group(lora, &[m])).filter(|g| !g.is_empty()).collect()
         } else {
             let g = group(lora, mods);
-            if g.is_empty() { Vec::new() } else { vec![g] }
+            if g.is_empty() {
+                Vec::new()
+            } else {
+                vec![g]
+            }
         }
     };
     [split(&[(0, 0), (1, q_w), (2, q_w + kv_w)]), split(&[(3, 0)]), split(&[(4, 0), (5, inter)]), split(&[(6, 0)])]

@@ -63,12 +63,7 @@ impl LoraWeights {
     ///
     /// # Errors
     /// [`ModelError::Config`] naming the offending tensor.
-    pub fn from_host(
-        model: &LlamaConfig,
-        lora: &LoraConfig,
-        tensors: &BTreeMap<String, HostTensor>,
-        device: &Device,
-    ) -> Result<LoraWeights, ModelError> {
+    pub fn from_host(model: &LlamaConfig, lora: &LoraConfig, tensors: &BTreeMap<String, HostTensor>, device: &Device) -> Result<LoraWeights, ModelError> {
         let mut used = 0;
         let mut layers = Vec::with_capacity(model.num_hidden_layers);
         for l in 0..model.num_hidden_layers {
@@ -95,9 +90,8 @@ impl LoraWeights {
             let extra = tensors
                 .keys()
                 .find(|k| {
-                    !(0..model.num_hidden_layers).any(|l| {
-                        TARGETS.iter().any(|m| lora.targets(m) && (**k == tensor_name(l, m, true) || **k == tensor_name(l, m, false)))
-                    })
+                    !(0..model.num_hidden_layers)
+                        .any(|l| TARGETS.iter().any(|m| lora.targets(m) && (**k == tensor_name(l, m, true) || **k == tensor_name(l, m, false))))
                 })
                 .cloned()
                 .unwrap_or_default();

@@ -15,9 +15,9 @@ use crate::engine::{self, silu, softmax, Device, EngineError, Tensor};
 use crate::formats::gguf::GgufWeights;
 use crate::formats::{FormatError, WeightSource};
 
-pub use lora::{LoraApply, LoraPair, LoraWeights};
 pub(crate) use host::HostPair;
 pub(crate) use host_train::{HostTraining, PassResult, TrainPass};
+pub use lora::{LoraApply, LoraPair, LoraWeights};
 
 /// An error building or running the model.
 #[derive(Debug, thiserror::Error)]
@@ -188,11 +188,7 @@ impl Clone for KvCache {
             CacheStore::Device { k, v } => CacheStore::Device { k: k.iter().map(deep).collect(), v: v.iter().map(deep).collect() },
             CacheStore::Host(h) => CacheStore::Host(h.clone()),
         };
-        KvCache {
-            store,
-            len: self.len,
-            capacity: self.capacity,
-        }
+        KvCache { store, len: self.len, capacity: self.capacity }
     }
 }
 
@@ -278,12 +274,7 @@ impl Llama {
     /// # Errors
     /// Missing or mis-shaped tensors ([`ModelError::Shape`], [`FormatError::Tensor`]), inconsistent
     /// configuration ([`ModelError::Config`]).
-    pub fn load(
-        source: &dyn WeightSource,
-        config: &LlamaConfig,
-        device: &Device,
-        max_positions: usize,
-    ) -> Result<Self, ModelError> {
+    pub fn load(source: &dyn WeightSource, config: &LlamaConfig, device: &Device, max_positions: usize) -> Result<Self, ModelError> {
         Self::load_with_progress(source, config, device, max_positions, &mut |_| true)
     }
 
@@ -463,10 +454,7 @@ impl Llama {
             None => {
                 let shape = [c.num_key_value_heads, capacity, c.head_dim];
                 let zeros = || Tensor::<3>::zeros(shape, &self.device);
-                CacheStore::Device {
-                    k: (0..c.num_hidden_layers).map(|_| zeros()).collect(),
-                    v: (0..c.num_hidden_layers).map(|_| zeros()).collect(),
-                }
+                CacheStore::Device { k: (0..c.num_hidden_layers).map(|_| zeros()).collect(), v: (0..c.num_hidden_layers).map(|_| zeros()).collect() }
             }
         };
         KvCache { store, len: 0, capacity }
@@ -513,11 +501,7 @@ impl Llama {
         }
         let per = c.num_key_value_heads * len * c.head_dim;
         if data.len() != 2 * c.num_hidden_layers * per {
-            return Err(ModelError::CacheState(format!(
-                "{} values for {len} positions, expected {}",
-                data.len(),
-                2 * c.num_hidden_layers * per
-            )));
+            return Err(ModelError::CacheState(format!("{} values for {len} positions, expected {}", data.len(), 2 * c.num_hidden_layers * per)));
         }
         if len > 0 {
             let shape = [c.num_key_value_heads, len, c.head_dim];
@@ -552,13 +536,7 @@ impl Llama {
     ///
     /// # Errors
     /// As [`Llama::forward`].
-    pub fn forward_with(
-        &self,
-        tokens: &[u32],
-        cache: &mut KvCache,
-        which: Logits,
-        lora: Option<LoraApply>,
-    ) -> Result<Vec<f32>, ModelError> {
+    pub fn forward_with(&self, tokens: &[u32], cache: &mut KvCache, which: Logits, lora: Option<LoraApply>) -> Result<Vec<f32>, ModelError> {
         let mut out = Vec::new();
         self.forward_into(tokens, cache, which, lora, &mut out)?;
         Ok(out)
@@ -569,14 +547,7 @@ impl Llama {
     ///
     /// # Errors
     /// As [`Llama::forward`].
-    pub fn forward_into(
-        &self,
-        tokens: &[u32],
-        cache: &mut KvCache,
-        which: Logits,
-        lora: Option<LoraApply>,
-        out: &mut Vec<f32>,
-    ) -> Result<(), ModelError> {
+    pub fn forward_into(&self, tokens: &[u32], cache: &mut KvCache, which: Logits, lora: Option<LoraApply>, out: &mut Vec<f32>) -> Result<(), ModelError> {
         self.check_tokens(tokens)?;
         let (start, t) = (cache.len, tokens.len());
         if start + t > cache.capacity {

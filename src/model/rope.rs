@@ -11,12 +11,7 @@ pub fn inv_freq(config: &LlamaConfig) -> Vec<f32> {
     let scaled: Vec<f64> = match &config.rope_scaling {
         None => base,
         Some(RopeScaling::Linear { factor }) => base.iter().map(|f| f / f64::from(*factor)).collect(),
-        Some(RopeScaling::Llama3 {
-            factor,
-            low_freq_factor,
-            high_freq_factor,
-            original_max_position_embeddings,
-        }) => {
+        Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => {
             let (factor, low, high) = (f64::from(*factor), f64::from(*low_freq_factor), f64::from(*high_freq_factor));
             let old_ctx = *original_max_position_embeddings as f64;
             let low_freq_wavelen = old_ctx / low;
@@ -101,12 +96,7 @@ mod tests {
 
     #[test]
     fn llama3_scaling_keeps_high_and_scales_low_frequencies() {
-        let mut c = config(Some(RopeScaling::Llama3 {
-            factor: 8.0,
-            low_freq_factor: 1.0,
-            high_freq_factor: 4.0,
-            original_max_position_embeddings: 8192,
-        }));
+        let mut c = config(Some(RopeScaling::Llama3 { factor: 8.0, low_freq_factor: 1.0, high_freq_factor: 4.0, original_max_position_embeddings: 8192 }));
         c.head_dim = 128;
         c.rope_theta = 500000.0;
         let plain = inv_freq(&config(None).clone_with(128, 500000.0));

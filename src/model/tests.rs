@@ -16,11 +16,7 @@ impl WeightSource for Mem {
         self.0.contains_key(name)
     }
     fn tensor(&self, name: &str) -> Result<HostTensor, FormatError> {
-        self.0.get(name).cloned().ok_or_else(|| FormatError::Tensor {
-            path: self.1.clone(),
-            name: name.into(),
-            reason: "missing".into(),
-        })
+        self.0.get(name).cloned().ok_or_else(|| FormatError::Tensor { path: self.1.clone(), name: name.into(), reason: "missing".into() })
     }
 }
 
@@ -112,8 +108,7 @@ fn reference(m: &Mem, c: &LlamaConfig, tokens: &[u32]) -> Vec<Vec<f64>> {
     let (h, hd, nh, nkv) = (c.hidden_size, c.head_dim, c.num_attention_heads, c.num_key_value_heads);
     let eps = f64::from(c.rms_norm_eps);
     let emb = g("model.embed_tokens.weight");
-    let mut xs: Vec<Vec<f64>> =
-        tokens.iter().map(|&t| emb.data[t as usize * h..(t as usize + 1) * h].iter().map(|&v| f64::from(v)).collect()).collect();
+    let mut xs: Vec<Vec<f64>> = tokens.iter().map(|&t| emb.data[t as usize * h..(t as usize + 1) * h].iter().map(|&v| f64::from(v)).collect()).collect();
     for l in 0..c.num_hidden_layers {
         let p = format!("model.layers.{l}");
         let mut qs = vec![];
@@ -135,9 +130,8 @@ fn reference(m: &Mem, c: &LlamaConfig, tokens: &[u32]) -> Vec<Vec<f64>> {
             for head in 0..nh {
                 let kvh = head / (nh / nkv);
                 let q = &qs[i][head * hd..(head + 1) * hd];
-                let scores: Vec<f64> = (0..=i)
-                    .map(|j| q.iter().zip(&ks[j][kvh * hd..(kvh + 1) * hd]).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt())
-                    .collect();
+                let scores: Vec<f64> =
+                    (0..=i).map(|j| q.iter().zip(&ks[j][kvh * hd..(kvh + 1) * hd]).map(|(a, b)| a * b).sum::<f64>() / (hd as f64).sqrt()).collect();
                 let mx = scores.iter().cloned().fold(f64::MIN, f64::max);
                 let e: Vec<f64> = scores.iter().map(|s| (s - mx).exp()).collect();
                 let z: f64 = e.iter().sum();

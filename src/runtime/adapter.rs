@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::sync::Arc;
 
+use super::model::Model;
 use crate::config::LlamaConfig;
 use crate::engine::Device;
 use crate::error::{Error, Result};
@@ -16,7 +17,6 @@ use crate::formats::peft::{self, tensor_name, LoraConfig, PeftAdapter, TARGETS};
 use crate::formats::HostTensor;
 use crate::generate::Rng;
 use crate::model::{lora::linear_shape, LoraWeights};
-use super::model::Model;
 
 struct Inner {
     config: LoraConfig,
@@ -147,4 +147,3 @@ pub(crate) fn init_lora(model: &LlamaConfig, lora: &LoraConfig, seed: u64) -> Re
     }
     Ok(out)
 }
-

@@ -116,10 +116,9 @@ impl Model {
         let (format, config, tokenizer, template_src, llama_loader): (_, LlamaConfig, Tokenizer, Option<String>, Loader);
         if path.is_dir() {
             let dir = HfModelDir::open_with(path, options.copy_file)?;
-            let tok_json = dir.tokenizer_json_path().ok_or_else(|| FormatError::Invalid {
-                path: path.to_path_buf(),
-                reason: "no tokenizer.json in the model directory".into(),
-            })?;
+            let tok_json = dir
+                .tokenizer_json_path()
+                .ok_or_else(|| FormatError::Invalid { path: path.to_path_buf(), reason: "no tokenizer.json in the model directory".into() })?;
             tokenizer = Tokenizer::from_hf_files(&tok_json, dir.tokenizer_config_path().as_deref())?;
             config = dir.config().clone();
             template_src = dir.chat_template().map(str::to_string).or_else(|| tokenizer.chat_template().map(str::to_string));
@@ -150,9 +149,7 @@ impl Model {
         // The RoPE tables are built for every position at load: a file claiming a huge context must
         // fail here with an error, not abort in the allocator.
         let rope_bytes = context.checked_mul(config.head_dim).and_then(|n| n.checked_mul(2 * std::mem::size_of::<f32>()));
-        ensure_fits(rope_bytes, || {
-            format!("the RoPE tables for a context of {context} positions (set LoadOptions.max_context to a smaller context)")
-        })?;
+        ensure_fits(rope_bytes, || format!("the RoPE tables for a context of {context} positions (set LoadOptions.max_context to a smaller context)"))?;
         let template = match template_src {
             Some(src) => {
                 let name = |id: Option<u32>| id.and_then(|i| tokenizer.id_to_token(i)).unwrap_or_default();
@@ -169,7 +166,16 @@ impl Model {
         tracing::info!(path = %path.display(), backend = %options.backend, context, "model loaded");
         Ok(Model {
             llama: Arc::new(llama),
-            inner: Arc::new(Inner { tokenizer, template, backend: options.backend, format, path: path.to_path_buf(), context, pool, grammars: std::sync::OnceLock::new() }),
+            inner: Arc::new(Inner {
+                tokenizer,
+                template,
+                backend: options.backend,
+                format,
+                path: path.to_path_buf(),
+                context,
+                pool,
+                grammars: std::sync::OnceLock::new(),
+            }),
         })
     }
 
@@ -177,9 +183,7 @@ impl Model {
     /// `None` if that overflows.
     pub fn kv_cache_bytes(&self, capacity: usize) -> Option<usize> {
         let c = self.config();
-        [2, c.num_hidden_layers, c.num_key_value_heads, c.head_dim, std::mem::size_of::<f32>()]
-            .iter()
-            .try_fold(capacity, |n, &f| n.checked_mul(f))
+        [2, c.num_hidden_layers, c.num_key_value_heads, c.head_dim, std::mem::size_of::<f32>()].iter().try_fold(capacity, |n, &f| n.checked_mul(f))
     }
 
     /// Whether [`crate::train::Trainer`] runs on the host path (the quantized CPU path: frozen weights
@@ -255,17 +259,12 @@ impl Model {
             return Ok(f.clone());
         }
         let words = self.tokenizer().token_bytes(self.config().vocab_size)?;
-        let eos = *self
-            .tokenizer()
-            .eos_ids()
-            .first()
-            .ok_or_else(|| Error::InvalidArgument("constrained decoding needs an end-of-sequence token".into()))?;
+        let eos = *self.tokenizer().eos_ids().first().ok_or_else(|| Error::InvalidArgument("constrained decoding needs an end-of-sequence token".into()))?;
         let mut info = llguidance::toktrie::TokRxInfo::new(words.len() as u32, eos);
         info.tok_bos = self.tokenizer().bos_id();
         let trie = llguidance::toktrie::TokTrie::from(&info, &words);
         let env: llguidance::toktrie::TokEnv = Arc::new(llguidance::toktrie::ApproximateTokEnv::new(trie));
-        let mut factory = llguidance::ParserFactory::new_simple(&env)
-            .map_err(|e| Error::InvalidArgument(format!("constrained decoding: {e}")))?;
+        let mut factory = llguidance::ParserFactory::new_simple(&env).map_err(|e| Error::InvalidArgument(format!("constrained decoding: {e}")))?;
         factory.quiet();
         let factory = Arc::new(factory);
         Ok(self.inner.grammars.get_or_init(|| factory).clone())

@@ -5,13 +5,13 @@
 use std::ops::ControlFlow;
 use std::time::{Duration, Instant};
 
-use crate::error::{Error, Result};
-use crate::generate::{CancelToken, Sampler, SamplingParams, StopMatcher};
-use crate::model::{KvCache, LoraApply, Logits, ModelError};
-use crate::template::{ChatTemplate, Message};
-use crate::tokenizer::{TextStream, Tokenizer};
 use super::adapter::Adapter;
 use super::model::{ensure_fits, Model};
+use crate::error::{Error, Result};
+use crate::generate::{CancelToken, Sampler, SamplingParams, StopMatcher};
+use crate::model::{KvCache, Logits, LoraApply, ModelError};
+use crate::template::{ChatTemplate, Message};
+use crate::tokenizer::{TextStream, Tokenizer};
 
 /// Prompt tokens processed per forward pass during prefill; cancellation is checked between chunks.
 pub const PREFILL_CHUNK: usize = 256;
@@ -135,7 +135,16 @@ impl Model {
 impl Session {
     pub(crate) fn new(model: Model, capacity: usize) -> Session {
         let cache = model.llama().new_cache(capacity);
-        Session { model, cache, tokens: Vec::with_capacity(capacity), logits: None, spare: Vec::new(), cancel: CancelToken::default(), active: None, adapter: None }
+        Session {
+            model,
+            cache,
+            tokens: Vec::with_capacity(capacity),
+            logits: None,
+            spare: Vec::new(),
+            cancel: CancelToken::default(),
+            active: None,
+            adapter: None,
+        }
     }
 
     /// The model this session runs on.
@@ -442,10 +451,7 @@ impl Session {
     /// # Errors
     /// As [`Session::next_token`]; [`Error::InvalidArgument`] when the mask forbids every token.
     pub fn next_token_masked(&mut self, mask: impl FnOnce(&mut [f32])) -> Result<Step> {
-        let mut a = self
-            .active
-            .take()
-            .ok_or_else(|| Error::InvalidArgument("no generation in progress: call begin first".into()))?;
+        let mut a = self.active.take().ok_or_else(|| Error::InvalidArgument("no generation in progress: call begin first".into()))?;
         let r = self.step(&mut a, mask);
         self.active = Some(a);
         r

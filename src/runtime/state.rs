@@ -62,17 +62,12 @@ impl Session {
         let saved: Vec<u32> = (0..5).map(|i| u32_at(12 + 4 * i)).collect();
         let ours = self.shape_fingerprint();
         if saved != ours {
-            return Err(bad(format!(
-                "saved for a model of shape {saved:?} (vocab, layers, kv heads, head dim, hidden), this one is {ours:?}"
-            )));
+            return Err(bad(format!("saved for a model of shape {saved:?} (vocab, layers, kv heads, head dim, hidden), this one is {ours:?}")));
         }
         let (n_tokens, cached, has_logits) = (u64_at(32), u64_at(40), bytes[48]);
         let c = self.model.config();
         if n_tokens > self.cache.capacity() as u64 || cached > n_tokens || has_logits > 1 {
-            return Err(bad(format!(
-                "{n_tokens} tokens ({cached} cached) do not fit this session's capacity {}",
-                self.cache.capacity()
-            )));
+            return Err(bad(format!("{n_tokens} tokens ({cached} cached) do not fit this session's capacity {}", self.cache.capacity())));
         }
         let (n_tokens, cached) = (n_tokens as usize, cached as usize);
         let n_logits = if has_logits == 1 { c.vocab_size } else { 0 };

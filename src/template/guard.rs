@@ -124,7 +124,9 @@ impl Analysis {
                         self.expr(&g.expr);
                         if k != Kind::Clean {
                             let name = g.name.to_string();
-                            self.refuse(|| format!("`set ….{name} = …` stores a value that may hold a namespace (a namespace that contains itself would crash rendering)"));
+                            self.refuse(|| {
+                                format!("`set ….{name} = …` stores a value that may hold a namespace (a namespace that contains itself would crash rendering)")
+                            });
                         }
                     }
                     target => self.bind(target, k),

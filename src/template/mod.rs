@@ -114,10 +114,7 @@ fn python_compact_json(v: &serde_json::Value) -> String {
         }
         serde_json::Value::Object(map) => format!(
             "{{{}}}",
-            map.iter()
-                .map(|(k, v)| format!("{}: {}", serde_json::Value::String(k.clone()), python_compact_json(v)))
-                .collect::<Vec<_>>()
-                .join(", ")
+            map.iter().map(|(k, v)| format!("{}: {}", serde_json::Value::String(k.clone()), python_compact_json(v))).collect::<Vec<_>>().join(", ")
         ),
         other => other.to_string(),
     }
@@ -156,9 +153,9 @@ impl ChatTemplate {
     /// # Errors
     /// [`TemplateError::Syntax`] for an unknown name.
     pub fn named(name: &str) -> Result<Self, TemplateError> {
-        BuiltinTemplate::from_name(name).map(Self::builtin).ok_or_else(|| {
-            TemplateError::Syntax(format!("unknown template {name:?} (expected llama-2, llama-2-no-system, chatml or agent-flan)"))
-        })
+        BuiltinTemplate::from_name(name)
+            .map(Self::builtin)
+            .ok_or_else(|| TemplateError::Syntax(format!("unknown template {name:?} (expected llama-2, llama-2-no-system, chatml or agent-flan)")))
     }
 
     /// The text that ends an assistant turn (and is trained with it): the named format's turn end, or

@@ -64,12 +64,8 @@ fn smollm2_from_gguf_matches_reference_and_round_trips_through_tokenizer_json() 
     let path = dir.path().join("tokenizer.json");
     std::fs::write(&path, tok.to_hf_json().unwrap()).unwrap();
     let reloaded = Tokenizer::from_hf_files(&path, None).unwrap();
-    let mut cases: Vec<(String, Vec<u32>)> = golden["tokenizer_probes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|p| (p["text"].as_str().unwrap().to_string(), ids(&p["ids"])))
-        .collect();
+    let mut cases: Vec<(String, Vec<u32>)> =
+        golden["tokenizer_probes"].as_array().unwrap().iter().map(|p| (p["text"].as_str().unwrap().to_string(), ids(&p["ids"]))).collect();
     cases.extend(golden["prompts"].as_array().unwrap().iter().map(|p| (p["text"].as_str().unwrap().to_string(), ids(&p["input_ids"]))));
     for (text, want) in &cases {
         assert_eq!(&tok.encode(text, false).unwrap(), want, "{text:?}");

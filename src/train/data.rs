@@ -119,8 +119,7 @@ impl Source {
                 f.seek(SeekFrom::Start(*offset)).map_err(io)?;
                 let mut buf = vec![0u8; *len as usize];
                 f.read_exact(&mut buf).map_err(io)?;
-                let text = String::from_utf8(buf)
-                    .map_err(|_| Error::InvalidArgument(format!("{}:{line}: not UTF-8 (the file changed?)", file.display())))?;
+                let text = String::from_utf8(buf).map_err(|_| Error::InvalidArgument(format!("{}:{line}: not UTF-8 (the file changed?)", file.display())))?;
                 parse_record(&text)
                     .map(Arc::new)
                     .map_err(|e| Error::InvalidArgument(format!("{}:{line}: {e} (the file changed since it was added?)", file.display())))
@@ -151,8 +150,7 @@ pub(crate) fn index_jsonl(path: &Path, mut keep: impl FnMut(&Trajectory) -> Resu
         let trimmed = text.trim_end_matches(['\n', '\r']);
         if !trimmed.trim().is_empty() {
             let t = parse_record(trimmed).map_err(|e| Error::InvalidArgument(format!("{}:{line_no}: {e}", path.display())))?;
-            let len = u32::try_from(trimmed.len())
-                .map_err(|_| Error::InvalidArgument(format!("{}:{line_no}: line longer than 4 GiB", path.display())))?;
+            let len = u32::try_from(trimmed.len()).map_err(|_| Error::InvalidArgument(format!("{}:{line_no}: line longer than 4 GiB", path.display())))?;
             let keep = keep(&t).map_err(|e| Error::InvalidArgument(format!("{}:{line_no}: {e}", path.display())))?;
             if keep {
                 out.push(Source::Line { file: file.clone(), offset, len, line: line_no });

@@ -38,8 +38,8 @@ use crate::runtime::adapter::init_lora;
 use crate::runtime::{Adapter, Model};
 use crate::template::ChatTemplate;
 
-pub use data::{parse_record, DataKind};
 use data::Source;
+pub use data::{parse_record, DataKind};
 pub use optim::{clip_global_norm, global_norm, lr_at, AdamW, AdamWConfig};
 
 /// Training hyper-parameters.
@@ -882,13 +882,8 @@ impl Trainer {
     }
 
     fn peft(&self) -> PeftAdapter {
-        let tensors = self
-            .names
-            .iter()
-            .zip(&self.shapes)
-            .zip(&self.params)
-            .map(|((n, s), p)| (n.clone(), HostTensor { shape: s.to_vec(), data: p.clone() }))
-            .collect();
+        let tensors =
+            self.names.iter().zip(&self.shapes).zip(&self.params).map(|((n, s), p)| (n.clone(), HostTensor { shape: s.to_vec(), data: p.clone() })).collect();
         PeftAdapter { config: self.config.lora.clone(), tensors }
     }
 

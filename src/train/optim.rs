@@ -31,12 +31,7 @@ pub struct AdamW {
 impl AdamW {
     /// Fresh state for tensors of these sizes.
     pub fn new(config: AdamWConfig, sizes: &[usize]) -> AdamW {
-        AdamW {
-            config,
-            step: 0,
-            exp_avg: sizes.iter().map(|&n| vec![0.0; n]).collect(),
-            exp_avg_sq: sizes.iter().map(|&n| vec![0.0; n]).collect(),
-        }
+        AdamW { config, step: 0, exp_avg: sizes.iter().map(|&n| vec![0.0; n]).collect(), exp_avg_sq: sizes.iter().map(|&n| vec![0.0; n]).collect() }
     }
 
     /// One update of `params` with `grads` at learning rate `lr`, exactly as `torch.optim.AdamW`

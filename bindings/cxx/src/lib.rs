@@ -147,15 +147,7 @@ impl Session {
 
 fn default_generate_options() -> ffi::GenerateOptions {
     let s = SamplingParams::greedy();
-    ffi::GenerateOptions {
-        max_tokens: 256,
-        temperature: s.temperature,
-        top_k: s.top_k,
-        top_p: s.top_p,
-        seed: s.seed,
-        ignore_eos: false,
-        stop: Vec::new(),
-    }
+    ffi::GenerateOptions { max_tokens: 256, temperature: s.temperature, top_k: s.top_k, top_p: s.top_p, seed: s.seed, ignore_eos: false, stop: Vec::new() }
 }
 
 #[cfg(test)]

@@ -62,10 +62,7 @@ fn react_and_json() {
     let p = ActionFormat::React.parse("Thought: need math\nAction: calculator[2+3*4]");
     assert_eq!((p.thought.as_deref(), p.action), (Some("need math"), call("calculator", "2+3*4")));
     assert_eq!(ActionFormat::React.parse("Thought: ok\nFinal Answer: 14").action, finish("14"));
-    assert_eq!(
-        ActionFormat::React.parse("Action: search\nAction Input: {\"q\": \"x\"}").action,
-        call("search", "{\"q\": \"x\"}")
-    );
+    assert_eq!(ActionFormat::React.parse("Action: search\nAction Input: {\"q\": \"x\"}").action, call("search", "{\"q\": \"x\"}"));
     let j = ActionFormat::Json.parse("I'll call it.\n```json\n{\"name\": \"get_weather\", \"arguments\": {\"city\": \"Paris\"}}\n```");
     assert_eq!(j.action, call("get_weather", "{\"city\":\"Paris\"}"));
     assert_eq!(j.thought.as_deref(), Some("I'll call it."));

@@ -142,7 +142,13 @@ fn pairs_of(src: &[f32]) -> __m512i {
 fn halves(src: &[f32]) -> (__m512, __m512) {
     let n = src.len().min(TK);
     let lo_mask = if n >= 16 { 0xFFFF } else { (1u16 << n) - 1 };
-    let hi_mask = if n >= TK { 0xFFFF } else if n > 16 { (1u16 << (n - 16)) - 1 } else { 0 };
+    let hi_mask = if n >= TK {
+        0xFFFF
+    } else if n > 16 {
+        (1u16 << (n - 16)) - 1
+    } else {
+        0
+    };
     // SAFETY: the masks cover only the first `n <= src.len()` values; masked lanes are not read.
     unsafe { (_mm512_maskz_loadu_ps(lo_mask, src.as_ptr()), _mm512_maskz_loadu_ps(hi_mask, src.as_ptr().wrapping_add(16))) }
 }
@@ -861,7 +867,21 @@ pub fn tile_product(a: &TilesA, a_row0: usize, m: usize, a_k0: usize, b: &TilesB
 /// [`tile_product`]'s checks).
 #[allow(clippy::too_many_arguments)]
 #[target_feature(enable = "avx512f")]
-unsafe fn dense_blocks(pa: &[u16], aks: usize, ai0: usize, as0: usize, pb: &[u32], bks: usize, m: usize, n: usize, ks: usize, dst: &mut [f32], dst_rs: usize, acc: bool, alpha: f32) {
+unsafe fn dense_blocks(
+    pa: &[u16],
+    aks: usize,
+    ai0: usize,
+    as0: usize,
+    pb: &[u32],
+    bks: usize,
+    m: usize,
+    n: usize,
+    ks: usize,
+    dst: &mut [f32],
+    dst_rs: usize,
+    acc: bool,
+    alpha: f32,
+) {
     let mut c = Acc([[0f32; TR * TR]; 4]);
     // SAFETY: loading the configuration sets this thread's tiles to the shapes used below.
     unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack, readonly)) };
@@ -1000,7 +1020,13 @@ mod tests {
             }
             unsafe { asm!("tilerelease", options(nostack, nomem)) };
             let t_mm = t0.elapsed().as_secs_f64();
-            eprintln!("  one thread: convert {:.2} ms, dequantize and pack {:.2} ms, tiles {:.2} ms ({:.0} GMAC/s)", t_conv * 1e3, t_pack * 1e3, t_mm * 1e3, (m * k * n) as f64 / t_mm / 1e9);
+            eprintln!(
+                "  one thread: convert {:.2} ms, dequantize and pack {:.2} ms, tiles {:.2} ms ({:.0} GMAC/s)",
+                t_conv * 1e3,
+                t_pack * 1e3,
+                t_mm * 1e3,
+                (m * k * n) as f64 / t_mm / 1e9
+            );
         }
     }
 }

@@ -16,9 +16,9 @@
 //! exact f32 path can be rebuilt from the repacked weights.
 
 #[cfg(target_arch = "x86_64")]
-mod x86;
-#[cfg(target_arch = "x86_64")]
 mod amx;
+#[cfg(target_arch = "x86_64")]
+mod x86;
 #[cfg(target_arch = "x86_64")]
 pub use amx::{tile_product, TilesA, TilesB};
 
@@ -458,9 +458,10 @@ impl QMatrix {
                 }
             }
             if unsigned {
-                qs.par_chunks_mut(rows).zip(s.par_chunks_mut(rows / QK).zip(mins.par_chunks_mut(rows / QK))).zip(tb[..cols * n].par_chunks(n)).for_each(
-                    |((q, (d, m)), x)| quantize_u8(x, &mut q[r0..r0 + n], &mut d[r0 / QK..(r0 + n) / QK], &mut m[r0 / QK..(r0 + n) / QK]),
-                );
+                qs.par_chunks_mut(rows)
+                    .zip(s.par_chunks_mut(rows / QK).zip(mins.par_chunks_mut(rows / QK)))
+                    .zip(tb[..cols * n].par_chunks(n))
+                    .for_each(|((q, (d, m)), x)| quantize_u8(x, &mut q[r0..r0 + n], &mut d[r0 / QK..(r0 + n) / QK], &mut m[r0 / QK..(r0 + n) / QK]));
             } else {
                 qs.par_chunks_mut(rows).zip(s.par_chunks_mut(rows / QK)).zip(tb[..cols * n].par_chunks(n)).for_each(|((q, d), x)| {
                     let mut sum = vec![0f32; n / QK];
@@ -525,12 +526,9 @@ impl QMatrix {
         }
         let c = self.cols;
         let kind = match &self.kind {
-            QKind::Q4 { qs, d, m, centered } => QKind::Q4 {
-                qs: pick(qs, c / 2, order),
-                d: d.pick(c / QK, order),
-                m: m.pick(c / QK, order),
-                centered: *centered,
-            },
+            QKind::Q4 { qs, d, m, centered } => {
+                QKind::Q4 { qs: pick(qs, c / 2, order), d: d.pick(c / QK, order), m: m.pick(c / QK, order), centered: *centered }
+            }
             QKind::Q8 { qs, s, group } => QKind::Q8 { qs: pick(qs, c, order), s: s.pick(c / group, order), group: *group },
             QKind::U8 { qs, d, m } => QKind::U8 { qs: pick(qs, c, order), d: pick(d, c / QK, order), m: pick(m, c / QK, order) },
             QKind::F32 { w } => QKind::F32 { w: pick(w, c, order) },
@@ -590,7 +588,6 @@ impl QMatrix {
         out
     }
 }
-
 
 /// Activations quantized for the kernels: per row, signed bytes with an f32 scale per 32 values and
 /// the scaled sum of each block (for the `m` term of [`QKind::Q4`]). Reused between calls: it only
@@ -690,10 +687,7 @@ impl QActs {
                 .zip(self.d.par_chunks_exact_mut(nb).zip(self.sum.par_chunks_exact_mut(nb)))
                 .for_each(per_row);
         } else {
-            x.chunks_exact(cols)
-                .zip(self.q.chunks_exact_mut(cols))
-                .zip(self.d.chunks_exact_mut(nb).zip(self.sum.chunks_exact_mut(nb)))
-                .for_each(per_row);
+            x.chunks_exact(cols).zip(self.q.chunks_exact_mut(cols)).zip(self.d.chunks_exact_mut(nb).zip(self.sum.chunks_exact_mut(nb))).for_each(per_row);
         }
         let pairs = cols / (2 * QK);
         self.qz.resize(rows * pairs * 2 * QK, 0);
@@ -864,18 +858,7 @@ impl SendPtr {
 /// # Safety
 /// No other thread writes those cells of `out` meanwhile; they are inside it.
 #[allow(clippy::too_many_arguments)]
-unsafe fn row_range(
-    isa: Isa,
-    w: &QMatrix,
-    range: std::ops::Range<usize>,
-    x: &[f32],
-    acts: &QActs,
-    t: usize,
-    n: usize,
-    out: SendPtr,
-    width: usize,
-    c0: usize,
-) {
+unsafe fn row_range(isa: Isa, w: &QMatrix, range: std::ops::Range<usize>, x: &[f32], acts: &QActs, t: usize, n: usize, out: SendPtr, width: usize, c0: usize) {
     let c = w.cols;
     let mut res = [0f32; TILE];
     // Writes the values of output row `o` for activation rows t, t + 1, ...

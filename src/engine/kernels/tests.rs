@@ -132,11 +132,7 @@ fn matmul_matches_the_dequantized_product_on_every_instruction_set() {
                         let got = f64::from(out[r * width + c0 + o]);
                         // f32 weights see the unquantized input: only rounding remains.
                         let bound = if matches!(m.kind(), QKind::F32 { .. }) { 1e-4 * (1.0 + exact.abs()) } else { bound };
-                        assert!(
-                            (got - exact).abs() <= bound,
-                            "{isa:?} {:?} t={t} row {r} out {o}: {got} vs {exact} (bound {bound})",
-                            m.source_type()
-                        );
+                        assert!((got - exact).abs() <= bound, "{isa:?} {:?} t={t} row {r} out {o}: {got} vs {exact} (bound {bound})", m.source_type());
                     }
                 }
                 c0 += m.rows();
@@ -284,10 +280,21 @@ fn packed_tiles_hold_the_dequantized_weights_in_bf16() {
                             let n = j * TR + c;
                             let at = |h: usize| {
                                 let i = s * TK + 2 * p + h;
-                                if n < nr && i < k { amx::bf16(w[(r0 + n) * k + i]) } else { 0 }
+                                if n < nr && i < k {
+                                    amx::bf16(w[(r0 + n) * k + i])
+                                } else {
+                                    0
+                                }
                             };
                             let word = packed[(2 * s + j) * TR * TR + p * TR + c];
-                            assert_eq!(word, u32::from(at(0)) | (u32::from(at(1)) << 16), "{:?} {:?}: rows {r0}+{n}, values {}", m.source_type(), std::mem::discriminant(m.kind()), s * TK + 2 * p);
+                            assert_eq!(
+                                word,
+                                u32::from(at(0)) | (u32::from(at(1)) << 16),
+                                "{:?} {:?}: rows {r0}+{n}, values {}",
+                                m.source_type(),
+                                std::mem::discriminant(m.kind()),
+                                s * TK + 2 * p
+                            );
                         }
                     }
                 }
@@ -353,18 +360,18 @@ fn tile_products_of_f32_matrices_match_the_exact_sums() {
         b_lo[0].pack_residual(&b, k, n, b_rs);
         b_lo[1].pack_rows_residual(&bt, n, k, k + 5);
         for (bi, b_lo) in b_lo.iter().enumerate() {
-        let mut dst = vec![0f32; m * n];
-        tile_product(&pa[0], row0, m, k0, &pb[bi], n, k, &mut dst, n, false, 1.0);
-        tile_product(&a_lo, row0, m, k0, &pb[bi], n, k, &mut dst, n, true, 1.0);
-        tile_product(&pa[0], row0, m, k0, b_lo, n, k, &mut dst, n, true, 1.0);
-        for i in 0..m {
-            for j in 0..n {
-                let terms = (0..k).map(|p| f64::from(a[(row0 + i) * a_rs + k0 + p]) * f64::from(b[p * b_rs + j]));
-                let (exact, mag) = terms.fold((0f64, 0f64), |(s, m), v| (s + v, m + v.abs()));
-                let got = f64::from(dst[i * n + j]);
-                assert!((got - exact).abs() <= mag * 2.0f64.powi(-14) + 1e-5, "split B {bi} {m}x{n}x{k}: [{i}][{j}] {got} vs {exact}");
+            let mut dst = vec![0f32; m * n];
+            tile_product(&pa[0], row0, m, k0, &pb[bi], n, k, &mut dst, n, false, 1.0);
+            tile_product(&a_lo, row0, m, k0, &pb[bi], n, k, &mut dst, n, true, 1.0);
+            tile_product(&pa[0], row0, m, k0, b_lo, n, k, &mut dst, n, true, 1.0);
+            for i in 0..m {
+                for j in 0..n {
+                    let terms = (0..k).map(|p| f64::from(a[(row0 + i) * a_rs + k0 + p]) * f64::from(b[p * b_rs + j]));
+                    let (exact, mag) = terms.fold((0f64, 0f64), |(s, m), v| (s + v, m + v.abs()));
+                    let got = f64::from(dst[i * n + j]);
+                    assert!((got - exact).abs() <= mag * 2.0f64.powi(-14) + 1e-5, "split B {bi} {m}x{n}x{k}: [{i}][{j}] {got} vs {exact}");
+                }
             }
-        }
         }
     }
 }

@@ -91,7 +91,6 @@ macro_rules! kernels {
 
 kernels!(q4_avx2, q8_avx2, "avx2,fma,f16c", dot_avx2);
 
-
 /// `Σ_b m_b · s_b` (the Q4 offset term) with AVX2.
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
@@ -417,7 +416,13 @@ fn exp16(x: __m512) -> __m512 {
 pub(super) unsafe fn softmax_in_place_avx512(v: &mut [f32]) {
     let n = v.len();
     let p = v.as_mut_ptr();
-    let mask_at = |i: usize| -> __mmask16 { if n - i >= 16 { 0xFFFF } else { (1u16 << (n - i)) - 1 } };
+    let mask_at = |i: usize| -> __mmask16 {
+        if n - i >= 16 {
+            0xFFFF
+        } else {
+            (1u16 << (n - i)) - 1
+        }
+    };
     // SAFETY (every load and store below): the mask covers only values `i..min(i + 16, n)` of `v`.
     let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
     for i in (0..n).step_by(16) {

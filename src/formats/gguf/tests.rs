@@ -1,6 +1,6 @@
 use super::*;
-use std::io::Write;
 use crate::testdata::{golden, model_path};
+use std::io::Write;
 
 // ---------------------------------------------------------------------------------------------
 // A minimal GGUF writer for synthetic test files.
@@ -161,12 +161,7 @@ fn sample() -> Vec<u8> {
         &[
             t("a", &[4, 2], GgmlType::F32, f32_bytes((0..8).map(|i| i as f32))),
             t("q", &[32], GgmlType::Q8_0, q8_block()),
-            t(
-                "h",
-                &[3],
-                GgmlType::F16,
-                [1.0f32, -2.0, 0.5].iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect(),
-            ),
+            t("h", &[3], GgmlType::F16, [1.0f32, -2.0, 0.5].iter().flat_map(|&x| half::f16::from_f32(x).to_le_bytes()).collect()),
             t("scalar", &[], GgmlType::F32, f32_bytes([7.0])),
         ],
     )
@@ -273,13 +268,9 @@ fn malformed_headers_are_errors() {
         b
     };
     assert!(reason(open(&patch(0, b"GGUG"))).contains("bad magic"));
-    assert!(
-        matches!(open(&patch(4, &1u32.to_le_bytes())), Err(FormatError::Unsupported { reason, .. }) if reason.contains("version 1"))
-    );
+    assert!(matches!(open(&patch(4, &1u32.to_le_bytes())), Err(FormatError::Unsupported { reason, .. }) if reason.contains("version 1")));
     assert!(matches!(open(&patch(4, &4u32.to_le_bytes())), Err(FormatError::Unsupported { .. })));
-    assert!(
-        matches!(open(&patch(4, &3u32.to_be_bytes())), Err(FormatError::Unsupported { reason, .. }) if reason.contains("big-endian"))
-    );
+    assert!(matches!(open(&patch(4, &3u32.to_be_bytes())), Err(FormatError::Unsupported { reason, .. }) if reason.contains("big-endian")));
     // Huge counts and lengths are rejected before allocating.
     assert!(reason(open(&patch(8, &u64::MAX.to_le_bytes()))).contains("tensor count"));
     assert!(reason(open(&patch(16, &u64::MAX.to_le_bytes()))).contains("metadata count"));
@@ -328,9 +319,7 @@ fn malformed_tensor_infos_are_errors() {
     // Offset past the end of the file, and misaligned.
     let (mut past, fields) = build_with_fields(&[], &[t("a", &[8], GgmlType::F32, vec![0; 32])]);
     past[fields[0]..fields[0] + 8].copy_from_slice(&(1u64 << 20).to_le_bytes());
-    assert!(
-        matches!(open(&past), Err(FormatError::Tensor { reason, name, .. }) if reason.contains("past the end") && name == "a")
-    );
+    assert!(matches!(open(&past), Err(FormatError::Tensor { reason, name, .. }) if reason.contains("past the end") && name == "a"));
     past[fields[0]..fields[0] + 8].copy_from_slice(&u64::MAX.to_le_bytes());
     assert!(open(&past).is_err());
     past[fields[0]..fields[0] + 8].copy_from_slice(&4u64.to_le_bytes());
@@ -344,21 +333,15 @@ fn malformed_tensor_infos_are_errors() {
     // Type ids: unknown (and retired) ids fail at open; known types without a kernel open but do
     // not dequantize.
     let unknown = build(&[], &[T { name: "a", dims: vec![4], ty: 99, data: vec![0; 4] }]);
-    assert!(
-        matches!(open(&unknown), Err(FormatError::Tensor { reason, .. }) if reason.contains("unknown ggml type id 99"))
-    );
-    assert!(reason(open(&build(&[], &[T { name: "a", dims: vec![32], ty: 4, data: vec![0; 20] }])))
-        .contains("unknown ggml type id 4"));
+    assert!(matches!(open(&unknown), Err(FormatError::Tensor { reason, .. }) if reason.contains("unknown ggml type id 99")));
+    assert!(reason(open(&build(&[], &[T { name: "a", dims: vec![32], ty: 4, data: vec![0; 20] }]))).contains("unknown ggml type id 4"));
     let iq = open(&f(&[256], GgmlType::IQ2_XXS, vec![0; 66])).unwrap();
     assert_eq!(iq.tensor_bytes("a").unwrap().1.len(), 66);
-    assert!(
-        matches!(iq.tensor_f32("a"), Err(FormatError::Unsupported { reason, .. }) if reason.contains("IQ2_XXS") && reason.contains("tensor a"))
-    );
+    assert!(matches!(iq.tensor_f32("a"), Err(FormatError::Unsupported { reason, .. }) if reason.contains("IQ2_XXS") && reason.contains("tensor a")));
     // Duplicate names, overlapping data.
     let dup = build(&[], &[t("a", &[1], GgmlType::F32, vec![0; 4]), t("a", &[1], GgmlType::F32, vec![0; 4])]);
     assert!(reason(open(&dup)).contains("duplicate tensor name"));
-    let (mut overlap, fields) =
-        build_with_fields(&[], &[t("a", &[16], GgmlType::F32, vec![0; 64]), t("b", &[8], GgmlType::F32, vec![0; 32])]);
+    let (mut overlap, fields) = build_with_fields(&[], &[t("a", &[16], GgmlType::F32, vec![0; 64]), t("b", &[8], GgmlType::F32, vec![0; 32])]);
     overlap[fields[1]..fields[1] + 8].copy_from_slice(&32u64.to_le_bytes());
     assert!(reason(open(&overlap)).contains("overlaps"));
     // Zero-sized tensors are fine anywhere.
@@ -521,10 +504,7 @@ fn llama_config_from_metadata() {
     assert_eq!(c.rope_scaling, Some(RopeScaling::Linear { factor: 4.0 }));
     assert!(!c.tie_word_embeddings);
     let legacy = with(llama_kvs("llama"), "llama.rope.scale_linear", Some(GgufValue::F32(2.0)));
-    assert_eq!(
-        open_kvs(&legacy, &[]).unwrap().llama_config().unwrap().rope_scaling,
-        Some(RopeScaling::Linear { factor: 2.0 })
-    );
+    assert_eq!(open_kvs(&legacy, &[]).unwrap().llama_config().unwrap().rope_scaling, Some(RopeScaling::Linear { factor: 2.0 }));
 
     // Vocabulary from the embedding matrix when there is neither vocab_size nor a token list.
     let kvs = with(llama_kvs("llama"), "tokenizer.ggml.tokens", None);
@@ -532,19 +512,13 @@ fn llama_config_from_metadata() {
     assert_eq!(open_kvs(&kvs, &[emb]).unwrap().llama_config().unwrap().vocab_size, 7);
     assert!(matches!(open_kvs(&kvs, &[]).unwrap().llama_config(), Err(FormatError::Invalid { .. })));
 
-    let unsupported = |kvs: Vec<(String, GgufValue)>, tensors: &[T]| {
-        matches!(open_kvs(&kvs, tensors).unwrap().llama_config(), Err(FormatError::Unsupported { .. }))
-    };
-    let invalid = |kvs: Vec<(String, GgufValue)>| {
-        matches!(open_kvs(&kvs, &[]).unwrap().llama_config(), Err(FormatError::Invalid { .. }))
-    };
+    let unsupported =
+        |kvs: Vec<(String, GgufValue)>, tensors: &[T]| matches!(open_kvs(&kvs, tensors).unwrap().llama_config(), Err(FormatError::Unsupported { .. }));
+    let invalid = |kvs: Vec<(String, GgufValue)>| matches!(open_kvs(&kvs, &[]).unwrap().llama_config(), Err(FormatError::Invalid { .. }));
     assert!(unsupported(llama_kvs("gemma"), &[]));
     assert!(unsupported(with(llama_kvs("llama"), "llama.rope.scaling.type", Some(s("yarn"))), &[]));
     assert!(unsupported(with(llama_kvs("llama"), "llama.rope.dimension_count", Some(GgufValue::U32(2))), &[]));
-    assert!(unsupported(
-        with(llama_kvs("llama"), "llama.feed_forward_length", Some(GgufValue::Array(vec![GgufValue::U32(16)]))),
-        &[]
-    ));
+    assert!(unsupported(with(llama_kvs("llama"), "llama.feed_forward_length", Some(GgufValue::Array(vec![GgufValue::U32(16)]))), &[]));
     assert!(unsupported(llama_kvs("llama"), &[t("rope_freqs.weight", &[2], GgmlType::F32, vec![0; 8])]));
     assert!(invalid(with(llama_kvs("llama"), "general.architecture", None)));
     assert!(invalid(with(llama_kvs("llama"), "llama.block_count", None)));
@@ -593,7 +567,6 @@ fn gguf_weights_hand_up_hf_names_and_layout() {
 // ---------------------------------------------------------------------------------------------
 // The real test model.
 
-
 fn json(path: &Path) -> serde_json::Value {
     let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     serde_json::from_str(&text).unwrap()
@@ -628,8 +601,7 @@ fn real_model_matches_reference_inventory() {
         let ours = g.tensor_info(name).unwrap_or_else(|| panic!("{name} missing"));
         assert_eq!(ours.ggml_type.name(), t["type"].as_str().unwrap(), "{name}");
         let ne: Vec<u64> = t["ggml_ne"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
-        let torch: Vec<usize> =
-            t["torch_shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
+        let torch: Vec<usize> = t["torch_shape"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as usize).collect();
         assert_eq!(ours.dims, ne, "{name}");
         assert_eq!(ours.shape(), torch, "{name}");
         assert_eq!(ours.n_bytes, t["n_bytes"].as_u64().unwrap(), "{name}");
@@ -637,13 +609,7 @@ fn real_model_matches_reference_inventory() {
 
     // Metadata: the same keys in the same order (gguf-py lists three pseudo-keys first), and the
     // values gguf-py reported.
-    let want_keys: Vec<&str> = info["all_kv_keys"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|k| k.as_str().unwrap())
-        .filter(|k| !k.starts_with("GGUF."))
-        .collect();
+    let want_keys: Vec<&str> = info["all_kv_keys"].as_array().unwrap().iter().map(|k| k.as_str().unwrap()).filter(|k| !k.starts_with("GGUF.")).collect();
     assert_eq!(g.metadata_keys().collect::<Vec<_>>(), want_keys);
     for (k, v) in info["general"].as_object().unwrap() {
         assert!(same_value(g.metadata(k).unwrap(), v), "{k}: {:?} vs {v}", g.metadata(k));
@@ -691,10 +657,7 @@ fn real_model_matches_reference_inventory() {
     assert!(hp["rope_scaling"].is_null() && c.rope_scaling.is_none());
     assert_eq!(c.tie_word_embeddings, hp["tied_embeddings"].as_bool().unwrap());
     assert_eq!(c.bos_token_id.map(u64::from), tok["bos_token_id"].as_u64());
-    assert_eq!(
-        c.eos_token_ids.iter().map(|&e| u64::from(e)).collect::<Vec<_>>(),
-        vec![tok["eos_token_id"].as_u64().unwrap()]
-    );
+    assert_eq!(c.eos_token_ids.iter().map(|&e| u64::from(e)).collect::<Vec<_>>(), vec![tok["eos_token_id"].as_u64().unwrap()]);
 }
 
 /// Rows and sums of real tensors as dequantized by gguf-py (scripts/make_gguf_probe_fixture.py),
@@ -712,8 +675,7 @@ fn real_model_dequantizes_like_gguf_py() {
         let cols = *shape.last().unwrap();
         for row in p["rows"].as_array().unwrap() {
             let r = row["index"].as_u64().unwrap_or(0) as usize;
-            let want: Vec<u32> =
-                row["f32_bits"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
+            let want: Vec<u32> = row["f32_bits"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap() as u32).collect();
             let got: Vec<u32> = d.data[r * cols..r * cols + want.len()].iter().map(|v| v.to_bits()).collect();
             assert_eq!(got, want, "{name} row {r}");
         }
@@ -738,9 +700,7 @@ fn real_model_weights_in_hf_layout() {
     let c = w.config().clone();
     assert!(!w.contains("lm_head.weight") && c.tie_word_embeddings);
     for i in [0, c.num_hidden_layers - 1] {
-        for (proj, g, heads) in
-            [("q_proj", "attn_q", c.num_attention_heads), ("k_proj", "attn_k", c.num_key_value_heads)]
-        {
+        for (proj, g, heads) in [("q_proj", "attn_q", c.num_attention_heads), ("k_proj", "attn_k", c.num_key_value_heads)] {
             let hf = w.tensor(&format!("model.layers.{i}.self_attn.{proj}.weight")).unwrap();
             assert_eq!(hf.shape, [heads * c.head_dim, c.hidden_size]);
             let raw = file.tensor_f32(&format!("blk.{i}.{g}.weight")).unwrap();

@@ -124,7 +124,17 @@ fn smooth_pass<'a>(lora: &'a [[Option<HostPair>; 7]], dropout: f32) -> TrainPass
 
 /// Each module's gradient (A and B, all layers) as one vector.
 fn module_grads(grads: &[LayerGrads], m: usize, a: bool) -> Vec<f32> {
-    grads.iter().flat_map(|l| { let (da, db) = l[m].as_ref().unwrap(); if a { da.clone() } else { db.clone() } }).collect()
+    grads
+        .iter()
+        .flat_map(|l| {
+            let (da, db) = l[m].as_ref().unwrap();
+            if a {
+                da.clone()
+            } else {
+                db.clone()
+            }
+        })
+        .collect()
 }
 
 fn shifted(lora: &[[Option<HostPair>; 7]], m: usize, a: bool, dir: &[f32], eps: f32) -> Vec<[Option<HostPair>; 7]> {
@@ -169,7 +179,11 @@ fn check_finite_differences(w: &HostWeights, dropout: f32) {
                 let fd = (loss(eps) - loss(-eps)) / (2.0 * f64::from(eps));
                 let analytic: f64 = g.iter().zip(dir.iter()).map(|(g, d)| f64::from(*g) * f64::from(*d)).sum();
                 let tol = 2e-2 * norm + 1e-4;
-                assert!((fd - analytic).abs() < tol, "module {m} ({}), {name} direction: finite difference {fd} vs analytic {analytic} (|g| {norm})", if a { "A" } else { "B" });
+                assert!(
+                    (fd - analytic).abs() < tol,
+                    "module {m} ({}), {name} direction: finite difference {fd} vs analytic {analytic} (|g| {norm})",
+                    if a { "A" } else { "B" }
+                );
             }
         }
     }
