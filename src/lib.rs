@@ -5,6 +5,9 @@
 //!
 //! Layers only look down: `formats` (files) → `config`/`tokenizer` → `engine` (burn) → `model` →
 //! `generate` → the public API re-exported here. See `docs/architecture.md`.
+// Every unsafe operation sits in an `unsafe` block, and every block says why it is sound.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![deny(clippy::undocumented_unsafe_blocks)]
 
 pub mod agent;
 pub mod config;

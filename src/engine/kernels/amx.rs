@@ -125,6 +125,7 @@ pub(super) fn bf16(v: f32) -> u16 {
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
 fn bf16_pairs(lo: __m512, hi: __m512) -> __m512i {
     // The intrinsic's lower 16 results come from its second operand.
+    // SAFETY: both types are 512 bits of plain data.
     unsafe { std::mem::transmute::<__m512bh, __m512i>(_mm512_cvtne2ps_pbh(hi, lo)) }
 }
 
@@ -339,8 +340,8 @@ static CONFIG: TileConfig = TileConfig {
 unsafe fn block(a: &[u16], m0: usize, kp: usize, panel: &[u32], c: &mut Acc) {
     debug_assert!(a.len() >= (m0 + 2 * TR) * kp && panel.len() >= kp * TR);
     let ks = kp / TK;
-    // SAFETY (all blocks below): tile loads read 16 rows of 64 bytes inside `a` and `panel`
-    // (checked above); stores write the 1 KiB tiles of `c`; the tile registers are this thread's.
+    // SAFETY: tile loads read 16 rows of 64 bytes inside `a` and `panel` (checked above); stores
+    // write the 1 KiB tiles of `c`; the tile registers are this thread's.
     unsafe {
         asm!("tilezero tmm0", "tilezero tmm1", "tilezero tmm2", "tilezero tmm3", options(nostack, nomem));
         // Packed A: the tile pair of rows m0..m0 + 32 starts at m0 · kp; step s at 2s, 2s + 1.
@@ -527,6 +528,7 @@ fn products(unit: Unit, parts: &[&QMatrix], x: &[f32], rows: usize, k: usize, kp
             if unit == Unit::Tiles {
                 // SAFETY: the tile unit is available (`unit`); loading the configuration sets
                 // this thread's tiles to the shapes `block` uses.
+                // SAFETY: the tile unit is available and granted (checked at the start).
                 unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack, readonly)) };
             }
             for m0 in (0..rows).step_by(2 * TR) {
@@ -536,7 +538,9 @@ fn products(unit: Unit, parts: &[&QMatrix], x: &[f32], rows: usize, k: usize, kp
                     // panel's two tile columns; for the tiles the configuration is loaded, for the
                     // vectors the CPU has AVX512-BF16 (`unit`).
                     match unit {
+                        // SAFETY: as above.
                         Unit::Tiles => unsafe { block(a, m0, kp, panel, &mut c) },
+                        // SAFETY: as above.
                         Unit::Vectors => unsafe { block_vectors(a, m0, kp, panel, &mut c) },
                     }
                     // SAFETY: rows `m0..rows`, this panel's columns `c0 + p0..c0 + p0 + nr` of
@@ -547,6 +551,7 @@ fn products(unit: Unit, parts: &[&QMatrix], x: &[f32], rows: usize, k: usize, kp
             }
             if unit == Unit::Tiles {
                 // SAFETY: releases this thread's tile state (no operands).
+                // SAFETY: releases this thread's tile state.
                 unsafe { asm!("tilerelease", options(nostack, nomem)) };
             }
         });
@@ -1001,23 +1006,28 @@ mod tests {
             let mut av = Vec::new();
             let a = aligned(&mut av, m.next_multiple_of(32) * kp);
             let t0 = std::time::Instant::now();
+            // SAFETY: the test returned early unless the tile unit (and so AVX-512 F/BW/BF16) is available.
             unsafe { convert_rows(&x, k, kp, a) };
             let t_conv = t0.elapsed().as_secs_f64();
             let mut pv = Vec::new();
             let packed = aligned(&mut pv, kp * TR);
             let t0 = std::time::Instant::now();
             for r0 in (0..n).step_by(PANEL) {
+                // SAFETY: as above; `packed` holds one panel.
                 unsafe { pack_panel(&wq, r0, PANEL.min(n - r0), packed) };
             }
             let t_pack = t0.elapsed().as_secs_f64();
             let mut c = Acc([[0f32; TR * TR]; 4]);
             let t0 = std::time::Instant::now();
+            // SAFETY: the tile unit is available and granted (checked at the start).
             unsafe { asm!("ldtilecfg [{}]", in(reg) &CONFIG as *const TileConfig, options(nostack, readonly)) };
             for _ in (0..n).step_by(PANEL) {
                 for m0 in (0..m).step_by(32) {
+                    // SAFETY: the configuration is loaded; `a` holds the rows rounded up to 32 and `packed` one panel.
                     unsafe { block(a, m0, kp, packed, &mut c) };
                 }
             }
+            // SAFETY: releases this thread's tile state.
             unsafe { asm!("tilerelease", options(nostack, nomem)) };
             let t_mm = t0.elapsed().as_secs_f64();
             eprintln!(

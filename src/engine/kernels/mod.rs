@@ -136,16 +136,19 @@ impl Scale for f32 {
     #[inline(always)]
     unsafe fn pair(p: *const f32) -> std::arch::x86_64::__m128 {
         use std::arch::x86_64::*;
+        // SAFETY: two f32 values at `p` (the caller's contract).
         unsafe { _mm_castpd_ps(_mm_load_sd(p.cast::<f64>())) }
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn eight(p: *const f32) -> std::arch::x86_64::__m256 {
+        // SAFETY: eight f32 values at `p` (the caller's contract).
         unsafe { std::arch::x86_64::_mm256_loadu_ps(p) }
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn one(p: *const f32) -> f32 {
+        // SAFETY: one f32 value at `p` (the caller's contract).
         unsafe { *p }
     }
 }
@@ -160,18 +163,21 @@ impl Scale for half::f16 {
     #[inline(always)]
     unsafe fn pair(p: *const half::f16) -> std::arch::x86_64::__m128 {
         use std::arch::x86_64::*;
+        // SAFETY: two f16 values at `p` (the caller's contract), read unaligned; F16C is enabled where this inlines.
         unsafe { _mm_cvtph_ps(_mm_cvtsi32_si128(p.cast::<i32>().read_unaligned())) }
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn eight(p: *const half::f16) -> std::arch::x86_64::__m256 {
         use std::arch::x86_64::*;
+        // SAFETY: eight f16 values at `p` (the caller's contract); F16C is enabled where this inlines.
         unsafe { _mm256_cvtph_ps(_mm_loadu_si128(p.cast::<__m128i>())) }
     }
     #[cfg(target_arch = "x86_64")]
     #[inline(always)]
     unsafe fn one(p: *const half::f16) -> f32 {
         use std::arch::x86_64::*;
+        // SAFETY: one f16 value at `p` (the caller's contract), read unaligned; F16C is enabled where this inlines.
         unsafe { _mm_cvtss_f32(_mm_cvtph_ps(_mm_cvtsi32_si128(i32::from(p.cast::<u16>().read_unaligned())))) }
     }
 }
@@ -845,6 +851,7 @@ pub fn matmul_with(isa: Isa, parts: &[&QMatrix], x: &[f32], acts: &QActs, rows: 
 struct SendPtr(*mut f32);
 // SAFETY: used only for disjoint writes inside one `matmul` call.
 unsafe impl Send for SendPtr {}
+// SAFETY: as above.
 unsafe impl Sync for SendPtr {}
 impl SendPtr {
     fn get(self) -> *mut f32 {

@@ -33,57 +33,65 @@ macro_rules! kernels {
         /// the caller's).
         #[target_feature(enable = $feat)]
         unsafe fn $q4<S: Scale, const N: usize>(qs: &[u8], d: &[S], xs: &[ActRow], res: &mut [f32; TILE]) {
-            let nb = d.len();
-            debug_assert!(qs.len() == nb * 16 && xs.len() == N);
-            debug_assert!(xs.iter().all(|x| x.q.len() == nb * QK && x.d.len() == nb));
-            let mask = _mm_set1_epi8(0x0F);
-            let mut acc = [_mm256_setzero_ps(); N];
-            for b in 0..nb {
-                let raw = _mm_loadu_si128(qs.as_ptr().add(b * 16) as *const __m128i);
-                let lo = _mm_and_si128(raw, mask);
-                let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
-                let w = _mm256_set_m128i(hi, lo);
-                let wd = S::one(d.as_ptr().add(b));
-                for k in 0..N {
-                    let x = xs.get_unchecked(k);
-                    let xv = _mm256_loadu_si256(x.q.as_ptr().add(b * QK) as *const __m256i);
-                    let p = $dot(w, xv);
-                    let scale = _mm256_set1_ps(wd * *x.d.get_unchecked(b));
-                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[k]);
+            // SAFETY: this function's contract: its callers checked the CPU features it enables and pass
+            // slices of the sizes the layout implies, which every load and pointer offset below stays inside.
+            unsafe {
+                let nb = d.len();
+                debug_assert!(qs.len() == nb * 16 && xs.len() == N);
+                debug_assert!(xs.iter().all(|x| x.q.len() == nb * QK && x.d.len() == nb));
+                let mask = _mm_set1_epi8(0x0F);
+                let mut acc = [_mm256_setzero_ps(); N];
+                for b in 0..nb {
+                    let raw = _mm_loadu_si128(qs.as_ptr().add(b * 16) as *const __m128i);
+                    let lo = _mm_and_si128(raw, mask);
+                    let hi = _mm_and_si128(_mm_srli_epi16(raw, 4), mask);
+                    let w = _mm256_set_m128i(hi, lo);
+                    let wd = S::one(d.as_ptr().add(b));
+                    for k in 0..N {
+                        let x = xs.get_unchecked(k);
+                        let xv = _mm256_loadu_si256(x.q.as_ptr().add(b * QK) as *const __m256i);
+                        let p = $dot(w, xv);
+                        let scale = _mm256_set1_ps(wd * *x.d.get_unchecked(b));
+                        acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[k]);
+                    }
                 }
-            }
-            for k in 0..N {
-                res[k] = hsum(acc[k]);
+                for k in 0..N {
+                    res[k] = hsum(acc[k]);
+                }
             }
         }
 
         /// `res[k] = Σ_g s_g·xd·(q·x_k)_g` over one Q8 row (scales per 32 or per 16 values).
         #[target_feature(enable = $feat)]
         unsafe fn $q8<S: Scale, const N: usize>(qs: &[i8], s: &[S], group: usize, xs: &[ActRow], res: &mut [f32; TILE]) {
-            let nb = qs.len() / QK;
-            debug_assert!(xs.len() == N && s.len() * group == qs.len());
-            debug_assert!(xs.iter().all(|x| x.q.len() == nb * QK && x.d.len() == nb));
-            let mut acc = [_mm256_setzero_ps(); N];
-            for b in 0..nb {
-                let w = _mm256_loadu_si256(qs.as_ptr().add(b * QK) as *const __m256i);
-                let aw = _mm256_sign_epi8(w, w);
-                // Lanes 0-3 sum values 0-15 of the block, lanes 4-7 values 16-31.
-                let ws = if group == QK {
-                    _mm256_set1_ps(S::one(s.as_ptr().add(b)))
-                } else {
-                    let p = S::pair(s.as_ptr().add(2 * b));
-                    _mm256_set_m128(_mm_permute_ps(p, 0b01_01_01_01), _mm_permute_ps(p, 0))
-                };
-                for k in 0..N {
-                    let x = xs.get_unchecked(k);
-                    let xv = _mm256_loadu_si256(x.q.as_ptr().add(b * QK) as *const __m256i);
-                    let p = $dot(aw, _mm256_sign_epi8(xv, w));
-                    let scale = _mm256_mul_ps(ws, _mm256_set1_ps(*x.d.get_unchecked(b)));
-                    acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[k]);
+            // SAFETY: this function's contract: its callers checked the CPU features it enables and pass
+            // slices of the sizes the layout implies, which every load and pointer offset below stays inside.
+            unsafe {
+                let nb = qs.len() / QK;
+                debug_assert!(xs.len() == N && s.len() * group == qs.len());
+                debug_assert!(xs.iter().all(|x| x.q.len() == nb * QK && x.d.len() == nb));
+                let mut acc = [_mm256_setzero_ps(); N];
+                for b in 0..nb {
+                    let w = _mm256_loadu_si256(qs.as_ptr().add(b * QK) as *const __m256i);
+                    let aw = _mm256_sign_epi8(w, w);
+                    // Lanes 0-3 sum values 0-15 of the block, lanes 4-7 values 16-31.
+                    let ws = if group == QK {
+                        _mm256_set1_ps(S::one(s.as_ptr().add(b)))
+                    } else {
+                        let p = S::pair(s.as_ptr().add(2 * b));
+                        _mm256_set_m128(_mm_permute_ps(p, 0b01_01_01_01), _mm_permute_ps(p, 0))
+                    };
+                    for k in 0..N {
+                        let x = xs.get_unchecked(k);
+                        let xv = _mm256_loadu_si256(x.q.as_ptr().add(b * QK) as *const __m256i);
+                        let p = $dot(aw, _mm256_sign_epi8(xv, w));
+                        let scale = _mm256_mul_ps(ws, _mm256_set1_ps(*x.d.get_unchecked(b)));
+                        acc[k] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(p), scale, acc[k]);
+                    }
                 }
-            }
-            for k in 0..N {
-                res[k] = hsum(acc[k]);
+                for k in 0..N {
+                    res[k] = hsum(acc[k]);
+                }
             }
         }
     };
@@ -95,19 +103,23 @@ kernels!(q4_avx2, q8_avx2, "avx2,fma,f16c", dot_avx2);
 #[inline]
 #[target_feature(enable = "avx2,fma,f16c")]
 unsafe fn offset_term<S: Scale>(m: &[S], s: &[f32]) -> f32 {
-    let mut acc = _mm256_setzero_ps();
-    let n = m.len();
-    let mut b = 0;
-    while b + 8 <= n {
-        acc = _mm256_fmadd_ps(S::eight(m.as_ptr().add(b)), _mm256_loadu_ps(s.as_ptr().add(b)), acc);
-        b += 8;
+    // SAFETY: this function's contract: its callers checked the CPU features it enables and pass
+    // slices of the sizes the layout implies, which every load and pointer offset below stays inside.
+    unsafe {
+        let mut acc = _mm256_setzero_ps();
+        let n = m.len();
+        let mut b = 0;
+        while b + 8 <= n {
+            acc = _mm256_fmadd_ps(S::eight(m.as_ptr().add(b)), _mm256_loadu_ps(s.as_ptr().add(b)), acc);
+            b += 8;
+        }
+        let mut sum = hsum(acc);
+        while b < n {
+            sum += S::one(m.as_ptr().add(b)) * *s.get_unchecked(b);
+            b += 1;
+        }
+        sum
     }
-    let mut sum = hsum(acc);
-    while b < n {
-        sum += S::one(m.as_ptr().add(b)) * *s.get_unchecked(b);
-        b += 1;
-    }
-    sum
 }
 
 /// One block pair (blocks `b`, `b + 1`) of unsigned weight bytes `w` in the activations' pair lane
@@ -120,12 +132,16 @@ unsafe fn offset_term<S: Scale>(m: &[S], s: &[f32]) -> f32 {
 #[inline]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl")]
 unsafe fn pair_products<const N: usize>(w: __m512i, wd: __m512, xs: &[ActRow], b: usize, acc: &mut [__m512; N]) {
-    for (k, acc) in acc.iter_mut().enumerate() {
-        let x = xs.get_unchecked(k);
-        let xv = _mm512_loadu_si512(x.qz.as_ptr().add(b * QK) as *const __m512i);
-        let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xv);
-        let scale = _mm512_mul_ps(wd, _mm512_loadu_ps(x.dz.as_ptr().add(b * 8)));
-        *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, *acc);
+    // SAFETY: this function's contract: its callers checked the CPU features it enables and pass
+    // slices of the sizes the layout implies, which every load and pointer offset below stays inside.
+    unsafe {
+        for (k, acc) in acc.iter_mut().enumerate() {
+            let x = xs.get_unchecked(k);
+            let xv = _mm512_loadu_si512(x.qz.as_ptr().add(b * QK) as *const __m512i);
+            let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xv);
+            let scale = _mm512_mul_ps(wd, _mm512_loadu_ps(x.dz.as_ptr().add(b * 8)));
+            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, *acc);
+        }
     }
 }
 
@@ -135,33 +151,37 @@ unsafe fn pair_products<const N: usize>(w: __m512i, wd: __m512, xs: &[ActRow], b
 /// 8-11 then sum block 0, lanes 4-7 and 12-15 block 1. Includes the offset term.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
 unsafe fn q4_zmm<S: Scale, const N: usize>(qs: &[u8], d: &[S], m: &[S], xs: &[ActRow], res: &mut [f32; TILE]) {
-    let nb = d.len();
-    let mask = _mm256_set1_epi8(0x0F);
-    let idx = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
-    let mut acc = [_mm512_setzero_ps(); N];
-    let mut b = 0;
-    while b + 2 <= nb {
-        let raw = _mm256_loadu_si256(qs.as_ptr().add(b * 16) as *const __m256i);
-        let lo = _mm256_and_si256(raw, mask);
-        let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
-        let w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-        // The weight scales spread over the lanes once; the activations come pre-arranged.
-        let wd = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(S::pair(d.as_ptr().add(b))));
-        pair_products(w, wd, xs, b, &mut acc);
-        b += 2;
-    }
-    for k in 0..N {
-        let x = xs.get_unchecked(k);
-        let mut r = _mm512_reduce_add_ps(acc[k]);
-        if b < nb {
-            // An odd last block: the 256-bit way.
-            let raw = _mm_loadu_si128(qs.as_ptr().add(b * 16) as *const __m128i);
-            let m4 = _mm_set1_epi8(0x0F);
-            let w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
-            let xv = _mm256_loadu_si256(x.q.as_ptr().add(b * QK) as *const __m256i);
-            r += hsum(_mm256_cvtepi32_ps(dot_vnni(w, xv))) * (S::one(d.as_ptr().add(b)) * *x.d.get_unchecked(b));
+    // SAFETY: this function's contract: its callers checked the CPU features it enables and pass
+    // slices of the sizes the layout implies, which every load and pointer offset below stays inside.
+    unsafe {
+        let nb = d.len();
+        let mask = _mm256_set1_epi8(0x0F);
+        let idx = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
+        let mut acc = [_mm512_setzero_ps(); N];
+        let mut b = 0;
+        while b + 2 <= nb {
+            let raw = _mm256_loadu_si256(qs.as_ptr().add(b * 16) as *const __m256i);
+            let lo = _mm256_and_si256(raw, mask);
+            let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+            let w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+            // The weight scales spread over the lanes once; the activations come pre-arranged.
+            let wd = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(S::pair(d.as_ptr().add(b))));
+            pair_products(w, wd, xs, b, &mut acc);
+            b += 2;
         }
-        res[k] = r + offset_term(m, x.sum);
+        for k in 0..N {
+            let x = xs.get_unchecked(k);
+            let mut r = _mm512_reduce_add_ps(acc[k]);
+            if b < nb {
+                // An odd last block: the 256-bit way.
+                let raw = _mm_loadu_si128(qs.as_ptr().add(b * 16) as *const __m128i);
+                let m4 = _mm_set1_epi8(0x0F);
+                let w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
+                let xv = _mm256_loadu_si256(x.q.as_ptr().add(b * QK) as *const __m256i);
+                r += hsum(_mm256_cvtepi32_ps(dot_vnni(w, xv))) * (S::one(d.as_ptr().add(b)) * *x.d.get_unchecked(b));
+            }
+            res[k] = r + offset_term(m, x.sum);
+        }
     }
 }
 
@@ -170,39 +190,43 @@ unsafe fn q4_zmm<S: Scale, const N: usize>(qs: &[u8], d: &[S], m: &[S], xs: &[Ac
 /// FMA latency chain nor one row's memory stream limits the loop. Offset terms included.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
 unsafe fn q4_gemv<S: Scale, const R: usize>(qs: &[u8], d: &[S], m: &[S], x: &ActRow, res: &mut [f32]) {
-    let nb = x.d.len();
-    debug_assert!(qs.len() == R * nb * 16 && d.len() == R * nb && m.len() == R * nb && res.len() == R);
-    let mask = _mm256_set1_epi8(0x0F);
-    let idx = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
-    let mut acc = [_mm512_setzero_ps(); R];
-    let mut b = 0;
-    while b + 2 <= nb {
-        let xv = _mm512_loadu_si512(x.qz.as_ptr().add(b * QK) as *const __m512i);
-        let xd = _mm_castpd_ps(_mm_load_sd(x.d.as_ptr().add(b) as *const f64));
-        for (r, acc) in acc.iter_mut().enumerate() {
-            let blk = r * nb + b;
-            let raw = _mm256_loadu_si256(qs.as_ptr().add(blk * 16) as *const __m256i);
-            let lo = _mm256_and_si256(raw, mask);
-            let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
-            let w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
-            let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xv);
-            let wd = S::pair(d.as_ptr().add(blk));
-            let scale = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_mul_ps(wd, xd)));
-            *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, *acc);
+    // SAFETY: this function's contract: its callers checked the CPU features it enables and pass
+    // slices of the sizes the layout implies, which every load and pointer offset below stays inside.
+    unsafe {
+        let nb = x.d.len();
+        debug_assert!(qs.len() == R * nb * 16 && d.len() == R * nb && m.len() == R * nb && res.len() == R);
+        let mask = _mm256_set1_epi8(0x0F);
+        let idx = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
+        let mut acc = [_mm512_setzero_ps(); R];
+        let mut b = 0;
+        while b + 2 <= nb {
+            let xv = _mm512_loadu_si512(x.qz.as_ptr().add(b * QK) as *const __m512i);
+            let xd = _mm_castpd_ps(_mm_load_sd(x.d.as_ptr().add(b) as *const f64));
+            for (r, acc) in acc.iter_mut().enumerate() {
+                let blk = r * nb + b;
+                let raw = _mm256_loadu_si256(qs.as_ptr().add(blk * 16) as *const __m256i);
+                let lo = _mm256_and_si256(raw, mask);
+                let hi = _mm256_and_si256(_mm256_srli_epi16(raw, 4), mask);
+                let w = _mm512_inserti64x4(_mm512_castsi256_si512(lo), hi, 1);
+                let p = _mm512_dpbusd_epi32(_mm512_setzero_si512(), w, xv);
+                let wd = S::pair(d.as_ptr().add(blk));
+                let scale = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(_mm_mul_ps(wd, xd)));
+                *acc = _mm512_fmadd_ps(_mm512_cvtepi32_ps(p), scale, *acc);
+            }
+            b += 2;
         }
-        b += 2;
-    }
-    for r in 0..R {
-        let mut v = _mm512_reduce_add_ps(acc[r]);
-        if b < nb {
-            let blk = r * nb + b;
-            let raw = _mm_loadu_si128(qs.as_ptr().add(blk * 16) as *const __m128i);
-            let m4 = _mm_set1_epi8(0x0F);
-            let w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
-            let xq = _mm256_loadu_si256(x.q.as_ptr().add(b * QK) as *const __m256i);
-            v += hsum(_mm256_cvtepi32_ps(dot_vnni(w, xq))) * (S::one(d.as_ptr().add(blk)) * *x.d.get_unchecked(b));
+        for r in 0..R {
+            let mut v = _mm512_reduce_add_ps(acc[r]);
+            if b < nb {
+                let blk = r * nb + b;
+                let raw = _mm_loadu_si128(qs.as_ptr().add(blk * 16) as *const __m128i);
+                let m4 = _mm_set1_epi8(0x0F);
+                let w = _mm256_set_m128i(_mm_and_si128(_mm_srli_epi16(raw, 4), m4), _mm_and_si128(raw, m4));
+                let xq = _mm256_loadu_si256(x.q.as_ptr().add(b * QK) as *const __m256i);
+                v += hsum(_mm256_cvtepi32_ps(dot_vnni(w, xq))) * (S::one(d.as_ptr().add(blk)) * *x.d.get_unchecked(b));
+            }
+            *res.get_unchecked_mut(r) = v + offset_term(&m[r * nb..(r + 1) * nb], x.sum);
         }
-        *res.get_unchecked_mut(r) = v + offset_term(&m[r * nb..(r + 1) * nb], x.sum);
     }
 }
 
@@ -214,10 +238,14 @@ pub(super) const GEMV_ROWS: usize = 4;
 /// # Safety
 /// The CPU supports AVX-512 F/BW/VL/VNNI; slices as the Q4 layout implies for that many rows.
 pub(super) unsafe fn q4_gemv_rows<S: Scale>(qs: &[u8], d: &[S], m: &[S], x: &ActRow, res: &mut [f32]) {
-    if res.len() == GEMV_ROWS {
-        q4_gemv::<S, GEMV_ROWS>(qs, d, m, x, res)
-    } else {
-        q4_gemv::<S, 1>(qs, d, m, x, res)
+    // SAFETY: this function's contract: its callers checked the CPU features it enables and pass
+    // slices of the sizes the layout implies, which every load and pointer offset below stays inside.
+    unsafe {
+        if res.len() == GEMV_ROWS {
+            q4_gemv::<S, GEMV_ROWS>(qs, d, m, x, res)
+        } else {
+            q4_gemv::<S, 1>(qs, d, m, x, res)
+        }
     }
 }
 
@@ -226,17 +254,21 @@ pub(super) unsafe fn q4_gemv_rows<S: Scale>(qs: &[u8], d: &[S], m: &[S], x: &Act
 /// # Safety
 /// The CPU supports `isa` (AVX2 + FMA; for [`Isa::Avx512Vnni`] also AVX-512 F/BW/VL/VNNI).
 pub(super) unsafe fn q4_rows_full<S: Scale>(isa: Isa, qs: &[u8], d: &[S], m: &[S], xs: &[ActRow], res: &mut [f32; TILE]) {
-    if isa == Isa::Avx512Vnni {
-        match xs.len() {
-            1 => q4_zmm::<S, 1>(qs, d, m, xs, res),
-            2 => q4_zmm::<S, 2>(qs, d, m, xs, res),
-            3 => q4_zmm::<S, 3>(qs, d, m, xs, res),
-            _ => q4_zmm::<S, 4>(qs, d, m, xs, res),
-        }
-    } else {
-        q4_rows(isa, qs, d, xs, res);
-        for (r, x) in res.iter_mut().zip(xs) {
-            *r += offset_term(m, x.sum);
+    // SAFETY: this function's contract: its callers checked the CPU features it enables and pass
+    // slices of the sizes the layout implies, which every load and pointer offset below stays inside.
+    unsafe {
+        if isa == Isa::Avx512Vnni {
+            match xs.len() {
+                1 => q4_zmm::<S, 1>(qs, d, m, xs, res),
+                2 => q4_zmm::<S, 2>(qs, d, m, xs, res),
+                3 => q4_zmm::<S, 3>(qs, d, m, xs, res),
+                _ => q4_zmm::<S, 4>(qs, d, m, xs, res),
+            }
+        } else {
+            q4_rows(isa, qs, d, xs, res);
+            for (r, x) in res.iter_mut().zip(xs) {
+                *r += offset_term(m, x.sum);
+            }
         }
     }
 }
@@ -247,18 +279,22 @@ pub(super) unsafe fn q4_rows_full<S: Scale>(isa: Isa, qs: &[u8], d: &[S], m: &[S
 /// The CPU supports `isa` (AVX2 + FMA, plus AVX-512 VNNI/VL for [`Isa::Avx512Vnni`]); slices as
 /// the Q4 layout implies.
 pub(super) unsafe fn q4_rows<S: Scale>(isa: Isa, qs: &[u8], d: &[S], xs: &[ActRow], res: &mut [f32; TILE]) {
-    macro_rules! go {
-        ($f:ident) => {
-            match xs.len() {
-                1 => $f::<S, 1>(qs, d, xs, res),
-                2 => $f::<S, 2>(qs, d, xs, res),
-                3 => $f::<S, 3>(qs, d, xs, res),
-                _ => $f::<S, 4>(qs, d, xs, res),
-            }
-        };
+    // SAFETY: this function's contract: its callers checked the CPU features it enables and pass
+    // slices of the sizes the layout implies, which every load and pointer offset below stays inside.
+    unsafe {
+        macro_rules! go {
+            ($f:ident) => {
+                match xs.len() {
+                    1 => $f::<S, 1>(qs, d, xs, res),
+                    2 => $f::<S, 2>(qs, d, xs, res),
+                    3 => $f::<S, 3>(qs, d, xs, res),
+                    _ => $f::<S, 4>(qs, d, xs, res),
+                }
+            };
+        }
+        debug_assert!(isa >= Isa::Avx2);
+        go!(q4_avx2)
     }
-    debug_assert!(isa >= Isa::Avx2);
-    go!(q4_avx2)
 }
 
 /// Q8 row against `xs.len()` (1 to [`TILE`]) activation rows.
@@ -266,19 +302,23 @@ pub(super) unsafe fn q4_rows<S: Scale>(isa: Isa, qs: &[u8], d: &[S], xs: &[ActRo
 /// # Safety
 /// The CPU supports AVX2 and FMA; slices as the Q8 layout implies.
 pub(super) unsafe fn q8_rows<S: Scale>(isa: Isa, qs: &[i8], s: &[S], group: usize, xs: &[ActRow], res: &mut [f32; TILE]) {
-    macro_rules! go {
-        ($f:ident) => {
-            match xs.len() {
-                1 => $f::<S, 1>(qs, s, group, xs, res),
-                2 => $f::<S, 2>(qs, s, group, xs, res),
-                3 => $f::<S, 3>(qs, s, group, xs, res),
-                _ => $f::<S, 4>(qs, s, group, xs, res),
-            }
-        };
+    // SAFETY: this function's contract: its callers checked the CPU features it enables and pass
+    // slices of the sizes the layout implies, which every load and pointer offset below stays inside.
+    unsafe {
+        macro_rules! go {
+            ($f:ident) => {
+                match xs.len() {
+                    1 => $f::<S, 1>(qs, s, group, xs, res),
+                    2 => $f::<S, 2>(qs, s, group, xs, res),
+                    3 => $f::<S, 3>(qs, s, group, xs, res),
+                    _ => $f::<S, 4>(qs, s, group, xs, res),
+                }
+            };
+        }
+        // AVX2 also on AVX-512 CPUs: measured faster for Q8 rows (benches/kernels.rs, AMD EPYC).
+        debug_assert!(isa >= Isa::Avx2);
+        go!(q8_avx2)
     }
-    // AVX2 also on AVX-512 CPUs: measured faster for Q8 rows (benches/kernels.rs, AMD EPYC).
-    debug_assert!(isa >= Isa::Avx2);
-    go!(q8_avx2)
 }
 
 /// f32 dot product with four 8-wide FMA accumulators.
@@ -287,27 +327,31 @@ pub(super) unsafe fn q8_rows<S: Scale>(isa: Isa, qs: &[i8], s: &[S], group: usiz
 /// The CPU supports AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
-    let n = a.len().min(b.len());
-    let (pa, pb) = (a.as_ptr(), b.as_ptr());
-    let mut acc = [_mm256_setzero_ps(); 4];
-    let mut i = 0;
-    while i + 32 <= n {
-        for (j, acc) in acc.iter_mut().enumerate() {
-            *acc = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8 * j)), _mm256_loadu_ps(pb.add(i + 8 * j)), *acc);
+    // SAFETY: this function's contract: its callers checked the CPU features it enables and pass
+    // slices of the sizes the layout implies, which every load and pointer offset below stays inside.
+    unsafe {
+        let n = a.len().min(b.len());
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        let mut acc = [_mm256_setzero_ps(); 4];
+        let mut i = 0;
+        while i + 32 <= n {
+            for (j, acc) in acc.iter_mut().enumerate() {
+                *acc = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i + 8 * j)), _mm256_loadu_ps(pb.add(i + 8 * j)), *acc);
+            }
+            i += 32;
         }
-        i += 32;
+        while i + 8 <= n {
+            acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
+            i += 8;
+        }
+        let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
+        let mut sum = hsum(v);
+        while i < n {
+            sum += *pa.add(i) * *pb.add(i);
+            i += 1;
+        }
+        sum
     }
-    while i + 8 <= n {
-        acc[0] = _mm256_fmadd_ps(_mm256_loadu_ps(pa.add(i)), _mm256_loadu_ps(pb.add(i)), acc[0]);
-        i += 8;
-    }
-    let v = _mm256_add_ps(_mm256_add_ps(acc[0], acc[1]), _mm256_add_ps(acc[2], acc[3]));
-    let mut sum = hsum(v);
-    while i < n {
-        sum += *pa.add(i) * *pb.add(i);
-        i += 1;
-    }
-    sum
 }
 
 /// `y += a · x` with 8-wide FMA.
@@ -316,17 +360,21 @@ pub(super) unsafe fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 /// The CPU supports AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
 pub(super) unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
-    let n = x.len().min(y.len());
-    let va = _mm256_set1_ps(a);
-    let mut i = 0;
-    while i + 8 <= n {
-        let p = y.as_mut_ptr().add(i);
-        _mm256_storeu_ps(p, _mm256_fmadd_ps(va, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(p)));
-        i += 8;
-    }
-    while i < n {
-        *y.get_unchecked_mut(i) += a * *x.get_unchecked(i);
-        i += 1;
+    // SAFETY: this function's contract: its callers checked the CPU features it enables and pass
+    // slices of the sizes the layout implies, which every load and pointer offset below stays inside.
+    unsafe {
+        let n = x.len().min(y.len());
+        let va = _mm256_set1_ps(a);
+        let mut i = 0;
+        while i + 8 <= n {
+            let p = y.as_mut_ptr().add(i);
+            _mm256_storeu_ps(p, _mm256_fmadd_ps(va, _mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(p)));
+            i += 8;
+        }
+        while i < n {
+            *y.get_unchecked_mut(i) += a * *x.get_unchecked(i);
+            i += 1;
+        }
     }
 }
 
@@ -335,26 +383,30 @@ pub(super) unsafe fn axpy(a: f32, x: &[f32], y: &mut [f32]) {
 /// spread scales as the Q4 kernel uses them, offset term included.
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni,avx512vl,avx2,fma,f16c")]
 unsafe fn u8_zmm<const N: usize>(qs: &[u8], d: &[f32], m: &[f32], xs: &[ActRow], res: &mut [f32; TILE]) {
-    let nb = d.len();
-    debug_assert!(qs.len() == nb * QK && m.len() == nb && xs.len() == N);
-    let idx = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
-    let mut acc = [_mm512_setzero_ps(); N];
-    let mut b = 0;
-    while b + 2 <= nb {
-        let w = _mm512_loadu_si512(qs.as_ptr().add(b * QK) as *const __m512i);
-        let wd = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(f32::pair(d.as_ptr().add(b))));
-        pair_products(w, wd, xs, b, &mut acc);
-        b += 2;
-    }
-    for k in 0..N {
-        let x = xs.get_unchecked(k);
-        let mut r = _mm512_reduce_add_ps(acc[k]);
-        if b < nb {
-            let w = _mm256_loadu_si256(qs.as_ptr().add(b * QK) as *const __m256i);
-            let xv = _mm256_loadu_si256(x.q.as_ptr().add(b * QK) as *const __m256i);
-            r += hsum(_mm256_cvtepi32_ps(dot_vnni(w, xv))) * (*d.get_unchecked(b) * *x.d.get_unchecked(b));
+    // SAFETY: this function's contract: its callers checked the CPU features it enables and pass
+    // slices of the sizes the layout implies, which every load and pointer offset below stays inside.
+    unsafe {
+        let nb = d.len();
+        debug_assert!(qs.len() == nb * QK && m.len() == nb && xs.len() == N);
+        let idx = _mm512_set_epi32(1, 1, 1, 1, 0, 0, 0, 0, 1, 1, 1, 1, 0, 0, 0, 0);
+        let mut acc = [_mm512_setzero_ps(); N];
+        let mut b = 0;
+        while b + 2 <= nb {
+            let w = _mm512_loadu_si512(qs.as_ptr().add(b * QK) as *const __m512i);
+            let wd = _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(f32::pair(d.as_ptr().add(b))));
+            pair_products(w, wd, xs, b, &mut acc);
+            b += 2;
         }
-        res[k] = r + offset_term(m, x.sum);
+        for k in 0..N {
+            let x = xs.get_unchecked(k);
+            let mut r = _mm512_reduce_add_ps(acc[k]);
+            if b < nb {
+                let w = _mm256_loadu_si256(qs.as_ptr().add(b * QK) as *const __m256i);
+                let xv = _mm256_loadu_si256(x.q.as_ptr().add(b * QK) as *const __m256i);
+                r += hsum(_mm256_cvtepi32_ps(dot_vnni(w, xv))) * (*d.get_unchecked(b) * *x.d.get_unchecked(b));
+            }
+            res[k] = r + offset_term(m, x.sum);
+        }
     }
 }
 
@@ -363,11 +415,15 @@ unsafe fn u8_zmm<const N: usize>(qs: &[u8], d: &[f32], m: &[f32], xs: &[ActRow],
 /// # Safety
 /// The CPU supports AVX-512 F/BW/VL/VNNI, AVX2, FMA and F16C; slices as the U8 layout implies.
 pub(super) unsafe fn u8_rows(qs: &[u8], d: &[f32], m: &[f32], xs: &[ActRow], res: &mut [f32; TILE]) {
-    match xs.len() {
-        1 => u8_zmm::<1>(qs, d, m, xs, res),
-        2 => u8_zmm::<2>(qs, d, m, xs, res),
-        3 => u8_zmm::<3>(qs, d, m, xs, res),
-        _ => u8_zmm::<4>(qs, d, m, xs, res),
+    // SAFETY: this function's contract: its callers checked the CPU features it enables and pass
+    // slices of the sizes the layout implies, which every load and pointer offset below stays inside.
+    unsafe {
+        match xs.len() {
+            1 => u8_zmm::<1>(qs, d, m, xs, res),
+            2 => u8_zmm::<2>(qs, d, m, xs, res),
+            3 => u8_zmm::<3>(qs, d, m, xs, res),
+            _ => u8_zmm::<4>(qs, d, m, xs, res),
+        }
     }
 }
 
@@ -423,17 +479,20 @@ pub(super) unsafe fn softmax_in_place_avx512(v: &mut [f32]) {
             (1u16 << (n - i)) - 1
         }
     };
-    // SAFETY (every load and store below): the mask covers only values `i..min(i + 16, n)` of `v`.
+    // Every load and store below is masked to values `i..min(i + 16, n)` of `v`.
     let mut m = _mm512_set1_ps(f32::NEG_INFINITY);
     for i in (0..n).step_by(16) {
+        // SAFETY: the mask covers only values of `v`.
         m = _mm512_max_ps(m, unsafe { _mm512_mask_loadu_ps(_mm512_set1_ps(f32::NEG_INFINITY), mask_at(i), p.add(i)) });
     }
     let max = _mm512_set1_ps(_mm512_reduce_max_ps(m));
     let mut sum = _mm512_setzero_ps();
     for i in (0..n).step_by(16) {
         let k = mask_at(i);
+        // SAFETY: the mask covers only values of `v`.
         let e = exp16(_mm512_sub_ps(unsafe { _mm512_maskz_loadu_ps(k, p.add(i)) }, max));
         sum = _mm512_mask_add_ps(sum, k, sum, e);
+        // SAFETY: as the load.
         unsafe { _mm512_mask_storeu_ps(p.add(i), k, e) };
     }
     let mut lanes = [0f32; 16];
@@ -442,6 +501,7 @@ pub(super) unsafe fn softmax_in_place_avx512(v: &mut [f32]) {
     let inv = _mm512_set1_ps(1.0 / lanes.iter().sum::<f32>());
     for i in (0..n).step_by(16) {
         let k = mask_at(i);
+        // SAFETY: the mask covers only values of `v`.
         unsafe { _mm512_mask_storeu_ps(p.add(i), k, _mm512_mul_ps(_mm512_maskz_loadu_ps(k, p.add(i)), inv)) };
     }
 }
