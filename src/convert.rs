@@ -3,7 +3,7 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use crate::config::LlamaConfig;
+use crate::config::{LlamaConfig, GLOBAL_TENSORS, LAYER_TENSORS};
 use crate::error::Result;
 use crate::formats::gguf::{GgufFile, GgufWeights};
 use crate::formats::{hf, WeightSource};
@@ -12,25 +12,16 @@ use crate::tokenizer::Tokenizer;
 /// Hugging Face names of every weight of a Llama checkpoint, in checkpoint order.
 /// `lm_head.weight` is listed only when `with_lm_head` (untied heads).
 pub fn llama_tensor_names(config: &LlamaConfig, with_lm_head: bool) -> Vec<String> {
-    let mut names = vec!["model.embed_tokens.weight".to_string()];
+    let [(embed, _), (norm, _), (head, _)] = GLOBAL_TENSORS;
+    let mut names = vec![embed.to_string()];
     for i in 0..config.num_hidden_layers {
-        for suffix in [
-            "input_layernorm.weight",
-            "self_attn.q_proj.weight",
-            "self_attn.k_proj.weight",
-            "self_attn.v_proj.weight",
-            "self_attn.o_proj.weight",
-            "post_attention_layernorm.weight",
-            "mlp.gate_proj.weight",
-            "mlp.up_proj.weight",
-            "mlp.down_proj.weight",
-        ] {
-            names.push(format!("model.layers.{i}.{suffix}"));
+        for t in &LAYER_TENSORS {
+            names.push(format!("model.layers.{i}.{}", t.hf));
         }
     }
-    names.push("model.norm.weight".to_string());
+    names.push(norm.to_string());
     if with_lm_head {
-        names.push("lm_head.weight".to_string());
+        names.push(head.to_string());
     }
     names
 }

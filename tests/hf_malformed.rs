@@ -194,6 +194,11 @@ fn config_parsing() {
     ] {
         assert!(parse_llama_config(bad, p).is_err(), "{bad}");
     }
+    // A wrongly typed field is named by its path, nested ones included.
+    let e = parse_llama_config(r#"{"model_type": "llama", "hidden_size": "big"}"#, p).unwrap_err();
+    assert!(e.to_string().contains("hidden_size"), "{e}");
+    let e = parse_llama_config(r#"{"model_type": "llama", "rope_scaling": {"rope_type": "llama3", "factor": "x"}, "hidden_size": 8, "num_attention_heads": 2, "intermediate_size": 4, "num_hidden_layers": 1, "vocab_size": 5}"#, p).unwrap_err();
+    assert!(e.to_string().contains("rope_scaling"), "{e}");
     let e = parse_llama_config(r#"{"model_type": "llama", "rope_scaling": {"rope_type": "yarn", "factor": 4}, "hidden_size": 8, "num_attention_heads": 2, "intermediate_size": 4, "num_hidden_layers": 1, "vocab_size": 5}"#, p).unwrap_err();
     assert!(matches!(e, FormatError::Unsupported { .. }), "{e}");
 }

@@ -24,7 +24,7 @@ use std::sync::Arc;
 
 pub use super::quant::{dequantize, DequantError, GgmlType};
 use super::{FormatError, HostTensor, WeightSource};
-use crate::config::{LlamaConfig, RopeScaling};
+use crate::config::{LlamaConfig, RopeScaling, GLOBAL_TENSORS, LAYER_TENSORS};
 
 const MAGIC: &[u8; 4] = b"GGUF";
 /// ggml's `GGML_MAX_DIMS`.
@@ -701,7 +701,7 @@ impl GgufFile {
             self.meta_usize(k)?.map(|v| u32::try_from(v).map_err(|_| invalid(format!("{k} {v} does not fit in u32")))).transpose()
         };
 
-        Ok(LlamaConfig {
+        let config = LlamaConfig {
             vocab_size: vocab,
             hidden_size: hidden,
             intermediate_size: intermediate,
@@ -716,26 +716,11 @@ impl GgufFile {
             tie_word_embeddings: self.tensor_info("output.weight").is_none(),
             bos_token_id: token_id("tokenizer.ggml.bos_token_id")?,
             eos_token_ids: token_id("tokenizer.ggml.eos_token_id")?.into_iter().collect(),
-        })
+        };
+        config.validate().map_err(invalid)?;
+        Ok(config)
     }
 }
-
-/// Per-layer tensor names: (Hugging Face suffix after `model.layers.{i}.`, GGUF suffix after `blk.{i}.`).
-const LAYER_NAMES: [(&str, &str); 9] = [
-    ("input_layernorm.weight", "attn_norm.weight"),
-    ("post_attention_layernorm.weight", "ffn_norm.weight"),
-    ("self_attn.q_proj.weight", "attn_q.weight"),
-    ("self_attn.k_proj.weight", "attn_k.weight"),
-    ("self_attn.v_proj.weight", "attn_v.weight"),
-    ("self_attn.o_proj.weight", "attn_output.weight"),
-    ("mlp.gate_proj.weight", "ffn_gate.weight"),
-    ("mlp.up_proj.weight", "ffn_up.weight"),
-    ("mlp.down_proj.weight", "ffn_down.weight"),
-];
-
-/// Whole-model tensor names: (Hugging Face, GGUF).
-const GLOBAL_NAMES: [(&str, &str); 3] =
-    [("model.embed_tokens.weight", "token_embd.weight"), ("model.norm.weight", "output_norm.weight"), ("lm_head.weight", "output.weight")];
 
 /// Splits `{prefix}{layer}.{suffix}` into the layer number and suffix. The layer must be a plain
 /// decimal number (no sign, no leading zeros) so that the mapping is a bijection.
@@ -750,24 +735,24 @@ fn split_layer<'a>(name: &'a str, prefix: &str) -> Option<(usize, &'a str)> {
 /// The GGUF name of a Hugging Face Llama tensor name (`model.layers.3.mlp.up_proj.weight` →
 /// `blk.3.ffn_up.weight`); `None` for names with no GGUF counterpart.
 pub fn hf_to_gguf_name(hf: &str) -> Option<String> {
-    if let Some((_, g)) = GLOBAL_NAMES.iter().find(|(h, _)| *h == hf) {
+    if let Some((_, g)) = GLOBAL_TENSORS.iter().find(|(h, _)| *h == hf) {
         return Some((*g).to_string());
     }
     let (layer, suffix) = split_layer(hf, "model.layers.")?;
-    let (_, g) = LAYER_NAMES.iter().find(|(h, _)| *h == suffix)?;
-    Some(format!("blk.{layer}.{g}"))
+    let t = LAYER_TENSORS.iter().find(|t| t.hf == suffix)?;
+    Some(format!("blk.{layer}.{}", t.gguf))
 }
 
 /// The Hugging Face name of a GGUF Llama tensor name (`blk.3.ffn_up.weight` →
 /// `model.layers.3.mlp.up_proj.weight`); `None` for names with no Hugging Face counterpart
 /// (`rope_freqs.weight`, ...). Inverse of [`hf_to_gguf_name`].
 pub fn gguf_to_hf_name(gguf: &str) -> Option<String> {
-    if let Some((h, _)) = GLOBAL_NAMES.iter().find(|(_, g)| *g == gguf) {
+    if let Some((h, _)) = GLOBAL_TENSORS.iter().find(|(_, g)| *g == gguf) {
         return Some((*h).to_string());
     }
     let (layer, suffix) = split_layer(gguf, "blk.")?;
-    let (h, _) = LAYER_NAMES.iter().find(|(_, g)| *g == suffix)?;
-    Some(format!("model.layers.{layer}.{h}"))
+    let t = LAYER_TENSORS.iter().find(|t| t.gguf == suffix)?;
+    Some(format!("model.layers.{layer}.{}", t.hf))
 }
 
 /// Checks the shape assumptions shared by [`permute_qk`] and [`unpermute_qk`].

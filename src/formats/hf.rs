@@ -9,8 +9,9 @@ use std::path::{Path, PathBuf};
 use safetensors::{Dtype, SafeTensors};
 use serde_json::{json, Value};
 
+use super::hf_config::ConfigJson;
 use super::{FormatError, HostTensor, WeightSource};
-use crate::config::{LlamaConfig, RopeScaling};
+use crate::config::LlamaConfig;
 
 /// Sampling defaults from `generation_config.json` (all optional).
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -91,96 +92,7 @@ fn read_json(path: &Path) -> Result<Value, FormatError> {
 /// [`FormatError::Unsupported`] for other architectures or rope scaling types; [`FormatError::Invalid`]
 /// for missing or inconsistent values.
 pub fn parse_llama_config(json_text: &str, path: &Path) -> Result<LlamaConfig, FormatError> {
-    let v: Value = serde_json::from_str(json_text).map_err(|e| invalid(path, format!("not valid JSON: {e}")))?;
-    let archs: Vec<&str> = v["architectures"].as_array().map(|a| a.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
-    let model_type = v["model_type"].as_str().unwrap_or("");
-    let known = ["LlamaForCausalLM", "MistralForCausalLM"];
-    if !(archs.iter().any(|a| known.contains(a)) || (archs.is_empty() && matches!(model_type, "llama" | "mistral"))) {
-        let what = if archs.is_empty() { format!("model_type {model_type:?}") } else { format!("architectures {archs:?}") };
-        return Err(FormatError::Unsupported { path: path.to_path_buf(), reason: format!("{what} (LlamaForCausalLM is supported)") });
-    }
-    let uint = |k: &str| -> Result<Option<usize>, FormatError> {
-        match &v[k] {
-            Value::Null => Ok(None),
-            x => x.as_u64().map(|n| Some(n as usize)).ok_or_else(|| invalid(path, format!("{k} should be a non-negative integer, is {x}"))),
-        }
-    };
-    let need = |k: &str| uint(k)?.ok_or_else(|| invalid(path, format!("missing {k}")));
-    let float = |x: &Value, k: &str| -> Result<Option<f32>, FormatError> {
-        match x {
-            Value::Null => Ok(None),
-            x => x.as_f64().map(|f| Some(f as f32)).ok_or_else(|| invalid(path, format!("{k} should be a number, is {x}"))),
-        }
-    };
-    let ids = |x: &Value| -> Vec<u32> {
-        match x {
-            Value::Array(a) => a.iter().filter_map(Value::as_u64).map(|i| i as u32).collect(),
-            x => x.as_u64().map(|i| vec![i as u32]).unwrap_or_default(),
-        }
-    };
-    let hidden = need("hidden_size")?;
-    let heads = need("num_attention_heads")?;
-    let kv_heads = uint("num_key_value_heads")?.unwrap_or(heads);
-    if hidden == 0 || heads == 0 || kv_heads == 0 || heads % kv_heads != 0 {
-        return Err(invalid(path, format!("num_attention_heads {heads} / num_key_value_heads {kv_heads} / hidden_size {hidden} are inconsistent")));
-    }
-    let head_dim = match uint("head_dim")? {
-        Some(d) => d,
-        None if hidden % heads == 0 => hidden / heads,
-        None => return Err(invalid(path, format!("hidden_size {hidden} is not divisible by num_attention_heads {heads}"))),
-    };
-    // Newer configs nest rope settings under `rope_parameters`.
-    let rope = if v["rope_scaling"].is_object() { &v["rope_scaling"] } else { &v["rope_parameters"] };
-    let rope_theta = float(&v["rope_theta"], "rope_theta")?.or(float(&v["rope_parameters"]["rope_theta"], "rope_theta")?).unwrap_or(10000.0);
-    let rope_scaling = match rope["rope_type"].as_str().or(rope["type"].as_str()) {
-        None | Some("default") => None,
-        Some("linear") => {
-            Some(RopeScaling::Linear { factor: float(&rope["factor"], "factor")?.ok_or_else(|| invalid(path, "linear rope scaling without factor"))? })
-        }
-        Some("llama3") => {
-            let f = |k: &str| float(&rope[k], k)?.ok_or_else(|| invalid(path, format!("llama3 rope scaling without {k}")));
-            Some(RopeScaling::Llama3 {
-                factor: f("factor")?,
-                low_freq_factor: f("low_freq_factor")?,
-                high_freq_factor: f("high_freq_factor")?,
-                original_max_position_embeddings: rope["original_max_position_embeddings"]
-                    .as_u64()
-                    .ok_or_else(|| invalid(path, "llama3 rope scaling without original_max_position_embeddings"))?
-                    as usize,
-            })
-        }
-        Some(other) => return Err(FormatError::Unsupported { path: path.to_path_buf(), reason: format!("rope scaling type {other:?}") }),
-    };
-    let config = LlamaConfig {
-        vocab_size: need("vocab_size")?,
-        hidden_size: hidden,
-        intermediate_size: need("intermediate_size")?,
-        num_hidden_layers: need("num_hidden_layers")?,
-        num_attention_heads: heads,
-        num_key_value_heads: kv_heads,
-        head_dim,
-        rms_norm_eps: float(&v["rms_norm_eps"], "rms_norm_eps")?.unwrap_or(1e-6),
-        rope_theta,
-        rope_scaling,
-        max_position_embeddings: uint("max_position_embeddings")?.unwrap_or(2048),
-        tie_word_embeddings: v["tie_word_embeddings"].as_bool().unwrap_or(false),
-        bos_token_id: v["bos_token_id"].as_u64().map(|i| i as u32),
-        eos_token_ids: ids(&v["eos_token_id"]),
-    };
-    for (k, n) in [
-        ("vocab_size", config.vocab_size),
-        ("intermediate_size", config.intermediate_size),
-        ("num_hidden_layers", config.num_hidden_layers),
-        ("head_dim", head_dim),
-    ] {
-        if n == 0 {
-            return Err(invalid(path, format!("{k} is 0")));
-        }
-    }
-    if !(config.rms_norm_eps > 0.0 && config.rope_theta > 0.0) {
-        return Err(invalid(path, "rms_norm_eps and rope_theta must be positive"));
-    }
-    Ok(config)
+    ConfigJson::parse(json_text, path)?.into_config(path)
 }
 
 impl HfModelDir {
@@ -463,35 +375,7 @@ pub fn write_hf_dir(
         let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
         write_atomic(&dir.join("model.safetensors.index.json"), |f| f.write_all(index.to_string().as_bytes()))?;
     }
-    let mut cfg = json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "torch_dtype": "float32",
-        "vocab_size": config.vocab_size,
-        "hidden_size": config.hidden_size,
-        "intermediate_size": config.intermediate_size,
-        "num_hidden_layers": config.num_hidden_layers,
-        "num_attention_heads": config.num_attention_heads,
-        "num_key_value_heads": config.num_key_value_heads,
-        "head_dim": config.head_dim,
-        "rms_norm_eps": config.rms_norm_eps,
-        "rope_theta": config.rope_theta,
-        "max_position_embeddings": config.max_position_embeddings,
-        "tie_word_embeddings": config.tie_word_embeddings,
-        "hidden_act": "silu",
-        "attention_bias": false,
-        "mlp_bias": false,
-        "bos_token_id": config.bos_token_id,
-        "eos_token_id": match config.eos_token_ids.as_slice() { [one] => json!(one), many => json!(many) },
-        "rope_scaling": null,
-    });
-    cfg["rope_scaling"] = match &config.rope_scaling {
-        None => Value::Null,
-        Some(RopeScaling::Linear { factor }) => json!({"rope_type": "linear", "factor": factor}),
-        Some(RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings }) => json!({
-            "rope_type": "llama3", "factor": factor, "low_freq_factor": low_freq_factor,
-            "high_freq_factor": high_freq_factor, "original_max_position_embeddings": original_max_position_embeddings}),
-    };
+    let cfg = serde_json::to_value(ConfigJson::from_config(config)).map_err(|e| invalid(dir, e.to_string()))?;
     let text = |v: &Value| serde_json::to_string_pretty(v).unwrap_or_default();
     write_atomic(&dir.join("config.json"), |f| f.write_all(text(&cfg).as_bytes()))?;
     let gen = json!({"bos_token_id": config.bos_token_id, "eos_token_id": cfg["eos_token_id"].clone()});

@@ -3,6 +3,7 @@
 
 pub mod gguf;
 pub mod hf;
+mod hf_config;
 pub mod peft;
 pub mod quant;
 

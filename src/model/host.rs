@@ -10,7 +10,7 @@
 
 use rayon::prelude::*;
 
-use crate::config::LlamaConfig;
+use crate::config::{LayerTensor, LlamaConfig};
 use crate::engine::kernels::{self, dot_f32, QActs, QMatrix};
 use crate::formats::gguf::{hf_to_gguf_name, GgufWeights};
 use crate::formats::{FormatError, WeightSource};
@@ -166,26 +166,25 @@ impl HostWeights {
         }
         let steps = (c.num_hidden_layers + 2) as f32;
         let mut report = |done: usize| if progress(done as f32 / steps) { Ok(()) } else { Err(ModelError::Aborted) };
-        let (h, hd) = (c.hidden_size, c.head_dim);
-        let (q_out, kv_out) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+        let h = c.hidden_size;
         report(0)?;
         let embed = matrix(w, "model.embed_tokens.weight", c.vocab_size, h, None)?;
         report(1)?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            let lin = |n: &str, out, inp, heads| matrix(w, &format!("{p}.{n}.weight"), out, inp, heads);
+            let name = |t: LayerTensor| format!("model.layers.{i}.{}", t.hf);
+            let lin = |t: LayerTensor, heads| {
+                let s = t.shape(c);
+                matrix(w, &name(t), s[0], s[1], heads)
+            };
+            let norm = |t: LayerTensor| vector(w, &name(t), t.shape(c)[0]);
             layers.push(HostLayer {
-                attn_norm: vector(w, &format!("{p}.input_layernorm.weight"), h)?,
-                qkv: [
-                    lin("self_attn.q_proj", q_out, h, Some(c.num_attention_heads))?,
-                    lin("self_attn.k_proj", kv_out, h, Some(c.num_key_value_heads))?,
-                    lin("self_attn.v_proj", kv_out, h, None)?,
-                ],
-                wo: lin("self_attn.o_proj", h, q_out, None)?,
-                mlp_norm: vector(w, &format!("{p}.post_attention_layernorm.weight"), h)?,
-                gate_up: [lin("mlp.gate_proj", c.intermediate_size, h, None)?, lin("mlp.up_proj", c.intermediate_size, h, None)?],
-                down: lin("mlp.down_proj", h, c.intermediate_size, None)?,
+                attn_norm: norm(LayerTensor::ATTN_NORM)?,
+                qkv: [lin(LayerTensor::Q, Some(c.num_attention_heads))?, lin(LayerTensor::K, Some(c.num_key_value_heads))?, lin(LayerTensor::V, None)?],
+                wo: lin(LayerTensor::O, None)?,
+                mlp_norm: norm(LayerTensor::MLP_NORM)?,
+                gate_up: [lin(LayerTensor::GATE, None)?, lin(LayerTensor::UP, None)?],
+                down: lin(LayerTensor::DOWN, None)?,
             });
             report(i + 2)?;
         }

@@ -10,7 +10,7 @@ mod rope;
 
 use std::sync::{Arc, OnceLock};
 
-use crate::config::LlamaConfig;
+use crate::config::{LayerTensor, LlamaConfig};
 use crate::engine::{self, silu, softmax, Device, EngineError, Tensor};
 use crate::formats::gguf::GgufWeights;
 use crate::formats::{FormatError, WeightSource};
@@ -193,31 +193,7 @@ impl Clone for KvCache {
 }
 
 fn check_config(c: &LlamaConfig) -> Result<(), ModelError> {
-    let nonzero = [
-        ("vocab_size", c.vocab_size),
-        ("hidden_size", c.hidden_size),
-        ("intermediate_size", c.intermediate_size),
-        ("num_hidden_layers", c.num_hidden_layers),
-        ("num_attention_heads", c.num_attention_heads),
-        ("num_key_value_heads", c.num_key_value_heads),
-        ("head_dim", c.head_dim),
-    ];
-    if let Some((name, _)) = nonzero.iter().find(|(_, v)| *v == 0) {
-        return Err(ModelError::Config(format!("{name} is 0")));
-    }
-    if !c.num_attention_heads.is_multiple_of(c.num_key_value_heads) {
-        return Err(ModelError::Config(format!(
-            "num_attention_heads {} is not a multiple of num_key_value_heads {}",
-            c.num_attention_heads, c.num_key_value_heads
-        )));
-    }
-    if !c.head_dim.is_multiple_of(2) {
-        return Err(ModelError::Config(format!("head_dim {} is odd", c.head_dim)));
-    }
-    if !(c.rms_norm_eps.is_finite() && c.rms_norm_eps > 0.0 && c.rope_theta.is_finite() && c.rope_theta > 0.0) {
-        return Err(ModelError::Config("rms_norm_eps and rope_theta must be positive".into()));
-    }
-    Ok(())
+    c.validate().map_err(ModelError::Config)
 }
 
 struct Loader<'a> {
@@ -296,23 +272,27 @@ impl Llama {
         }
         let c = config;
         let l = Loader { source, device };
-        let (h, hd) = (c.hidden_size, c.head_dim);
-        let (q_out, kv_out) = (c.num_attention_heads * hd, c.num_key_value_heads * hd);
+        let h = c.hidden_size;
         let embed = l.matrix("model.embed_tokens.weight", c.vocab_size, h)?;
         report(1)?;
         let mut layers = Vec::with_capacity(c.num_hidden_layers);
         for i in 0..c.num_hidden_layers {
-            let p = format!("model.layers.{i}");
+            let name = |t: LayerTensor| format!("model.layers.{i}.{}", t.hf);
+            let lin = |t: LayerTensor| {
+                let s = t.shape(c);
+                l.linear(&name(t), s[0], s[1])
+            };
+            let norm = |t: LayerTensor| l.vector(&name(t), t.shape(c)[0]);
             layers.push(Layer {
-                attn_norm: l.vector(&format!("{p}.input_layernorm.weight"), h)?,
-                wq: l.linear(&format!("{p}.self_attn.q_proj.weight"), q_out, h)?,
-                wk: l.linear(&format!("{p}.self_attn.k_proj.weight"), kv_out, h)?,
-                wv: l.linear(&format!("{p}.self_attn.v_proj.weight"), kv_out, h)?,
-                wo: l.linear(&format!("{p}.self_attn.o_proj.weight"), h, q_out)?,
-                mlp_norm: l.vector(&format!("{p}.post_attention_layernorm.weight"), h)?,
-                w_gate: l.linear(&format!("{p}.mlp.gate_proj.weight"), c.intermediate_size, h)?,
-                w_up: l.linear(&format!("{p}.mlp.up_proj.weight"), c.intermediate_size, h)?,
-                w_down: l.linear(&format!("{p}.mlp.down_proj.weight"), h, c.intermediate_size)?,
+                attn_norm: norm(LayerTensor::ATTN_NORM)?,
+                wq: lin(LayerTensor::Q)?,
+                wk: lin(LayerTensor::K)?,
+                wv: lin(LayerTensor::V)?,
+                wo: lin(LayerTensor::O)?,
+                mlp_norm: norm(LayerTensor::MLP_NORM)?,
+                w_gate: lin(LayerTensor::GATE)?,
+                w_up: lin(LayerTensor::UP)?,
+                w_down: lin(LayerTensor::DOWN)?,
             });
             report(i + 2)?;
         }
