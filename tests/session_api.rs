@@ -55,6 +55,40 @@ fn pull_style_generation_equals_push_style() {
         assert_eq!((ids.as_slice(), pulled.as_str(), reason), (ga.ids.as_slice(), pushed.as_str(), ga.finish), "stop {stop:?}");
         assert_eq!((gb.ids, gb.text, gb.finish), (ga.ids.clone(), ga.text.clone(), ga.finish));
         assert_eq!(a.tokens(), b.tokens());
+
+        // The per-token callback: every id in order, the same text, a final `None` only for held-back text.
+        let mut c = model().session(Some(256));
+        c.append_text(PROMPT).unwrap();
+        let (mut ids, mut text, mut tail) = (vec![], String::new(), None);
+        let gc = c
+            .generate_tokens(&p, |id, t| {
+                match id {
+                    Some(id) => ids.push(id),
+                    None => tail = Some(t.to_string()),
+                }
+                text.push_str(t);
+                ControlFlow::Continue(())
+            })
+            .unwrap();
+        assert_eq!((ids.as_slice(), text.as_str(), gc.finish), (ga.ids.as_slice(), pushed.as_str(), ga.finish), "stop {stop:?}");
+        assert!(tail.is_none_or(|t| !t.is_empty()));
+        // Breaking after the second token: two ids, finished by the callback, both in the conversation.
+        let mut d = model().session(Some(256));
+        d.append_text(PROMPT).unwrap();
+        let mut seen = 0;
+        let gd = d
+            .generate_tokens(&p, |id, _| {
+                seen += usize::from(id.is_some());
+                if seen == 2 {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            })
+            .unwrap();
+        if ga.ids.len() > 2 {
+            assert_eq!((gd.ids.as_slice(), gd.finish), (&ga.ids[..2], FinishReason::Callback), "stop {stop:?}");
+        }
     }
 }
 

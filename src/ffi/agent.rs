@@ -10,7 +10,7 @@ use super::log::with_state;
 use super::log::{with_sink, LogSink};
 use super::registry::{self, Kind, Tracked, Users};
 use super::types::{agentlm_action_format, agentlm_chat_template};
-use super::util::{boundary, opt_out, read_params, str_arg, strs_arg, write_out, Fail, SendPtr};
+use super::util::{boundary, opt_out, read_params, str_arg, strs_arg, write_opt, write_out, Fail, Out, SendPtr};
 use super::{agentlm_error, agentlm_model, agentlm_status, agentlm_str};
 use crate::agent::{ActionFormat, Agent, AgentConfig, AgentStep, StepKind, Tool};
 use crate::generate::{CancelToken, SamplingParams};
@@ -216,9 +216,9 @@ pub unsafe extern "C" fn agentlm_agent_new(
 ) -> agentlm_status {
     boundary(err, || {
         let m = registry::pin(model, "model")?;
-        let p = unsafe { read_params(params, agentlm_agent_params_default()) }?;
-        let instructions = unsafe { str_arg(instructions, instructions_len, "instructions") }?;
-        let task = unsafe { str_arg(task, task_len, "task") }?;
+        let p = read_params(params, agentlm_agent_params_default())?;
+        let instructions = str_arg(instructions, instructions_len, "instructions")?;
+        let task = str_arg(task, task_len, "task")?;
         let out = opt_out(out, "out")?;
         let cfg = config(&p)?;
         let agent = with_sink(m.log.as_ref(), || Agent::new(&m.model, cfg, instructions, task, vec![]))?;
@@ -264,9 +264,9 @@ pub unsafe extern "C" fn agentlm_agent_add_tool(
     // Whatever happens, the host's user_data is released exactly once.
     let mut callback = Some(ToolCallback { f: tool, user: SendPtr(user_data), free: free_user_data });
     boundary(err, || {
-        let name = unsafe { str_arg(name, name_len, "name") }?;
-        let description = unsafe { str_arg(description, description_len, "description") }?;
-        let params = unsafe { str_arg(parameters_json, parameters_json_len, "parameters_json") }?;
+        let name = str_arg(name, name_len, "name")?;
+        let description = str_arg(description, description_len, "description")?;
+        let params = str_arg(parameters_json, parameters_json_len, "parameters_json")?;
         let parameters = if params.trim().is_empty() {
             serde_json::Value::Null
         } else {
@@ -288,7 +288,7 @@ pub unsafe extern "C" fn agentlm_agent_add_tool(
 pub unsafe extern "C" fn agentlm_tool_result_set(result: *mut agentlm_tool_result, text: *const c_char, text_len: usize) -> agentlm_status {
     boundary(std::ptr::null_mut(), || {
         registry::check_scoped(result.cast_const().cast(), Kind::ToolResult, "result")?;
-        let text = unsafe { str_arg(text, text_len, "text") }?;
+        let text = str_arg(text, text_len, "text")?;
         // SAFETY: registered, so the object the library passed to the running callback.
         let r = unsafe { &mut *result };
         r.text = Some(text.to_string());
@@ -320,7 +320,7 @@ fn set(buf: &mut Vec<u8>, s: &str) -> agentlm_str {
 
 /// Reports step `s` in `*out`, running the action's tool callback (if it has one) and submitting its
 /// observation first.
-fn report(st: &mut AgentState, s: AgentStep, out: *mut agentlm_agent_step_result) -> Result<agentlm_status, Fail> {
+fn report(st: &mut AgentState, s: AgentStep, out: Out<agentlm_agent_step_result>) -> Result<agentlm_status, Fail> {
     use super::agentlm_step_kind::*;
     let (kind, tool, input, answer, repeated) = match &s.kind {
         StepKind::Action { tool, input, repeated } => (AGENTLM_STEP_ACTION, tool.as_str(), input.as_str(), "", *repeated),
@@ -402,7 +402,7 @@ pub unsafe extern "C" fn agentlm_agent_demonstrate(
 ) -> agentlm_status {
     boundary(err, || {
         let out = opt_out(out, "out")?;
-        let reply = unsafe { str_arg(reply, reply_len, "reply") }?;
+        let reply = str_arg(reply, reply_len, "reply")?;
         lock_agent(agent, |st| {
             let s = st.agent.demonstrate(reply)?;
             report(st, s, out)
@@ -426,7 +426,7 @@ pub unsafe extern "C" fn agentlm_agent_set_admissible(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let owned = unsafe { strs_arg(actions, n_actions, "actions", "action", false) }?;
+        let owned = strs_arg(actions, n_actions, "actions", "action", false)?;
         lock_agent(agent, |st| Ok(st.agent.set_admissible(owned)?)).map(|_| AGENTLM_STATUS_OK)
     })
 }
@@ -453,9 +453,9 @@ pub unsafe extern "C" fn agentlm_agent_set_tool_values(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let tool = unsafe { str_arg(tool, tool_len, "tool") }?;
-        let param = if param.is_null() || param_len == 0 { None } else { Some(unsafe { str_arg(param, param_len, "param") }?) };
-        let owned = unsafe { strs_arg(values, n_values, "values", "value", false) }?;
+        let tool = str_arg(tool, tool_len, "tool")?;
+        let param = if param.is_null() || param_len == 0 { None } else { Some(str_arg(param, param_len, "param")?) };
+        let owned = strs_arg(values, n_values, "values", "value", false)?;
         lock_agent(agent, |st| Ok(st.agent.set_tool_values(tool, param, owned)?)).map(|_| AGENTLM_STATUS_OK)
     })
 }
@@ -472,7 +472,7 @@ pub unsafe extern "C" fn agentlm_agent_add_example(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let json = unsafe { str_arg(json, json_len, "json") }?;
+        let json = str_arg(json, json_len, "json")?;
         let t = crate::train::parse_record(json).map_err(|e| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("example is not a trajectory: {e}")))?;
         lock_agent(agent, |st| Ok(st.agent.add_example(&t)?)).map(|_| AGENTLM_STATUS_OK)
     })
@@ -490,12 +490,8 @@ pub unsafe extern "C" fn agentlm_agent_accepted_actions(
 ) -> agentlm_status {
     boundary(err, || {
         lock_agent(agent, |st| {
-            if !actions.is_null() {
-                write_out(actions, st.agent.actions() as u32);
-            }
-            if !accepted.is_null() {
-                write_out(accepted, st.agent.accepted_actions() as u32);
-            }
+            write_opt(actions, st.agent.actions() as u32);
+            write_opt(accepted, st.agent.accepted_actions() as u32);
             Ok(AGENTLM_STATUS_OK)
         })
     })
@@ -512,7 +508,7 @@ pub unsafe extern "C" fn agentlm_agent_submit_result(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let text = unsafe { str_arg(text, text_len, "text") }?;
+        let text = str_arg(text, text_len, "text")?;
         lock_agent(agent, |st| Ok(st.agent.submit_result(text, Some(accepted))?)).map(|_| AGENTLM_STATUS_OK)
     })
 }
@@ -527,7 +523,7 @@ pub unsafe extern "C" fn agentlm_agent_submit_observation(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let text = unsafe { str_arg(text, text_len, "text") }?;
+        let text = str_arg(text, text_len, "text")?;
         lock_agent(agent, |st| Ok(st.agent.submit_observation(text)?)).map(|_| AGENTLM_STATUS_OK)
     })
 }
@@ -559,7 +555,7 @@ pub unsafe extern "C" fn agentlm_agent_set_outcome(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let outcome = unsafe { str_arg(outcome, outcome_len, "outcome") }?;
+        let outcome = str_arg(outcome, outcome_len, "outcome")?;
         lock_agent(agent, |st| {
             st.agent.set_outcome(reward, outcome);
             Ok(AGENTLM_STATUS_OK)
@@ -582,7 +578,7 @@ pub unsafe extern "C" fn agentlm_agent_trajectory_json(
         let len = opt_out(len, "len")?;
         lock_agent(agent, |st| {
             let json = serde_json::to_string(st.agent.trajectory()).map_err(|e| Fail::new(AGENTLM_STATUS_PANIC, format!("trajectory JSON: {e}")))?;
-            unsafe { super::util::copy_str_out(&json, buf, capacity, len) }
+            super::util::copy_str_out(&json, buf, capacity, len)
         })
     })
 }

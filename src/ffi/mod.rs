@@ -15,9 +15,6 @@
 #![allow(non_camel_case_types)]
 // The safety contract of every function is in its C documentation.
 #![allow(clippy::missing_safety_doc)]
-// Not yet here: the pointer arguments' unsafe blocks are being moved into typed argument helpers, each
-// with its reason; until then this layer's blocks are covered by its functions' C contracts.
-#![allow(clippy::undocumented_unsafe_blocks)]
 
 mod agent;
 mod handles;
@@ -28,6 +25,7 @@ mod types;
 mod util;
 
 use std::ffi::{c_char, c_void};
+use std::ops::ControlFlow;
 use std::ptr;
 
 use crate::generate::SamplingParams;
@@ -46,7 +44,7 @@ use registry::{Kind, Tracked, Users};
 pub use train::*;
 pub use types::*;
 use types::{finish_code, status_string};
-use util::{boundary, opt_out, read_params, slice_arg, str_arg, write_out, Fail};
+use util::{boundary, opt_out, read_params, slice_arg, str_arg, write_opt, write_out, Fail};
 
 /// Major version of this library (semantic versioning; before 1.0 minor versions may break the ABI).
 pub const AGENTLM_VERSION_MAJOR: u32 = 0;
@@ -318,8 +316,8 @@ pub unsafe extern "C" fn agentlm_model_load(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let path = unsafe { str_arg(path, path_len, "path") }?;
-        let p = unsafe { read_params(params, agentlm_model_params_default()) }?;
+        let path = str_arg(path, path_len, "path")?;
+        let p = read_params(params, agentlm_model_params_default())?;
         let out = opt_out(out, "out")?;
         let backend = Backend::from(agentlm_backend::try_from(p.backend)?);
         let precision = crate::Precision::from(agentlm_precision::try_from(p.precision)?);
@@ -328,6 +326,7 @@ pub unsafe extern "C" fn agentlm_model_load(
             let user = util::SendPtr(p.progress_user_data);
             std::sync::Arc::new(move |fraction: f32| {
                 let user = &user;
+                // SAFETY: the host's callback, called as its typedef documents, on the loading thread.
                 unsafe { f(user.0, fraction) }
             }) as crate::runtime::ProgressFn
         });
@@ -419,7 +418,7 @@ pub unsafe extern "C" fn agentlm_model_tokenize(
 ) -> agentlm_status {
     boundary(err, || {
         let m = registry::pin(model, "model")?;
-        let text = unsafe { str_arg(text, text_len, "text") }?;
+        let text = str_arg(text, text_len, "text")?;
         let n_ids = opt_out(n_ids, "n_ids")?;
         if flags & !(AGENTLM_TOKENIZE_ADD_BOS | AGENTLM_TOKENIZE_PARSE_SPECIAL) != 0 {
             return Err(Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("unknown tokenize flags {flags:#x}")));
@@ -432,7 +431,7 @@ pub unsafe extern "C" fn agentlm_model_tokenize(
                 v.insert(0, bos);
             }
         }
-        unsafe { util::copy_out(&v, ids, capacity, n_ids) }
+        util::copy_out(&v, ids, capacity, n_ids)
     })
 }
 
@@ -453,14 +452,14 @@ pub unsafe extern "C" fn agentlm_model_detokenize(
 ) -> agentlm_status {
     boundary(err, || {
         let m = registry::pin(model, "model")?;
-        let ids = unsafe { slice_arg(ids, n_ids, "ids") }?;
+        let ids = slice_arg(ids, n_ids, "ids")?;
         let text_len = opt_out(text_len, "text_len")?;
         let vocab = m.model.config().vocab_size;
         if let Some(id) = ids.iter().find(|&&i| i as usize >= vocab) {
             return Err(Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("token id {id} is outside the vocabulary (size {vocab})")));
         }
         let s = m.model.tokenizer().decode(ids, skip_special)?;
-        unsafe { util::copy_str_out(&s, buf, capacity, text_len) }
+        util::copy_str_out(&s, buf, capacity, text_len)
     })
 }
 
@@ -481,11 +480,11 @@ pub unsafe extern "C" fn agentlm_model_apply_chat_template(
 ) -> agentlm_status {
     boundary(err, || {
         let m = registry::pin(model, "model")?;
-        let list = unsafe { messages_arg(messages, n_messages) }?;
+        let list = messages_arg(messages, n_messages)?;
         let text_len = opt_out(text_len, "text_len")?;
         let t = m.model.chat_template().ok_or_else(|| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, "the model has no chat template"))?;
         let s = t.render(&list, add_generation_prompt).map_err(crate::Error::from)?;
-        unsafe { util::copy_str_out(&s, buf, capacity, text_len) }
+        util::copy_str_out(&s, buf, capacity, text_len)
     })
 }
 
@@ -533,7 +532,7 @@ pub unsafe extern "C" fn agentlm_session_new(
 ) -> agentlm_status {
     boundary(err, || {
         let m = registry::pin(model, "model")?;
-        let p = unsafe { read_params(params, agentlm_session_params_default()) }?;
+        let p = read_params(params, agentlm_session_params_default())?;
         let out = opt_out(out, "out")?;
         let session = m.model.try_session((p.capacity > 0).then_some(p.capacity as usize))?;
         write_out(out, agentlm_session::new_raw(session, m.log.clone()));
@@ -568,7 +567,7 @@ pub unsafe extern "C" fn agentlm_session_append_text(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let text = unsafe { str_arg(text, text_len, "text") }?;
+        let text = str_arg(text, text_len, "text")?;
         lock(session, |st| Ok(st.session.append_text(text)?)).map(|_| AGENTLM_STATUS_OK)
     })
 }
@@ -591,7 +590,7 @@ pub unsafe extern "C" fn agentlm_session_sync_chat(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let list = unsafe { messages_arg(messages, n_messages) }?;
+        let list = messages_arg(messages, n_messages)?;
         lock(session, |st| {
             let model = st.session.model().clone();
             let t = model.chat_template().ok_or_else(|| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, "the model has no chat template"))?;
@@ -602,12 +601,12 @@ pub unsafe extern "C" fn agentlm_session_sync_chat(
 }
 
 /// The C messages as owned messages (each role and content checked as UTF-8).
-unsafe fn messages_arg(messages: *const agentlm_message, n_messages: usize) -> Result<Vec<Message>, Fail> {
-    let msgs = unsafe { slice_arg(messages, n_messages, "messages") }?;
+fn messages_arg(messages: *const agentlm_message, n_messages: usize) -> Result<Vec<Message>, Fail> {
+    let msgs = slice_arg(messages, n_messages, "messages")?;
     let mut list = Vec::with_capacity(msgs.len());
     for (i, msg) in msgs.iter().enumerate() {
-        let role = unsafe { str_arg(msg.role.ptr, msg.role.len, "message role") }.map_err(|f| f.context(format!("message {i}")))?;
-        let content = unsafe { str_arg(msg.content.ptr, msg.content.len, "message content") }.map_err(|f| f.context(format!("message {i}")))?;
+        let role = str_arg(msg.role.ptr, msg.role.len, "message role").map_err(|f| f.context(format!("message {i}")))?;
+        let content = str_arg(msg.content.ptr, msg.content.len, "message content").map_err(|f| f.context(format!("message {i}")))?;
         list.push(Message::new(role, content));
     }
     Ok(list)
@@ -623,7 +622,7 @@ pub unsafe extern "C" fn agentlm_session_append_untrusted_text(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let text = unsafe { str_arg(text, text_len, "text") }?;
+        let text = str_arg(text, text_len, "text")?;
         lock(session, |st| Ok(st.session.append_untrusted_text(text)?)).map(|_| AGENTLM_STATUS_OK)
     })
 }
@@ -637,7 +636,7 @@ pub unsafe extern "C" fn agentlm_session_append_tokens(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let ids = unsafe { slice_arg(ids, n_ids, "ids") }?;
+        let ids = slice_arg(ids, n_ids, "ids")?;
         lock(session, |st| Ok(st.session.append_tokens(ids)?)).map(|_| AGENTLM_STATUS_OK)
     })
 }
@@ -654,7 +653,7 @@ pub unsafe extern "C" fn agentlm_session_tokens(
 ) -> agentlm_status {
     boundary(err, || {
         let n_ids = opt_out(n_ids, "n_ids")?;
-        lock(session, |st| unsafe { util::copy_out(st.session.tokens(), ids, capacity, n_ids) })
+        lock(session, |st| util::copy_out(st.session.tokens(), ids, capacity, n_ids))
     })
 }
 
@@ -705,7 +704,7 @@ pub unsafe extern "C" fn agentlm_session_cancel(session: *const agentlm_session)
 }
 
 fn generate_params(p: &agentlm_generate_params) -> Result<GenerateParams, Fail> {
-    let stop = unsafe { util::strs_arg(p.stop, p.n_stop, "stop", "stop string", true) }?;
+    let stop = util::strs_arg(p.stop, p.n_stop, "stop", "stop string", true)?;
     let sampling = SamplingParams {
         temperature: p.temperature,
         top_k: p.top_k as usize,
@@ -747,50 +746,30 @@ pub unsafe extern "C" fn agentlm_session_generate(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let p = unsafe { read_params(params, agentlm_generate_params_default()) }?;
+        let p = read_params(params, agentlm_generate_params_default())?;
         let gp = generate_params(&p)?;
         lock(session, |st| {
-            st.session.begin(&gp)?;
-            let mut status = AGENTLM_STATUS_OK;
             let mut piece = Vec::new();
-            loop {
-                let step = match st.session.next_token() {
-                    Ok(s) => s,
-                    Err(e) => {
-                        st.session.end();
-                        return Err(e.into());
-                    }
-                };
-                let (id, text, done) = match step {
-                    Step::Token { id, text } => (id, text, false),
-                    Step::Finished { reason, text } => {
-                        if reason == FinishReason::Cancelled {
-                            status = AGENTLM_STATUS_CANCELLED;
-                        }
-                        (AGENTLM_TOKEN_NONE, text, true)
-                    }
-                };
-                if let Some(f) = on_token {
-                    if !(done && text.is_empty()) {
-                        piece.clear();
-                        piece.extend_from_slice(text.as_bytes());
-                        piece.push(0);
-                        let go_on = unsafe { f(user_data, id, piece.as_ptr().cast(), text.len()) };
-                        if !go_on && !done {
-                            status = AGENTLM_STATUS_STOPPED;
-                            break;
-                        }
-                    }
+            let g = st.session.generate_tokens(&gp, |id, text| {
+                let Some(f) = on_token else { return ControlFlow::Continue(()) };
+                piece.clear();
+                piece.extend_from_slice(text.as_bytes());
+                piece.push(0);
+                // SAFETY: the host's callback, called as its typedef documents: `text` is `text_len` bytes
+                // and a NUL, valid during the call; `user_data` is the host's own.
+                let go_on = unsafe { f(user_data, id.unwrap_or(AGENTLM_TOKEN_NONE), piece.as_ptr().cast(), text.len()) };
+                if go_on {
+                    ControlFlow::Continue(())
+                } else {
+                    ControlFlow::Break(())
                 }
-                if done {
-                    break;
-                }
-            }
-            let g = st.session.end().ok_or_else(|| Fail::new(AGENTLM_STATUS_PANIC, "generation state lost"))?;
-            if !result.is_null() {
-                unsafe { result.write(generation_out(&g)) };
-            }
-            Ok(status)
+            })?;
+            write_opt(result, generation_out(&g));
+            Ok(match g.finish {
+                FinishReason::Cancelled => AGENTLM_STATUS_CANCELLED,
+                FinishReason::Callback => AGENTLM_STATUS_STOPPED,
+                _ => AGENTLM_STATUS_OK,
+            })
         })
     })
 }
@@ -804,7 +783,7 @@ pub unsafe extern "C" fn agentlm_session_begin(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let p = unsafe { read_params(params, agentlm_generate_params_default()) }?;
+        let p = read_params(params, agentlm_generate_params_default())?;
         let gp = generate_params(&p)?;
         lock(session, |st| Ok(st.session.begin(&gp)?)).map(|_| AGENTLM_STATUS_OK)
     })
@@ -848,9 +827,7 @@ pub unsafe extern "C" fn agentlm_session_end(session: *const agentlm_session, re
     boundary(err, || {
         lock(session, |st| {
             let g = st.session.end().ok_or_else(|| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, "no generation in progress"))?;
-            if !result.is_null() {
-                unsafe { result.write(generation_out(&g)) };
-            }
+            write_opt(result, generation_out(&g));
             Ok(AGENTLM_STATUS_OK)
         })
     })
@@ -871,7 +848,7 @@ pub unsafe extern "C" fn agentlm_session_save_state(
         let size = opt_out(size, "size")?;
         lock(session, |st| {
             let bytes = st.session.save_state()?;
-            unsafe { util::copy_out(&bytes, buf, capacity, size) }
+            util::copy_out(&bytes, buf, capacity, size)
         })
     })
 }
@@ -886,7 +863,7 @@ pub unsafe extern "C" fn agentlm_session_load_state(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let bytes = unsafe { slice_arg(buf, len, "buf") }?;
+        let bytes = slice_arg(buf, len, "buf")?;
         lock(session, |st| Ok(st.session.load_state(bytes)?)).map(|_| AGENTLM_STATUS_OK)
     })
 }
@@ -900,7 +877,7 @@ pub unsafe extern "C" fn agentlm_session_save_file(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let path = unsafe { str_arg(path, path_len, "path") }?;
+        let path = str_arg(path, path_len, "path")?;
         lock(session, |st| Ok(st.session.save_state_file(path)?)).map(|_| AGENTLM_STATUS_OK)
     })
 }
@@ -914,7 +891,7 @@ pub unsafe extern "C" fn agentlm_session_load_file(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let path = unsafe { str_arg(path, path_len, "path") }?;
+        let path = str_arg(path, path_len, "path")?;
         lock(session, |st| Ok(st.session.load_state_file(path)?)).map(|_| AGENTLM_STATUS_OK)
     })
 }

@@ -1,6 +1,10 @@
 //! ABI-level checks that need no model: versions, status strings, argument validation, the registry
 //! of live handles (plus one check on real handles when the test model is present).
 
+// These tests call the exported functions as a C host would, many with deliberately bad pointers (NULL,
+// freed, foreign, of another kind) that the functions must reject: the point of each call is in its test.
+#![allow(clippy::undocumented_unsafe_blocks)]
+
 use std::ffi::CStr;
 use std::ptr;
 use std::sync::atomic::{AtomicUsize, Ordering};

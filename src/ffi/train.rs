@@ -12,7 +12,7 @@ use super::log::with_state;
 use super::log::{with_sink, LogSink};
 use super::registry::{self, pin_opt, Kind, Tracked, Users};
 use super::types::agentlm_data_kind;
-use super::util::{boundary, catch_or, opt_out, read_params, str_arg, write_out, Fail};
+use super::util::{boundary, catch_or, opt_out, read_params, str_arg, write_opt, write_out, Fail};
 use super::{agentlm_error, agentlm_status};
 use crate::formats::peft::{LoraConfig, TARGETS};
 use crate::generate::CancelToken;
@@ -170,7 +170,7 @@ pub unsafe extern "C" fn agentlm_adapter_load(
 ) -> agentlm_status {
     boundary(err, || {
         let m = registry::pin(model, "model")?;
-        let dir = unsafe { str_arg(dir, dir_len, "dir") }?;
+        let dir = str_arg(dir, dir_len, "dir")?;
         let out = opt_out(out, "out")?;
         let adapter = with_sink(m.log.as_ref(), || Adapter::load(&m.model, dir))?;
         write_out(out, agentlm_adapter::new_raw(adapter));
@@ -188,7 +188,7 @@ pub unsafe extern "C" fn agentlm_adapter_save(
 ) -> agentlm_status {
     boundary(err, || {
         let a = registry::pin(adapter, "adapter")?;
-        let dir = unsafe { str_arg(dir, dir_len, "dir") }?;
+        let dir = str_arg(dir, dir_len, "dir")?;
         a.adapter.save(dir)?;
         Ok(AGENTLM_STATUS_OK)
     })
@@ -338,7 +338,7 @@ pub unsafe extern "C" fn agentlm_trainer_new(
 ) -> agentlm_status {
     boundary(err, || {
         let m = registry::pin(model, "model")?;
-        let p = unsafe { read_params(params, agentlm_trainer_params_default()) }?;
+        let p = read_params(params, agentlm_trainer_params_default())?;
         let out = opt_out(out, "out")?;
         let config = train_config(&p)?;
         let start = pin_opt(start, "start")?;
@@ -377,7 +377,7 @@ pub unsafe extern "C" fn agentlm_trainer_add_json(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let json = unsafe { str_arg(json, json_len, "json") }?;
+        let json = str_arg(json, json_len, "json")?;
         let k = kind(data_kind)?;
         lock_trainer(trainer, |st| {
             let kept = match k {
@@ -388,9 +388,7 @@ pub unsafe extern "C" fn agentlm_trainer_add_json(
                     true
                 }
             };
-            if !added.is_null() {
-                write_out(added, kept);
-            }
+            write_opt(added, kept);
             Ok(AGENTLM_STATUS_OK)
         })
     })
@@ -409,16 +407,14 @@ pub unsafe extern "C" fn agentlm_trainer_add_jsonl_file(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let path = unsafe { str_arg(path, path_len, "path") }?;
+        let path = str_arg(path, path_len, "path")?;
         let k = kind(data_kind)?;
         lock_trainer(trainer, |st| {
             let n = match k {
                 Some(k) => st.trainer.add_jsonl_file(path, k)?.added,
                 None => st.trainer.add_eval_jsonl_file(path)?,
             };
-            if !added.is_null() {
-                write_out(added, n);
-            }
+            write_opt(added, n);
             Ok(AGENTLM_STATUS_OK)
         })
     })
@@ -437,9 +433,7 @@ pub unsafe extern "C" fn agentlm_trainer_add_episode(
         let episode = lock_agent(agent, |st| Ok(st.agent.trajectory().clone()))?;
         lock_trainer(trainer, |st| {
             let kept = episode.reward.is_some() && st.trainer.add_trajectory(episode, DataKind::Agent)?;
-            if !added.is_null() {
-                write_out(added, kept);
-            }
+            write_opt(added, kept);
             Ok(AGENTLM_STATUS_OK)
         })
     })
@@ -487,9 +481,7 @@ pub unsafe extern "C" fn agentlm_trainer_run(
                 Some(f) => unsafe { f(user_data, &progress_out(r)) },
                 None => true,
             })?;
-            if !last.is_null() {
-                write_out(last, summary.last.as_ref().map(progress_out).unwrap_or_default());
-            }
+            write_opt(last, summary.last.as_ref().map(progress_out).unwrap_or_default());
             Ok(match summary.stop {
                 RunStop::Steps | RunStop::TimeBudget => AGENTLM_STATUS_OK,
                 RunStop::Callback => AGENTLM_STATUS_STOPPED,
@@ -530,9 +522,7 @@ pub unsafe extern "C" fn agentlm_trainer_evaluate(
         lock_trainer(trainer, |st| {
             let r = st.trainer.evaluate()?;
             write_out(loss, r.loss);
-            if !tokens.is_null() {
-                write_out(tokens, r.tokens as u32);
-            }
+            write_opt(tokens, r.tokens as u32);
             Ok(AGENTLM_STATUS_OK)
         })
     })
@@ -555,7 +545,7 @@ pub unsafe extern "C" fn agentlm_trainer_adapter(
 }
 
 /// Runs `f` on the trainer with the `(dir, dir_len)` path argument.
-unsafe fn with_dir(
+fn with_dir(
     trainer: *const agentlm_trainer,
     dir: *const c_char,
     dir_len: usize,
@@ -563,7 +553,7 @@ unsafe fn with_dir(
     f: impl FnOnce(&Trainer, &str) -> crate::Result<()>,
 ) -> agentlm_status {
     boundary(err, || {
-        let dir = unsafe { str_arg(dir, dir_len, "dir") }?;
+        let dir = str_arg(dir, dir_len, "dir")?;
         lock_trainer(trainer, |st| {
             f(&st.trainer, dir)?;
             Ok(AGENTLM_STATUS_OK)
@@ -579,7 +569,7 @@ pub unsafe extern "C" fn agentlm_trainer_save_adapter(
     dir_len: usize,
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
-    unsafe { with_dir(trainer, dir, dir_len, err, |t, dir| t.save_adapter(dir)) }
+    with_dir(trainer, dir, dir_len, err, |t, dir| t.save_adapter(dir))
 }
 
 /// Saves a checkpoint directory (adapter, optimizer state, data and position) that
@@ -591,7 +581,7 @@ pub unsafe extern "C" fn agentlm_trainer_checkpoint(
     dir_len: usize,
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
-    unsafe { with_dir(trainer, dir, dir_len, err, |t, dir| t.checkpoint(dir)) }
+    with_dir(trainer, dir, dir_len, err, |t, dir| t.checkpoint(dir))
 }
 
 /// A trainer continuing from a checkpoint directory, on `model` (the model it was trained on).
@@ -606,7 +596,7 @@ pub unsafe extern "C" fn agentlm_trainer_resume(
 ) -> agentlm_status {
     boundary(err, || {
         let m = registry::pin(model, "model")?;
-        let dir = unsafe { str_arg(dir, dir_len, "dir") }?;
+        let dir = str_arg(dir, dir_len, "dir")?;
         let out = opt_out(out, "out")?;
         let trainer = with_sink(m.log.as_ref(), || Trainer::resume(&m.model, dir))?;
         write_out(out, new_trainer(trainer, m.log.clone()));

@@ -1,4 +1,12 @@
 //! The ABI plumbing: the panic boundary, error objects, argument checks and out-parameters.
+//!
+//! # Pointer arguments
+//! The helpers below are the only code in the C layer that reads or writes through a pointer the host
+//! passed: a `(ptr, len)` string or array, a parameter struct, an out-parameter or an output buffer.
+//! Each checks what can be checked (NULL, sizes, UTF-8) and then relies on the exported function's C
+//! contract (the header: `len` readable elements at `ptr`, a writable out-pointer, `capacity` writable
+//! elements in a buffer) for the rest, in its one `SAFETY` comment. They are safe functions for that
+//! reason, and are only ever called with pointers received from C, never with pointers made in Rust.
 
 use std::ffi::{c_char, c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -88,13 +96,13 @@ pub(crate) fn catch_or<T>(fallback: T, body: impl FnOnce() -> T) -> T {
 }
 
 /// A `(ptr, len)` UTF-8 argument. NULL is allowed only with `len == 0`.
-pub(crate) unsafe fn str_arg<'a>(ptr: *const c_char, len: usize, what: &str) -> Result<&'a str, Fail> {
-    let bytes = unsafe { slice_arg(ptr.cast::<u8>(), len, what) }?;
+pub(crate) fn str_arg<'a>(ptr: *const c_char, len: usize, what: &str) -> Result<&'a str, Fail> {
+    let bytes = slice_arg(ptr.cast::<u8>(), len, what)?;
     std::str::from_utf8(bytes).map_err(|e| Fail::new(AGENTLM_STATUS_INVALID_UTF8, format!("{what} is not valid UTF-8: {e}")))
 }
 
 /// A `(ptr, count)` array argument. NULL is allowed only with `count == 0`.
-pub(crate) unsafe fn slice_arg<'a, T>(ptr: *const T, count: usize, what: &str) -> Result<&'a [T], Fail> {
+pub(crate) fn slice_arg<'a, T>(ptr: *const T, count: usize, what: &str) -> Result<&'a [T], Fail> {
     if count == 0 {
         return Ok(&[]);
     }
@@ -104,18 +112,19 @@ pub(crate) unsafe fn slice_arg<'a, T>(ptr: *const T, count: usize, what: &str) -
     if count.checked_mul(std::mem::size_of::<T>()).is_none_or(|b| b > isize::MAX as usize) {
         return Err(Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("{what}: length {count} is too large")));
     }
-    // SAFETY: non-null, and the caller promises `count` readable elements.
+    // SAFETY: non-null, at most isize::MAX bytes, and the C contract promises `count` readable,
+    // initialised elements that the host does not change during the call.
     Ok(unsafe { std::slice::from_raw_parts(ptr, count) })
 }
 
 /// A `(ptr, count)` array of `agentlm_str` (stop strings, admissible actions), each checked as UTF-8
 /// (and, with `non_empty`, refused when empty) in order and copied; a failing element is named
 /// `{item} {i}`.
-pub(crate) unsafe fn strs_arg(ptr: *const agentlm_str, count: usize, list: &str, item: &str, non_empty: bool) -> Result<Vec<String>, Fail> {
-    let strs = unsafe { slice_arg(ptr, count, list) }?;
+pub(crate) fn strs_arg(ptr: *const agentlm_str, count: usize, list: &str, item: &str, non_empty: bool) -> Result<Vec<String>, Fail> {
+    let strs = slice_arg(ptr, count, list)?;
     let mut out = Vec::with_capacity(strs.len());
     for (i, s) in strs.iter().enumerate() {
-        let s = unsafe { str_arg(s.ptr, s.len, item) }.map_err(|f| f.context(format!("{item} {i}")))?;
+        let s = str_arg(s.ptr, s.len, item).map_err(|f| f.context(format!("{item} {i}")))?;
         if non_empty && s.is_empty() {
             return Err(Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("{item} {i} is empty")));
         }
@@ -124,28 +133,41 @@ pub(crate) unsafe fn strs_arg(ptr: *const agentlm_str, count: usize, list: &str,
     Ok(out)
 }
 
-/// A required out-parameter.
-pub(crate) fn opt_out<T>(p: *mut T, what: &str) -> Result<*mut T, Fail> {
-    if p.is_null() {
-        Err(Fail::new(AGENTLM_STATUS_NULL_POINTER, format!("{what} is NULL")))
-    } else {
-        Ok(p)
+/// An out-parameter checked non-NULL: the only way to [`write_out`].
+pub(crate) struct Out<T>(std::ptr::NonNull<T>);
+
+impl<T> Clone for Out<T> {
+    fn clone(&self) -> Self {
+        *self
     }
+}
+impl<T> Copy for Out<T> {}
+
+/// A required out-parameter: `NULL_POINTER` naming `what` for NULL.
+pub(crate) fn opt_out<T>(p: *mut T, what: &str) -> Result<Out<T>, Fail> {
+    std::ptr::NonNull::new(p).map(Out).ok_or_else(|| Fail::new(AGENTLM_STATUS_NULL_POINTER, format!("{what} is NULL")))
 }
 
 /// Writes a checked out-parameter.
-pub(crate) fn write_out<T>(p: *mut T, v: T) {
-    // SAFETY: `p` was checked by `opt_out`; the caller promises it is writable.
-    unsafe { p.write(v) }
+pub(crate) fn write_out<T>(p: Out<T>, v: T) {
+    // SAFETY: non-NULL (an `Out`), and the C contract promises it writable and aligned.
+    unsafe { p.0.as_ptr().write(v) }
+}
+
+/// Writes an optional out-parameter (a statistics struct the caller may not want): nothing for NULL.
+pub(crate) fn write_opt<T>(p: *mut T, v: T) {
+    if let Some(p) = std::ptr::NonNull::new(p) {
+        write_out(Out(p), v);
+    }
 }
 
 /// Reads a parameter struct that starts with `uint32_t struct_size`: NULL means `default`; a size
 /// smaller than the first version or larger than this library's struct is rejected.
-pub(crate) unsafe fn read_params<T: Copy>(p: *const T, default: T) -> Result<T, Fail> {
+pub(crate) fn read_params<T: Copy>(p: *const T, default: T) -> Result<T, Fail> {
     if p.is_null() {
         return Ok(default);
     }
-    // SAFETY: every parameter struct begins with a u32 size.
+    // SAFETY: non-NULL, and every parameter struct of the C contract begins with a readable u32 size.
     let size = unsafe { p.cast::<u32>().read_unaligned() } as usize;
     let ours = std::mem::size_of::<T>();
     if size != ours {
@@ -154,12 +176,13 @@ pub(crate) unsafe fn read_params<T: Copy>(p: *const T, default: T) -> Result<T, 
             format!("struct_size is {size}, this library expects {ours} (initialise parameters with the _default() function of the same header)"),
         ));
     }
-    // SAFETY: the caller's struct is `size == size_of::<T>()` bytes.
+    // SAFETY: the caller's struct is `size == size_of::<T>()` readable bytes (its first field says so),
+    // and `T` is a `#[repr(C)]` struct of plain fields, valid for any bytes the C side can write.
     Ok(unsafe { p.read_unaligned() })
 }
 
 /// Copies `src` into a caller buffer of `capacity` elements; `*n` gets `src.len()`.
-pub(crate) unsafe fn copy_out<T: Copy>(src: &[T], dst: *mut T, capacity: usize, n: *mut usize) -> Result<agentlm_status, Fail> {
+pub(crate) fn copy_out<T: Copy>(src: &[T], dst: *mut T, capacity: usize, n: Out<usize>) -> Result<agentlm_status, Fail> {
     write_out(n, src.len());
     if src.len() > capacity {
         return Ok(AGENTLM_STATUS_BUFFER_TOO_SMALL);
@@ -168,7 +191,8 @@ pub(crate) unsafe fn copy_out<T: Copy>(src: &[T], dst: *mut T, capacity: usize, 
         if dst.is_null() {
             return Err(Fail::new(AGENTLM_STATUS_NULL_POINTER, "output buffer is NULL"));
         }
-        // SAFETY: the caller promises `capacity >= src.len()` writable elements at `dst`.
+        // SAFETY: non-NULL, and the C contract promises `capacity >= src.len()` writable elements at `dst`,
+        // which cannot overlap `src` (library memory).
         unsafe { std::ptr::copy_nonoverlapping(src.as_ptr(), dst, src.len()) };
     }
     Ok(AGENTLM_STATUS_OK)
@@ -176,7 +200,7 @@ pub(crate) unsafe fn copy_out<T: Copy>(src: &[T], dst: *mut T, capacity: usize, 
 
 /// Copies `s` and a NUL into a caller buffer; `*len` gets `s.len()`, or `s.len() + 1` (the size
 /// needed) when it does not fit.
-pub(crate) unsafe fn copy_str_out(s: &str, dst: *mut c_char, capacity: usize, len: *mut usize) -> Result<agentlm_status, Fail> {
+pub(crate) fn copy_str_out(s: &str, dst: *mut c_char, capacity: usize, len: Out<usize>) -> Result<agentlm_status, Fail> {
     if s.len() + 1 > capacity {
         write_out(len, s.len() + 1);
         return Ok(AGENTLM_STATUS_BUFFER_TOO_SMALL);
@@ -184,7 +208,8 @@ pub(crate) unsafe fn copy_str_out(s: &str, dst: *mut c_char, capacity: usize, le
     if dst.is_null() {
         return Err(Fail::new(AGENTLM_STATUS_NULL_POINTER, "output buffer is NULL"));
     }
-    // SAFETY: `capacity >= s.len() + 1` writable bytes at `dst`.
+    // SAFETY: non-NULL, and the C contract promises `capacity >= s.len() + 1` writable bytes at `dst`,
+    // which cannot overlap `s` (library memory).
     unsafe {
         std::ptr::copy_nonoverlapping(s.as_ptr(), dst.cast::<u8>(), s.len());
         dst.add(s.len()).write(0);

@@ -365,17 +365,30 @@ impl Session {
     /// characters and never containing (part of) a stop string; returning `ControlFlow::Break(())` stops.
     ///
     /// Generated tokens stay in the conversation (the last one is processed by the next call).
-    /// This is a loop over [`Session::begin`] / [`Session::next_token`] / [`Session::end`].
+    /// This is [`Session::generate_tokens`] with the tokens that release no text left out.
     ///
     /// # Errors
     /// Invalid sampling parameters, an empty conversation, model and tokenizer errors. Cancellation is
     /// not an error here: it ends generation with [`FinishReason::Cancelled`].
     pub fn generate(&mut self, params: &GenerateParams, mut on_text: impl FnMut(&str) -> ControlFlow<()>) -> Result<Generation> {
+        self.generate_tokens(params, |_, text| if text.is_empty() { ControlFlow::Continue(()) } else { on_text(text) })
+    }
+
+    /// Generates a continuation, calling `on_token` once per generated token with its id and the text
+    /// it releases (whole UTF-8 characters, possibly empty while a character or a possible stop string
+    /// is incomplete), then once with `None` and the text held back to the end, if any (its return
+    /// value is then ignored). Returning `ControlFlow::Break(())` stops: the generation finishes with
+    /// [`FinishReason::Callback`]. A loop over [`Session::begin`] / [`Session::next_token`] /
+    /// [`Session::end`].
+    ///
+    /// # Errors
+    /// As [`Session::generate`]; after an error no generation is in progress.
+    pub fn generate_tokens(&mut self, params: &GenerateParams, mut on_token: impl FnMut(Option<u32>, &str) -> ControlFlow<()>) -> Result<Generation> {
         self.begin(params)?;
         loop {
             match self.next_token() {
-                Ok(Step::Token { text, .. }) => {
-                    if !text.is_empty() && on_text(&text).is_break() {
+                Ok(Step::Token { id, text }) => {
+                    if on_token(Some(id), &text).is_break() {
                         if let Some(a) = self.active.as_mut() {
                             a.finish_without_flush(FinishReason::Callback);
                         }
@@ -384,7 +397,7 @@ impl Session {
                 }
                 Ok(Step::Finished { text, .. }) => {
                     if !text.is_empty() {
-                        let _ = on_text(&text);
+                        let _ = on_token(None, &text);
                     }
                     break;
                 }
