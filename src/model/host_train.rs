@@ -32,7 +32,9 @@ const BQ: usize = 64;
 const HEAD_ROWS: usize = 64;
 
 /// The frozen weights transposed for the backward pass: per layer `[Wq; Wk; Wv]ᵀ`, `Woᵀ`,
-/// `[Wgate; Wup]ᵀ`, `Wdownᵀ`, and the head's `Wᵀ`, each as int8 blocks of 32 with f32 scales.
+/// `[Wgate; Wup]ᵀ`, `Wdownᵀ`, and the head's `Wᵀ`, each as 8-bit blocks of 32 with f32 scales. No
+/// layer is transposed where the backward products run from the weights as stored
+/// ([`kernels::transposed_products`]); the head's few rows per chunk still use its transpose.
 pub(crate) struct HostBackward {
     layers: Vec<[QMatrix; 4]>,
     head: QMatrix,
@@ -293,7 +295,7 @@ fn softmax_row(s: &mut [f32], n: usize) {
     s[n..].fill(0.0);
 }
 
-/// `σ(g)` into `s`: with the vectorised `exp` where the products run on bf16 tiles
+/// `σ(g)` into `s`: with the vectorised `exp` where the products run on a dense unit
 /// ([`kernels::dense_products`]), else the standard library's, as inference computes it (on the int8
 /// path the vectorised one here gained no measurable speed and moved the golden gradient norms from
 /// 0.4 % to 1.1 % of the reference's).
@@ -308,7 +310,7 @@ fn sigmoid(g: &[f32], s: &mut [f32]) {
 }
 
 /// SwiGLU as inference computes it ([`swiglu`]), or with the vectorised `exp` where the products
-/// run on bf16 tiles (see [`sigmoid`]).
+/// run on a dense unit (see [`sigmoid`]).
 fn swiglu_train(gu: &[f32], inter: usize, act: &mut Vec<f32>) {
     if !kernels::dense_products() {
         return swiglu(gu, inter, act);
@@ -560,11 +562,14 @@ fn stream(l: usize, m: usize) -> u64 {
 }
 
 impl HostWeights {
-    /// The transposed weights of the backward pass (built once per model; about one byte per weight).
+    /// The transposed weights of the backward pass (built once per model; about one byte per weight,
+    /// only the head's where [`kernels::transposed_products`]).
     pub(crate) fn backward_weights(&self) -> HostBackward {
+        let by_rows = kernels::transposed_products();
         let layers = self
             .layers
             .iter()
+            .filter(|_| !by_rows)
             .map(|l| {
                 let [q, k, v] = &l.qkv;
                 let [g, u] = &l.gate_up;
@@ -643,7 +648,6 @@ impl HostWeights {
         let (q_w, kv_w) = (nh * hd, nkv * hd);
         let qkv_w = q_w + 2 * kv_w;
         let layer = &self.layers[l];
-        let [qkv_t, wo_t, gu_t, down_t] = &bw.layers[l];
         let gs = groups(&pass.lora[l], q_w, kv_w, inter, pass.dropout > 0.0);
         let eps = c.rms_norm_eps;
         let mut grads: LayerGrads = Default::default();
@@ -669,9 +673,19 @@ impl HostWeights {
         unpack(&acts.qkv, qkv);
         unpack(&acts.attn, attn);
         swiglu_train(gu, inter, act);
-        q.prepare(dx, t, h);
+        // `dX = dY · W` for layer weight `i` (stacked `parts`): from the weights as stored, or from
+        // their transpose.
+        let product = |i: usize, parts: &[&QMatrix], dy: &[f32], q: &mut QActs, out: &mut [f32]| match bw.layers.get(l) {
+            Some(transposed) => {
+                q.prepare(dy, t, dy.len() / t);
+                kernels::matmul(&[&transposed[i]], dy, q, t, out);
+            }
+            None => kernels::matmul_t(parts, dy, t, out),
+        };
+        let [wq, wk, wv] = &layer.qkv;
+        let [wg, wu] = &layer.gate_up;
         d_act.resize(t * inter, 0.0);
-        kernels::matmul(&[down_t], dx, q, t, d_act);
+        product(3, &[&layer.down], dx, q, d_act);
         back(3, act, inter, dx, h, d_act, drop);
         // SwiGLU.
         d_gu.resize(t * 2 * inter, 0.0);
@@ -687,16 +701,14 @@ impl HostWeights {
         });
         // Gate and up projections.
         rms_norm(&acts.x2, &layer.mlp_norm, eps, h, hn);
-        q.prepare(d_gu, t, 2 * inter);
         d_h.resize(t * h, 0.0);
-        kernels::matmul(&[gu_t], d_gu, q, t, d_h);
+        product(2, &[wg, wu], d_gu, q, d_h);
         back(2, hn, h, d_gu, 2 * inter, d_h, drop);
         // dx2 = dx + RMSNorm backward.
         rms_norm_backward(&acts.x2, &layer.mlp_norm, eps, h, d_h, dx);
         // Output projection.
-        q.prepare(dx, t, h);
         d_attn.resize(t * q_w, 0.0);
-        kernels::matmul(&[wo_t], dx, q, t, d_attn);
+        product(1, &[&layer.wo], dx, q, d_attn);
         back(1, attn, q_w, dx, h, d_attn, drop);
         // Attention, then RoPE.
         Attn::new(c, t, pass).backward(qkv, attn, d_attn, d_qkv);
@@ -708,8 +720,7 @@ impl HostWeights {
         });
         // Q, K, V projections.
         rms_norm(&acts.x, &layer.attn_norm, eps, h, hn);
-        q.prepare(d_qkv, t, qkv_w);
-        kernels::matmul(&[qkv_t], d_qkv, q, t, d_h);
+        product(0, &[wq, wk, wv], d_qkv, q, d_h);
         back(0, hn, h, d_qkv, qkv_w, d_h, drop);
         rms_norm_backward(&acts.x, &layer.attn_norm, eps, h, d_h, dx);
         grads

@@ -50,13 +50,12 @@ pub(super) enum Unit {
 pub(super) fn unit() -> Option<Unit> {
     static UNIT: OnceLock<Option<Unit>> = OnceLock::new();
     *UNIT.get_or_init(|| {
-        let off = |var: &str| matches!(std::env::var(var).as_deref(), Ok("0" | "off" | "false"));
         // Sub-leaf 1 EAX bit 5: AVX512-BF16 (`vcvtne2ps2bf16`, the f32 to bf16 rounding both units
         // use, and `vdpbf16ps`). Leaf 7 is defined on the CPUs that report AVX-512.
-        if off("AGENTLM_BF16") || Isa::detected() != Isa::Avx512Vnni || std::arch::x86_64::__cpuid_count(7, 1).eax & (1 << 5) == 0 {
+        if super::switched_off("AGENTLM_BF16") || Isa::detected() != Isa::Avx512Vnni || std::arch::x86_64::__cpuid_count(7, 1).eax & (1 << 5) == 0 {
             return None;
         }
-        if !off("AGENTLM_AMX") && detect() {
+        if !super::switched_off("AGENTLM_AMX") && detect() {
             return Some(Unit::Tiles);
         }
         tracing::debug!("bf16 products on AVX512-BF16 vectors");

@@ -18,6 +18,8 @@
 #[cfg(target_arch = "x86_64")]
 mod amx;
 #[cfg(target_arch = "x86_64")]
+mod fma;
+#[cfg(target_arch = "x86_64")]
 mod x86;
 #[cfg(target_arch = "x86_64")]
 pub use amx::{tile_product, TilesA, TilesB};
@@ -544,14 +546,27 @@ impl QMatrix {
 
     /// Row `r` in f32, exactly as ggml dequantizes it.
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
+        assert_eq!(out.len(), self.cols);
+        match &self.kind {
+            // A dense row need not be whole blocks.
+            QKind::F32 { w } => out.copy_from_slice(&w[r * self.cols..(r + 1) * self.cols]),
+            _ => self.dequantize_blocks(r, 0..self.cols / QK, out),
+        }
+    }
+
+    /// Values `32·b0 .. 32·b1` of row `r` (its blocks `b0..b1`) in f32, exactly as ggml dequantizes
+    /// them, into `out` (`32·(b1 - b0)` values).
+    pub fn dequantize_blocks(&self, r: usize, blocks: std::ops::Range<usize>, out: &mut [f32]) {
         let c = self.cols;
-        assert_eq!(out.len(), c);
+        let nb = c / QK;
+        assert!(c.is_multiple_of(QK) && blocks.end <= nb && out.len() == blocks.len() * QK, "dequantize_blocks: blocks outside the row");
+        let b0 = blocks.start;
         match &self.kind {
             QKind::Q4 { qs, d, m, centered } => {
-                for b in 0..c / QK {
-                    let blk = r * (c / QK) + b;
+                for b in blocks {
+                    let blk = r * nb + b;
                     let bytes = &qs[blk * 16..blk * 16 + 16];
-                    let y = &mut out[b * QK..(b + 1) * QK];
+                    let y = &mut out[(b - b0) * QK..(b - b0 + 1) * QK];
                     let (db, mb) = (d.get(blk), m.get(blk));
                     for j in 0..16 {
                         let (lo, hi) = (bytes[j] & 0xF, bytes[j] >> 4);
@@ -566,22 +581,21 @@ impl QMatrix {
                 }
             }
             QKind::Q8 { qs, s, group } => {
-                let row = &qs[r * c..(r + 1) * c];
-                let first = r * (c / group);
-                for (i, (y, &q)) in out.iter_mut().zip(row).enumerate() {
-                    *y = f32::from(q) * s.get(first + i / group);
+                let (from, to) = (r * c + b0 * QK, r * c + blocks.end * QK);
+                for (i, (y, &q)) in out.iter_mut().zip(&qs[from..to]).enumerate() {
+                    *y = f32::from(q) * s.get((from + i) / group);
                 }
             }
             QKind::U8 { qs, d, m } => {
-                let (nb, row) = (c / QK, &qs[r * c..(r + 1) * c]);
-                for b in 0..nb {
+                let row = &qs[r * c..(r + 1) * c];
+                for b in blocks {
                     let (db, mb) = (d[r * nb + b], m[r * nb + b]);
                     for v in 0..QK {
-                        out[b * QK + v] = db * f32::from(row[u8_position(b, nb, v)]) + mb;
+                        out[(b - b0) * QK + v] = db * f32::from(row[u8_position(b, nb, v)]) + mb;
                     }
                 }
             }
-            QKind::F32 { w } => out.copy_from_slice(&w[r * c..(r + 1) * c]),
+            QKind::F32 { w } => out.copy_from_slice(&w[r * c + b0 * QK..r * c + blocks.end * QK]),
         }
     }
 
@@ -610,26 +624,59 @@ pub struct QActs {
     /// (`[d0 ×4, d1 ×4, d0 ×4, d1 ×4]`). Rows with an odd number of blocks leave the last one out.
     qz: Vec<i8>,
     dz: Vec<f32>,
-    /// The last [`QActs::prepare`] left the values unquantized: products with them run on bf16
-    /// tiles ([`dense_products`]).
+    /// The last [`QActs::prepare`] left the values unquantized: products with them run on a dense
+    /// unit ([`dense_products`]).
     dense: bool,
 }
 
 /// Activation rows from which [`QActs::prepare`] hands products to the bf16 unit.
 const DENSE_ROWS: usize = 128;
 
-/// Whether products with many activation rows can run in bf16 here: on Intel AMX tiles (granted by
-/// the OS; off with `AGENTLM_AMX=0`) or else on AVX512-BF16 vectors (AMD Zen 4 and later); neither
-/// with `AGENTLM_BF16=0` or an `AGENTLM_ISA` below AVX-512.
+/// Whether products with many activation rows run on a dense unit here instead of the int8 kernels:
+/// in bf16 on Intel AMX tiles (granted by the OS; off with `AGENTLM_AMX=0`) or else on AVX512-BF16
+/// vectors (AMD Zen 4 and later), neither with `AGENTLM_BF16=0` or an `AGENTLM_ISA` below AVX-512;
+/// in f32 with FMA where AVX2 is the best instruction set (AMD Zen 3 and earlier; `AGENTLM_ISA=avx2`
+/// elsewhere). `AGENTLM_DENSE=0` turns the f32 unit off.
 pub fn dense_products() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
-        amx::unit().is_some()
+        amx::unit().is_some() || fma::available()
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
     }
+}
+
+/// Whether the backward products `dX = dY · W` run from the weights as stored ([`matmul_t`]) rather
+/// than from a transposed copy: on the f32 unit of AVX2 CPUs (see [`dense_products`]).
+pub fn transposed_products() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        fma::available()
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
+}
+
+/// `out[t][c] = Σ_n dy[t][n] · w[n][c]` with `w` the parts stacked by rows: `dy` is `[rows, Σ
+/// parts.rows]`, `out` `[rows, cols]`. In f32 from the weights as they are stored, split over groups
+/// of output columns across the current rayon pool.
+///
+/// # Panics
+/// [`transposed_products`] is false here; parts of different widths or of columns that are not
+/// whole blocks of 32; shapes that do not match.
+pub fn matmul_t(parts: &[&QMatrix], dy: &[f32], rows: usize, out: &mut [f32]) {
+    assert!(transposed_products(), "matmul_t: no f32 product unit on this CPU");
+    #[cfg(target_arch = "x86_64")]
+    fma::matmul_t(parts, dy, rows, out);
+}
+
+/// Whether the environment variable `var` says `0`, `off` or `false`.
+fn switched_off(var: &str) -> bool {
+    matches!(std::env::var(var).as_deref(), Ok("0" | "off" | "false"))
 }
 
 /// Whether [`tile_product`] (f32 matrices on AMX tiles) can run here.
@@ -646,8 +693,8 @@ pub fn tile_products() -> bool {
 
 impl QActs {
     /// Prepares `rows` rows of `cols` values for [`matmul`]: with at least 128 rows on a CPU with a
-    /// bf16 matrix unit ([`dense_products`]) the products take the f32 values directly (rounded
-    /// to bf16 in the tile unit's layout) and nothing is quantized; otherwise as
+    /// dense unit ([`dense_products`]) the products take the f32 values directly (rounded to bf16
+    /// by the bf16 units) and nothing is quantized; otherwise as
     /// [`QActs::quantize`]. For the training passes, whose products have hundreds of rows.
     pub fn prepare(&mut self, x: &[f32], rows: usize, cols: usize) {
         if rows >= DENSE_ROWS && dense_products() {
@@ -810,7 +857,7 @@ pub fn matmul_with(isa: Isa, parts: &[&QMatrix], x: &[f32], acts: &QActs, rows: 
     if acts.dense {
         assert!(acts.rows == rows && acts.cols == cols, "matmul: activations not prepared for this input");
         #[cfg(target_arch = "x86_64")]
-        return amx::matmul(parts, x, rows, out);
+        return if amx::unit().is_some() { amx::matmul(parts, x, rows, out) } else { fma::matmul(parts, x, rows, out) };
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("dense products exist only on x86-64");
     }

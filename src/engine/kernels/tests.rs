@@ -252,7 +252,7 @@ fn transposes_keep_dense_values_and_quantize_the_rest_per_block() {
 /// the value `dequantize` gives (bit for bit), and zeros past the panel's rows.
 #[test]
 fn packed_tiles_hold_the_dequantized_weights_in_bf16() {
-    if !dense_products() {
+    if amx::unit().is_none() {
         eprintln!("no bf16 matrix unit on this CPU (AMX): the packing is not checked here");
         return;
     }
@@ -378,18 +378,15 @@ fn tile_products_of_f32_matrices_match_the_exact_sums() {
 
 #[test]
 fn dense_products_match_the_dequantized_product() {
-    if !dense_products() {
-        eprintln!("no bf16 matrix unit on this CPU (AMX): the dense products are not run here");
+    if !Isa::Avx2.is_supported() {
+        eprintln!("no AVX2 on this CPU: the dense products are not run here");
         return;
     }
     let mut g = Gen(7);
-    // 150 rows: a partial tile of activation rows; weight parts of 7-11 rows: partial tile columns;
-    // 800 columns: an odd number of blocks.
+    // 150 rows: a partial tile of activation rows (and of the f32 unit's 6-row blocks); weight parts
+    // of 7-11 rows: partial tile columns; 800 columns: an odd number of blocks.
     for (cols, t) in [(768usize, 128usize), (800, 150), (768, 300)] {
         let x: Vec<f32> = (0..t * cols).map(|_| g.float(-2.0, 2.0)).collect();
-        let mut acts = QActs::default();
-        acts.prepare(&x, t, cols);
-        assert!(acts.dense, "prepare hands {t} rows to the tile unit");
         let types: &[GgmlType] = if cols == 768 { &TYPES } else { &[GgmlType::Q4_0, GgmlType::Q4_1, GgmlType::Q8_0, GgmlType::F16] };
         let mut mats: Vec<QMatrix> = types
             .iter()
@@ -398,22 +395,33 @@ fn dense_products_match_the_dequantized_product() {
                 QMatrix::from_ggml(ty, &random_blocks(ty, rows, cols, &mut g), rows, cols).unwrap()
             })
             .collect();
-        // The backward pass's transposed weights (unsigned bytes on these CPUs), 96 wide.
+        // The backward pass's transposed weights (unsigned bytes on AVX-512 VNNI CPUs, signed
+        // elsewhere), 96 wide; and 40 rows, past two f32 panels.
         let src = QMatrix::from_ggml(GgmlType::Q4_1, &random_blocks(GgmlType::Q4_1, cols, 96, &mut g), cols, 96).unwrap();
         mats.push(QMatrix::transposed(&[&src]));
-        assert!(matches!(mats.last().map(QMatrix::kind), Some(QKind::U8 { .. })));
+        mats.push(QMatrix::from_ggml(GgmlType::Q4_1, &random_blocks(GgmlType::Q4_1, 40, cols, &mut g), 40, cols).unwrap());
         let parts: Vec<&QMatrix> = mats.iter().collect();
         let width: usize = mats.iter().map(|m| m.rows()).sum();
+        // Through `matmul` where this CPU has a dense unit, then every unit it can run: the f32
+        // unit (any AVX2 CPU) and the bf16 units (tiles, vectors).
+        let mut outs = Vec::new();
+        if dense_products() {
+            let mut acts = QActs::default();
+            acts.prepare(&x, t, cols);
+            assert!(acts.dense, "prepare hands {t} rows to the dense unit");
+            let mut out = vec![f32::NAN; t * width];
+            matmul(&parts, &x, &acts, t, &mut out);
+            outs.push(("matmul".to_string(), out, !fma::available()));
+        }
         let mut out = vec![f32::NAN; t * width];
-        matmul(&parts, &x, &acts, t, &mut out);
-        // The chosen unit through `matmul`, then every unit this CPU has (tiles and vectors).
-        let mut outs = vec![("matmul".to_string(), out)];
+        fma::matmul(&parts, &x, t, &mut out);
+        outs.push(("f32".to_string(), out, false));
         for unit in amx::units() {
             let mut out = vec![f32::NAN; t * width];
             amx::matmul_on(unit, &parts, &x, t, &mut out);
-            outs.push((format!("{unit:?}"), out));
+            outs.push((format!("{unit:?}"), out, true));
         }
-        for (unit, out) in &outs {
+        for (unit, out, bf16) in &outs {
             let mut c0 = 0;
             for m in &mats {
                 let w = m.dequantize();
@@ -422,9 +430,10 @@ fn dense_products_match_the_dequantized_product() {
                     for o in 0..m.rows() {
                         let wr = &w[o * cols..(o + 1) * cols];
                         let exact: f64 = wr.iter().zip(xr).map(|(&a, &b)| f64::from(a) * f64::from(b)).sum();
-                        // Each operand rounded to bf16 (relative 2^-9), then f32 sums.
+                        // bf16: each operand rounded to bf16 (relative 2^-9), then f32 sums; f32:
+                        // the sums' rounding only.
                         let mag: f64 = wr.iter().zip(xr).map(|(&a, &b)| (f64::from(a) * f64::from(b)).abs()).sum();
-                        let bound = mag * (2.0f64.powi(-8) + 1e-6) + 1e-5;
+                        let bound = if *bf16 { mag * (2.0f64.powi(-8) + 1e-6) + 1e-5 } else { mag * 1e-5 + 1e-6 };
                         let got = f64::from(out[r * width + c0 + o]);
                         assert!((got - exact).abs() <= bound, "{unit}: {:?} t={t} row {r} out {o}: {got} vs {exact} (bound {bound})", m.source_type());
                     }
@@ -432,7 +441,46 @@ fn dense_products_match_the_dequantized_product() {
                 c0 += m.rows();
             }
         }
-        assert!(outs.len() > 1, "no bf16 unit checked");
+    }
+}
+
+/// The backward product from the weights as stored, `dY · W` over stacked parts, is the exact product
+/// of the dequantized weights up to f32 sums: every weight layout, a stack of parts whose rows cross
+/// the reduction's slices, row counts that leave partial register blocks.
+#[test]
+fn transposed_products_match_the_dequantized_product() {
+    if !Isa::Avx2.is_supported() {
+        eprintln!("no AVX2 on this CPU: the f32 unit is not run here");
+        return;
+    }
+    let mut g = Gen(11);
+    for (cols, t) in [(768usize, 7usize), (96, 150), (768, 131)] {
+        // Parts of 45 to 300 rows, 600 in all: two whole reduction slices and part of a third.
+        let sizes = [300usize, 45, 255];
+        let mats: Vec<QMatrix> = sizes
+            .iter()
+            .zip(TYPES.iter().filter(|ty| cols.is_multiple_of(ty.block_size())).cycle().skip(t % 4))
+            .map(|(&rows, &ty)| QMatrix::from_ggml(ty, &random_blocks(ty, rows, cols, &mut g), rows, cols).unwrap())
+            .collect();
+        let parts: Vec<&QMatrix> = mats.iter().collect();
+        let n: usize = sizes.iter().sum();
+        let dy: Vec<f32> = (0..t * n).map(|_| g.float(-1.0, 1.0)).collect();
+        let mut out = vec![f32::NAN; t * cols];
+        fma::matmul_t(&parts, &dy, t, &mut out);
+        let w: Vec<f32> = mats.iter().flat_map(QMatrix::dequantize).collect();
+        for r in 0..t {
+            for c in 0..cols {
+                let terms = (0..n).map(|i| f64::from(dy[r * n + i]) * f64::from(w[i * cols + c]));
+                let exact: f64 = terms.clone().sum();
+                let mag: f64 = terms.map(f64::abs).sum();
+                let got = f64::from(out[r * cols + c]);
+                assert!(
+                    (got - exact).abs() <= mag * 1e-5 + 1e-6,
+                    "{:?} cols {cols} t={t} row {r} col {c}: {got} vs {exact}",
+                    mats.iter().map(QMatrix::source_type).collect::<Vec<_>>()
+                );
+            }
+        }
     }
 }
 
