@@ -326,6 +326,97 @@ typedef struct agentlm_tool_result agentlm_tool_result;
 // [`agentlm_trainer_cancel`] may be called from any thread.
 typedef struct agentlm_trainer agentlm_trainer;
 
+// Parameters of [`agentlm_agent_new`]. Initialise with [`agentlm_agent_params_default`].
+typedef struct agentlm_agent_params {
+  // `sizeof(agentlm_agent_params)`.
+  uint32_t struct_size;
+  // An `agentlm_action_format` (default ALFWorld).
+  int32_t format;
+  // An `agentlm_chat_template` (default: the model's own).
+  int32_t chat_template;
+  // Most replies in the episode (default 30).
+  uint32_t max_steps;
+  // Most tokens per reply (default 128).
+  uint32_t max_tokens_per_step;
+  // Observations are cut to this many characters (default 800, as in AgentBench).
+  uint32_t max_observation_chars;
+  // Sampling temperature (default 0: greedy).
+  float temperature;
+  // Top-k (0 disables).
+  uint32_t top_k;
+  // Top-p (1 disables).
+  float top_p;
+  // Seed: the same seed and observations replay an episode exactly.
+  uint64_t seed;
+  // Constrain every reply to the format's grammar (every format): a bounded thought, then one
+  // action of a registered tool or the format's finish, with arguments valid under the tool's JSON
+  // schema (`parameters_json`) and the values set with `agentlm_agent_set_tool_values`. Admissible
+  // actions (`agentlm_agent_set_admissible`) take precedence while set.
+  bool constrained;
+  // KV cache capacity in tokens (0: the model's context).
+  uint32_t capacity;
+  // End the episode (`AGENTLM_STEP_REPEAT_LIMIT`) when the same action is asked for this many times
+  // in a row (default 3, as AgentBench; 0: never).
+  uint32_t repeat_limit;
+  // With admissible actions set, leave the previous action out of the next reply's set when another
+  // remains (default true).
+  bool avoid_repeats;
+  // With admissible actions set, show them at the end of the next reply's prompt (`Admissible
+  // actions: ...`; not kept in the conversation; default false).
+  bool show_admissible;
+} agentlm_agent_params;
+
+// A host tool: called with the action's input (`input_len` bytes of UTF-8, NUL-terminated, valid
+// during the call); sets the observation with [`agentlm_tool_result_set`]. Return false if the tool
+// failed (the observation then defaults to "The tool failed."). Called on the stepping thread.
+typedef bool (*agentlm_tool_fn)(void *user_data,
+                                const char *input,
+                                size_t input_len,
+                                struct agentlm_tool_result *result);
+
+// Frees a callback's `user_data` when the agent is freed (may be NULL).
+typedef void (*agentlm_free_fn)(void *user_data);
+
+// A borrowed UTF-8 string: `len` bytes at `ptr` (no terminating NUL needed). `ptr` may be NULL when
+// `len` is 0.
+typedef struct agentlm_str {
+  // First byte.
+  const char *ptr;
+  // Length in bytes.
+  size_t len;
+} agentlm_str;
+
+// One step's result. Strings are borrowed from the agent: valid until the next call on it, each
+// NUL-terminated; unset ones are empty.
+typedef struct agentlm_agent_step_result {
+  // An `agentlm_step_kind`.
+  int32_t kind;
+  // Replies generated so far in the episode.
+  uint32_t step;
+  // Tokens of this reply.
+  uint32_t tokens;
+  // The action repeats the previous one.
+  bool repeated;
+  // The reply's text.
+  struct agentlm_str text;
+  // Its thought.
+  struct agentlm_str thought;
+  // ACTION: the tool.
+  struct agentlm_str tool;
+  // ACTION: its input.
+  struct agentlm_str input;
+  // FINAL: the answer; INVALID: the reason.
+  struct agentlm_str answer;
+  // ACTION with a tool callback: the observation it returned (already submitted).
+  struct agentlm_str observation;
+  // ACTION with a tool callback: 1 when the tool reported the action accepted, 0 refused, -1 not
+  // reported (see [`agentlm_tool_result_set_accepted`]); -1 for other kinds.
+  int32_t accepted;
+  // ACTION (and REPEAT_LIMIT): the action as written after the format's prefix; with admissible
+  // actions set, exactly the admissible string chosen.
+  struct agentlm_str action;
+} agentlm_agent_step_result;
+
 // Load progress: `fraction` goes from 0 to 1. Return `false` to abort loading
 // (`AGENTLM_STATUS_ABORTED`). Called on the thread that called [`agentlm_model_load`].
 typedef bool (*agentlm_progress_fn)(void *user_data, float fraction);
@@ -364,15 +455,6 @@ typedef struct agentlm_model_params {
   // a file changed or truncated on disk meanwhile cannot fault the process (default 0).
   uint32_t copy_file;
 } agentlm_model_params;
-
-// A borrowed UTF-8 string: `len` bytes at `ptr` (no terminating NUL needed). `ptr` may be NULL when
-// `len` is 0.
-typedef struct agentlm_str {
-  // First byte.
-  const char *ptr;
-  // Length in bytes.
-  size_t len;
-} agentlm_str;
 
 // One chat message for [`agentlm_model_apply_chat_template`].
 typedef struct agentlm_message {
@@ -450,88 +532,6 @@ typedef struct agentlm_token {
   // Length of `text` in bytes (excluding the NUL).
   size_t text_len;
 } agentlm_token;
-
-// Parameters of [`agentlm_agent_new`]. Initialise with [`agentlm_agent_params_default`].
-typedef struct agentlm_agent_params {
-  // `sizeof(agentlm_agent_params)`.
-  uint32_t struct_size;
-  // An `agentlm_action_format` (default ALFWorld).
-  int32_t format;
-  // An `agentlm_chat_template` (default: the model's own).
-  int32_t chat_template;
-  // Most replies in the episode (default 30).
-  uint32_t max_steps;
-  // Most tokens per reply (default 128).
-  uint32_t max_tokens_per_step;
-  // Observations are cut to this many characters (default 800, as in AgentBench).
-  uint32_t max_observation_chars;
-  // Sampling temperature (default 0: greedy).
-  float temperature;
-  // Top-k (0 disables).
-  uint32_t top_k;
-  // Top-p (1 disables).
-  float top_p;
-  // Seed: the same seed and observations replay an episode exactly.
-  uint64_t seed;
-  // Constrain every reply to the format's grammar (every format): a bounded thought, then one
-  // action of a registered tool or the format's finish, with arguments valid under the tool's JSON
-  // schema (`parameters_json`) and the values set with `agentlm_agent_set_tool_values`. Admissible
-  // actions (`agentlm_agent_set_admissible`) take precedence while set.
-  bool constrained;
-  // KV cache capacity in tokens (0: the model's context).
-  uint32_t capacity;
-  // End the episode (`AGENTLM_STEP_REPEAT_LIMIT`) when the same action is asked for this many times
-  // in a row (default 3, as AgentBench; 0: never).
-  uint32_t repeat_limit;
-  // With admissible actions set, leave the previous action out of the next reply's set when another
-  // remains (default true).
-  bool avoid_repeats;
-  // With admissible actions set, show them at the end of the next reply's prompt (`Admissible
-  // actions: ...`; not kept in the conversation; default false).
-  bool show_admissible;
-} agentlm_agent_params;
-
-// A host tool: called with the action's input (`input_len` bytes of UTF-8, NUL-terminated, valid
-// during the call); sets the observation with [`agentlm_tool_result_set`]. Return false if the tool
-// failed (the observation then defaults to "The tool failed."). Called on the stepping thread.
-typedef bool (*agentlm_tool_fn)(void *user_data,
-                                const char *input,
-                                size_t input_len,
-                                struct agentlm_tool_result *result);
-
-// Frees a callback's `user_data` when the agent is freed (may be NULL).
-typedef void (*agentlm_free_fn)(void *user_data);
-
-// One step's result. Strings are borrowed from the agent: valid until the next call on it, each
-// NUL-terminated; unset ones are empty.
-typedef struct agentlm_agent_step_result {
-  // An `agentlm_step_kind`.
-  int32_t kind;
-  // Replies generated so far in the episode.
-  uint32_t step;
-  // Tokens of this reply.
-  uint32_t tokens;
-  // The action repeats the previous one.
-  bool repeated;
-  // The reply's text.
-  struct agentlm_str text;
-  // Its thought.
-  struct agentlm_str thought;
-  // ACTION: the tool.
-  struct agentlm_str tool;
-  // ACTION: its input.
-  struct agentlm_str input;
-  // FINAL: the answer; INVALID: the reason.
-  struct agentlm_str answer;
-  // ACTION with a tool callback: the observation it returned (already submitted).
-  struct agentlm_str observation;
-  // ACTION with a tool callback: 1 when the tool reported the action accepted, 0 refused, -1 not
-  // reported (see [`agentlm_tool_result_set_accepted`]); -1 for other kinds.
-  int32_t accepted;
-  // ACTION (and REPEAT_LIMIT): the action as written after the format's prefix; with admissible
-  // actions set, exactly the admissible string chosen.
-  struct agentlm_str action;
-} agentlm_agent_step_result;
 
 // Parameters of [`agentlm_trainer_new`]. Initialise with [`agentlm_trainer_params_default`].
 typedef struct agentlm_trainer_params {
@@ -631,6 +631,210 @@ void agentlm_error_free(struct agentlm_error *error);
 
 // Whether `backend` (an `agentlm_backend` value) is compiled into this library. Thread-safe.
 bool agentlm_backend_is_compiled(int32_t backend);
+
+// Loads a Hugging Face PEFT LoRA adapter directory (`dir`, UTF-8 path of `dir_len` bytes) for `model`.
+// Free with [`agentlm_adapter_free`].
+agentlm_status agentlm_adapter_load(const struct agentlm_model *model,
+                                    const char *dir,
+                                    size_t dir_len,
+                                    struct agentlm_adapter **out,
+                                    struct agentlm_error **err);
+
+// Writes the adapter as a PEFT directory (created if needed; each file replaced atomically).
+agentlm_status agentlm_adapter_save(const struct agentlm_adapter *adapter,
+                                    const char *dir,
+                                    size_t dir_len,
+                                    struct agentlm_error **err);
+
+// The adapter's rank (0 for NULL or a pointer that is not a live adapter).
+uint32_t agentlm_adapter_rank(const struct agentlm_adapter *adapter);
+
+// Frees an adapter handle. `NULL` is a no-op, and so is a pointer that is not a live adapter (a second
+// free). Sessions it is attached to keep using it.
+void agentlm_adapter_free(struct agentlm_adapter *adapter);
+
+// Applies `adapter` at `scale` (1: as trained) to the session from now on; NULL detaches. The
+// conversation is kept and re-processed once with the new weights. Ends any generation in progress.
+agentlm_status agentlm_session_set_adapter(const struct agentlm_session *session,
+                                           const struct agentlm_adapter *adapter,
+                                           float scale,
+                                           struct agentlm_error **err);
+
+// Applies `adapter` at `scale` to the agent from its next reply on (NULL detaches): hot swap between
+// steps. `AGENTLM_STATUS_INVALID_ARGUMENT` mid-reply (after `AGENTLM_STEP_PENDING`).
+agentlm_status agentlm_agent_set_adapter(const struct agentlm_agent *agent,
+                                         const struct agentlm_adapter *adapter,
+                                         float scale,
+                                         struct agentlm_error **err);
+
+// A new model handle whose weights have `adapter` merged in at `scale`: the adapter's outputs at the
+// base model's speed. Shares the tokenizer and template with `model`. Free with `agentlm_model_free`.
+agentlm_status agentlm_model_merge_adapter(const struct agentlm_model *model,
+                                           const struct agentlm_adapter *adapter,
+                                           float scale,
+                                           struct agentlm_model **out,
+                                           struct agentlm_error **err);
+
+// Default agent parameters: ALFWorld format, the model's template, 30 steps, 128 tokens per reply,
+// 800-character observations, greedy, unconstrained, an episode ends after 3 identical actions in a
+// row, an admissible set never offers the previous action again, admissible actions not shown.
+struct agentlm_agent_params agentlm_agent_params_default(void);
+
+// Creates an agent on `model` for `task` (UTF-8, `task_len` bytes), told `instructions` (the task
+// family's rules). Register tools with [`agentlm_agent_add_tool`] before the first step. Free with
+// [`agentlm_agent_free`].
+agentlm_status agentlm_agent_new(const struct agentlm_model *model,
+                                 const struct agentlm_agent_params *params,
+                                 const char *instructions,
+                                 size_t instructions_len,
+                                 const char *task,
+                                 size_t task_len,
+                                 struct agentlm_agent **out,
+                                 struct agentlm_error **err);
+
+// Frees an agent (and its tools' `user_data` through their free functions). `NULL` is a no-op, and so
+// is a pointer that is not a live agent (a second free). Freed from inside one of its own callbacks,
+// the running step is cancelled and the agent is released when it returns.
+void agentlm_agent_free(struct agentlm_agent *agent);
+
+// Registers a tool: `name` as the model writes it (for ALFWorld, an action verb such as `go to`), a
+// one-line `description`, a JSON schema of its arguments (`parameters_json`, may be empty), and an
+// optional callback that runs it (`tool` with `user_data`; NULL: the host submits observations
+// itself). `free_user_data` (may be NULL) is called on `user_data` exactly once: when the agent is
+// freed, or before this call returns if it fails. Only before the first step.
+agentlm_status agentlm_agent_add_tool(const struct agentlm_agent *agent,
+                                      const char *name,
+                                      size_t name_len,
+                                      const char *description,
+                                      size_t description_len,
+                                      const char *parameters_json,
+                                      size_t parameters_json_len,
+                                      agentlm_tool_fn tool,
+                                      void *user_data,
+                                      agentlm_free_fn free_user_data,
+                                      struct agentlm_error **err);
+
+// Sets a tool's observation (`text_len` bytes of UTF-8; copied). Call from within the tool's callback:
+// afterwards `result` is stale and the call returns `AGENTLM_STATUS_INVALID_HANDLE`.
+agentlm_status agentlm_tool_result_set(struct agentlm_tool_result *result,
+                                       const char *text,
+                                       size_t text_len);
+
+// Says whether the environment accepted the action (it did something) or refused it ("Nothing
+// happened."): recorded in the trajectory and the step result, counted by
+// [`agentlm_agent_accepted_actions`]. Not calling it leaves the verdict unknown. Call from within the
+// tool's callback.
+agentlm_status agentlm_tool_result_set_accepted(struct agentlm_tool_result *result,
+                                                bool accepted);
+
+// Generates the agent's next reply — at most `max_tokens` tokens and `max_ms` milliseconds of it when
+// these are not 0 (then `AGENTLM_STEP_PENDING` until the reply is complete) — and reports it in
+// `*out`. An action whose tool has a callback is executed and its observation submitted.
+//
+// Errors: `INVALID_ARGUMENT` when an observation is awaited or the episode is over; model errors.
+agentlm_status agentlm_agent_step(const struct agentlm_agent *agent,
+                                  uint32_t max_tokens,
+                                  uint32_t max_ms,
+                                  struct agentlm_agent_step_result *out,
+                                  struct agentlm_error **err);
+
+// Takes `reply` (`reply_len` bytes of UTF-8) as the agent's next reply instead of generating one — a
+// demonstration by the host (a scripted solver, a player) — and reports it in `*out` exactly as
+// [`agentlm_agent_step`] does (tool callbacks run). The episode records it as the agent's turn, so a
+// trainer learns from it with the prompts the agent acts from.
+agentlm_status agentlm_agent_demonstrate(const struct agentlm_agent *agent,
+                                         const char *reply,
+                                         size_t reply_len,
+                                         struct agentlm_agent_step_result *out,
+                                         struct agentlm_error **err);
+
+// Sets the complete actions the next replies may take (`n_actions` strings, each UTF-8; copied): with
+// a set in place the action is decoded from exactly these (ALFWorld: `go to cabinet 1`; ReAct:
+// `search[x]`; the text after the format's action prefix) and the reply can hold nothing else; the
+// thought before it stays free, bounded by `max_tokens_per_step`. The set stays until replaced;
+// `n_actions = 0` clears it. Between steps only.
+//
+// Errors: `INVALID_ARGUMENT` mid-reply or after the episode, for an empty action, or one the format
+// does not read back as an action of a registered tool.
+agentlm_status agentlm_agent_set_admissible(const struct agentlm_agent *agent,
+                                            const struct agentlm_str *actions,
+                                            size_t n_actions,
+                                            struct agentlm_error **err);
+
+// Sets the values a tool's argument may take in constrained mode (`n_values` UTF-8 strings, copied),
+// from the next reply on: e.g. the places seen so far for ALFWorld's `go to`. `param` NULL (or
+// `param_len` 0) is the tool's input as line formats write it (`ACTION: go to <value>`,
+// `search[<value>]`), or its only parameter in JSON calls; otherwise the name of a parameter of the
+// tool's JSON schema. The values replace what the schema allows there; `n_values = 0` clears them.
+// Between steps only.
+//
+// Errors: `INVALID_ARGUMENT` mid-reply or after the episode, for an unregistered tool, a parameter
+// its schema lacks, an empty value, or one the format cannot write (a newline; `]` in
+// `tool[input]`; parentheses in KG calls; any value for OS and DB code blocks).
+agentlm_status agentlm_agent_set_tool_values(const struct agentlm_agent *agent,
+                                             const char *tool,
+                                             size_t tool_len,
+                                             const char *param,
+                                             size_t param_len,
+                                             const struct agentlm_str *values,
+                                             size_t n_values,
+                                             struct agentlm_error **err);
+
+// Adds a solved example episode (`json_len` bytes: a trajectory in the AgentInstruct schema, e.g. one
+// `agentlm_agent_trajectory_json` returned), rendered between the instructions and the task, as
+// AgentBench's prompts hold one solved example. A leading instructions turn and its acknowledgement
+// are skipped, and so is a last observation. Before the first step only.
+agentlm_status agentlm_agent_add_example(const struct agentlm_agent *agent,
+                                         const char *json,
+                                         size_t json_len,
+                                         struct agentlm_error **err);
+
+// Actions the agent asked for so far (`*actions`, may be NULL) and how many of them the environment
+// accepted (`*accepted`, may be NULL), as tools reported with [`agentlm_tool_result_set_accepted`]
+// or [`agentlm_agent_submit_result`].
+agentlm_status agentlm_agent_accepted_actions(const struct agentlm_agent *agent,
+                                              uint32_t *actions,
+                                              uint32_t *accepted,
+                                              struct agentlm_error **err);
+
+// [`agentlm_agent_submit_observation`] with the environment's verdict: `accepted` true when the
+// action did something, false when it was refused. Recorded in the trajectory and counted.
+agentlm_status agentlm_agent_submit_result(const struct agentlm_agent *agent,
+                                           const char *text,
+                                           size_t text_len,
+                                           bool accepted,
+                                           struct agentlm_error **err);
+
+// Hands the agent the observation for its last action (`text_len` bytes of UTF-8). It is tokenized as
+// plain text: control-token strings in it never become control tokens.
+agentlm_status agentlm_agent_submit_observation(const struct agentlm_agent *agent,
+                                                const char *text,
+                                                size_t text_len,
+                                                struct agentlm_error **err);
+
+// Cancels the reply being generated (or the next one), from any thread. `AGENTLM_STATUS_NULL_POINTER`
+// for NULL, `AGENTLM_STATUS_INVALID_HANDLE` for a pointer that is not a live agent.
+agentlm_status agentlm_agent_cancel(const struct agentlm_agent *agent);
+
+// Whether the episode is over (final answer or step limit); false for NULL, a busy agent, or a pointer
+// that is not a live agent.
+bool agentlm_agent_is_finished(const struct agentlm_agent *agent);
+
+// Records the episode's reward and outcome (`outcome_len` bytes of UTF-8) in its trajectory.
+agentlm_status agentlm_agent_set_outcome(const struct agentlm_agent *agent,
+                                         double reward,
+                                         const char *outcome,
+                                         size_t outcome_len,
+                                         struct agentlm_error **err);
+
+// The episode as JSON in the AgentInstruct schema (`{"conversations": [{"from", "value", "loss"}],
+// "reward", "outcome"}`), into `buf` like `agentlm_model_detokenize` (NUL-terminated; needed size on
+// `AGENTLM_STATUS_BUFFER_TOO_SMALL`).
+agentlm_status agentlm_agent_trajectory_json(const struct agentlm_agent *agent,
+                                             char *buf,
+                                             size_t capacity,
+                                             size_t *len,
+                                             struct agentlm_error **err);
 
 // Default model parameters: CPU, all cores, the model's context, no callbacks, warnings logged.
 struct agentlm_model_params agentlm_model_params_default(void);
@@ -865,210 +1069,6 @@ agentlm_status agentlm_session_load_file(const struct agentlm_session *session,
                                          const char *path,
                                          size_t path_len,
                                          struct agentlm_error **err);
-
-// Default agent parameters: ALFWorld format, the model's template, 30 steps, 128 tokens per reply,
-// 800-character observations, greedy, unconstrained, an episode ends after 3 identical actions in a
-// row, an admissible set never offers the previous action again, admissible actions not shown.
-struct agentlm_agent_params agentlm_agent_params_default(void);
-
-// Creates an agent on `model` for `task` (UTF-8, `task_len` bytes), told `instructions` (the task
-// family's rules). Register tools with [`agentlm_agent_add_tool`] before the first step. Free with
-// [`agentlm_agent_free`].
-agentlm_status agentlm_agent_new(const struct agentlm_model *model,
-                                 const struct agentlm_agent_params *params,
-                                 const char *instructions,
-                                 size_t instructions_len,
-                                 const char *task,
-                                 size_t task_len,
-                                 struct agentlm_agent **out,
-                                 struct agentlm_error **err);
-
-// Frees an agent (and its tools' `user_data` through their free functions). `NULL` is a no-op, and so
-// is a pointer that is not a live agent (a second free). Freed from inside one of its own callbacks,
-// the running step is cancelled and the agent is released when it returns.
-void agentlm_agent_free(struct agentlm_agent *agent);
-
-// Registers a tool: `name` as the model writes it (for ALFWorld, an action verb such as `go to`), a
-// one-line `description`, a JSON schema of its arguments (`parameters_json`, may be empty), and an
-// optional callback that runs it (`tool` with `user_data`; NULL: the host submits observations
-// itself). `free_user_data` (may be NULL) is called on `user_data` exactly once: when the agent is
-// freed, or before this call returns if it fails. Only before the first step.
-agentlm_status agentlm_agent_add_tool(const struct agentlm_agent *agent,
-                                      const char *name,
-                                      size_t name_len,
-                                      const char *description,
-                                      size_t description_len,
-                                      const char *parameters_json,
-                                      size_t parameters_json_len,
-                                      agentlm_tool_fn tool,
-                                      void *user_data,
-                                      agentlm_free_fn free_user_data,
-                                      struct agentlm_error **err);
-
-// Sets a tool's observation (`text_len` bytes of UTF-8; copied). Call from within the tool's callback:
-// afterwards `result` is stale and the call returns `AGENTLM_STATUS_INVALID_HANDLE`.
-agentlm_status agentlm_tool_result_set(struct agentlm_tool_result *result,
-                                       const char *text,
-                                       size_t text_len);
-
-// Says whether the environment accepted the action (it did something) or refused it ("Nothing
-// happened."): recorded in the trajectory and the step result, counted by
-// [`agentlm_agent_accepted_actions`]. Not calling it leaves the verdict unknown. Call from within the
-// tool's callback.
-agentlm_status agentlm_tool_result_set_accepted(struct agentlm_tool_result *result,
-                                                bool accepted);
-
-// Generates the agent's next reply — at most `max_tokens` tokens and `max_ms` milliseconds of it when
-// these are not 0 (then `AGENTLM_STEP_PENDING` until the reply is complete) — and reports it in
-// `*out`. An action whose tool has a callback is executed and its observation submitted.
-//
-// Errors: `INVALID_ARGUMENT` when an observation is awaited or the episode is over; model errors.
-agentlm_status agentlm_agent_step(const struct agentlm_agent *agent,
-                                  uint32_t max_tokens,
-                                  uint32_t max_ms,
-                                  struct agentlm_agent_step_result *out,
-                                  struct agentlm_error **err);
-
-// Takes `reply` (`reply_len` bytes of UTF-8) as the agent's next reply instead of generating one — a
-// demonstration by the host (a scripted solver, a player) — and reports it in `*out` exactly as
-// [`agentlm_agent_step`] does (tool callbacks run). The episode records it as the agent's turn, so a
-// trainer learns from it with the prompts the agent acts from.
-agentlm_status agentlm_agent_demonstrate(const struct agentlm_agent *agent,
-                                         const char *reply,
-                                         size_t reply_len,
-                                         struct agentlm_agent_step_result *out,
-                                         struct agentlm_error **err);
-
-// Sets the complete actions the next replies may take (`n_actions` strings, each UTF-8; copied): with
-// a set in place the action is decoded from exactly these (ALFWorld: `go to cabinet 1`; ReAct:
-// `search[x]`; the text after the format's action prefix) and the reply can hold nothing else; the
-// thought before it stays free, bounded by `max_tokens_per_step`. The set stays until replaced;
-// `n_actions = 0` clears it. Between steps only.
-//
-// Errors: `INVALID_ARGUMENT` mid-reply or after the episode, for an empty action, or one the format
-// does not read back as an action of a registered tool.
-agentlm_status agentlm_agent_set_admissible(const struct agentlm_agent *agent,
-                                            const struct agentlm_str *actions,
-                                            size_t n_actions,
-                                            struct agentlm_error **err);
-
-// Sets the values a tool's argument may take in constrained mode (`n_values` UTF-8 strings, copied),
-// from the next reply on: e.g. the places seen so far for ALFWorld's `go to`. `param` NULL (or
-// `param_len` 0) is the tool's input as line formats write it (`ACTION: go to <value>`,
-// `search[<value>]`), or its only parameter in JSON calls; otherwise the name of a parameter of the
-// tool's JSON schema. The values replace what the schema allows there; `n_values = 0` clears them.
-// Between steps only.
-//
-// Errors: `INVALID_ARGUMENT` mid-reply or after the episode, for an unregistered tool, a parameter
-// its schema lacks, an empty value, or one the format cannot write (a newline; `]` in
-// `tool[input]`; parentheses in KG calls; any value for OS and DB code blocks).
-agentlm_status agentlm_agent_set_tool_values(const struct agentlm_agent *agent,
-                                             const char *tool,
-                                             size_t tool_len,
-                                             const char *param,
-                                             size_t param_len,
-                                             const struct agentlm_str *values,
-                                             size_t n_values,
-                                             struct agentlm_error **err);
-
-// Adds a solved example episode (`json_len` bytes: a trajectory in the AgentInstruct schema, e.g. one
-// `agentlm_agent_trajectory_json` returned), rendered between the instructions and the task, as
-// AgentBench's prompts hold one solved example. A leading instructions turn and its acknowledgement
-// are skipped, and so is a last observation. Before the first step only.
-agentlm_status agentlm_agent_add_example(const struct agentlm_agent *agent,
-                                         const char *json,
-                                         size_t json_len,
-                                         struct agentlm_error **err);
-
-// Actions the agent asked for so far (`*actions`, may be NULL) and how many of them the environment
-// accepted (`*accepted`, may be NULL), as tools reported with [`agentlm_tool_result_set_accepted`]
-// or [`agentlm_agent_submit_result`].
-agentlm_status agentlm_agent_accepted_actions(const struct agentlm_agent *agent,
-                                              uint32_t *actions,
-                                              uint32_t *accepted,
-                                              struct agentlm_error **err);
-
-// [`agentlm_agent_submit_observation`] with the environment's verdict: `accepted` true when the
-// action did something, false when it was refused. Recorded in the trajectory and counted.
-agentlm_status agentlm_agent_submit_result(const struct agentlm_agent *agent,
-                                           const char *text,
-                                           size_t text_len,
-                                           bool accepted,
-                                           struct agentlm_error **err);
-
-// Hands the agent the observation for its last action (`text_len` bytes of UTF-8). It is tokenized as
-// plain text: control-token strings in it never become control tokens.
-agentlm_status agentlm_agent_submit_observation(const struct agentlm_agent *agent,
-                                                const char *text,
-                                                size_t text_len,
-                                                struct agentlm_error **err);
-
-// Cancels the reply being generated (or the next one), from any thread. `AGENTLM_STATUS_NULL_POINTER`
-// for NULL, `AGENTLM_STATUS_INVALID_HANDLE` for a pointer that is not a live agent.
-agentlm_status agentlm_agent_cancel(const struct agentlm_agent *agent);
-
-// Whether the episode is over (final answer or step limit); false for NULL, a busy agent, or a pointer
-// that is not a live agent.
-bool agentlm_agent_is_finished(const struct agentlm_agent *agent);
-
-// Records the episode's reward and outcome (`outcome_len` bytes of UTF-8) in its trajectory.
-agentlm_status agentlm_agent_set_outcome(const struct agentlm_agent *agent,
-                                         double reward,
-                                         const char *outcome,
-                                         size_t outcome_len,
-                                         struct agentlm_error **err);
-
-// The episode as JSON in the AgentInstruct schema (`{"conversations": [{"from", "value", "loss"}],
-// "reward", "outcome"}`), into `buf` like `agentlm_model_detokenize` (NUL-terminated; needed size on
-// `AGENTLM_STATUS_BUFFER_TOO_SMALL`).
-agentlm_status agentlm_agent_trajectory_json(const struct agentlm_agent *agent,
-                                             char *buf,
-                                             size_t capacity,
-                                             size_t *len,
-                                             struct agentlm_error **err);
-
-// Loads a Hugging Face PEFT LoRA adapter directory (`dir`, UTF-8 path of `dir_len` bytes) for `model`.
-// Free with [`agentlm_adapter_free`].
-agentlm_status agentlm_adapter_load(const struct agentlm_model *model,
-                                    const char *dir,
-                                    size_t dir_len,
-                                    struct agentlm_adapter **out,
-                                    struct agentlm_error **err);
-
-// Writes the adapter as a PEFT directory (created if needed; each file replaced atomically).
-agentlm_status agentlm_adapter_save(const struct agentlm_adapter *adapter,
-                                    const char *dir,
-                                    size_t dir_len,
-                                    struct agentlm_error **err);
-
-// The adapter's rank (0 for NULL or a pointer that is not a live adapter).
-uint32_t agentlm_adapter_rank(const struct agentlm_adapter *adapter);
-
-// Frees an adapter handle. `NULL` is a no-op, and so is a pointer that is not a live adapter (a second
-// free). Sessions it is attached to keep using it.
-void agentlm_adapter_free(struct agentlm_adapter *adapter);
-
-// Applies `adapter` at `scale` (1: as trained) to the session from now on; NULL detaches. The
-// conversation is kept and re-processed once with the new weights. Ends any generation in progress.
-agentlm_status agentlm_session_set_adapter(const struct agentlm_session *session,
-                                           const struct agentlm_adapter *adapter,
-                                           float scale,
-                                           struct agentlm_error **err);
-
-// Applies `adapter` at `scale` to the agent from its next reply on (NULL detaches): hot swap between
-// steps. `AGENTLM_STATUS_INVALID_ARGUMENT` mid-reply (after `AGENTLM_STEP_PENDING`).
-agentlm_status agentlm_agent_set_adapter(const struct agentlm_agent *agent,
-                                         const struct agentlm_adapter *adapter,
-                                         float scale,
-                                         struct agentlm_error **err);
-
-// A new model handle whose weights have `adapter` merged in at `scale`: the adapter's outputs at the
-// base model's speed. Shares the tokenizer and template with `model`. Free with `agentlm_model_free`.
-agentlm_status agentlm_model_merge_adapter(const struct agentlm_model *model,
-                                           const struct agentlm_adapter *adapter,
-                                           float scale,
-                                           struct agentlm_model **out,
-                                           struct agentlm_error **err);
 
 // Default trainer parameters (PEFT's LoRA defaults on every linear, AdamW at 2e-4, clip 1, η 0.2,
 // reward threshold 1, 1024 tokens).

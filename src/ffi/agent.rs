@@ -6,12 +6,13 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use super::agentlm_status::*;
-use super::log::with_state;
+use super::handles::{handle, lock};
 use super::log::{with_sink, LogSink};
-use super::registry::{self, Kind, Tracked, Users};
+use super::model::agentlm_model;
+use super::registry::{self, Kind, Users};
 use super::types::{agentlm_action_format, agentlm_chat_template};
 use super::util::{boundary, opt_out, read_params, str_arg, strs_arg, write_opt, write_out, Fail, Out, SendPtr};
-use super::{agentlm_error, agentlm_model, agentlm_status, agentlm_str};
+use super::{agentlm_error, agentlm_status, agentlm_str};
 use crate::agent::{ActionFormat, Agent, AgentConfig, AgentStep, StepKind, Tool};
 use crate::generate::{CancelToken, SamplingParams};
 use crate::template::BuiltinTemplate;
@@ -138,21 +139,7 @@ pub struct agentlm_agent {
     users: Users,
 }
 
-impl Tracked for agentlm_agent {
-    const KIND: Kind = Kind::Agent;
-    fn users(&self) -> &Users {
-        &self.users
-    }
-    /// An agent freed while a step runs (from its own tool or log callback): the step stops early.
-    fn on_free(&self) {
-        self.cancel.cancel();
-    }
-}
-
-pub(crate) fn lock_agent<T>(agent: *const agentlm_agent, f: impl FnOnce(&mut AgentState) -> Result<T, Fail>) -> Result<T, Fail> {
-    let a = registry::pin(agent, "agent")?;
-    with_state(&a.state, "agent", |_| {}, |st| st.log.clone(), f)
-}
+handle!(agentlm_agent: Agent, cancel = cancel, state = AgentState);
 
 /// Default agent parameters: ALFWorld format, the model's template, 30 steps, 128 tokens per reply,
 /// 800-character observations, greedy, unconstrained, an episode ends after 3 identical actions in a
@@ -272,7 +259,7 @@ pub unsafe extern "C" fn agentlm_agent_add_tool(
         } else {
             serde_json::from_str(params).map_err(|e| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("parameters_json is not JSON: {e}")))?
         };
-        lock_agent(agent, |st| {
+        lock(agent, |st| {
             st.agent.add_tool(Tool { name: name.to_string(), description: description.to_string(), parameters })?;
             if let Some(cb) = callback.take() {
                 st.callbacks.insert(name.to_string(), cb);
@@ -381,7 +368,7 @@ pub unsafe extern "C" fn agentlm_agent_step(
 ) -> agentlm_status {
     boundary(err, || {
         let out = opt_out(out, "out")?;
-        lock_agent(agent, |st| {
+        lock(agent, |st| {
             let s = st.agent.step_budget((max_tokens > 0).then_some(max_tokens as usize), (max_ms > 0).then(|| Duration::from_millis(u64::from(max_ms))))?;
             report(st, s, out)
         })
@@ -403,7 +390,7 @@ pub unsafe extern "C" fn agentlm_agent_demonstrate(
     boundary(err, || {
         let out = opt_out(out, "out")?;
         let reply = str_arg(reply, reply_len, "reply")?;
-        lock_agent(agent, |st| {
+        lock(agent, |st| {
             let s = st.agent.demonstrate(reply)?;
             report(st, s, out)
         })
@@ -427,7 +414,7 @@ pub unsafe extern "C" fn agentlm_agent_set_admissible(
 ) -> agentlm_status {
     boundary(err, || {
         let owned = strs_arg(actions, n_actions, "actions", "action", false)?;
-        lock_agent(agent, |st| Ok(st.agent.set_admissible(owned)?)).map(|_| AGENTLM_STATUS_OK)
+        lock(agent, |st| Ok(st.agent.set_admissible(owned)?)).map(|_| AGENTLM_STATUS_OK)
     })
 }
 
@@ -456,7 +443,7 @@ pub unsafe extern "C" fn agentlm_agent_set_tool_values(
         let tool = str_arg(tool, tool_len, "tool")?;
         let param = if param.is_null() || param_len == 0 { None } else { Some(str_arg(param, param_len, "param")?) };
         let owned = strs_arg(values, n_values, "values", "value", false)?;
-        lock_agent(agent, |st| Ok(st.agent.set_tool_values(tool, param, owned)?)).map(|_| AGENTLM_STATUS_OK)
+        lock(agent, |st| Ok(st.agent.set_tool_values(tool, param, owned)?)).map(|_| AGENTLM_STATUS_OK)
     })
 }
 
@@ -474,7 +461,7 @@ pub unsafe extern "C" fn agentlm_agent_add_example(
     boundary(err, || {
         let json = str_arg(json, json_len, "json")?;
         let t = crate::train::parse_record(json).map_err(|e| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("example is not a trajectory: {e}")))?;
-        lock_agent(agent, |st| Ok(st.agent.add_example(&t)?)).map(|_| AGENTLM_STATUS_OK)
+        lock(agent, |st| Ok(st.agent.add_example(&t)?)).map(|_| AGENTLM_STATUS_OK)
     })
 }
 
@@ -489,7 +476,7 @@ pub unsafe extern "C" fn agentlm_agent_accepted_actions(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        lock_agent(agent, |st| {
+        lock(agent, |st| {
             write_opt(actions, st.agent.actions() as u32);
             write_opt(accepted, st.agent.accepted_actions() as u32);
             Ok(AGENTLM_STATUS_OK)
@@ -509,7 +496,7 @@ pub unsafe extern "C" fn agentlm_agent_submit_result(
 ) -> agentlm_status {
     boundary(err, || {
         let text = str_arg(text, text_len, "text")?;
-        lock_agent(agent, |st| Ok(st.agent.submit_result(text, Some(accepted))?)).map(|_| AGENTLM_STATUS_OK)
+        lock(agent, |st| Ok(st.agent.submit_result(text, Some(accepted))?)).map(|_| AGENTLM_STATUS_OK)
     })
 }
 
@@ -524,7 +511,7 @@ pub unsafe extern "C" fn agentlm_agent_submit_observation(
 ) -> agentlm_status {
     boundary(err, || {
         let text = str_arg(text, text_len, "text")?;
-        lock_agent(agent, |st| Ok(st.agent.submit_observation(text)?)).map(|_| AGENTLM_STATUS_OK)
+        lock(agent, |st| Ok(st.agent.submit_observation(text)?)).map(|_| AGENTLM_STATUS_OK)
     })
 }
 
@@ -542,7 +529,7 @@ pub unsafe extern "C" fn agentlm_agent_cancel(agent: *const agentlm_agent) -> ag
 /// that is not a live agent.
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_agent_is_finished(agent: *const agentlm_agent) -> bool {
-    lock_agent(agent, |st| Ok(st.agent.is_finished())).unwrap_or(false)
+    lock(agent, |st| Ok(st.agent.is_finished())).unwrap_or(false)
 }
 
 /// Records the episode's reward and outcome (`outcome_len` bytes of UTF-8) in its trajectory.
@@ -556,7 +543,7 @@ pub unsafe extern "C" fn agentlm_agent_set_outcome(
 ) -> agentlm_status {
     boundary(err, || {
         let outcome = str_arg(outcome, outcome_len, "outcome")?;
-        lock_agent(agent, |st| {
+        lock(agent, |st| {
             st.agent.set_outcome(reward, outcome);
             Ok(AGENTLM_STATUS_OK)
         })
@@ -576,7 +563,7 @@ pub unsafe extern "C" fn agentlm_agent_trajectory_json(
 ) -> agentlm_status {
     boundary(err, || {
         let len = opt_out(len, "len")?;
-        lock_agent(agent, |st| {
+        lock(agent, |st| {
             let json = serde_json::to_string(st.agent.trajectory()).map_err(|e| Fail::new(AGENTLM_STATUS_PANIC, format!("trajectory JSON: {e}")))?;
             super::util::copy_str_out(&json, buf, capacity, len)
         })

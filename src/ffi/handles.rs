@@ -1,81 +1,65 @@
-//! The opaque handles behind `agentlm_model *` and `agentlm_session *`.
+//! What every opaque handle shares: its registry bookkeeping ([`Tracked`], declared by [`handle!`])
+//! and, for the handles one caller uses at a time, the locked state behind them ([`Stateful`]) that
+//! [`lock`] opens.
 
 use std::sync::Mutex;
 
 use super::log::{with_state, LogSink};
-use super::registry::{self, Kind, Tracked, Users};
+use super::registry::{self, Tracked};
 use super::util::Fail;
-use crate::generate::CancelToken;
-use crate::runtime::session::Session;
-use crate::runtime::Model;
 
-/// A loaded model (opaque). Immutable and thread-safe; each handle is one reference.
-pub struct agentlm_model {
-    pub(crate) model: Model,
-    pub(crate) log: Option<LogSink>,
-    users: Users,
+/// A handle whose work happens on a mutable state, one caller at a time.
+pub(crate) trait Stateful: Tracked {
+    type State;
+    fn state(&self) -> &Mutex<Self::State>;
+    /// Where the state's calls log to.
+    fn log(state: &Self::State) -> Option<LogSink>;
+    /// Restores the state's invariants after a panic in an earlier call (e.g. ends a half-done
+    /// generation).
+    fn repair(_state: &mut Self::State) {}
 }
 
-impl agentlm_model {
-    /// A new registered handle.
-    pub(crate) fn new_raw(model: Model, log: Option<LogSink>) -> *mut agentlm_model {
-        registry::register(agentlm_model { model, log, users: Users::default() })
-    }
+/// Pins the handle `p` and runs `f` on its state with the handle's log sink installed; a concurrent
+/// call gets `AGENTLM_STATUS_BUSY` instead of waiting.
+pub(crate) fn lock<H: Stateful, T>(p: *const H, f: impl FnOnce(&mut H::State) -> Result<T, Fail>) -> Result<T, Fail> {
+    let what = H::KIND.noun();
+    let h = registry::pin(p, what)?;
+    with_state(h.state(), what, H::repair, H::log, f)
 }
 
-impl Tracked for agentlm_model {
-    const KIND: Kind = Kind::Model;
-    fn users(&self) -> &Users {
-        &self.users
-    }
-}
-
-/// A session (opaque): one conversation and its KV cache. One caller at a time; `agentlm_session_cancel`
-/// may be called from any thread.
-pub struct agentlm_session {
-    pub(crate) cancel: CancelToken,
-    pub(crate) capacity: usize,
-    state: Mutex<SessionState>,
-    users: Users,
-}
-
-impl Tracked for agentlm_session {
-    const KIND: Kind = Kind::Session;
-    fn users(&self) -> &Users {
-        &self.users
-    }
-    /// A session freed while a call runs on it (from its own callback): that call stops early.
-    fn on_free(&self) {
-        self.cancel.cancel();
-    }
-}
-
-/// What a session call works on, behind the session's lock.
-pub(crate) struct SessionState {
-    pub session: Session,
-    /// The text of the last `agentlm_token`, NUL-terminated (borrowed by the caller until the next call).
-    pub text: Vec<u8>,
-    pub log: Option<LogSink>,
-}
-
-impl agentlm_session {
-    pub(crate) fn new_raw(session: Session, log: Option<LogSink>) -> *mut agentlm_session {
-        let s = agentlm_session {
-            cancel: session.cancel_token(),
-            capacity: session.capacity(),
-            state: Mutex::new(SessionState { session, text: vec![0], log }),
-            users: Users::default(),
-        };
-        registry::register(s)
-    }
-}
-
-/// Runs `f` on the session's state; a concurrent call gets `AGENTLM_STATUS_BUSY` instead of waiting.
-pub(crate) fn lock<T>(session: *const agentlm_session, f: impl FnOnce(&mut SessionState) -> Result<T, Fail>) -> Result<T, Fail> {
-    let s = registry::pin(session, "session")?;
-    // A panic inside an earlier call: end any half-finished generation.
-    let repair = |st: &mut SessionState| {
-        st.session.end();
+/// Declares a handle struct's bookkeeping. The struct has a `users: Users` field; `cancel = field`
+/// names a `CancelToken` cancelled when the handle is freed (so a call running on it stops early);
+/// `state = Type` says its `state: Mutex<Type>` field is opened by [`lock`], with the log sink in the
+/// state's `log` field and an optional `repair` function.
+macro_rules! handle {
+    ($t:ident: $kind:ident $(, cancel = $cancel:ident)? $(, state = $state:ty $(, repair = $repair:expr)?)?) => {
+        impl $crate::ffi::registry::Tracked for $t {
+            const KIND: $crate::ffi::registry::Kind = $crate::ffi::registry::Kind::$kind;
+            fn users(&self) -> &$crate::ffi::registry::Users {
+                &self.users
+            }
+            $(
+                fn on_free(&self) {
+                    self.$cancel.cancel();
+                }
+            )?
+        }
+        $(
+            impl $crate::ffi::handles::Stateful for $t {
+                type State = $state;
+                fn state(&self) -> &::std::sync::Mutex<$state> {
+                    &self.state
+                }
+                fn log(state: &$state) -> Option<$crate::ffi::log::LogSink> {
+                    state.log.clone()
+                }
+                $(
+                    fn repair(state: &mut $state) {
+                        ($repair)(state)
+                    }
+                )?
+            }
+        )?
     };
-    with_state(&s.state, "session", repair, |st| st.log.clone(), f)
 }
+pub(crate) use handle;

@@ -57,6 +57,12 @@ impl Kind {
             Kind::Test => "test handle",
         }
     }
+
+    /// The C name without its prefix, for messages (`"session"`).
+    pub(crate) fn noun(self) -> &'static str {
+        let name = self.c_name();
+        name.strip_prefix("agentlm_").unwrap_or(name)
+    }
 }
 
 /// The `FREED` bit of [`Users`]; the other bits count the calls in flight.

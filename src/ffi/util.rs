@@ -11,10 +11,11 @@
 use std::ffi::{c_char, c_void, CString};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
-use super::{agentlm_error, agentlm_status, agentlm_status::*, agentlm_str};
+use super::{agentlm_error, agentlm_message, agentlm_status, agentlm_status::*, agentlm_str};
 use crate::engine::EngineError;
 use crate::formats::FormatError;
 use crate::model::ModelError;
+use crate::template::Message;
 use crate::Error;
 
 /// A failed call: the status to return and the message for the error object.
@@ -246,3 +247,15 @@ pub(crate) struct SendPtr(pub *mut c_void);
 unsafe impl Send for SendPtr {}
 // SAFETY: as above.
 unsafe impl Sync for SendPtr {}
+
+/// The C messages as owned messages (each role and content checked as UTF-8).
+pub(crate) fn messages_arg(messages: *const agentlm_message, n_messages: usize) -> Result<Vec<Message>, Fail> {
+    let msgs = slice_arg(messages, n_messages, "messages")?;
+    let mut list = Vec::with_capacity(msgs.len());
+    for (i, msg) in msgs.iter().enumerate() {
+        let role = str_arg(msg.role.ptr, msg.role.len, "message role").map_err(|f| f.context(format!("message {i}")))?;
+        let content = str_arg(msg.content.ptr, msg.content.len, "message content").map_err(|f| f.context(format!("message {i}")))?;
+        list.push(Message::new(role, content));
+    }
+    Ok(list)
+}

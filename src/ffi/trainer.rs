@@ -1,44 +1,22 @@
-//! LoRA adapters and the incremental trainer in the C ABI: `agentlm_adapter` over [`crate::Adapter`],
-//! `agentlm_trainer` over [`crate::train::Trainer`].
+//! `agentlm_trainer`: the incremental LoRA trainer over [`crate::train::Trainer`].
 
 use std::ffi::{c_char, c_void};
 use std::sync::Mutex;
 use std::time::Duration;
 
-use super::agent::{agentlm_agent, lock_agent};
+use super::adapter::agentlm_adapter;
+use super::agent::agentlm_agent;
 use super::agentlm_status::*;
-use super::handles::{agentlm_model, agentlm_session, lock};
-use super::log::with_state;
+use super::handles::{handle, lock};
 use super::log::{with_sink, LogSink};
-use super::registry::{self, pin_opt, Kind, Tracked, Users};
+use super::model::agentlm_model;
+use super::registry::{self, pin_opt, Users};
 use super::types::agentlm_data_kind;
 use super::util::{boundary, catch_or, opt_out, read_params, str_arg, write_opt, write_out, Fail};
 use super::{agentlm_error, agentlm_status};
 use crate::formats::peft::{LoraConfig, TARGETS};
 use crate::generate::CancelToken;
-use crate::runtime::Adapter;
 use crate::train::{AdamWConfig, DataKind, RunStop, StepReport, TrainConfig, Trainer};
-
-/// A LoRA adapter loaded for a model (opaque). Immutable and thread-safe; attach it to any number of
-/// sessions and agents of that model. Sessions keep what they use alive: freeing the handle is safe
-/// while it is attached.
-pub struct agentlm_adapter {
-    adapter: Adapter,
-    users: Users,
-}
-
-impl agentlm_adapter {
-    fn new_raw(adapter: Adapter) -> *mut agentlm_adapter {
-        registry::register(agentlm_adapter { adapter, users: Users::default() })
-    }
-}
-
-impl Tracked for agentlm_adapter {
-    const KIND: Kind = Kind::Adapter;
-    fn users(&self) -> &Users {
-        &self.users
-    }
-}
 
 /// [`agentlm_trainer_params::target_modules`] bits: the Llama linears LoRA adapts.
 pub const AGENTLM_LORA_Q_PROJ: u32 = 1;
@@ -137,140 +115,11 @@ pub struct agentlm_trainer {
     users: Users,
 }
 
-impl Tracked for agentlm_trainer {
-    const KIND: Kind = Kind::Trainer;
-    fn users(&self) -> &Users {
-        &self.users
-    }
-    /// A trainer freed while it runs (from its own progress or log callback): the run stops early.
-    fn on_free(&self) {
-        self.cancel.cancel();
-    }
-}
+handle!(agentlm_trainer: Trainer, cancel = cancel, state = TrainerState);
 
-struct TrainerState {
+pub(crate) struct TrainerState {
     trainer: Trainer,
     log: Option<LogSink>,
-}
-
-fn lock_trainer<T>(trainer: *const agentlm_trainer, f: impl FnOnce(&mut TrainerState) -> Result<T, Fail>) -> Result<T, Fail> {
-    let t = registry::pin(trainer, "trainer")?;
-    with_state(&t.state, "trainer", |_| {}, |st| st.log.clone(), f)
-}
-
-/// Loads a Hugging Face PEFT LoRA adapter directory (`dir`, UTF-8 path of `dir_len` bytes) for `model`.
-/// Free with [`agentlm_adapter_free`].
-#[no_mangle]
-pub unsafe extern "C" fn agentlm_adapter_load(
-    model: *const agentlm_model,
-    dir: *const c_char,
-    dir_len: usize,
-    out: *mut *mut agentlm_adapter,
-    err: *mut *mut agentlm_error,
-) -> agentlm_status {
-    boundary(err, || {
-        let m = registry::pin(model, "model")?;
-        let dir = str_arg(dir, dir_len, "dir")?;
-        let out = opt_out(out, "out")?;
-        let adapter = with_sink(m.log.as_ref(), || Adapter::load(&m.model, dir))?;
-        write_out(out, agentlm_adapter::new_raw(adapter));
-        Ok(AGENTLM_STATUS_OK)
-    })
-}
-
-/// Writes the adapter as a PEFT directory (created if needed; each file replaced atomically).
-#[no_mangle]
-pub unsafe extern "C" fn agentlm_adapter_save(
-    adapter: *const agentlm_adapter,
-    dir: *const c_char,
-    dir_len: usize,
-    err: *mut *mut agentlm_error,
-) -> agentlm_status {
-    boundary(err, || {
-        let a = registry::pin(adapter, "adapter")?;
-        let dir = str_arg(dir, dir_len, "dir")?;
-        a.adapter.save(dir)?;
-        Ok(AGENTLM_STATUS_OK)
-    })
-}
-
-/// The adapter's rank (0 for NULL or a pointer that is not a live adapter).
-#[no_mangle]
-pub unsafe extern "C" fn agentlm_adapter_rank(adapter: *const agentlm_adapter) -> u32 {
-    catch_or(0, || registry::pin(adapter, "adapter").map_or(0, |a| a.adapter.config().r as u32))
-}
-
-/// Frees an adapter handle. `NULL` is a no-op, and so is a pointer that is not a live adapter (a second
-/// free). Sessions it is attached to keep using it.
-#[no_mangle]
-pub unsafe extern "C" fn agentlm_adapter_free(adapter: *mut agentlm_adapter) {
-    catch_or((), || {
-        registry::release(adapter);
-    });
-}
-
-/// The attachment an `(adapter, scale)` argument pair asks for: NULL detaches.
-fn attachment(adapter: *const agentlm_adapter, scale: f32) -> Result<Option<(Adapter, f32)>, Fail> {
-    Ok(pin_opt(adapter, "adapter")?.map(|a| (a.adapter.clone(), scale)))
-}
-
-/// Applies `adapter` at `scale` (1: as trained) to the session from now on; NULL detaches. The
-/// conversation is kept and re-processed once with the new weights. Ends any generation in progress.
-#[no_mangle]
-pub unsafe extern "C" fn agentlm_session_set_adapter(
-    session: *const agentlm_session,
-    adapter: *const agentlm_adapter,
-    scale: f32,
-    err: *mut *mut agentlm_error,
-) -> agentlm_status {
-    boundary(err, || {
-        let attach = attachment(adapter, scale)?;
-        lock(session, |st| {
-            st.session.set_adapter(attach)?;
-            Ok(AGENTLM_STATUS_OK)
-        })
-    })
-}
-
-/// Applies `adapter` at `scale` to the agent from its next reply on (NULL detaches): hot swap between
-/// steps. `AGENTLM_STATUS_INVALID_ARGUMENT` mid-reply (after `AGENTLM_STEP_PENDING`).
-#[no_mangle]
-pub unsafe extern "C" fn agentlm_agent_set_adapter(
-    agent: *const agentlm_agent,
-    adapter: *const agentlm_adapter,
-    scale: f32,
-    err: *mut *mut agentlm_error,
-) -> agentlm_status {
-    boundary(err, || {
-        let attach = attachment(adapter, scale)?;
-        lock_agent(agent, |st| {
-            st.agent.set_adapter(attach)?;
-            Ok(AGENTLM_STATUS_OK)
-        })
-    })
-}
-
-/// A new model handle whose weights have `adapter` merged in at `scale`: the adapter's outputs at the
-/// base model's speed. Shares the tokenizer and template with `model`. Free with `agentlm_model_free`.
-#[no_mangle]
-pub unsafe extern "C" fn agentlm_model_merge_adapter(
-    model: *const agentlm_model,
-    adapter: *const agentlm_adapter,
-    scale: f32,
-    out: *mut *mut agentlm_model,
-    err: *mut *mut agentlm_error,
-) -> agentlm_status {
-    boundary(err, || {
-        let m = registry::pin(model, "model")?;
-        let a = registry::pin(adapter, "adapter")?;
-        let out = opt_out(out, "out")?;
-        if !scale.is_finite() {
-            return Err(Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("scale {scale} is not finite")));
-        }
-        let merged = with_sink(m.log.as_ref(), || m.model.merged(&a.adapter, scale))?;
-        write_out(out, agentlm_model::new_raw(merged, m.log.clone()));
-        Ok(AGENTLM_STATUS_OK)
-    })
 }
 
 /// Default trainer parameters (PEFT's LoRA defaults on every linear, AdamW at 2e-4, clip 1, η 0.2,
@@ -379,7 +228,7 @@ pub unsafe extern "C" fn agentlm_trainer_add_json(
     boundary(err, || {
         let json = str_arg(json, json_len, "json")?;
         let k = kind(data_kind)?;
-        lock_trainer(trainer, |st| {
+        lock(trainer, |st| {
             let kept = match k {
                 Some(k) => st.trainer.add_json(json, k)?,
                 None => {
@@ -409,7 +258,7 @@ pub unsafe extern "C" fn agentlm_trainer_add_jsonl_file(
     boundary(err, || {
         let path = str_arg(path, path_len, "path")?;
         let k = kind(data_kind)?;
-        lock_trainer(trainer, |st| {
+        lock(trainer, |st| {
             let n = match k {
                 Some(k) => st.trainer.add_jsonl_file(path, k)?.added,
                 None => st.trainer.add_eval_jsonl_file(path)?,
@@ -430,8 +279,8 @@ pub unsafe extern "C" fn agentlm_trainer_add_episode(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     boundary(err, || {
-        let episode = lock_agent(agent, |st| Ok(st.agent.trajectory().clone()))?;
-        lock_trainer(trainer, |st| {
+        let episode = lock(agent, |st| Ok(st.agent.trajectory().clone()))?;
+        lock(trainer, |st| {
             let kept = episode.reward.is_some() && st.trainer.add_trajectory(episode, DataKind::Agent)?;
             write_opt(added, kept);
             Ok(AGENTLM_STATUS_OK)
@@ -475,7 +324,7 @@ pub unsafe extern "C" fn agentlm_trainer_run(
             return Err(Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, "max_seconds is NaN"));
         }
         let budget = (max_seconds > 0.0).then(|| Duration::try_from_secs_f64(max_seconds).unwrap_or(Duration::MAX));
-        lock_trainer(trainer, |st| {
+        lock(trainer, |st| {
             let summary = st.trainer.run(u64::from(steps), budget, |r| match on_progress {
                 // SAFETY: the host's callback, called as documented.
                 Some(f) => unsafe { f(user_data, &progress_out(r)) },
@@ -505,7 +354,7 @@ pub unsafe extern "C" fn agentlm_trainer_cancel(trainer: *const agentlm_trainer)
 /// Optimizer steps taken (0 for NULL, a busy trainer, or a pointer that is not a live trainer).
 #[no_mangle]
 pub unsafe extern "C" fn agentlm_trainer_step(trainer: *const agentlm_trainer) -> u64 {
-    lock_trainer(trainer, |st| Ok(st.trainer.step())).unwrap_or(0)
+    lock(trainer, |st| Ok(st.trainer.step())).unwrap_or(0)
 }
 
 /// Mean masked loss over the held-out examples (`AGENTLM_DATA_EVAL`), token-weighted; `tokens` (may be
@@ -519,7 +368,7 @@ pub unsafe extern "C" fn agentlm_trainer_evaluate(
 ) -> agentlm_status {
     boundary(err, || {
         let loss = opt_out(loss, "loss")?;
-        lock_trainer(trainer, |st| {
+        lock(trainer, |st| {
             let r = st.trainer.evaluate()?;
             write_out(loss, r.loss);
             write_opt(tokens, r.tokens as u32);
@@ -538,7 +387,7 @@ pub unsafe extern "C" fn agentlm_trainer_adapter(
 ) -> agentlm_status {
     boundary(err, || {
         let out = opt_out(out, "out")?;
-        let adapter = lock_trainer(trainer, |st| Ok(st.trainer.adapter()?))?;
+        let adapter = lock(trainer, |st| Ok(st.trainer.adapter()?))?;
         write_out(out, agentlm_adapter::new_raw(adapter));
         Ok(AGENTLM_STATUS_OK)
     })
@@ -554,7 +403,7 @@ fn with_dir(
 ) -> agentlm_status {
     boundary(err, || {
         let dir = str_arg(dir, dir_len, "dir")?;
-        lock_trainer(trainer, |st| {
+        lock(trainer, |st| {
             f(&st.trainer, dir)?;
             Ok(AGENTLM_STATUS_OK)
         })
