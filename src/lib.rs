@@ -29,7 +29,7 @@ pub use generate::{CancelToken, SamplingParams};
 pub use model::Precision;
 pub use runtime::{Adapter, FinishReason, GenerateParams, Generation, LoadOptions, Model, ModelFormat, Session, Step};
 pub use template::{BuiltinTemplate, ChatTemplate, Message};
-pub use tokenizer::Tokenizer;
+pub use tokenizer::{EncodeOptions, Tokenizer};
 pub use train::{DataKind, TrainConfig, Trainer};
 pub mod convert;
 pub mod ffi;

@@ -211,6 +211,16 @@ const LLAMA3_SPLIT: &str = r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L
 /// Token ids and each one's byte range in the text ([`Tokenizer::encode_with_offsets`]).
 pub type Encoded = (Vec<u32>, Vec<(usize, usize)>);
 
+/// How [`Tokenizer::encode_with`] reads a text.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EncodeOptions {
+    /// Prepend the BOS token where the model's tokenizer adds one by default (`add_bos_token`).
+    pub add_bos: bool,
+    /// Special-token strings in the text (`</s>`, `<|im_end|>`) become their ids. Off, they are
+    /// tokenized as plain text: the safe choice for untrusted text.
+    pub parse_special: bool,
+}
+
 /// A tokenizer plus the model's special-token conventions. `Send + Sync`, cheap to share by reference.
 #[derive(Clone)]
 pub struct Tokenizer {
@@ -285,6 +295,15 @@ impl Tokenizer {
             _ => None,
         };
         Ok(Tokenizer { bos, eos, add_bos, chat_template, ..tmp })
+    }
+
+    /// Tokenizes `text` as `options` say: with the BOS token in front when asked for and the model's
+    /// tokenizer adds one by default (`add_bos_token`), special-token strings as their ids or as
+    /// plain text.
+    pub fn encode_with(&self, text: &str, options: EncodeOptions) -> Result<Vec<u32>, TokenizerError> {
+        let tok = if options.parse_special { &self.inner } else { &self.plain };
+        let enc = tok.encode_fast(text, false).map_err(lib)?;
+        Ok(self.with_bos(enc.get_ids(), options.add_bos && self.add_bos))
     }
 
     /// Tokenizes `text`; special-token strings in it (`<|im_start|>`, `</s>`, ...) become their ids.

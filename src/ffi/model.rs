@@ -11,6 +11,7 @@ use super::types::{agentlm_backend, agentlm_log_level, agentlm_precision};
 use super::util::{self, boundary, messages_arg, opt_out, read_params, slice_arg, str_arg, write_out, Fail};
 use super::{agentlm_error, agentlm_log_fn, agentlm_message, agentlm_status, AGENTLM_TOKENIZE_ADD_BOS, AGENTLM_TOKENIZE_PARSE_SPECIAL};
 use crate::runtime::{LoadOptions, Model};
+use crate::tokenizer::EncodeOptions;
 use crate::Backend;
 
 /// A loaded model (opaque). Immutable and thread-safe; each handle is one reference.
@@ -205,14 +206,8 @@ pub unsafe extern "C" fn agentlm_model_tokenize(
         if flags & !(AGENTLM_TOKENIZE_ADD_BOS | AGENTLM_TOKENIZE_PARSE_SPECIAL) != 0 {
             return Err(Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("unknown tokenize flags {flags:#x}")));
         }
-        let tok = m.model.tokenizer();
-        let add_bos = flags & AGENTLM_TOKENIZE_ADD_BOS != 0 && tok.add_bos_by_default();
-        let mut v = if flags & AGENTLM_TOKENIZE_PARSE_SPECIAL != 0 { tok.encode(text, add_bos)? } else { tok.encode_plain(text)? };
-        if add_bos && flags & AGENTLM_TOKENIZE_PARSE_SPECIAL == 0 {
-            if let Some(bos) = tok.bos_id() {
-                v.insert(0, bos);
-            }
-        }
+        let options = EncodeOptions { add_bos: flags & AGENTLM_TOKENIZE_ADD_BOS != 0, parse_special: flags & AGENTLM_TOKENIZE_PARSE_SPECIAL != 0 };
+        let v = m.model.tokenizer().encode_with(text, options)?;
         util::copy_out(&v, ids, capacity, n_ids)
     })
 }

@@ -103,6 +103,28 @@ fn plain_encoding_never_produces_special_tokens() {
     assert_eq!(tok.decode(&plain, false).unwrap(), "<|im_start|>user<|im_end|><|endoftext|>");
 }
 
+/// `encode_with`: BOS only where asked for and the tokenizer adds one by default; special-token
+/// strings parsed only where asked for.
+#[test]
+fn encode_options_choose_bos_and_special_tokens() {
+    let spm = sentencepiece_from_arrays();
+    let text = "Hello </s> world";
+    let eos = spm.eos_ids()[0];
+    let opts = |add_bos, parse_special| EncodeOptions { add_bos, parse_special };
+    assert_eq!(spm.encode_with(text, opts(true, true)).unwrap(), spm.encode(text, true).unwrap());
+    assert_eq!(spm.encode_with(text, opts(false, true)).unwrap(), spm.encode(text, false).unwrap());
+    assert!(spm.encode(text, false).unwrap().contains(&eos));
+    let plain = spm.encode_with(text, opts(true, false)).unwrap();
+    assert_eq!(plain[0], 1, "BOS in front of plain text too");
+    assert_eq!(plain[1..], spm.encode_plain(text).unwrap()[..]);
+    assert!(!plain.contains(&eos));
+    // SmolLM2 adds no BOS by default: asking for one changes nothing.
+    let tok = smollm2();
+    assert!(!tok.add_bos_by_default());
+    assert_eq!(tok.encode_with("<|im_start|>user", opts(true, true)).unwrap(), tok.encode("<|im_start|>user", false).unwrap());
+    assert_eq!(tok.encode_with("<|im_start|>user", opts(true, false)).unwrap(), tok.encode_plain("<|im_start|>user").unwrap());
+}
+
 #[test]
 fn bad_vocabularies_are_errors() {
     assert!(Tokenizer::from_gguf_vocab(&GgufVocab { model: "gpt2".into(), ..Default::default() }).is_err());
