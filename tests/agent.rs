@@ -5,7 +5,7 @@ mod common;
 
 use std::sync::OnceLock;
 
-use agentlm::agent::{ActionFormat, Agent, AgentConfig, StepKind, Tool};
+use agentlm::agent::{ActionFormat, Agent, AgentConfig, StepKind, Tool, ToolOutput};
 use agentlm::{LoadOptions, Model};
 
 fn model() -> &'static Model {
@@ -520,4 +520,39 @@ fn tool_values_narrow_inputs_between_steps() {
     a.set_tool_values("go to", None, vec![]).unwrap();
     let s = a.step().unwrap();
     assert!(matches!(s.kind, StepKind::Action { .. }), "free input again: {s:?}");
+}
+
+/// A tool registered with a handler runs inside the step (generated or demonstrated): its observation
+/// and verdict are submitted before the step returns and reported in `output`; a tool without one
+/// still waits for the host; the trajectory records the handler's observations.
+#[test]
+fn tool_handlers_run_inside_the_step() {
+    use std::sync::{Arc, Mutex};
+    let config = AgentConfig { format: ActionFormat::Alfworld, max_steps: 5, repeat_limit: 0, ..AgentConfig::default() };
+    let mut tools = tools();
+    let go = tools.remove(0);
+    let mut a = Agent::new(model(), config, INSTRUCTIONS, TASK, tools).expect("agent");
+    let calls = Arc::new(Mutex::new(Vec::<String>::new()));
+    let seen = calls.clone();
+    let handler = move |input: &str| {
+        seen.lock().unwrap().push(input.to_string());
+        ToolOutput { observation: format!("You arrive at {input}."), accepted: Some(input != "moon 1") }
+    };
+    a.add_tool_with_handler(go, Box::new(handler)).unwrap();
+    // A duplicate name is refused (and its handler dropped).
+    let dup = Tool { name: "go to".into(), description: "again".into(), parameters: serde_json::Value::Null };
+    assert!(a.add_tool_with_handler(dup, Box::new(|_: &str| ToolOutput::default())).is_err());
+    let s = a.demonstrate("ACTION: go to fridge 1").unwrap();
+    assert_eq!(s.output, Some(ToolOutput { observation: "You arrive at fridge 1.".into(), accepted: Some(true) }));
+    assert!(!a.awaits_observation());
+    let s = a.demonstrate("ACTION: go to moon 1").unwrap();
+    assert_eq!(s.output.as_ref().and_then(|o| o.accepted), Some(false));
+    let s = a.demonstrate("ACTION: open fridge 1").unwrap();
+    assert!(s.output.is_none() && a.awaits_observation(), "{s:?}");
+    a.submit_result("You open the fridge 1.", Some(true)).unwrap();
+    assert_eq!(*calls.lock().unwrap(), ["fridge 1", "moon 1"]);
+    assert_eq!((a.actions(), a.accepted_actions()), (3, 2));
+    let json = serde_json::to_value(a.trajectory()).unwrap();
+    let observations: Vec<&str> = json["conversations"].as_array().unwrap().iter().skip(4).step_by(2).map(|t| t["value"].as_str().unwrap()).collect();
+    assert_eq!(observations, ["You arrive at fridge 1.", "You arrive at moon 1.", "You open the fridge 1."]);
 }

@@ -58,6 +58,13 @@ fn peft_adapter_reproduces_transformers_logits_attached_detached_and_merged() {
     assert_eq!(adapter.parameter_count() as u64, g["adapter"]["n_params"].as_u64().unwrap());
     assert_eq!(adapter.config().scaling(), 2.0);
     let merged = model.merged(&adapter, 1.0).unwrap();
+    // A scale that is not finite is refused, merged or attached, with one message.
+    for bad in [f32::NAN, f32::INFINITY] {
+        let e = model.merged(&adapter, bad).err().expect("non-finite merge scale refused").to_string();
+        assert!(e.contains("not finite"), "{e}");
+        let e = model.session(None).set_adapter(Some((adapter.clone(), bad))).unwrap_err().to_string();
+        assert!(e.contains("not finite"), "{e}");
+    }
     for p in g["prompts"].as_array().unwrap() {
         let name = p["name"].as_str().unwrap();
         let on = prompt_logits(&model, Some((adapter.clone(), 1.0)), p);

@@ -79,6 +79,8 @@ pub fn run_episode(agent: &mut Agent, env: &mut dyn Environment, demonstrate: bo
         };
         end = step.kind.clone();
         match &step.kind {
+            // A tool with its own handler already ran (and its observation was submitted).
+            StepKind::Action { .. } if step.output.is_some() => {}
             StepKind::Action { tool, input, .. } => {
                 let action = step.action.clone().unwrap_or_default();
                 let out = env.act(tool, input, &action);

@@ -12,5 +12,5 @@ pub mod trajectory;
 pub use episode::{run_episode, Environment, EpisodeReport, EpisodeRunner, Outcome, Rates};
 pub use format::{Action, ActionFormat, ParsedReply};
 pub use run::{Agent, AgentConfig, AgentStep, StepKind};
-pub use tool::Tool;
+pub use tool::{Tool, ToolHandler, ToolOutput};
 pub use trajectory::{Segment, TokenizedTrajectory, Trajectory, Turn};

@@ -7,7 +7,7 @@ use serde_json::Value;
 
 use super::format::{Action, ActionFormat};
 use super::grammar::{admissible_grammar, chosen_action, reply_grammar, reply_prefixes, GrammarConstraint, ValueSets};
-use super::tool::Tool;
+use super::tool::{Tool, ToolHandler, ToolOutput};
 use super::trajectory::{Trajectory, Turn};
 use crate::error::{Error, Result};
 use crate::generate::{CancelToken, SamplingParams};
@@ -126,11 +126,14 @@ pub struct AgentStep {
     /// The action as written after the format's action prefix (for admissible actions: exactly the
     /// admissible string chosen); `None` when the reply holds no action.
     pub action: Option<String>,
+    /// An action whose tool has a handler: what the handler gave, already submitted as the
+    /// observation (the agent is ready for its next step).
+    pub output: Option<ToolOutput>,
 }
 
 impl AgentStep {
     fn bare(kind: StepKind, text: String, tokens: usize) -> Self {
-        AgentStep { kind, thought: None, text, tokens, action: None }
+        AgentStep { kind, thought: None, text, tokens, action: None, output: None }
     }
 }
 
@@ -149,6 +152,8 @@ pub struct Agent {
     template: ChatTemplate,
     config: AgentConfig,
     tools: Vec<Tool>,
+    /// Handlers of the tools that have one, by name.
+    handlers: std::collections::HashMap<String, ToolHandler>,
     /// The instructions and the agent's acknowledgement (empty without instructions and tools).
     head: Vec<Message>,
     /// Demonstrations, rendered between the instructions and the task.
@@ -251,6 +256,7 @@ impl Agent {
             task: task.to_string(),
             config,
             tools,
+            handlers: Default::default(),
         };
         agent.set_head();
         Ok(agent)
@@ -290,6 +296,20 @@ impl Agent {
         }
         self.tools.push(tool);
         self.set_head();
+        Ok(())
+    }
+
+    /// [`Agent::add_tool`] with a handler that runs the tool: when a step (generated or
+    /// demonstrated) asks for it, the handler is called with the action's input and its output is
+    /// submitted as the observation before the step returns ([`AgentStep::output`]); the host need
+    /// not call [`Agent::submit_result`]. The handler is dropped with the agent.
+    ///
+    /// # Errors
+    /// As [`Agent::add_tool`] (the handler is dropped then).
+    pub fn add_tool_with_handler(&mut self, tool: Tool, handler: ToolHandler) -> Result<()> {
+        let name = tool.name.clone();
+        self.add_tool(tool)?;
+        self.handlers.insert(name, handler);
         Ok(())
     }
 
@@ -742,7 +762,21 @@ impl Agent {
                 StepKind::Invalid { reason }
             }
         };
-        Ok(AgentStep { kind, thought: parsed.thought, text, tokens, action: action_text })
+        let mut step = AgentStep { kind, thought: parsed.thought, text, tokens, action: action_text, output: None };
+        self.run_handler(&mut step)?;
+        Ok(step)
+    }
+
+    /// Runs the handler of an action's tool, if it has one, and submits its output.
+    fn run_handler(&mut self, step: &mut AgentStep) -> Result<()> {
+        if let StepKind::Action { tool, input, .. } = &step.kind {
+            if let Some(handler) = self.handlers.get_mut(tool) {
+                let output = handler(input);
+                self.submit_result(&output.observation, output.accepted)?;
+                step.output = Some(output);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -136,9 +136,6 @@ pub unsafe extern "C" fn agentlm_model_merge_adapter(
         let m = registry::pin(model, "model")?;
         let a = registry::pin(adapter, "adapter")?;
         let out = opt_out(out, "out")?;
-        if !scale.is_finite() {
-            return Err(Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("scale {scale} is not finite")));
-        }
         let merged = with_sink(m.log.as_ref(), || m.model.merged(&a.adapter, scale))?;
         write_out(out, agentlm_model::new_raw(merged, m.log.clone()));
         Ok(AGENTLM_STATUS_OK)

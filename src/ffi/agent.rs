@@ -1,6 +1,5 @@
 //! The agent part of the C ABI: `agentlm_agent` over [`crate::agent::Agent`].
 
-use std::collections::HashMap;
 use std::ffi::{c_char, c_void};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -11,9 +10,9 @@ use super::log::{with_sink, LogSink};
 use super::model::agentlm_model;
 use super::registry::{self, Kind, Users};
 use super::types::{agentlm_action_format, agentlm_chat_template};
-use super::util::{boundary, opt_out, read_params, str_arg, strs_arg, write_opt, write_out, Fail, Out, SendPtr};
+use super::util::{boundary, opt_out, read_params, str_arg, strs_arg, write_opt, write_out, Fail, Out, UserData};
 use super::{agentlm_error, agentlm_status, agentlm_str};
-use crate::agent::{ActionFormat, Agent, AgentConfig, AgentStep, StepKind, Tool};
+use crate::agent::{ActionFormat, Agent, AgentConfig, AgentStep, StepKind, Tool, ToolOutput};
 use crate::generate::{CancelToken, SamplingParams};
 use crate::template::BuiltinTemplate;
 
@@ -108,9 +107,10 @@ pub struct agentlm_agent_step_result {
     pub action: agentlm_str,
 }
 
+/// A host tool callback with its `user_data`, freed once with the host's function when dropped.
 struct ToolCallback {
     f: agentlm_tool_fn,
-    user: SendPtr,
+    user: UserData,
     free: agentlm_free_fn,
 }
 
@@ -123,9 +123,27 @@ impl Drop for ToolCallback {
     }
 }
 
+impl ToolCallback {
+    /// Calls the host's tool on `input`: its observation (`""` when it set none and succeeded,
+    /// "The tool failed." when it returned false) and verdict.
+    fn call(&self, f: unsafe extern "C" fn(*mut c_void, *const c_char, usize, *mut agentlm_tool_result) -> bool, input: &str) -> ToolOutput {
+        let mut result = agentlm_tool_result { text: None, accepted: None };
+        let mut arg = input.as_bytes().to_vec();
+        arg.push(0);
+        let live = registry::scoped((&raw const result).cast(), Kind::ToolResult);
+        // SAFETY: the host's callback, called as documented: `arg` is NUL-terminated and lives through
+        // the call, `result` is registered for it and unregistered after.
+        let ok = unsafe { f(self.user.0, arg.as_ptr().cast(), input.len(), &raw mut result) };
+        drop(live);
+        let observation = result.text.unwrap_or_else(|| if ok { String::new() } else { "The tool failed.".into() });
+        ToolOutput { observation, accepted: result.accepted }
+    }
+}
+
 pub(crate) struct AgentState {
     pub(crate) agent: Agent,
-    callbacks: HashMap<String, ToolCallback>,
+    /// The `user_data` of tools registered without a callback, kept to be freed with the agent.
+    kept: Vec<ToolCallback>,
     /// Backing store of the last step's strings.
     strings: [Vec<u8>; 7],
     log: Option<LogSink>,
@@ -211,7 +229,7 @@ pub unsafe extern "C" fn agentlm_agent_new(
         let agent = with_sink(m.log.as_ref(), || Agent::new(&m.model, cfg, instructions, task, vec![]))?;
         let a = agentlm_agent {
             cancel: agent.cancel_token(),
-            state: Mutex::new(AgentState { agent, callbacks: HashMap::new(), strings: Default::default(), log: m.log.clone() }),
+            state: Mutex::new(AgentState { agent, kept: Vec::new(), strings: Default::default(), log: m.log.clone() }),
             users: Users::default(),
         };
         write_out(out, registry::register(a));
@@ -249,7 +267,7 @@ pub unsafe extern "C" fn agentlm_agent_add_tool(
     err: *mut *mut agentlm_error,
 ) -> agentlm_status {
     // Whatever happens, the host's user_data is released exactly once.
-    let mut callback = Some(ToolCallback { f: tool, user: SendPtr(user_data), free: free_user_data });
+    let mut callback = Some(ToolCallback { f: tool, user: UserData(user_data), free: free_user_data });
     boundary(err, || {
         let name = str_arg(name, name_len, "name")?;
         let description = str_arg(description, description_len, "description")?;
@@ -260,9 +278,14 @@ pub unsafe extern "C" fn agentlm_agent_add_tool(
             serde_json::from_str(params).map_err(|e| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("parameters_json is not JSON: {e}")))?
         };
         lock(agent, |st| {
-            st.agent.add_tool(Tool { name: name.to_string(), description: description.to_string(), parameters })?;
-            if let Some(cb) = callback.take() {
-                st.callbacks.insert(name.to_string(), cb);
+            let tool = Tool { name: name.to_string(), description: description.to_string(), parameters };
+            let cb = callback.take().expect("taken once");
+            match cb.f {
+                Some(f) => st.agent.add_tool_with_handler(tool, Box::new(move |input: &str| cb.call(f, input)))?,
+                None => {
+                    st.agent.add_tool(tool)?;
+                    st.kept.push(cb);
+                }
             }
             Ok(AGENTLM_STATUS_OK)
         })
@@ -305,8 +328,7 @@ fn set(buf: &mut Vec<u8>, s: &str) -> agentlm_str {
     agentlm_str { ptr: buf.as_ptr().cast(), len: s.len() }
 }
 
-/// Reports step `s` in `*out`, running the action's tool callback (if it has one) and submitting its
-/// observation first.
+/// Reports step `s` in `*out` (an action's tool callback, if it has one, ran in the step).
 fn report(st: &mut AgentState, s: AgentStep, out: Out<agentlm_agent_step_result>) -> Result<agentlm_status, Fail> {
     use super::agentlm_step_kind::*;
     let (kind, tool, input, answer, repeated) = match &s.kind {
@@ -318,22 +340,10 @@ fn report(st: &mut AgentState, s: AgentStep, out: Out<agentlm_agent_step_result>
         StepKind::Cancelled => (AGENTLM_STEP_CANCELLED, "", "", "", false),
         StepKind::RepeatLimit => (AGENTLM_STEP_REPEAT_LIMIT, "", "", "", true),
     };
-    let mut observation = String::new();
-    let mut accepted = -1;
-    if kind == AGENTLM_STEP_ACTION {
-        if let Some((f, cb)) = st.callbacks.get(tool).and_then(|cb| cb.f.map(|f| (f, cb))) {
-            let mut result = agentlm_tool_result { text: None, accepted: None };
-            let mut arg = input.as_bytes().to_vec();
-            arg.push(0);
-            let live = registry::scoped((&raw const result).cast(), Kind::ToolResult);
-            // SAFETY: the host's callback, called as documented.
-            let ok = unsafe { f(cb.user.0, arg.as_ptr().cast(), input.len(), &raw mut result) };
-            drop(live);
-            observation = result.text.unwrap_or_else(|| if ok { String::new() } else { "The tool failed.".into() });
-            accepted = result.accepted.map_or(-1, i32::from);
-            st.agent.submit_result(&observation, result.accepted)?;
-        }
-    }
+    let (observation, accepted) = match &s.output {
+        Some(out) => (out.observation.as_str(), out.accepted.map_or(-1, i32::from)),
+        None => ("", -1),
+    };
     let [b0, b1, b2, b3, b4, b5, b6] = &mut st.strings;
     let step = agentlm_agent_step_result {
         kind: kind as i32,
@@ -345,7 +355,7 @@ fn report(st: &mut AgentState, s: AgentStep, out: Out<agentlm_agent_step_result>
         tool: set(b2, tool),
         input: set(b3, input),
         answer: set(b4, answer),
-        observation: set(b5, &observation),
+        observation: set(b5, observation),
         accepted,
         action: set(b6, s.action.as_deref().unwrap_or("")),
     };

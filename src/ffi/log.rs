@@ -10,7 +10,7 @@ use tracing::span::{Attributes, Id, Record};
 use tracing::{Event, Level, Metadata, Subscriber};
 
 use super::agentlm_status::*;
-use super::util::{try_lock, Fail, SendPtr};
+use super::util::{try_lock, Fail, UserData};
 
 /// Log callback: `level` is an `agentlm_log_level`, `message` is `message_len` bytes of UTF-8,
 /// NUL-terminated, valid only during the call. Called on the thread that made the library call.
@@ -22,7 +22,7 @@ pub(crate) struct LogSink(Arc<Forwarder>);
 
 struct Forwarder {
     f: unsafe extern "C" fn(*mut c_void, i32, *const c_char, usize),
-    user: SendPtr,
+    user: UserData,
     max: i32,
 }
 
@@ -32,7 +32,7 @@ impl LogSink {
         if !(1..=5).contains(&level) {
             return Err(Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, format!("log_level {level} is not 1 (error) to 5 (trace)")));
         }
-        Ok(Some(LogSink(Arc::new(Forwarder { f, user: SendPtr(user), max: level }))))
+        Ok(Some(LogSink(Arc::new(Forwarder { f, user: UserData(user), max: level }))))
     }
 }
 

@@ -106,7 +106,7 @@ pub unsafe extern "C" fn agentlm_model_load(
         let precision = crate::Precision::from(agentlm_precision::try_from(p.precision)?);
         let log = LogSink::new(p.log, p.log_user_data, p.log_level)?;
         let progress = p.progress.map(|f| {
-            let user = util::SendPtr(p.progress_user_data);
+            let user = util::UserData(p.progress_user_data);
             std::sync::Arc::new(move |fraction: f32| {
                 let user = &user;
                 // SAFETY: the host's callback, called as its typedef documents, on the loading thread.

@@ -242,11 +242,11 @@ pub(crate) fn try_lock<'a, S>(m: &'a std::sync::Mutex<S>, what: &str, repair: im
 
 /// A host `void *user_data`: the host vouches for using it from the threads it lets us call it on.
 #[derive(Clone, Copy)]
-pub(crate) struct SendPtr(pub *mut c_void);
+pub(crate) struct UserData(pub *mut c_void);
 // SAFETY: only passed back to the host's own callback, on threads the host's API contract allows.
-unsafe impl Send for SendPtr {}
+unsafe impl Send for UserData {}
 // SAFETY: as above.
-unsafe impl Sync for SendPtr {}
+unsafe impl Sync for UserData {}
 
 /// The C messages as owned messages (each role and content checked as UTF-8).
 pub(crate) fn messages_arg(messages: *const agentlm_message, n_messages: usize) -> Result<Vec<Message>, Fail> {

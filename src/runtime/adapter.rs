@@ -122,11 +122,23 @@ impl Model {
     /// weights are new (memory: one more copy of those matrices).
     ///
     /// # Errors
-    /// [`Error::InvalidArgument`] when the adapter belongs to a model of another shape or device.
+    /// [`Error::InvalidArgument`] when the adapter belongs to a model of another shape or device, or
+    /// for a non-finite scale.
     pub fn merged(&self, adapter: &Adapter, scale: f32) -> Result<Model> {
         adapter.check_model(self)?;
+        check_scale(scale)?;
         let llama = self.compute(|| self.llama().merged(adapter.weights(), scale));
         Ok(self.with_llama(llama))
+    }
+}
+
+/// An adapter's scale must be finite (merging or attaching at NaN or infinity would poison every
+/// output).
+pub(crate) fn check_scale(scale: f32) -> Result<()> {
+    if scale.is_finite() {
+        Ok(())
+    } else {
+        Err(Error::InvalidArgument(format!("adapter scale {scale} is not finite")))
     }
 }
 

@@ -225,9 +225,7 @@ impl Session {
     pub fn set_adapter(&mut self, adapter: Option<(Adapter, f32)>) -> Result<()> {
         if let Some((a, scale)) = &adapter {
             a.check_model(&self.model)?;
-            if !scale.is_finite() {
-                return Err(Error::InvalidArgument(format!("adapter scale {scale} is not finite")));
-            }
+            super::adapter::check_scale(*scale)?;
         }
         let same = match (&self.adapter, &adapter) {
             (None, None) => true,

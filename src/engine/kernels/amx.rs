@@ -21,7 +21,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::{Isa, QKind, QMatrix, Scale, Scales, SendPtr, QK};
+use super::{Isa, QKind, QMatrix, Scale, Scales, SharedOut, QK};
 
 /// Rows (and output columns) per tile.
 pub(super) const TR: usize = 16;
@@ -510,7 +510,7 @@ fn products(unit: Unit, parts: &[&QMatrix], x: &[f32], rows: usize, k: usize, kp
         }
         v
     };
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out_ptr = SharedOut(out.as_mut_ptr());
     let run = |&(pi, r0, c0): &(usize, usize, usize)| {
         let w = parts[pi];
         let n_rows = (group * PANEL).min(w.rows() - r0);

@@ -16,7 +16,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::{Isa, QMatrix, SendPtr};
+use super::{Isa, QMatrix, SharedOut};
 
 /// Output columns per register block: two 8-lane registers.
 const NR: usize = 16;
@@ -81,7 +81,7 @@ pub(super) fn matmul(parts: &[&QMatrix], x: &[f32], rows: usize, out: &mut [f32]
         }
         c0 += p.rows();
     }
-    let dst = SendPtr(out.as_mut_ptr());
+    let dst = SharedOut(out.as_mut_ptr());
     run_tasks(&tasks, |&(pi, r0, col)| {
         let w = parts[pi];
         let n = (group * NR).min(w.rows() - r0);
@@ -151,7 +151,7 @@ pub(super) fn matmul_t(parts: &[&QMatrix], dy: &[f32], rows: usize, out: &mut [f
         }
         unreachable!("row inside the stack")
     };
-    let dst = SendPtr(out.as_mut_ptr());
+    let dst = SharedOut(out.as_mut_ptr());
     run_tasks(&tasks, |&b0| {
         let nb = group.min(blocks - b0);
         let (n_panels, width) = (nb * QK / NR, nb * QK);

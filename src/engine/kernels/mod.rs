@@ -868,7 +868,7 @@ pub fn matmul_with(isa: Isa, parts: &[&QMatrix], x: &[f32], acts: &QActs, rows: 
     let chunk = if threads == 1 || work < 1 << 18 { width.max(1) } else { width.div_ceil(threads * 4).next_multiple_of(4).max(16) };
     // Task i: chunk i of the parts' rows laid end to end (computed, not collected: no allocation).
     let total: usize = parts.iter().map(|p| p.rows.div_ceil(chunk)).sum();
-    let out_ptr = SendPtr(out.as_mut_ptr());
+    let out_ptr = SharedOut(out.as_mut_ptr());
     let run = |mut i: usize| {
         let mut c0 = 0;
         let mut pi = 0;
@@ -894,13 +894,15 @@ pub fn matmul_with(isa: Isa, parts: &[&QMatrix], x: &[f32], acts: &QActs, rows: 
     }
 }
 
+/// The output of a product, shared by the parallel tasks that each write their own cells of it (not
+/// a host pointer: that is the C layer's `UserData`).
 #[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
+struct SharedOut(*mut f32);
 // SAFETY: used only for disjoint writes inside one `matmul` call.
-unsafe impl Send for SendPtr {}
+unsafe impl Send for SharedOut {}
 // SAFETY: as above.
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
+unsafe impl Sync for SharedOut {}
+impl SharedOut {
     fn get(self) -> *mut f32 {
         self.0
     }
@@ -912,7 +914,18 @@ impl SendPtr {
 /// # Safety
 /// No other thread writes those cells of `out` meanwhile; they are inside it.
 #[allow(clippy::too_many_arguments)]
-unsafe fn row_range(isa: Isa, w: &QMatrix, range: std::ops::Range<usize>, x: &[f32], acts: &QActs, t: usize, n: usize, out: SendPtr, width: usize, c0: usize) {
+unsafe fn row_range(
+    isa: Isa,
+    w: &QMatrix,
+    range: std::ops::Range<usize>,
+    x: &[f32],
+    acts: &QActs,
+    t: usize,
+    n: usize,
+    out: SharedOut,
+    width: usize,
+    c0: usize,
+) {
     let c = w.cols;
     let mut res = [0f32; TILE];
     // Writes the values of output row `o` for activation rows t, t + 1, ...
