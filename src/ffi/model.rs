@@ -259,8 +259,7 @@ pub unsafe extern "C" fn agentlm_model_apply_chat_template(
         let m = registry::pin(model, "model")?;
         let list = messages_arg(messages, n_messages)?;
         let text_len = opt_out(text_len, "text_len")?;
-        let t = m.model.chat_template().ok_or_else(|| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, "the model has no chat template"))?;
-        let s = t.render(&list, add_generation_prompt).map_err(crate::Error::from)?;
+        let s = m.model.render_chat(&list, add_generation_prompt)?;
         util::copy_str_out(&s, buf, capacity, text_len)
     })
 }

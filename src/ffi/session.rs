@@ -226,12 +226,7 @@ pub unsafe extern "C" fn agentlm_session_sync_chat(
 ) -> agentlm_status {
     boundary(err, || {
         let list = messages_arg(messages, n_messages)?;
-        lock(session, |st| {
-            let model = st.session.model().clone();
-            let t = model.chat_template().ok_or_else(|| Fail::new(AGENTLM_STATUS_INVALID_ARGUMENT, "the model has no chat template"))?;
-            Ok(st.session.sync_chat(t, &list, add_generation_prompt)?)
-        })
-        .map(|_| AGENTLM_STATUS_OK)
+        lock(session, |st| Ok(st.session.sync_model_chat(&list, add_generation_prompt)?)).map(|_| AGENTLM_STATUS_OK)
     })
 }
 

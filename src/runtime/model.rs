@@ -215,8 +215,18 @@ impl Model {
     /// # Errors
     /// [`Error::InvalidArgument`] when the model has no chat template; template errors.
     pub fn apply_chat_template(&self, messages: &[Message]) -> Result<String> {
-        let t = self.chat_template().ok_or_else(|| Error::InvalidArgument("the model has no chat template".into()))?;
-        Ok(t.render(messages, true)?)
+        self.render_chat(messages, true)
+    }
+    /// Renders `messages` with the model's chat template, the generation prompt appended when asked.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when the model has no chat template; template errors.
+    pub fn render_chat(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
+        Ok(self.own_template()?.render(messages, add_generation_prompt)?)
+    }
+    /// The model's own chat template, or the error that says it has none.
+    pub(crate) fn own_template(&self) -> Result<&ChatTemplate> {
+        self.chat_template().ok_or_else(|| Error::InvalidArgument("the model has no chat template".into()))
     }
     /// The numerics the model computes with ([`Precision::Exact`] or [`Precision::Quantized`]).
     pub fn precision(&self) -> Precision {

@@ -263,6 +263,15 @@ impl Session {
         self.append_tokens(&ids)
     }
 
+    /// [`Session::sync_chat`] with the model's own chat template.
+    ///
+    /// # Errors
+    /// [`Error::InvalidArgument`] when the model has no chat template; as [`Session::sync_chat`].
+    pub fn sync_model_chat(&mut self, messages: &[Message], add_generation_prompt: bool) -> Result<()> {
+        let model = self.model().clone();
+        self.sync_chat(model.own_template()?, messages, add_generation_prompt)
+    }
+
     /// Brings the session to the conversation `messages` rendered with `template` (the generation
     /// prompt added when asked): the tokens it already holds that match are kept, the rest replaced.
     /// The template's own text may hold control tokens; every message's content is tokenized as plain
