@@ -2,6 +2,8 @@
 //! Zen 3 and earlier, Intel before Cooper Lake): each weight panel is dequantized once per product
 //! (as [`QMatrix::dequantize_row`], bit for bit) into f32, and a 6 × 16 register block of the
 //! output runs over it with `vfmadd231ps`, the activations read in f32 as they are.
+//! The 4-bit weights (`Q4_0`, `Q4_1`) take the int16 products instead ([`super::int16`]) unless
+//! `AGENTLM_INT16=0`; this unit keeps the other types.
 //!
 //! Why not the int8 kernels there: without `vpdpbusd` a block of 32 products costs `vpmaddubsw`,
 //! `vpmaddwd`, a convert, a scale and an FMA, about the cost of four f32 FMAs over the same 32 values,
@@ -44,13 +46,13 @@ thread_local! {
 
 /// The largest number of units (at most `max`) per task with which `total` units over `threads`
 /// threads leave no thread more than its fair share (rounded up); 1 if none does.
-fn group_size(total: usize, threads: usize, max: usize) -> usize {
+pub(super) fn group_size(total: usize, threads: usize, max: usize) -> usize {
     let fair = total.div_ceil(threads);
     (1..=max).rev().find(|&g| total.div_ceil(g).div_ceil(threads) * g <= fair).unwrap_or(1)
 }
 
 /// Runs `task` over `tasks`, in parallel on the current rayon pool when there are several.
-fn run_tasks<T: Sync>(tasks: &[T], task: impl Fn(&T) + Sync + Send) {
+pub(super) fn run_tasks<T: Sync>(tasks: &[T], task: impl Fn(&T) + Sync + Send) {
     if tasks.len() > 1 && rayon::current_num_threads() > 1 {
         tasks.par_iter().for_each(task);
     } else {

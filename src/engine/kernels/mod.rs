@@ -20,6 +20,8 @@ mod amx;
 #[cfg(target_arch = "x86_64")]
 mod fma;
 #[cfg(target_arch = "x86_64")]
+mod int16;
+#[cfg(target_arch = "x86_64")]
 mod x86;
 #[cfg(target_arch = "x86_64")]
 pub use amx::{tile_product, TilesA, TilesB};
@@ -636,7 +638,8 @@ const DENSE_ROWS: usize = 128;
 /// in bf16 on Intel AMX tiles (granted by the OS; off with `AGENTLM_AMX=0`) or else on AVX512-BF16
 /// vectors (AMD Zen 4 and later), neither with `AGENTLM_BF16=0` or an `AGENTLM_ISA` below AVX-512;
 /// in f32 with FMA where AVX2 is the best instruction set (AMD Zen 3 and earlier; `AGENTLM_ISA=avx2`
-/// elsewhere). `AGENTLM_DENSE=0` turns the f32 unit off.
+/// elsewhere), where the 4-bit weights' products take int16 block sums instead (`int16`, off with
+/// `AGENTLM_INT16=0`). `AGENTLM_DENSE=0` turns both off.
 pub fn dense_products() -> bool {
     #[cfg(target_arch = "x86_64")]
     {
@@ -671,7 +674,11 @@ pub fn transposed_products() -> bool {
 pub fn matmul_t(parts: &[&QMatrix], dy: &[f32], rows: usize, out: &mut [f32]) {
     assert!(transposed_products(), "matmul_t: no f32 product unit on this CPU");
     #[cfg(target_arch = "x86_64")]
-    fma::matmul_t(parts, dy, rows, out);
+    if int16::applies(parts) {
+        int16::matmul_t(parts, dy, rows, out);
+    } else {
+        fma::matmul_t(parts, dy, rows, out);
+    }
 }
 
 /// Whether the environment variable `var` says `0`, `off` or `false`.
@@ -857,7 +864,13 @@ pub fn matmul_with(isa: Isa, parts: &[&QMatrix], x: &[f32], acts: &QActs, rows: 
     if acts.dense {
         assert!(acts.rows == rows && acts.cols == cols, "matmul: activations not prepared for this input");
         #[cfg(target_arch = "x86_64")]
-        return if amx::unit().is_some() { amx::matmul(parts, x, rows, out) } else { fma::matmul(parts, x, rows, out) };
+        return if amx::unit().is_some() {
+            amx::matmul(parts, x, rows, out)
+        } else if int16::applies(parts) {
+            int16::matmul(parts, x, rows, out)
+        } else {
+            fma::matmul(parts, x, rows, out)
+        };
         #[cfg(not(target_arch = "x86_64"))]
         unreachable!("dense products exist only on x86-64");
     }
@@ -1180,6 +1193,8 @@ unsafe fn softmax_in_place_avx2(v: &mut [f32]) {
     softmax_portable(v)
 }
 
+/// Inlined into its callers, so that [`softmax_in_place_avx2`] compiles it for AVX2.
+#[inline(always)]
 fn softmax_portable(v: &mut [f32]) {
     let max = v.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     v.iter_mut().for_each(|x| *x -= max);

@@ -548,3 +548,161 @@ fn vectorised_quantization_is_bit_for_bit_the_scalar_one() {
     // The halves of block 2 rounded away from zero: 0.5 → 1, −0.5 → −1, 1.5 → 2.
     assert_eq!((q1[64 + 16], q1[64 + 15], q1[64 + 17]), (1, -1, 2));
 }
+
+/// The 4-bit weights and their unsigned values, scales and offsets per block (`w = d·u + m`).
+fn q4_blocks(w: &QMatrix) -> (Vec<[u8; QK]>, Vec<f32>, Vec<f32>) {
+    let QKind::Q4 { qs, d, m, centered } = w.kind() else { panic!("a 4-bit matrix") };
+    let n = qs.len() / 16;
+    let mut u = vec![[0u8; QK]; n];
+    for (b, bytes) in qs.chunks_exact(16).enumerate() {
+        for (j, &byte) in bytes.iter().enumerate() {
+            u[b][j] = byte & 0xF;
+            u[b][j + 16] = byte >> 4;
+        }
+    }
+    let ds: Vec<f32> = (0..n).map(|b| d.get(b)).collect();
+    let ms: Vec<f32> = (0..n).map(|b| if *centered { -8.0 * ds[b] } else { m.get(b) }).collect();
+    (u, ds, ms)
+}
+
+/// 4-bit parts for the int16 products: both layouts, row counts that leave partial panels, and one
+/// matrix of all-15 values whose block sums reach the int16 limit (16 products of 15 · 127).
+fn q4_parts(cols: usize, sizes: &[usize], g: &mut Gen) -> Vec<QMatrix> {
+    let mut mats: Vec<QMatrix> = sizes
+        .iter()
+        .enumerate()
+        .map(|(i, &rows)| {
+            let ty = if i % 2 == 0 { GgmlType::Q4_1 } else { GgmlType::Q4_0 };
+            QMatrix::from_ggml(ty, &random_blocks(ty, rows, cols, g), rows, cols).unwrap()
+        })
+        .collect();
+    let mut full = random_blocks(GgmlType::Q4_1, 3, cols, g);
+    for b in full.chunks_exact_mut(GgmlType::Q4_1.block_bytes()) {
+        b[4..].fill(0xFF);
+    }
+    mats.push(QMatrix::from_ggml(GgmlType::Q4_1, &full, 3, cols).unwrap());
+    mats
+}
+
+/// The int16 forward product is the product of the dequantized weights with the activations
+/// quantized per block of 32, to nearest even (checked against that sum computed here in f64, to f32 rounding), and
+/// within the activations' rounding of the exact product.
+#[test]
+fn int16_products_are_the_quantized_product() {
+    if !Isa::Avx2.is_supported() {
+        eprintln!("no AVX2 on this CPU: the int16 products are not run here");
+        return;
+    }
+    let mut g = Gen(13);
+    for (cols, t) in [(800usize, 150usize), (96, 7), (768, 1)] {
+        let mut x: Vec<f32> = (0..t * cols).map(|_| g.float(-2.0, 2.0)).collect();
+        // A row of one value: every activation quantizes to 127.
+        x[..cols].fill(1.5);
+        let mats = q4_parts(cols, &[9, 40, 16], &mut g);
+        let parts: Vec<&QMatrix> = mats.iter().collect();
+        assert!(int16::applies(&parts) || switched_off("AGENTLM_INT16"));
+        let width: usize = mats.iter().map(QMatrix::rows).sum();
+        let mut out = vec![f32::NAN; t * width];
+        int16::matmul(&parts, &x, t, &mut out);
+        // The activations quantized per block of 32: scale max|x| / 127, to nearest even.
+        let nb = cols / QK;
+        let (mut aq, mut ad, mut asum) = (vec![0i32; t * cols], vec![0f32; t * nb], vec![0f32; t * nb]);
+        for (b, xb) in x.chunks_exact(QK).enumerate() {
+            let scale = xb.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+            let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+            for (v, &xv) in xb.iter().enumerate() {
+                aq[b * QK + v] = (xv * inv).round_ties_even() as i32;
+            }
+            ad[b] = scale;
+            asum[b] = scale * aq[b * QK..(b + 1) * QK].iter().sum::<i32>() as f32;
+        }
+        let mut c0 = 0;
+        for m in &mats {
+            let (u, d, mo) = q4_blocks(m);
+            let w = m.dequantize();
+            for r in 0..t {
+                for o in 0..m.rows() {
+                    let (mut want, mut mag, mut exact, mut rounding) = (0f64, 0f64, 0f64, 0f64);
+                    for b in 0..nb {
+                        let (blk, s) = (o * nb + b, f64::from(ad[r * nb + b]));
+                        let dot: i64 = (0..QK).map(|v| i64::from(u[blk][v]) * i64::from(aq[r * cols + b * QK + v])).sum();
+                        let (scaled, offset) = (f64::from(d[blk]) * s * dot as f64, f64::from(mo[blk]) * f64::from(asum[r * nb + b]));
+                        want += scaled + offset;
+                        mag += scaled.abs() + offset.abs();
+                        for v in 0..QK {
+                            let wv = f64::from(w[o * cols + b * QK + v]);
+                            exact += wv * f64::from(x[r * cols + b * QK + v]);
+                            rounding += wv.abs() * s / 2.0;
+                        }
+                    }
+                    let got = f64::from(out[r * width + c0 + o]);
+                    assert!((got - want).abs() <= mag * 1e-5 + 1e-6, "cols {cols} t={t} row {r} out {}: {got} vs {want}", c0 + o);
+                    assert!((got - exact).abs() <= rounding * (1.0 + 1e-4) + mag * 1e-5 + 1e-6, "row {r} out {}: {got} vs exact {exact}", c0 + o);
+                }
+            }
+            c0 += m.rows();
+        }
+    }
+}
+
+/// The int16 backward product `dY · W` over stacked 4-bit parts: per block of output columns, the
+/// gradients scaled by the weights' row scales and quantized per 32 rows (to nearest even), times the unsigned
+/// values, plus the offsets' term in f32 (checked against that sum in f64, to f32 rounding, and
+/// within the quantization's rounding of the exact product). Stacks whose rows end in a partial
+/// group of 32, row counts across the quantization chunks and partial register blocks.
+#[test]
+fn int16_transposed_products_are_the_quantized_product() {
+    if !Isa::Avx2.is_supported() {
+        eprintln!("no AVX2 on this CPU: the int16 products are not run here");
+        return;
+    }
+    let mut g = Gen(17);
+    for (cols, t) in [(768usize, 7usize), (96, 150), (160, 131)] {
+        let mats = q4_parts(cols, &[300, 45, 252], &mut g);
+        let parts: Vec<&QMatrix> = mats.iter().collect();
+        let n: usize = mats.iter().map(QMatrix::rows).sum();
+        let mut dy: Vec<f32> = (0..t * n).map(|_| g.float(-1.0, 1.0)).collect();
+        dy[..n].fill(0.5);
+        let mut out = vec![f32::NAN; t * cols];
+        int16::matmul_t(&parts, &dy, t, &mut out);
+        // Stacked rows' blocks: values, scales, offsets, dequantized weights.
+        let (mut u, mut d, mut mo, mut w) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for m in &mats {
+            let (mu, md, mm) = q4_blocks(m);
+            u.extend(mu);
+            d.extend(md);
+            mo.extend(mm);
+            w.extend(m.dequantize());
+        }
+        let nb = cols / QK;
+        for r in 0..t {
+            let row = &dy[r * n..(r + 1) * n];
+            for b in 0..nb {
+                let mut want = [0f64; QK];
+                let mut mag = [0f64; QK];
+                let mut rounding = [0f64; QK];
+                for g0 in (0..n).step_by(QK) {
+                    let os = g0..(g0 + QK).min(n);
+                    let z: Vec<f32> = os.clone().map(|o| row[o] * d[o * nb + b]).collect();
+                    let scale = z.iter().fold(0f32, |a, v| a.max(v.abs())) / 127.0;
+                    let inv = if scale != 0.0 { 1.0 / scale } else { 0.0 };
+                    for v in 0..QK {
+                        let dot: i64 = os.clone().zip(&z).map(|(o, &zv)| i64::from(u[o * nb + b][v]) * i64::from((zv * inv).round_ties_even() as i8)).sum();
+                        want[v] += f64::from(scale) * dot as f64;
+                        mag[v] += (f64::from(scale) * dot as f64).abs();
+                        rounding[v] += os.clone().map(|o| f64::from(u[o * nb + b][v])).sum::<f64>() * f64::from(scale) / 2.0;
+                    }
+                }
+                for v in 0..QK {
+                    let offsets: f64 = (0..n).map(|o| f64::from(row[o]) * f64::from(mo[o * nb + b])).sum();
+                    let bound = (mag[v] + (0..n).map(|o| (f64::from(row[o]) * f64::from(mo[o * nb + b])).abs()).sum::<f64>()) * 1e-5 + 1e-6;
+                    let c = b * QK + v;
+                    let got = f64::from(out[r * cols + c]);
+                    assert!((got - (want[v] + offsets)).abs() <= bound, "cols {cols} t={t} row {r} col {c}: {got} vs {}", want[v] + offsets);
+                    let exact: f64 = (0..n).map(|o| f64::from(row[o]) * f64::from(w[o * cols + c])).sum();
+                    assert!((got - exact).abs() <= rounding[v] * (1.0 + 1e-4) + bound, "row {r} col {c}: {got} vs exact {exact}");
+                }
+            }
+        }
+    }
+}
