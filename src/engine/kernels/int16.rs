@@ -89,6 +89,8 @@ thread_local! {
     static PACK: RefCell<(Vec<u8>, Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
     /// Per thread: quantized rows (values, scales, sums), and the backward pass's offset terms.
     static ROWS: RefCell<(Vec<i8>, Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
+    /// Per thread: the backward pass's weight values of one block, row by row.
+    static UNITS: RefCell<Vec<[u8; QK]>> = const { RefCell::new(Vec::new()) };
     /// Per thread: a partial register block's output.
     static TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
@@ -194,65 +196,67 @@ pub(super) fn matmul_t(parts: &[&QMatrix], dy: &[f32], rows: usize, out: &mut [f
     let tasks: Vec<usize> = (0..blocks).step_by(group).collect();
     let dst = SharedOut(out.as_mut_ptr());
     run_tasks(&tasks, |&b0| {
-        let mut units: Vec<[u8; QK]> = Vec::new();
-        PACK.with_borrow_mut(|(packed, dcol, mcol)| {
-            ROWS.with_borrow_mut(|(zq, zs, mterm)| {
-                for b in b0..(b0 + group).min(blocks) {
-                    // Two panels (the block's columns 0-15 and 16-31) over every stacked row, and
-                    // the rows' scales and offsets for this block.
-                    packed.clear();
-                    packed.resize(2 * groups * PB, 0);
-                    dcol.clear();
-                    dcol.resize(groups * QK, 0.0);
-                    mcol.clear();
-                    mcol.resize(groups * QK, 0.0);
-                    // The block's values row by row (zero past the last row), then packed four
-                    // rows at a time: column c's quad is those rows' values c.
-                    units.clear();
-                    units.resize(groups * QK, [0; QK]);
-                    let mut o = 0;
-                    for w in &q4 {
-                        for r in 0..w.rows {
-                            (dcol[o], mcol[o]) = w.block(r, b, &mut units[o]);
-                            o += 1;
-                        }
-                    }
-                    for (quad, rows4) in units.chunks_exact(4).enumerate() {
-                        let (g, v) = (quad * 4 / QK, quad * 4 % QK);
-                        let [r0, r1, r2, r3] = rows4 else { unreachable!("chunks of four") };
-                        for (c, (((&a, &b1), &c2), &d)) in r0.iter().zip(r1).zip(r2).zip(r3).enumerate() {
-                            let at = ((c / NR) * groups + g) * PB + lane(v, c % NR);
-                            packed[at..at + 4].copy_from_slice(&[a, b1, c2, d]);
-                        }
-                    }
-                    for t0 in (0..rows).step_by(CHUNK) {
-                        let m_rows = CHUNK.min(rows - t0);
-                        zq.resize(m_rows * groups * QK, 0);
-                        zs.resize(m_rows * groups, 0.0);
-                        mterm.resize(m_rows, 0.0);
-                        for t in 0..m_rows {
-                            let row = &dy[(t0 + t) * n_total..(t0 + t + 1) * n_total];
-                            // SAFETY: AVX2 and FMA asserted above.
-                            mterm[t] =
-                                unsafe { scale_rows(row, dcol, mcol, &mut zq[t * groups * QK..(t + 1) * groups * QK], &mut zs[t * groups..(t + 1) * groups]) };
-                        }
-                        for m0 in (0..m_rows).step_by(MR) {
-                            let m = MR.min(m_rows - m0);
-                            let a = Rows { q: &zq[m0 * groups * QK..], lda: groups * QK, s: &zs[m0 * groups..], sum: None, lds: groups };
-                            for p in 0..2 {
-                                let panel = Panel { w: &packed[p * groups * PB..(p + 1) * groups * PB], cd: None };
-                                // SAFETY: the output cells are rows t0 + m0 .. + m, columns 32·b +
-                                // 16·p .. + 16 (stride `k`), inside `out` and written by this task only.
-                                unsafe { block(m, &a, &panel, groups, dst.get().add((t0 + m0) * k + b * QK + p * NR), k, NR) };
+        UNITS.with_borrow_mut(|units| {
+            PACK.with_borrow_mut(|(packed, dcol, mcol)| {
+                ROWS.with_borrow_mut(|(zq, zs, mterm)| {
+                    for b in b0..(b0 + group).min(blocks) {
+                        // Two panels (the block's columns 0-15 and 16-31) over every stacked row, and
+                        // the rows' scales and offsets for this block.
+                        packed.clear();
+                        packed.resize(2 * groups * PB, 0);
+                        dcol.clear();
+                        dcol.resize(groups * QK, 0.0);
+                        mcol.clear();
+                        mcol.resize(groups * QK, 0.0);
+                        // The block's values row by row (zero past the last row), then packed four
+                        // rows at a time: column c's quad is those rows' values c.
+                        units.clear();
+                        units.resize(groups * QK, [0; QK]);
+                        let mut o = 0;
+                        for w in &q4 {
+                            for r in 0..w.rows {
+                                (dcol[o], mcol[o]) = w.block(r, b, &mut units[o]);
+                                o += 1;
                             }
                         }
-                        for (t, &add) in mterm[..m_rows].iter().enumerate() {
-                            // SAFETY: row t0 + t, columns 32·b .. + 32: this task's cells of `out`.
-                            let cells = unsafe { std::slice::from_raw_parts_mut(dst.get().add((t0 + t) * k + b * QK), QK) };
-                            cells.iter_mut().for_each(|c| *c += add);
+                        for (quad, rows4) in units.chunks_exact(4).enumerate() {
+                            let (g, v) = (quad * 4 / QK, quad * 4 % QK);
+                            let [r0, r1, r2, r3] = rows4 else { unreachable!("chunks of four") };
+                            for (c, (((&a, &b1), &c2), &d)) in r0.iter().zip(r1).zip(r2).zip(r3).enumerate() {
+                                let at = ((c / NR) * groups + g) * PB + lane(v, c % NR);
+                                packed[at..at + 4].copy_from_slice(&[a, b1, c2, d]);
+                            }
+                        }
+                        for t0 in (0..rows).step_by(CHUNK) {
+                            let m_rows = CHUNK.min(rows - t0);
+                            zq.resize(m_rows * groups * QK, 0);
+                            zs.resize(m_rows * groups, 0.0);
+                            mterm.resize(m_rows, 0.0);
+                            for t in 0..m_rows {
+                                let row = &dy[(t0 + t) * n_total..(t0 + t + 1) * n_total];
+                                // SAFETY: AVX2 and FMA asserted above.
+                                mterm[t] = unsafe {
+                                    scale_rows(row, dcol, mcol, &mut zq[t * groups * QK..(t + 1) * groups * QK], &mut zs[t * groups..(t + 1) * groups])
+                                };
+                            }
+                            for m0 in (0..m_rows).step_by(MR) {
+                                let m = MR.min(m_rows - m0);
+                                let a = Rows { q: &zq[m0 * groups * QK..], lda: groups * QK, s: &zs[m0 * groups..], sum: None, lds: groups };
+                                for p in 0..2 {
+                                    let panel = Panel { w: &packed[p * groups * PB..(p + 1) * groups * PB], cd: None };
+                                    // SAFETY: the output cells are rows t0 + m0 .. + m, columns 32·b +
+                                    // 16·p .. + 16 (stride `k`), inside `out` and written by this task only.
+                                    unsafe { block(m, &a, &panel, groups, dst.get().add((t0 + m0) * k + b * QK + p * NR), k, NR) };
+                                }
+                            }
+                            for (t, &add) in mterm[..m_rows].iter().enumerate() {
+                                // SAFETY: row t0 + t, columns 32·b .. + 32: this task's cells of `out`.
+                                let cells = unsafe { std::slice::from_raw_parts_mut(dst.get().add((t0 + t) * k + b * QK), QK) };
+                                cells.iter_mut().for_each(|c| *c += add);
+                            }
                         }
                     }
-                }
+                });
             });
         });
     });
