@@ -391,23 +391,43 @@ impl Attn {
         }
     }
 
+    /// The query positions in two parts of about equal causal work (block `i0` of `bq` queries costs
+    /// about `bq · (i0 + bq)`), whole blocks of [`BQ`]: the f32 passes run (head, part) pairs in
+    /// parallel, so that heads that do not divide among the threads still keep them all busy.
+    fn parts(&self) -> Vec<std::ops::Range<usize>> {
+        let t = self.t;
+        let work = |i0: usize| (i0 + BQ.min(t - i0)) * BQ.min(t - i0);
+        let total: usize = (0..t).step_by(BQ).map(work).sum();
+        let mut acc = 0;
+        for i0 in (0..t).step_by(BQ) {
+            acc += work(i0);
+            if 2 * acc >= total && i0 + BQ < t {
+                return vec![0..i0 + BQ, i0 + BQ..t];
+            }
+        }
+        std::iter::once(0..t).collect()
+    }
+
     /// [`Attn::forward`] in f32: per head `[t, hd]`.
     fn f32_forward(&self, qkv: &[f32]) -> Vec<Vec<f32>> {
-        let (t, hd) = (self.t, self.hd);
-        (0..self.nh)
-            .into_par_iter()
-            .map(|head| {
+        let hd = self.hd;
+        let parts = self.parts();
+        let items: Vec<(usize, std::ops::Range<usize>)> = (0..self.nh).flat_map(|head| parts.iter().map(move |r| (head, r.clone()))).collect();
+        let outs: Vec<Vec<f32>> = items
+            .par_iter()
+            .map(|(head, range)| {
                 let g = head / (self.nh / self.nkv);
-                let mut o = vec![0f32; t * hd];
+                let mut o = vec![0f32; range.len() * hd];
                 let mut p = Vec::new();
-                for i0 in (0..t).step_by(BQ) {
-                    let bq = BQ.min(t - i0);
-                    let n = self.probs(qkv, head, i0, bq, &mut p);
-                    mm(bq, hd, n, &mut o[i0 * hd..], hd, false, &p, n, 1, &qkv[self.v0(g)..], self.qkv_w, 1, 1.0, false);
+                for i0 in range.clone().step_by(BQ) {
+                    let bq = BQ.min(range.end - i0);
+                    let n = self.probs(qkv, *head, i0, bq, &mut p);
+                    mm(bq, hd, n, &mut o[(i0 - range.start) * hd..], hd, false, &p, n, 1, &qkv[self.v0(g)..], self.qkv_w, 1, 1.0, false);
                 }
                 o
             })
-            .collect()
+            .collect();
+        outs.chunks(parts.len()).map(|per_head| per_head.concat()).collect()
     }
 
     /// Gradients of queries, keys and values (`[t, qkv_w]`, overwritten) from the output gradient
@@ -443,22 +463,28 @@ impl Attn {
         }
     }
 
-    /// [`Attn::backward`] in f32: per head `[dq, dk, dv]`, each `[t, hd]`.
+    /// [`Attn::backward`] in f32: per head `[dq, dk, dv]`, each `[t, hd]` (the heads' query parts
+    /// in parallel, see [`Attn::parts`]: the parts' key and value gradients add up).
     fn f32_backward(&self, qkv: &[f32], out: &[f32], d_out: &[f32]) -> Vec<[Vec<f32>; 3]> {
         let (t, hd, q_w, w) = (self.t, self.hd, self.q_w(), self.qkv_w);
         let scale = 1.0 / (hd as f32).sqrt();
-        (0..self.nh)
-            .into_par_iter()
-            .map(|head| {
+        let parts = self.parts();
+        let items: Vec<(usize, std::ops::Range<usize>)> = (0..self.nh).flat_map(|head| parts.iter().map(move |r| (head, r.clone()))).collect();
+        let grads: Vec<[Vec<f32>; 3]> = items
+            .par_iter()
+            .map(|(head, range)| {
+                let head = *head;
                 let g = head / (self.nh / self.nkv);
-                let (mut dq, mut dk, mut dv) = (vec![0f32; t * hd], vec![0f32; t * hd], vec![0f32; t * hd]);
+                // dQ for this part's queries; dK and dV over the keys they see (0..range.end).
+                let (mut dq, mut dk, mut dv) = (vec![0f32; range.len() * hd], vec![0f32; range.end * hd], vec![0f32; range.end * hd]);
                 // D_i = dO_i · O_i.
-                let dd: Vec<f32> = (0..t)
+                let dd: Vec<f32> = range
+                    .clone()
                     .map(|i| kernels::dot_f32(&d_out[i * q_w + head * hd..i * q_w + (head + 1) * hd], &out[i * q_w + head * hd..i * q_w + (head + 1) * hd]))
                     .collect();
                 let (mut p, mut dp) = (Vec::new(), Vec::new());
-                for i0 in (0..t).step_by(BQ) {
-                    let bq = BQ.min(t - i0);
+                for i0 in range.clone().step_by(BQ) {
+                    let bq = BQ.min(range.end - i0);
                     let n = self.probs(qkv, head, i0, bq, &mut p);
                     let d_o = &d_out[i0 * q_w + head * hd..];
                     // dV[0..n] += Pᵀ dO.
@@ -468,14 +494,26 @@ impl Attn {
                     mm(bq, n, hd, &mut dp, n, false, d_o, q_w, 1, &qkv[self.v0(g)..], 1, w, 1.0, false);
                     for ii in 0..bq {
                         let row = ii * n;
-                        let di = dd[i0 + ii];
+                        let di = dd[i0 - range.start + ii];
                         for j in 0..n {
                             dp[row + j] = p[row + j] * (dp[row + j] - di);
                         }
                     }
                     // dQ = scale · dS K; dK[0..n] += scale · dSᵀ Q.
-                    mm(bq, hd, n, &mut dq[i0 * hd..], hd, false, &dp, n, 1, &qkv[self.k0(g)..], w, 1, scale, false);
+                    mm(bq, hd, n, &mut dq[(i0 - range.start) * hd..], hd, false, &dp, n, 1, &qkv[self.k0(g)..], w, 1, scale, false);
                     mm(n, hd, bq, &mut dk, hd, true, &dp, 1, n, &qkv[i0 * w + head * hd..], w, 1, scale, false);
+                }
+                [dq, dk, dv]
+            })
+            .collect();
+        grads
+            .chunks(parts.len())
+            .map(|per_head| {
+                let dq = per_head.iter().flat_map(|[dq, _, _]| dq.iter().copied()).collect();
+                let (mut dk, mut dv) = (vec![0f32; t * hd], vec![0f32; t * hd]);
+                for [_, k, v] in per_head {
+                    dk[..k.len()].iter_mut().zip(k).for_each(|(a, b)| *a += b);
+                    dv[..v.len()].iter_mut().zip(v).for_each(|(a, b)| *a += b);
                 }
                 [dq, dk, dv]
             })
