@@ -60,6 +60,23 @@ pub(super) fn run_tasks<T: Sync>(tasks: &[T], task: impl Fn(&T) + Sync + Send) {
     }
 }
 
+/// Tasks over the weight rows of `parts` side by side: groups of up to `max` panels of `nr` rows
+/// each ([`group_size`] of them per task over the current rayon pool), each task as (part, first
+/// row, first output column). Returns the panels per task and the tasks.
+pub(super) fn row_tasks(parts: &[&QMatrix], nr: usize, max: usize) -> (usize, Vec<(usize, usize, usize)>) {
+    let total: usize = parts.iter().map(|p| p.rows().div_ceil(nr)).sum();
+    let group = group_size(total, rayon::current_num_threads().max(1), max);
+    let mut tasks = Vec::new();
+    let mut c0 = 0;
+    for (pi, p) in parts.iter().enumerate() {
+        for r0 in (0..p.rows()).step_by(group * nr) {
+            tasks.push((pi, r0, c0 + r0));
+        }
+        c0 += p.rows();
+    }
+    (group, tasks)
+}
+
 /// `out[t][o] = Σ_i w[o][i] · x[t][i]` for the parts side by side (`out` is `[rows, Σ parts.rows]`),
 /// in f32 with FMA. Work is split over groups of weight rows across the current rayon pool.
 ///
@@ -73,16 +90,7 @@ pub(super) fn matmul(parts: &[&QMatrix], x: &[f32], rows: usize, out: &mut [f32]
     if rows == 0 || width == 0 {
         return;
     }
-    let total: usize = parts.iter().map(|p| p.rows().div_ceil(NR)).sum();
-    let group = group_size(total, rayon::current_num_threads().max(1), GROUP);
-    let mut tasks = Vec::new();
-    let mut c0 = 0;
-    for (pi, p) in parts.iter().enumerate() {
-        for r0 in (0..p.rows()).step_by(group * NR) {
-            tasks.push((pi, r0, c0 + r0));
-        }
-        c0 += p.rows();
-    }
+    let (group, tasks) = row_tasks(parts, NR, GROUP);
     let dst = SharedOut(out.as_mut_ptr());
     run_tasks(&tasks, |&(pi, r0, col)| {
         let w = parts[pi];

@@ -26,7 +26,7 @@ use std::sync::OnceLock;
 
 use rayon::prelude::*;
 
-use super::fma::{group_size, run_tasks};
+use super::fma::{group_size, row_tasks, run_tasks};
 use super::{Isa, QKind, QMatrix, Scales, SharedOut, QK};
 
 /// Output columns per register block: two 8-lane registers.
@@ -111,16 +111,7 @@ pub(super) fn matmul(parts: &[&QMatrix], x: &[f32], rows: usize, out: &mut [f32]
     }
     let q4: Vec<Q4> = parts.iter().map(|p| Q4::of(p)).collect();
     let nb = k / QK;
-    let total: usize = parts.iter().map(|p| p.rows().div_ceil(NR)).sum();
-    let group = group_size(total, rayon::current_num_threads().max(1), GROUP);
-    let mut tasks = Vec::new();
-    let mut c0 = 0;
-    for (pi, p) in parts.iter().enumerate() {
-        for r0 in (0..p.rows()).step_by(group * NR) {
-            tasks.push((pi, r0, c0 + r0));
-        }
-        c0 += p.rows();
-    }
+    let (group, tasks) = row_tasks(parts, NR, GROUP);
     let dst = SharedOut(out.as_mut_ptr());
     // Taken out of the thread's buffers for the product: while the tasks run, this thread may take
     // up other work that uses them.
