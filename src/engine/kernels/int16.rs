@@ -38,8 +38,11 @@ const MR: usize = 6;
 const PB: usize = QK * NR;
 /// Panels of [`NR`] output columns per forward task.
 const GROUP: usize = 4;
-/// Activation rows quantized together in the backward pass (a multiple of [`MR`]).
-const CHUNK: usize = 48;
+/// Output blocks of 32 columns per backward task, at most.
+const BLOCKS: usize = 4;
+/// Stacked weight rows the backward pass reduces over at once, at most (a multiple of 32; more
+/// make slabs whose products add up).
+const SLAB: usize = 1536;
 
 /// Whether [`matmul`] and [`matmul_t`] take these parts: every part 4-bit ([`QKind::Q4`]), and
 /// `AGENTLM_INT16` does not say `0`.
@@ -87,10 +90,10 @@ fn lane(v: usize, c: usize) -> usize {
 thread_local! {
     /// Per thread: packed weight panels, their column scales and offsets.
     static PACK: RefCell<(Vec<u8>, Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
-    /// Per thread: quantized rows (values, scales, sums), and the backward pass's offset terms.
+    /// Per thread: the forward pass's quantized rows (values, scales, sums).
     static ROWS: RefCell<(Vec<i8>, Vec<f32>, Vec<f32>)> = const { RefCell::new((Vec::new(), Vec::new(), Vec::new())) };
-    /// Per thread: the backward pass's weight values of one block, row by row.
-    static UNITS: RefCell<Vec<[u8; QK]>> = const { RefCell::new(Vec::new()) };
+    /// Per thread: the backward pass's buffers.
+    static BACK: RefCell<Back> = RefCell::new(Back::default());
     /// Per thread: a partial register block's output.
     static TILE: RefCell<Vec<f32>> = const { RefCell::new(Vec::new()) };
 }
@@ -154,7 +157,7 @@ pub(super) fn matmul(parts: &[&QMatrix], x: &[f32], rows: usize, out: &mut [f32]
                         let b = Panel { w: &packed[g * nb * PB..(g + 1) * nb * PB], cd: Some((&cd[g * nb * NR..], &cm[g * nb * NR..])) };
                         // SAFETY: the output cells are rows m0..m0 + m, columns col + g·NR .. + cols
                         // (stride `width`), inside `out` and written by this task only.
-                        unsafe { block(m, &a, &b, nb, dst.get().add(m0 * width + col + g * NR), width, cols) };
+                        unsafe { block(m, &a, &b, nb, Cells { c: dst.get().add(m0 * width + col + g * NR), ldc: width, n: cols, add: false }) };
                     }
                 }
             });
@@ -165,7 +168,13 @@ pub(super) fn matmul(parts: &[&QMatrix], x: &[f32], rows: usize, out: &mut [f32]
 
 /// `out[t][c] = Σ_n dy[t][n] · w[n][c]` with `w` the 4-bit parts stacked by rows (`dy` is `[rows,
 /// Σ parts.rows]`, `out` `[rows, cols]`): the backward pass's `dX = dY · W` from the weights as they
-/// are stored. Split over groups of output blocks across the current rayon pool.
+/// are stored. Split over tiles of output blocks across the current rayon pool.
+///
+/// Each task packs its tile's blocks (up to [`BLOCKS`]) over a slab of stacked rows (up to [`SLAB`],
+/// the slabs adding up), then runs over the gradient rows a chunk at a time: a chunk's `dY` is read
+/// once for all the tile's blocks (scaled per block by [`scale_rows`]) while the packed panels stay in
+/// cache. (`dY` is the largest operand — 6 MiB for the gate and up projections of 512 rows of
+/// SmolLM2 — and was read again from outer cache for every block of 32 output columns.)
 ///
 /// # Panics
 /// The CPU lacks AVX2 or FMA; parts that are not all 4-bit or of different widths; shapes that do
@@ -180,77 +189,123 @@ pub(super) fn matmul_t(parts: &[&QMatrix], dy: &[f32], rows: usize, out: &mut [f
         return;
     }
     let q4: Vec<Q4> = parts.iter().map(|p| Q4::of(p)).collect();
-    // The reduction (stacked rows) in groups of 32, the last one padded with zeros.
-    let groups = n_total.div_ceil(QK);
+    // Slabs of the stacked rows, on boundaries of groups of 32 (so the gradients are quantized in
+    // the same groups as over all the rows at once).
+    let slabs: Vec<std::ops::Range<usize>> = (0..n_total).step_by(SLAB).map(|s0| s0..(s0 + SLAB).min(n_total)).collect();
     let blocks = k / QK;
-    let group = group_size(blocks, rayon::current_num_threads().max(1), GROUP / 2);
-    let tasks: Vec<usize> = (0..blocks).step_by(group).collect();
+    let tile = group_size(blocks, rayon::current_num_threads().max(1), BLOCKS);
+    let tasks: Vec<usize> = (0..blocks).step_by(tile).collect();
     let dst = SharedOut(out.as_mut_ptr());
     run_tasks(&tasks, |&b0| {
-        UNITS.with_borrow_mut(|units| {
-            PACK.with_borrow_mut(|(packed, dcol, mcol)| {
-                ROWS.with_borrow_mut(|(zq, zs, mterm)| {
-                    for b in b0..(b0 + group).min(blocks) {
-                        // Two panels (the block's columns 0-15 and 16-31) over every stacked row, and
-                        // the rows' scales and offsets for this block.
-                        packed.clear();
-                        packed.resize(2 * groups * PB, 0);
-                        dcol.clear();
-                        dcol.resize(groups * QK, 0.0);
-                        mcol.clear();
-                        mcol.resize(groups * QK, 0.0);
-                        // The block's values row by row (zero past the last row), then packed four
-                        // rows at a time: column c's quad is those rows' values c.
-                        units.clear();
-                        units.resize(groups * QK, [0; QK]);
-                        let mut o = 0;
-                        for w in &q4 {
-                            for r in 0..w.rows {
-                                (dcol[o], mcol[o]) = w.block(r, b, &mut units[o]);
-                                o += 1;
-                            }
-                        }
-                        for (quad, rows4) in units.chunks_exact(4).enumerate() {
-                            let (g, v) = (quad * 4 / QK, quad * 4 % QK);
-                            let [r0, r1, r2, r3] = rows4 else { unreachable!("chunks of four") };
-                            for (c, (((&a, &b1), &c2), &d)) in r0.iter().zip(r1).zip(r2).zip(r3).enumerate() {
-                                let at = ((c / NR) * groups + g) * PB + lane(v, c % NR);
-                                packed[at..at + 4].copy_from_slice(&[a, b1, c2, d]);
-                            }
-                        }
-                        for t0 in (0..rows).step_by(CHUNK) {
-                            let m_rows = CHUNK.min(rows - t0);
-                            zq.resize(m_rows * groups * QK, 0);
-                            zs.resize(m_rows * groups, 0.0);
-                            mterm.resize(m_rows, 0.0);
-                            for t in 0..m_rows {
-                                let row = &dy[(t0 + t) * n_total..(t0 + t + 1) * n_total];
-                                // SAFETY: AVX2 and FMA asserted above.
-                                mterm[t] = unsafe {
-                                    scale_rows(row, dcol, mcol, &mut zq[t * groups * QK..(t + 1) * groups * QK], &mut zs[t * groups..(t + 1) * groups])
+        let tile = tile.min(blocks - b0);
+        BACK.with_borrow_mut(|back| {
+            for (first, slab) in slabs.iter().enumerate().map(|(i, s)| (i == 0, s)) {
+                let n = slab.len();
+                // The reduction in groups of 32 rows, the last one padded with zeros.
+                let groups = n.div_ceil(QK);
+                let width = groups * QK;
+                back.pack(&q4, slab.clone(), b0, tile);
+                let chunk = chunk_rows(tile, width);
+                let Back { packed, dcol, mcol, zq, zs, mterm, .. } = back;
+                zq.resize(tile * chunk * width, 0);
+                zs.resize(tile * chunk * groups, 0.0);
+                mterm.resize(tile * chunk, 0.0);
+                for t0 in (0..rows).step_by(chunk) {
+                    let m_rows = chunk.min(rows - t0);
+                    for t in 0..m_rows {
+                        let row = &dy[(t0 + t) * n_total + slab.start..(t0 + t) * n_total + slab.end];
+                        let at = Scaled { zq: &mut zq[t * width..], zs: &mut zs[t * groups..], mterm: &mut mterm[t..], stride: chunk };
+                        // SAFETY: AVX2 and FMA asserted above.
+                        unsafe { scale_rows(row, dcol, mcol, tile, at) };
+                    }
+                    for j in 0..tile {
+                        let b = b0 + j;
+                        for m0 in (0..m_rows).step_by(MR) {
+                            let m = MR.min(m_rows - m0);
+                            let a = Rows { q: &zq[(j * chunk + m0) * width..], lda: width, s: &zs[(j * chunk + m0) * groups..], sum: None, lds: groups };
+                            for p in 0..2 {
+                                let w = &packed[((2 * j + p) * groups) * PB..((2 * j + p + 1) * groups) * PB];
+                                let panel = Panel { w, cd: None };
+                                // SAFETY: the output cells are rows t0 + m0 .. + m, columns 32·b +
+                                // 16·p .. + 16 (stride `k`), inside `out` and written by this task only.
+                                unsafe {
+                                    block(m, &a, &panel, groups, Cells { c: dst.get().add((t0 + m0) * k + b * QK + p * NR), ldc: k, n: NR, add: !first })
                                 };
                             }
-                            for m0 in (0..m_rows).step_by(MR) {
-                                let m = MR.min(m_rows - m0);
-                                let a = Rows { q: &zq[m0 * groups * QK..], lda: groups * QK, s: &zs[m0 * groups..], sum: None, lds: groups };
-                                for p in 0..2 {
-                                    let panel = Panel { w: &packed[p * groups * PB..(p + 1) * groups * PB], cd: None };
-                                    // SAFETY: the output cells are rows t0 + m0 .. + m, columns 32·b +
-                                    // 16·p .. + 16 (stride `k`), inside `out` and written by this task only.
-                                    unsafe { block(m, &a, &panel, groups, dst.get().add((t0 + m0) * k + b * QK + p * NR), k, NR) };
-                                }
-                            }
-                            for (t, &add) in mterm[..m_rows].iter().enumerate() {
-                                // SAFETY: row t0 + t, columns 32·b .. + 32: this task's cells of `out`.
-                                let cells = unsafe { std::slice::from_raw_parts_mut(dst.get().add((t0 + t) * k + b * QK), QK) };
-                                cells.iter_mut().for_each(|c| *c += add);
-                            }
+                        }
+                        for (t, &add) in mterm[j * chunk..j * chunk + m_rows].iter().enumerate() {
+                            // SAFETY: row t0 + t, columns 32·b .. + 32: this task's cells of `out`.
+                            let cells = unsafe { std::slice::from_raw_parts_mut(dst.get().add((t0 + t) * k + b * QK), QK) };
+                            cells.iter_mut().for_each(|c| *c += add);
                         }
                     }
-                });
-            });
+                }
+            }
         });
     });
+}
+
+/// Gradient rows per chunk of the backward pass for `tile` blocks over `width` stacked rows: a
+/// multiple of [`MR`] (6 to 48) whose scaled rows (`tile · width` bytes each) and `dY` rows (`4 ·
+/// width`) take about 192 KiB, beside the packed panels (`tile · 32 · width`).
+fn chunk_rows(tile: usize, width: usize) -> usize {
+    ((192 << 10) / ((tile + 4) * width.max(1)) / MR * MR).clamp(MR, 48)
+}
+
+/// Per thread: the backward pass's buffers.
+#[derive(Default)]
+struct Back {
+    /// The tile's blocks as packed panels: per block two panels (columns 0-15, 16-31) of the
+    /// slab's groups of 32 rows.
+    packed: Vec<u8>,
+    /// Per block, the slab's rows' scales and offsets (`[tile][width]`, zero past the last row).
+    dcol: Vec<f32>,
+    mcol: Vec<f32>,
+    /// One block's values row by row.
+    units: Vec<[u8; QK]>,
+    /// A chunk's scaled gradients per block: values `[tile][chunk][width]`, scales `[tile][chunk]
+    /// [groups]`, offset terms `[tile][chunk]`.
+    zq: Vec<i8>,
+    zs: Vec<f32>,
+    mterm: Vec<f32>,
+}
+
+impl Back {
+    /// Packs blocks `b0..b0 + tile` of the stacked rows `slab` of `q4`.
+    fn pack(&mut self, q4: &[Q4], slab: std::ops::Range<usize>, b0: usize, tile: usize) {
+        let groups = slab.len().div_ceil(QK);
+        let width = groups * QK;
+        let Back { packed, dcol, mcol, units, .. } = self;
+        packed.clear();
+        packed.resize(tile * 2 * groups * PB, 0);
+        dcol.clear();
+        dcol.resize(tile * width, 0.0);
+        mcol.clear();
+        mcol.resize(tile * width, 0.0);
+        for j in 0..tile {
+            // The block's values row by row (zero past the last row), then packed four rows at a
+            // time: column c's quad is those rows' values c.
+            units.clear();
+            units.resize(width, [0; QK]);
+            let mut first = 0;
+            for w in q4 {
+                for r in first.max(slab.start)..(first + w.rows).min(slab.end) {
+                    let o = r - slab.start;
+                    (dcol[j * width + o], mcol[j * width + o]) = w.block(r - first, b0 + j, &mut units[o]);
+                }
+                first += w.rows;
+            }
+            let panels = &mut packed[j * 2 * groups * PB..(j + 1) * 2 * groups * PB];
+            for (quad, rows4) in units.chunks_exact(4).enumerate() {
+                let (g, v) = (quad * 4 / QK, quad * 4 % QK);
+                let [r0, r1, r2, r3] = rows4 else { unreachable!("chunks of four") };
+                for (c, (((&a, &b1), &c2), &d)) in r0.iter().zip(r1).zip(r2).zip(r3).enumerate() {
+                    let at = ((c / NR) * groups + g) * PB + lane(v, c % NR);
+                    panels[at..at + 4].copy_from_slice(&[a, b1, c2, d]);
+                }
+            }
+        }
+    }
 }
 
 /// Quantizes `rows` rows of `k` values per block of 32 ([`quantize_row`]), rows in parallel when
@@ -312,43 +367,61 @@ unsafe fn quantize_row(x: &[f32], q: &mut [i8], s: &mut [f32], sum: &mut [f32]) 
     }
 }
 
-/// One gradient row for one block of output columns: `z = dy · dcol` quantized per 32 rows of the
-/// weights into `q` (groups of 32, the padding zero; scale `max|z| / 127`, rounded to nearest even)
-/// with scales `s`; returns `Σ dy · mcol`.
+/// Where [`scale_rows`] writes one gradient row's results for the tile's blocks: block `j`'s
+/// values at `zq[j · stride · width..]`, scales at `zs[j · stride · groups..]`, offset term at
+/// `mterm[j · stride]`.
+struct Scaled<'a> {
+    zq: &'a mut [i8],
+    zs: &'a mut [f32],
+    mterm: &'a mut [f32],
+    stride: usize,
+}
+
+/// One gradient row for `tile` blocks of output columns: per block `j`, `z = dy · dcol[j]`
+/// quantized per 32 rows of the weights (groups of 32, the padding zero; scale `max|z| / 127`,
+/// rounded to nearest even) and `Σ dy · mcol[j]` (`dcol`, `mcol`: `[tile][width]`). Each group of
+/// `dy` is loaded once for all the blocks.
 ///
 /// # Safety
 /// The CPU supports AVX2 and FMA.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn scale_rows(dy: &[f32], dcol: &[f32], mcol: &[f32], q: &mut [i8], s: &mut [f32]) -> f32 {
+unsafe fn scale_rows(dy: &[f32], dcol: &[f32], mcol: &[f32], tile: usize, at: Scaled) {
     let n = dy.len();
-    assert!(dcol.len() >= n && mcol.len() >= n && q.len() == n.div_ceil(QK) * QK && s.len() == n.div_ceil(QK));
-    let mut offsets = _mm256_setzero_ps();
-    let (mut tail_dy, mut tail_d, mut tail_m) = ([0f32; QK], [0f32; QK], [0f32; QK]);
-    for (g, (qg, sg)) in q.chunks_exact_mut(QK).zip(s.iter_mut()).enumerate() {
+    let groups = n.div_ceil(QK);
+    let width = groups * QK;
+    assert!((1..=BLOCKS).contains(&tile) && dcol.len() >= tile * width && mcol.len() >= tile * width);
+    assert!(at.zq.len() > (tile - 1) * at.stride * width + width - 1 && at.zs.len() > (tile - 1) * at.stride * groups + groups - 1);
+    assert!(at.mterm.len() > (tile - 1) * at.stride);
+    let mut offsets = [_mm256_setzero_ps(); BLOCKS];
+    let mut tail = [0f32; QK];
+    for g in 0..groups {
         let lo = g * QK;
-        let (y, d, m) = if lo + QK <= n {
-            (&dy[lo..lo + QK], &dcol[lo..lo + QK], &mcol[lo..lo + QK])
+        let y = if lo + QK <= n {
+            &dy[lo..lo + QK]
         } else {
-            let len = n - lo;
-            tail_dy[..len].copy_from_slice(&dy[lo..]);
-            tail_d[..len].copy_from_slice(&dcol[lo..n]);
-            tail_m[..len].copy_from_slice(&mcol[lo..n]);
-            (&tail_dy[..], &tail_d[..], &tail_m[..])
+            tail[..n - lo].copy_from_slice(&dy[lo..]);
+            &tail[..]
         };
-        // SAFETY: `y`, `d`, `m` hold 32 values each and `qg` 32 bytes.
-        unsafe {
-            let z: [__m256; 4] = std::array::from_fn(|i| {
-                let yv = _mm256_loadu_ps(y.as_ptr().add(8 * i));
-                offsets = _mm256_fmadd_ps(yv, _mm256_loadu_ps(m.as_ptr().add(8 * i)), offsets);
-                _mm256_mul_ps(yv, _mm256_loadu_ps(d.as_ptr().add(8 * i)))
-            });
-            *sg = quantize32(&z, qg.as_mut_ptr()).0;
+        // SAFETY: `y` holds 32 values.
+        let yv: [__m256; 4] = std::array::from_fn(|i| unsafe { _mm256_loadu_ps(y.as_ptr().add(8 * i)) });
+        for (j, off) in offsets.iter_mut().enumerate().take(tile) {
+            let (d, m) = (&dcol[j * width + lo..j * width + lo + QK], &mcol[j * width + lo..j * width + lo + QK]);
+            // SAFETY: `d`, `m` hold 32 values each; block j's 32 bytes of `zq` at group g (asserted).
+            unsafe {
+                let z: [__m256; 4] = std::array::from_fn(|i| {
+                    *off = _mm256_fmadd_ps(yv[i], _mm256_loadu_ps(m.as_ptr().add(8 * i)), *off);
+                    _mm256_mul_ps(yv[i], _mm256_loadu_ps(d.as_ptr().add(8 * i)))
+                });
+                at.zs[j * at.stride * groups + g] = quantize32(&z, at.zq.as_mut_ptr().add(j * at.stride * width + lo)).0;
+            }
         }
     }
-    let mut lanes = [0f32; 8];
-    // SAFETY: eight lanes into eight floats.
-    unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), offsets) };
-    lanes.iter().sum()
+    for (j, off) in offsets.iter().enumerate().take(tile) {
+        let mut lanes = [0f32; 8];
+        // SAFETY: eight lanes into eight floats.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), *off) };
+        at.mterm[j * at.stride] = lanes.iter().sum();
+    }
 }
 
 /// Quantized rows of a register block: values at stride `lda`, per 32 values a scale (and with
@@ -368,14 +441,24 @@ struct Panel<'a> {
     cd: Option<(&'a [f32], &'a [f32])>,
 }
 
+/// Where [`block`] writes: `n` cells per row at `c`, rows `ldc` apart; with `add` the products add
+/// to the cells' values, else they replace them.
+struct Cells {
+    c: *mut f32,
+    ldc: usize,
+    n: usize,
+    add: bool,
+}
+
 /// `c[i][j] = Σ_b (Σ_v u[b][v][j] · q[i][b·32 + v]) · s[i][b] · cd[b][j] + cm[b][j] · sum[i][b]`
-/// over `blocks` blocks, for `i < m` (`m <= MR`), `j < n` (`n <= NR`); `c` has row stride `ldc`.
+/// over `blocks` blocks, for `i < m` (`m <= MR`), `j < n` (`n <= NR`), into `out` ([`Cells`]).
 ///
 /// # Safety
 /// The CPU supports AVX2 and FMA; `a` holds `m` rows of `blocks` blocks (with scales and sums),
-/// `b` `blocks` packed blocks; the `m × n` cells at `c` are writable and touched by no other thread
-/// meanwhile.
-unsafe fn block(m: usize, a: &Rows, b: &Panel, blocks: usize, c: *mut f32, ldc: usize, n: usize) {
+/// `b` `blocks` packed blocks; the `m × n` cells of `out` are writable and touched by no other
+/// thread meanwhile.
+unsafe fn block(m: usize, a: &Rows, b: &Panel, blocks: usize, out: Cells) {
+    let Cells { c, ldc, n, add } = out;
     assert!(m <= MR && n <= NR && b.w.len() >= blocks * PB && a.q.len() >= (m - 1) * a.lda + blocks * QK && a.s.len() >= (m - 1) * a.lds + blocks);
     if let Some((cd, cm)) = b.cd {
         assert!(cd.len() >= blocks * NR && cm.len() >= blocks * NR && a.sum.is_some_and(|s| s.len() >= (m - 1) * a.lds + blocks));
@@ -386,18 +469,25 @@ unsafe fn block(m: usize, a: &Rows, b: &Panel, blocks: usize, c: *mut f32, ldc: 
         let (dst, ld) = if n == NR {
             (c, ldc)
         } else {
+            tile.clear();
             tile.resize(MR * NR, 0.0);
+            if add {
+                for i in 0..m {
+                    // SAFETY: row `i` of `c` has `n` readable cells (the caller's contract).
+                    unsafe { std::ptr::copy_nonoverlapping(c.add(i * ldc), tile.as_mut_ptr().add(i * NR), n) };
+                }
+            }
             (tile.as_mut_ptr(), NR)
         };
         // SAFETY: shapes asserted above; `dst` is `c` (the caller's contract) or the tile.
         unsafe {
             match m {
-                6 => kernel::<6>(a, b, blocks, dst, ld),
-                5 => kernel::<5>(a, b, blocks, dst, ld),
-                4 => kernel::<4>(a, b, blocks, dst, ld),
-                3 => kernel::<3>(a, b, blocks, dst, ld),
-                2 => kernel::<2>(a, b, blocks, dst, ld),
-                _ => kernel::<1>(a, b, blocks, dst, ld),
+                6 => kernel::<6>(a, b, blocks, dst, ld, add),
+                5 => kernel::<5>(a, b, blocks, dst, ld, add),
+                4 => kernel::<4>(a, b, blocks, dst, ld, add),
+                3 => kernel::<3>(a, b, blocks, dst, ld, add),
+                2 => kernel::<2>(a, b, blocks, dst, ld, add),
+                _ => kernel::<1>(a, b, blocks, dst, ld, add),
             }
         }
         if n < NR {
@@ -414,10 +504,10 @@ unsafe fn block(m: usize, a: &Rows, b: &Panel, blocks: usize, c: *mut f32, ldc: 
 /// # Safety
 /// As [`block`] (shapes checked there), with `c` holding `M` rows of [`NR`] cells at stride `ldc`.
 #[target_feature(enable = "avx2,fma")]
-unsafe fn kernel<const M: usize>(a: &Rows, b: &Panel, blocks: usize, c: *mut f32, ldc: usize) {
+unsafe fn kernel<const M: usize>(a: &Rows, b: &Panel, blocks: usize, c: *mut f32, ldc: usize, add: bool) {
     let ones = _mm256_set1_epi16(1);
     let (w, q, s) = (b.w.as_ptr(), a.q.as_ptr(), a.s.as_ptr());
-    for i in 0..M {
+    for i in (0..M).filter(|_| !add) {
         // SAFETY: row `i < M` of `c` has NR cells (the caller's contract).
         unsafe {
             _mm256_storeu_ps(c.add(i * ldc), _mm256_setzero_ps());

@@ -657,8 +657,12 @@ fn int16_transposed_products_are_the_quantized_product() {
         return;
     }
     let mut g = Gen(17);
-    for (cols, t) in [(768usize, 7usize), (96, 150), (160, 131)] {
-        let mats = q4_parts(cols, &[300, 45, 252], &mut g);
+    // The last case reduces over more rows than one slab takes (two slabs, the second of two parts)
+    // and over a part larger than a slab.
+    for (cols, t, rows) in
+        [(768usize, 7usize, &[300usize, 45, 252][..]), (96, 150, &[300, 45, 252]), (160, 131, &[300, 45, 252]), (64, 9, &[1000, 700, 40, 1600])]
+    {
+        let mats = q4_parts(cols, rows, &mut g);
         let parts: Vec<&QMatrix> = mats.iter().collect();
         let n: usize = mats.iter().map(QMatrix::rows).sum();
         let mut dy: Vec<f32> = (0..t * n).map(|_| g.float(-1.0, 1.0)).collect();
