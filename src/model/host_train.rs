@@ -125,6 +125,22 @@ fn mm(
     }
     assert!(last(a_rs, a_cs, m, k) < a.len() && last(b_rs, b_cs, k, n) < b.len(), "mm: operand too small");
     let threads = rayon::current_num_threads();
+    if par && threads > 1 && m * n * k >= 1 << 18 && m >= 2 && n <= dst_rs {
+        // One block of result rows per thread, each a serial product: the adapters' products are
+        // narrow (`r`, 8 to 64, columns or terms), which the gemm crate's own split divides poorly
+        // (a fifth less time for the adapters' passes with two threads).
+        let per = m.div_ceil(threads.min(m));
+        let mut blocks = Vec::with_capacity(threads);
+        let (mut rest, mut r0) = (dst, 0);
+        while r0 < m {
+            let r1 = (r0 + per).min(m);
+            let (head, tail) = if r1 < m { rest.split_at_mut((r1 - r0) * dst_rs) } else { (rest, &mut [][..]) };
+            blocks.push((r0, r1, head));
+            (rest, r0) = (tail, r1);
+        }
+        blocks.into_par_iter().for_each(|(r0, r1, d)| mm(r1 - r0, n, k, d, dst_rs, acc, &a[r0 * a_rs..], a_rs, a_cs, b, b_rs, b_cs, alpha, false));
+        return;
+    }
     let parallelism = if par && threads > 1 && m * n * k >= 1 << 18 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     // SAFETY: every index the product reads or writes was checked to lie inside its slice above
     // (the largest index of each strided operand); `dst` is borrowed mutably, so nothing aliases it.

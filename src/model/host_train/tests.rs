@@ -278,3 +278,30 @@ fn tile_attention_matches_f32_attention() {
         }
     }
 }
+
+/// `mm` split into blocks of rows over the pool gives the serial product: overwriting and adding,
+/// with strided and transposed operands, row counts that do not divide among the threads, and a
+/// destination whose rows are wider than the result.
+#[test]
+fn mm_row_blocks_match_the_serial_product() {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().expect("pool");
+    let mut rng = Rng::new(7);
+    for (m, n, k) in [(517usize, 24usize, 576usize), (576, 8, 511), (24, 576, 512), (2, 600, 300)] {
+        // `a` is [m, k] read transposed from a [k, m + 3] buffer; `b` is [k, n] in a [k, n + 5] buffer.
+        let a = uniform(&mut rng, k * (m + 3), 1.0);
+        let b = uniform(&mut rng, k * (n + 5), 1.0);
+        let init = uniform(&mut rng, m * (n + 2), 1.0);
+        for acc in [false, true] {
+            let (mut par, mut serial) = (init.clone(), init.clone());
+            pool.install(|| mm(m, n, k, &mut par, n + 2, acc, &a, 1, m + 3, &b, n + 5, 1, 0.5, true));
+            mm(m, n, k, &mut serial, n + 2, acc, &a, 1, m + 3, &b, n + 5, 1, 0.5, false);
+            assert!(m * n * k >= 1 << 18, "the case takes the parallel branch");
+            let worst = par.iter().zip(&serial).map(|(p, s)| (p - s).abs()).fold(0f32, f32::max);
+            assert!(worst <= 1e-4, "{m}x{n}x{k} acc {acc}: differs by {worst}");
+            // The cells between rows (columns n..n + 2) are left alone.
+            for i in 0..m {
+                assert_eq!(&par[i * (n + 2) + n..(i + 1) * (n + 2)], &init[i * (n + 2) + n..(i + 1) * (n + 2)], "row {i}'s padding");
+            }
+        }
+    }
+}
