@@ -72,9 +72,13 @@ impl<'a> Q4<'a> {
     /// Block `b` of row `r`: its 32 unsigned values, scale and offset (`w = d·u + m`).
     fn block(&self, r: usize, b: usize, u: &mut [u8; QK]) -> (f32, f32) {
         let blk = r * self.nb + b;
-        for (j, &byte) in self.qs[blk * 16..blk * 16 + 16].iter().enumerate() {
-            u[j] = byte & 0xF;
-            u[j + 16] = byte >> 4;
+        let qs = &self.qs[blk * 16..blk * 16 + 16];
+        // SAFETY: SSE2 is part of x86-64; `qs` holds 16 bytes and `u` 32.
+        unsafe {
+            let v = _mm_loadu_si128(qs.as_ptr().cast());
+            let low = _mm_set1_epi8(0x0F);
+            _mm_storeu_si128(u.as_mut_ptr().cast(), _mm_and_si128(v, low));
+            _mm_storeu_si128(u.as_mut_ptr().add(16).cast(), _mm_and_si128(_mm_srli_epi16::<4>(v), low));
         }
         let d = self.d.get(blk);
         (d, if self.centered { -8.0 * d } else { self.m.get(blk) })
@@ -130,23 +134,32 @@ pub(super) fn matmul(parts: &[&QMatrix], x: &[f32], rows: usize, out: &mut [f32]
                 packed.resize(n_panels * nb * PB, 0);
                 cd.resize(n_panels * nb * NR, 0.0);
                 cm.resize(n_panels * nb * NR, 0.0);
-                let mut u = [0u8; QK];
-                for j in 0..n_panels * NR {
-                    let (g, c) = (j / NR, j % NR);
+                // Eight columns (weight rows) at a time: per block, their values (eight quads each)
+                // transposed into the panel's rows of quads.
+                let mut u = [[0u8; QK]; 8];
+                for j0 in (0..n_panels * NR).step_by(8) {
+                    let (g, c0) = (j0 / NR, j0 % NR);
                     for b in 0..nb {
-                        let blk = &mut packed[(g * nb + b) * PB..(g * nb + b + 1) * PB];
-                        let (d, m) = if j < n {
-                            w.block(r0 + j, b, &mut u)
-                        } else {
-                            u = [0; QK];
-                            (0.0, 0.0)
-                        };
-                        // Column c's quad of values v..v + 4 is four consecutive bytes.
-                        for v in (0..QK).step_by(4) {
-                            blk[lane(v, c)..lane(v, c) + 4].copy_from_slice(&u[v..v + 4]);
+                        for (i, ui) in u.iter_mut().enumerate() {
+                            let c = c0 + i;
+                            let (d, m) = if j0 + i < n {
+                                w.block(r0 + j0 + i, b, ui)
+                            } else {
+                                *ui = [0; QK];
+                                (0.0, 0.0)
+                            };
+                            cd[(g * nb + b) * NR + c] = d;
+                            cm[(g * nb + b) * NR + c] = m;
                         }
-                        cd[(g * nb + b) * NR + c] = d;
-                        cm[(g * nb + b) * NR + c] = m;
+                        let blk = &mut packed[(g * nb + b) * PB..(g * nb + b + 1) * PB];
+                        // SAFETY: AVX2 asserted above; 32 bytes read per column, and quad row q's
+                        // 32 bytes for these columns written at `lane(4q, c0)` inside the block.
+                        unsafe {
+                            let rows = transpose8(std::array::from_fn(|i| _mm256_loadu_si256(u[i].as_ptr().cast())));
+                            for (q, row) in rows.iter().enumerate() {
+                                _mm256_storeu_si256(blk[lane(4 * q, c0)..lane(4 * q, c0) + 32].as_mut_ptr().cast(), *row);
+                            }
+                        }
                     }
                 }
                 for m0 in (0..rows).step_by(MR) {
@@ -298,14 +311,57 @@ impl Back {
             let panels = &mut packed[j * 2 * groups * PB..(j + 1) * 2 * groups * PB];
             for (quad, rows4) in units.chunks_exact(4).enumerate() {
                 let (g, v) = (quad * 4 / QK, quad * 4 % QK);
-                let [r0, r1, r2, r3] = rows4 else { unreachable!("chunks of four") };
-                for (c, (((&a, &b1), &c2), &d)) in r0.iter().zip(r1).zip(r2).zip(r3).enumerate() {
-                    let at = ((c / NR) * groups + g) * PB + lane(v, c % NR);
-                    panels[at..at + 4].copy_from_slice(&[a, b1, c2, d]);
+                for p in 0..2 {
+                    // Panel p's 16 columns, each the four rows' values: 64 bytes from `lane(v, 0)`,
+                    // the rows' bytes interleaved.
+                    let at = (p * groups + g) * PB + lane(v, 0);
+                    let out = &mut panels[at..at + 64];
+                    // SAFETY: SSE2 is part of x86-64; 16 bytes read from each row (at 16·p of
+                    // 32), 64 written to `out`.
+                    unsafe {
+                        let x: [__m128i; 4] = std::array::from_fn(|i| _mm_loadu_si128(rows4[i].as_ptr().add(16 * p).cast()));
+                        let (ab_lo, ab_hi) = (_mm_unpacklo_epi8(x[0], x[1]), _mm_unpackhi_epi8(x[0], x[1]));
+                        let (cd_lo, cd_hi) = (_mm_unpacklo_epi8(x[2], x[3]), _mm_unpackhi_epi8(x[2], x[3]));
+                        let quads = [
+                            _mm_unpacklo_epi16(ab_lo, cd_lo),
+                            _mm_unpackhi_epi16(ab_lo, cd_lo),
+                            _mm_unpacklo_epi16(ab_hi, cd_hi),
+                            _mm_unpackhi_epi16(ab_hi, cd_hi),
+                        ];
+                        for (i, q) in quads.iter().enumerate() {
+                            _mm_storeu_si128(out.as_mut_ptr().add(16 * i).cast(), *q);
+                        }
+                    }
                 }
             }
         }
     }
+}
+
+/// The 8 × 8 transpose of 32-bit lanes: output `q` holds lane `q` of each input in order.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn transpose8(r: [__m256i; 8]) -> [__m256i; 8] {
+    // Pairs interleaved by 32 bits, then by 64, then the 128-bit halves exchanged.
+    let t: [__m256i; 8] = std::array::from_fn(|i| {
+        let (a, b) = (r[i / 2 * 2], r[i / 2 * 2 + 1]);
+        if i % 2 == 0 {
+            _mm256_unpacklo_epi32(a, b)
+        } else {
+            _mm256_unpackhi_epi32(a, b)
+        }
+    });
+    // u[0..4]: lanes {0,4}, {1,5}, {2,6}, {3,7} of inputs 0-3; u[4..8]: the same of inputs 4-7.
+    let u: [__m256i; 8] = std::array::from_fn(|i| {
+        let base = (i / 4) * 4;
+        let (a, b) = (t[base + (i % 4) / 2], t[base + 2 + (i % 4) / 2]);
+        if i % 2 == 0 {
+            _mm256_unpacklo_epi64(a, b)
+        } else {
+            _mm256_unpackhi_epi64(a, b)
+        }
+    });
+    std::array::from_fn(|q| if q < 4 { _mm256_permute2x128_si256::<0x20>(u[q], u[q + 4]) } else { _mm256_permute2x128_si256::<0x31>(u[q - 4], u[q]) })
 }
 
 /// Quantizes `rows` rows of `k` values per block of 32 ([`quantize_row`]), rows in parallel when

@@ -206,6 +206,7 @@ impl Scales {
         self.len() == 0
     }
     /// Scale `i` in f32.
+    #[inline]
     pub fn get(&self, i: usize) -> f32 {
         match self {
             Scales::F16(v) => v[i].to_f32(),
