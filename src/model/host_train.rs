@@ -726,7 +726,22 @@ impl HostWeights {
         unpack(&acts.gu, gu);
         unpack(&acts.qkv, qkv);
         unpack(&acts.attn, attn);
-        swiglu_train(gu, inter, act);
+        // With the vectorised `exp`, σ(gate) is computed once, into the up half of `d_gu` (where
+        // SwiGLU's backward pass reads it before overwriting it), and SwiGLU's output from it, as
+        // `swiglu_train` computes it.
+        d_gu.resize(t * 2 * inter, 0.0);
+        let sig_ready = kernels::dense_products();
+        if sig_ready {
+            act.resize(t * inter, 0.0);
+            act.par_chunks_exact_mut(inter).zip(d_gu.par_chunks_exact_mut(2 * inter)).zip(gu.par_chunks_exact(2 * inter)).for_each(|((a, dgu), gu)| {
+                let (g, u) = gu.split_at(inter);
+                let sig = &mut dgu[inter..];
+                sigmoid(g, sig);
+                a.iter_mut().zip(&*sig).zip(g).zip(u).for_each(|(((a, &s), &g), &u)| *a = s * (g * u));
+            });
+        } else {
+            swiglu_train(gu, inter, act);
+        }
         // `dX = dY · W` for layer weight `i` (stacked `parts`): from the weights as stored, or from
         // their transpose.
         let product = |i: usize, parts: &[&QMatrix], dy: &[f32], q: &mut QActs, out: &mut [f32]| match bw.layers.get(l) {
@@ -742,11 +757,12 @@ impl HostWeights {
         product(3, &[&layer.down], dx, q, d_act);
         back(3, act, inter, dx, h, d_act, drop);
         // SwiGLU.
-        d_gu.resize(t * 2 * inter, 0.0);
         d_gu.par_chunks_exact_mut(2 * inter).zip(gu.par_chunks_exact(2 * inter)).zip(d_act.par_chunks_exact(inter)).for_each(|((dgu, gu), da)| {
             let (dg, du) = dgu.split_at_mut(inter);
             let (g, u) = gu.split_at(inter);
-            sigmoid(g, du);
+            if !sig_ready {
+                sigmoid(g, du);
+            }
             for i in 0..inter {
                 let s = du[i];
                 du[i] = da[i] * g[i] * s;
