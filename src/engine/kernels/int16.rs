@@ -497,8 +497,8 @@ struct Panel<'a> {
     cd: Option<(&'a [f32], &'a [f32])>,
 }
 
-/// Where [`block`] writes: `n` cells per row at `c`, rows `ldc` apart; with `add` the products add
-/// to the cells' values, else they replace them.
+/// Where [`block`] writes: `n` cells per row at `c`, rows `ldc` apart; with `add` (whole panels
+/// only, `n` = [`NR`]) the products add to the cells' values, else they replace them.
 struct Cells {
     c: *mut f32,
     ldc: usize,
@@ -515,6 +515,8 @@ struct Cells {
 /// thread meanwhile.
 unsafe fn block(m: usize, a: &Rows, b: &Panel, blocks: usize, out: Cells) {
     let Cells { c, ldc, n, add } = out;
+    // Adding goes straight into `c`: only whole panels add (the backward pass's slabs).
+    assert!(!add || n == NR, "int16 block: adding to a partial panel");
     assert!(m <= MR && n <= NR && b.w.len() >= blocks * PB && a.q.len() >= (m - 1) * a.lda + blocks * QK && a.s.len() >= (m - 1) * a.lds + blocks);
     if let Some((cd, cm)) = b.cd {
         assert!(cd.len() >= blocks * NR && cm.len() >= blocks * NR && a.sum.is_some_and(|s| s.len() >= (m - 1) * a.lds + blocks));
@@ -525,14 +527,7 @@ unsafe fn block(m: usize, a: &Rows, b: &Panel, blocks: usize, out: Cells) {
         let (dst, ld) = if n == NR {
             (c, ldc)
         } else {
-            tile.clear();
             tile.resize(MR * NR, 0.0);
-            if add {
-                for i in 0..m {
-                    // SAFETY: row `i` of `c` has `n` readable cells (the caller's contract).
-                    unsafe { std::ptr::copy_nonoverlapping(c.add(i * ldc), tile.as_mut_ptr().add(i * NR), n) };
-                }
-            }
             (tile.as_mut_ptr(), NR)
         };
         // SAFETY: shapes asserted above; `dst` is `c` (the caller's contract) or the tile.

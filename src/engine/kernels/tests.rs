@@ -657,8 +657,8 @@ fn int16_transposed_products_are_the_quantized_product() {
         return;
     }
     let mut g = Gen(17);
-    // The last case reduces over more rows than one slab takes (two slabs, the second of two parts)
-    // and over a part larger than a slab.
+    // The last case reduces over more rows than one slab takes (three slabs, cut inside parts) and
+    // over a part larger than a slab.
     for (cols, t, rows) in
         [(768usize, 7usize, &[300usize, 45, 252][..]), (96, 150, &[300, 45, 252]), (160, 131, &[300, 45, 252]), (64, 9, &[1000, 700, 40, 1600])]
     {
