@@ -1154,14 +1154,8 @@ pub fn exp_in_place(v: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if Isa::detected() >= Isa::Avx2 {
         // SAFETY: AVX2 and FMA were detected.
-        return unsafe { exp_in_place_avx2(v) };
+        return unsafe { x86::exp_in_place_avx2(v) };
     }
-    exp_portable(v)
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn exp_in_place_avx2(v: &mut [f32]) {
     exp_portable(v)
 }
 
@@ -1181,21 +1175,12 @@ pub fn softmax_in_place(v: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
     if Isa::detected() >= Isa::Avx2 {
         // SAFETY: AVX2 and FMA were detected.
-        return unsafe { softmax_in_place_avx2(v) };
+        return unsafe { x86::softmax_in_place_avx2(v) };
     }
     softmax_portable(v)
 }
 
-/// [`softmax_portable`] compiled for AVX2 (the same operations, so the same bits: Rust never fuses
-/// a multiply and an add on its own).
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_in_place_avx2(v: &mut [f32]) {
-    softmax_portable(v)
-}
-
-/// Inlined into its callers, so that [`softmax_in_place_avx2`] compiles it for AVX2.
-#[inline(always)]
+/// The reference [`softmax_in_place`]'s vectorised versions reproduce bit for bit.
 fn softmax_portable(v: &mut [f32]) {
     let max = v.iter().fold(f32::NEG_INFINITY, |m, &x| m.max(x));
     v.iter_mut().for_each(|x| *x -= max);

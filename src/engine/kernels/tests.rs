@@ -487,7 +487,7 @@ fn transposed_products_match_the_dequantized_product() {
 #[test]
 fn vectorised_exp_is_bit_for_bit_the_portable_one() {
     let mut g = Gen(11);
-    for len in [0usize, 1, 15, 16, 17, 100, 1000] {
+    for len in [0usize, 1, 7, 8, 9, 15, 16, 17, 100, 1000] {
         let x: Vec<f32> = (0..len).map(|i| if i % 7 == 0 { g.float(-200.0, 200.0) } else { g.float(-30.0, 5.0) }).collect();
         let (mut a, mut b) = (x.clone(), x.clone());
         exp_in_place(&mut a);
@@ -501,7 +501,7 @@ fn vectorised_exp_is_bit_for_bit_the_portable_one() {
 #[test]
 fn softmax_is_the_portable_one_and_close_to_the_exact_one() {
     let mut g = Gen(21);
-    for n in [1usize, 5, 16, 17, 100, 1024] {
+    for n in [1usize, 5, 8, 9, 15, 16, 17, 24, 31, 33, 100, 1024] {
         let v: Vec<f32> = (0..n).map(|_| g.float(-20.0, 20.0)).collect();
         let mut fast = v.clone();
         softmax_in_place(&mut fast);
