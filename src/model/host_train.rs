@@ -26,8 +26,11 @@ use crate::engine::kernels::{self, QActs, QMatrix};
 
 use super::host::{rms_norm, rope_half, swiglu, HostPair, HostWeights};
 
-/// Queries per block of the attention passes.
+/// Queries per block of the attention passes on the tile unit.
 const BQ: usize = 64;
+/// Query positions per block of the f32 attention passes (each with the group's heads stacked:
+/// `BQ_F32 · hpg` rows of probabilities).
+const BQ_F32: usize = 64;
 /// Rows per chunk of the masked head.
 const HEAD_ROWS: usize = 64;
 
@@ -370,18 +373,9 @@ impl Attn {
         self.q_w() + self.nkv * self.hd + g * self.hd
     }
 
-    /// Probabilities of queries `i0..i0 + bq` of `head` over keys `0..i0 + bq` into `p` (`[bq, n]`).
-    fn probs(&self, qkv: &[f32], head: usize, i0: usize, bq: usize, p: &mut Vec<f32>) -> usize {
-        let (hd, w) = (self.hd, self.qkv_w);
-        let g = head / (self.nh / self.nkv);
-        let n = i0 + bq;
-        p.resize(bq * n, 0.0);
-        let scale = 1.0 / (hd as f32).sqrt();
-        mm(bq, n, hd, p, n, false, &qkv[i0 * w + head * hd..], w, 1, &qkv[self.k0(g)..], 1, w, scale, false);
-        for (ii, row) in p.chunks_exact_mut(n).enumerate() {
-            softmax_row(row, i0 + ii + 1);
-        }
-        n
+    /// Query heads per key/value head.
+    fn hpg(&self) -> usize {
+        self.nh / self.nkv
     }
 
     /// Causal attention output `[t, q_w]`: on the tile unit where the frozen products run there
@@ -392,58 +386,84 @@ impl Attn {
             let heads = self.tile_forward(qkv);
             return self.gather(&heads, out);
         }
-        let heads = self.f32_forward(qkv);
-        self.gather(&heads, out);
+        let groups = self.f32_forward(qkv);
+        self.gather(&groups, out);
     }
 
-    /// Per-head outputs `[t, hd]` into `out` (`[t, q_w]`).
-    fn gather(&self, heads: &[Vec<f32>], out: &mut Vec<f32>) {
-        let (t, hd, q_w) = (self.t, self.hd, self.q_w());
+    /// Per-head (`[t, hd]`) or per-group (`[t, hpg · hd]`) outputs into `out` (`[t, q_w]`): the
+    /// blocks' widths follow from their count.
+    fn gather(&self, blocks: &[Vec<f32>], out: &mut Vec<f32>) {
+        let (t, q_w) = (self.t, self.q_w());
+        let bw = q_w / blocks.len();
         out.resize(t * q_w, 0.0);
-        for (head, o) in heads.iter().enumerate() {
+        for (b, o) in blocks.iter().enumerate() {
             for i in 0..t {
-                out[i * q_w + head * hd..i * q_w + (head + 1) * hd].copy_from_slice(&o[i * hd..(i + 1) * hd]);
+                out[i * q_w + b * bw..i * q_w + (b + 1) * bw].copy_from_slice(&o[i * bw..(i + 1) * bw]);
             }
         }
     }
 
     /// The query positions in two parts of about equal causal work (block `i0` of `bq` queries costs
-    /// about `bq · (i0 + bq)`), whole blocks of [`BQ`]: the f32 passes run (head, part) pairs in
-    /// parallel, so that heads that do not divide among the threads still keep them all busy.
+    /// about `bq · (i0 + bq)`), whole blocks of [`BQ_F32`]: the f32 passes run (group, part) pairs in
+    /// parallel, so that groups that do not divide among the threads still keep them all busy.
     fn parts(&self) -> Vec<std::ops::Range<usize>> {
         let t = self.t;
-        let work = |i0: usize| (i0 + BQ.min(t - i0)) * BQ.min(t - i0);
-        let total: usize = (0..t).step_by(BQ).map(work).sum();
+        let work = |i0: usize| (i0 + BQ_F32.min(t - i0)) * BQ_F32.min(t - i0);
+        let total: usize = (0..t).step_by(BQ_F32).map(work).sum();
         let mut acc = 0;
-        for i0 in (0..t).step_by(BQ) {
+        for i0 in (0..t).step_by(BQ_F32) {
             acc += work(i0);
-            if 2 * acc >= total && i0 + BQ < t {
-                return vec![0..i0 + BQ, i0 + BQ..t];
+            if 2 * acc >= total && i0 + BQ_F32 < t {
+                return vec![0..i0 + BQ_F32, i0 + BQ_F32..t];
             }
         }
         std::iter::once(0..t).collect()
     }
 
-    /// [`Attn::forward`] in f32: per head `[t, hd]`.
+    /// The (group, part) pairs of the f32 passes.
+    fn items(&self, parts: &[std::ops::Range<usize>]) -> Vec<(usize, std::ops::Range<usize>)> {
+        (0..self.nkv).flat_map(|g| parts.iter().map(move |r| (g, r.clone()))).collect()
+    }
+
+    /// Probabilities of group `g`'s stacked queries `qb` (see [`stack_rows`]) at positions
+    /// `i0..i0 + bq` over keys `0..i0 + bq` into `p` (`[bq · hpg, n]`, row `ii · hpg + h` for head
+    /// `h` of the group at position `i0 + ii`).
+    fn group_probs(&self, qkv: &[f32], g: usize, qb: &[f32], i0: usize, bq: usize, p: &mut Vec<f32>) -> usize {
+        let (hd, hpg) = (self.hd, self.hpg());
+        let n = i0 + bq;
+        p.resize(bq * hpg * n, 0.0);
+        let scale = 1.0 / (hd as f32).sqrt();
+        mm(bq * hpg, n, hd, p, n, false, qb, hd, 1, &qkv[self.k0(g)..], 1, self.qkv_w, scale, false);
+        for (r, row) in p.chunks_exact_mut(n).enumerate() {
+            softmax_row(row, i0 + r / hpg + 1);
+        }
+        n
+    }
+
+    /// [`Attn::forward`] in f32: per group of heads sharing keys and values, `[t, hpg · hd]`. The
+    /// group's heads are stacked into one product per block of queries (their rows side by side in
+    /// `qkv` are `[bq · hpg, hd]` once copied out), so the keys and values are packed once for the
+    /// group's heads.
     fn f32_forward(&self, qkv: &[f32]) -> Vec<Vec<f32>> {
-        let hd = self.hd;
+        let (hd, gw) = (self.hd, self.hpg() * self.hd);
         let parts = self.parts();
-        let items: Vec<(usize, std::ops::Range<usize>)> = (0..self.nh).flat_map(|head| parts.iter().map(move |r| (head, r.clone()))).collect();
-        let outs: Vec<Vec<f32>> = items
+        let outs: Vec<Vec<f32>> = self
+            .items(&parts)
             .par_iter()
-            .map(|(head, range)| {
-                let g = head / (self.nh / self.nkv);
-                let mut o = vec![0f32; range.len() * hd];
-                let mut p = Vec::new();
-                for i0 in range.clone().step_by(BQ) {
-                    let bq = BQ.min(range.end - i0);
-                    let n = self.probs(qkv, *head, i0, bq, &mut p);
-                    mm(bq, hd, n, &mut o[(i0 - range.start) * hd..], hd, false, &p, n, 1, &qkv[self.v0(g)..], self.qkv_w, 1, 1.0, false);
+            .map(|(g, range)| {
+                let g = *g;
+                let mut o = vec![0f32; range.len() * gw];
+                let (mut qb, mut p) = (Vec::new(), Vec::new());
+                for i0 in range.clone().step_by(BQ_F32) {
+                    let bq = BQ_F32.min(range.end - i0);
+                    stack_rows(qkv, self.qkv_w, g * gw, i0..i0 + bq, gw, &mut qb);
+                    let n = self.group_probs(qkv, g, &qb, i0, bq, &mut p);
+                    mm(bq * self.hpg(), hd, n, &mut o[(i0 - range.start) * gw..], hd, false, &p, n, 1, &qkv[self.v0(g)..], self.qkv_w, 1, 1.0, false);
                 }
                 o
             })
             .collect();
-        outs.chunks(parts.len()).map(|per_head| per_head.concat()).collect()
+        outs.chunks(parts.len()).map(|per_group| per_group.concat()).collect()
     }
 
     /// Gradients of queries, keys and values (`[t, qkv_w]`, overwritten) from the output gradient
@@ -454,21 +474,24 @@ impl Attn {
             let per_head = self.tile_backward(qkv, out, d_out);
             return self.scatter(&per_head, d_qkv);
         }
-        let per_head = self.f32_backward(qkv, out, d_out);
-        self.scatter(&per_head, d_qkv);
+        let per_group = self.f32_backward(qkv, out, d_out);
+        self.scatter(&per_group, d_qkv);
     }
 
-    /// Per-head `[dq, dk, dv]` into `d_qkv` (`[t, qkv_w]`, overwritten; heads sharing keys and
-    /// values add up).
-    fn scatter(&self, per_head: &[[Vec<f32>; 3]], d_qkv: &mut Vec<f32>) {
+    /// Per-head (`[t, hd]` each) or per-group (`[t, hpg · hd]`, `[t, hd]`, `[t, hd]`) `[dq, dk, dv]`
+    /// into `d_qkv` (`[t, qkv_w]`, overwritten; the key and value gradients of a group's heads add
+    /// up).
+    fn scatter(&self, blocks: &[[Vec<f32>; 3]], d_qkv: &mut Vec<f32>) {
         let (t, hd, w) = (self.t, self.hd, self.qkv_w);
+        let per_group = self.nh / blocks.len();
+        let bw = per_group * hd;
         d_qkv.clear();
         d_qkv.resize(t * w, 0.0);
-        for (head, [dq, dk, dv]) in per_head.iter().enumerate() {
-            let g = head / (self.nh / self.nkv);
+        for (b, [dq, dk, dv]) in blocks.iter().enumerate() {
+            let g = b * per_group / self.hpg();
             for i in 0..t {
                 let row = &mut d_qkv[i * w..(i + 1) * w];
-                row[head * hd..(head + 1) * hd].copy_from_slice(&dq[i * hd..(i + 1) * hd]);
+                row[b * bw..(b + 1) * bw].copy_from_slice(&dq[i * bw..(i + 1) * bw]);
                 for (d, s) in row[self.k0(g)..self.k0(g) + hd].iter_mut().zip(&dk[i * hd..(i + 1) * hd]) {
                     *d += s;
                 }
@@ -479,61 +502,72 @@ impl Attn {
         }
     }
 
-    /// [`Attn::backward`] in f32: per head `[dq, dk, dv]`, each `[t, hd]` (the heads' query parts
-    /// in parallel, see [`Attn::parts`]: the parts' key and value gradients add up).
+    /// [`Attn::backward`] in f32, each group's heads stacked as in [`Attn::f32_forward`]: per group
+    /// `[dq, dk, dv]` (`[t, hpg · hd]`, `[t, hd]`, `[t, hd]`; the group's parts in parallel, see
+    /// [`Attn::parts`]: the parts' key and value gradients add up).
     fn f32_backward(&self, qkv: &[f32], out: &[f32], d_out: &[f32]) -> Vec<[Vec<f32>; 3]> {
-        let (t, hd, q_w, w) = (self.t, self.hd, self.q_w(), self.qkv_w);
+        let (t, hd, q_w, w, hpg) = (self.t, self.hd, self.q_w(), self.qkv_w, self.hpg());
+        let gw = hpg * hd;
         let scale = 1.0 / (hd as f32).sqrt();
         let parts = self.parts();
-        let items: Vec<(usize, std::ops::Range<usize>)> = (0..self.nh).flat_map(|head| parts.iter().map(move |r| (head, r.clone()))).collect();
-        let grads: Vec<[Vec<f32>; 3]> = items
+        let grads: Vec<[Vec<f32>; 3]> = self
+            .items(&parts)
             .par_iter()
-            .map(|(head, range)| {
-                let head = *head;
-                let g = head / (self.nh / self.nkv);
+            .map(|(g, range)| {
+                let g = *g;
                 // dQ for this part's queries; dK and dV over the keys they see (0..range.end).
-                let (mut dq, mut dk, mut dv) = (vec![0f32; range.len() * hd], vec![0f32; range.end * hd], vec![0f32; range.end * hd]);
-                // D_i = dO_i · O_i.
+                let (mut dq, mut dk, mut dv) = (vec![0f32; range.len() * gw], vec![0f32; range.end * hd], vec![0f32; range.end * hd]);
+                // D = dO · O per stacked row (position, head).
                 let dd: Vec<f32> = range
                     .clone()
-                    .map(|i| kernels::dot_f32(&d_out[i * q_w + head * hd..i * q_w + (head + 1) * hd], &out[i * q_w + head * hd..i * q_w + (head + 1) * hd]))
+                    .flat_map(|i| (0..hpg).map(move |h| i * q_w + g * gw + h * hd))
+                    .map(|c| kernels::dot_f32(&d_out[c..c + hd], &out[c..c + hd]))
                     .collect();
-                let (mut p, mut dp) = (Vec::new(), Vec::new());
-                for i0 in range.clone().step_by(BQ) {
-                    let bq = BQ.min(range.end - i0);
-                    let n = self.probs(qkv, head, i0, bq, &mut p);
-                    let d_o = &d_out[i0 * q_w + head * hd..];
+                let (mut qb, mut dob, mut p, mut dp) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+                for i0 in range.clone().step_by(BQ_F32) {
+                    let bq = BQ_F32.min(range.end - i0);
+                    let rows = bq * hpg;
+                    stack_rows(qkv, w, g * gw, i0..i0 + bq, gw, &mut qb);
+                    stack_rows(d_out, q_w, g * gw, i0..i0 + bq, gw, &mut dob);
+                    let n = self.group_probs(qkv, g, &qb, i0, bq, &mut p);
                     // dV[0..n] += Pᵀ dO.
-                    mm(n, hd, bq, &mut dv, hd, true, &p, 1, n, d_o, q_w, 1, 1.0, false);
+                    mm(n, hd, rows, &mut dv, hd, true, &p, 1, n, &dob, hd, 1, 1.0, false);
                     // dP = dO Vᵀ; dS = P ⊙ (dP − D).
-                    dp.resize(bq * n, 0.0);
-                    mm(bq, n, hd, &mut dp, n, false, d_o, q_w, 1, &qkv[self.v0(g)..], 1, w, 1.0, false);
-                    for ii in 0..bq {
-                        let row = ii * n;
-                        let di = dd[i0 - range.start + ii];
-                        for j in 0..n {
-                            dp[row + j] = p[row + j] * (dp[row + j] - di);
-                        }
+                    dp.resize(rows * n, 0.0);
+                    mm(rows, n, hd, &mut dp, n, false, &dob, hd, 1, &qkv[self.v0(g)..], 1, w, 1.0, false);
+                    let d0 = (i0 - range.start) * hpg;
+                    for ((dr, pr), &di) in dp.chunks_exact_mut(n).zip(p.chunks_exact(n)).zip(&dd[d0..d0 + rows]) {
+                        dr.iter_mut().zip(pr).for_each(|(d, &p)| *d = p * (*d - di));
                     }
                     // dQ = scale · dS K; dK[0..n] += scale · dSᵀ Q.
-                    mm(bq, hd, n, &mut dq[(i0 - range.start) * hd..], hd, false, &dp, n, 1, &qkv[self.k0(g)..], w, 1, scale, false);
-                    mm(n, hd, bq, &mut dk, hd, true, &dp, 1, n, &qkv[i0 * w + head * hd..], w, 1, scale, false);
+                    mm(rows, hd, n, &mut dq[(i0 - range.start) * gw..], hd, false, &dp, n, 1, &qkv[self.k0(g)..], w, 1, scale, false);
+                    mm(n, hd, rows, &mut dk, hd, true, &dp, 1, n, &qb, hd, 1, scale, false);
                 }
                 [dq, dk, dv]
             })
             .collect();
         grads
             .chunks(parts.len())
-            .map(|per_head| {
-                let dq = per_head.iter().flat_map(|[dq, _, _]| dq.iter().copied()).collect();
+            .map(|per_group| {
+                let dq = per_group.iter().flat_map(|[dq, _, _]| dq.iter().copied()).collect();
                 let (mut dk, mut dv) = (vec![0f32; t * hd], vec![0f32; t * hd]);
-                for [_, k, v] in per_head {
+                for [_, k, v] in per_group {
                     dk[..k.len()].iter_mut().zip(k).for_each(|(a, b)| *a += b);
                     dv[..v.len()].iter_mut().zip(v).for_each(|(a, b)| *a += b);
                 }
                 [dq, dk, dv]
             })
             .collect()
+    }
+}
+
+/// Columns `c0..c0 + width` of rows `rows` of `src` (rows `rs` apart), one after the other into
+/// `dst`: a group's queries (or output gradients) at those positions, which as `[rows · hpg, hd]`
+/// are its heads stacked (row `ii · hpg + h`).
+fn stack_rows(src: &[f32], rs: usize, c0: usize, rows: std::ops::Range<usize>, width: usize, dst: &mut Vec<f32>) {
+    dst.clear();
+    for i in rows {
+        dst.extend_from_slice(&src[i * rs + c0..i * rs + c0 + width]);
     }
 }
 
