@@ -30,7 +30,9 @@ use super::host::{rms_norm, rope_half, swiglu, HostPair, HostWeights};
 const BQ: usize = 64;
 /// Query positions per block of the f32 attention passes (each with the group's heads stacked:
 /// `BQ_F32 · hpg` rows of probabilities).
-const BQ_F32: usize = 64;
+const BQ_F32: usize = 32;
+/// Parts of the query positions in the f32 attention passes (see [`Attn::parts`]).
+const PARTS: usize = 4;
 /// Rows per chunk of the masked head.
 const HEAD_ROWS: usize = 64;
 
@@ -403,21 +405,31 @@ impl Attn {
         }
     }
 
-    /// The query positions in two parts of about equal causal work (block `i0` of `bq` queries costs
-    /// about `bq · (i0 + bq)`), whole blocks of [`BQ_F32`]: the f32 passes run (group, part) pairs in
-    /// parallel, so that groups that do not divide among the threads still keep them all busy.
+    /// The query positions in [`PARTS`] parts of about equal causal work (block `i0` of `bq`
+    /// queries costs about `bq · (i0 + bq)`; each cut at the block boundary nearest its share),
+    /// whole blocks of [`BQ_F32`]: the f32 passes run (group, part) pairs in parallel, enough of
+    /// them that the threads end close together. The parts do not depend on the thread count, so
+    /// neither do the results (the parts' key and value gradients add up in a fixed order).
     fn parts(&self) -> Vec<std::ops::Range<usize>> {
         let t = self.t;
-        let work = |i0: usize| (i0 + BQ_F32.min(t - i0)) * BQ_F32.min(t - i0);
-        let total: usize = (0..t).step_by(BQ_F32).map(work).sum();
-        let mut acc = 0;
-        for i0 in (0..t).step_by(BQ_F32) {
-            acc += work(i0);
-            if 2 * acc >= total && i0 + BQ_F32 < t {
-                return vec![0..i0 + BQ_F32, i0 + BQ_F32..t];
+        let starts: Vec<usize> = (0..t).step_by(BQ_F32).collect();
+        // cum[b]: the work of the blocks before block b.
+        let mut cum = vec![0usize];
+        for &i0 in &starts {
+            let bq = BQ_F32.min(t - i0);
+            cum.push(cum[cum.len() - 1] + (i0 + bq) * bq);
+        }
+        let nb = starts.len();
+        let mut cuts = vec![0usize];
+        for p in 1..PARTS {
+            let target = cum[nb] * p / PARTS;
+            match (cuts[cuts.len() - 1] + 1..nb).min_by_key(|&b| cum[b].abs_diff(target)) {
+                Some(b) => cuts.push(b),
+                None => break,
             }
         }
-        std::iter::once(0..t).collect()
+        cuts.push(nb);
+        cuts.windows(2).map(|c| starts[c[0]]..starts.get(c[1]).copied().unwrap_or(t)).collect()
     }
 
     /// The (group, part) pairs of the f32 passes.

@@ -325,7 +325,7 @@ fn f32_attention_matches_a_per_head_reference() {
     let (mut out, mut d) = (Vec::new(), Vec::new());
     a.forward(&qkv, &mut out);
     a.backward(&qkv, &out, &d_out, &mut d);
-    assert!(a.parts().len() == 2 && t % BQ_F32 != 0, "the case covers two parts and a partial block");
+    assert!(a.parts().len() == PARTS && t % BQ_F32 != 0, "the case covers several parts and a partial block");
     let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
     let e = rel(&out, &f(&want_out));
     assert!(e < 1e-5, "output differs by {e}");
@@ -358,6 +358,28 @@ fn mm_row_blocks_match_the_serial_product() {
             for i in 0..m {
                 assert_eq!(&par[i * (n + 2) + n..(i + 1) * (n + 2)], &init[i * (n + 2) + n..(i + 1) * (n + 2)], "row {i}'s padding");
             }
+        }
+    }
+}
+
+/// The f32 attention's query parts cover the positions in order, on block boundaries, none empty,
+/// [`PARTS`] of them where there are enough blocks, each within a block's work of an equal share.
+#[test]
+fn attention_parts_split_the_causal_work_evenly() {
+    for t in [1usize, 31, 70, 150, 512, 1000, 1024, 4096] {
+        let a = Attn { t, nh: 9, nkv: 3, hd: 64, qkv_w: 15 * 64, tiles: false };
+        let parts = a.parts();
+        let blocks = t.div_ceil(BQ_F32);
+        assert_eq!(parts.len(), PARTS.min(blocks), "t {t}: {parts:?}");
+        assert_eq!((parts[0].start, parts[parts.len() - 1].end), (0, t), "t {t}: {parts:?}");
+        assert!(parts.windows(2).all(|p| p[0].end == p[1].start && p[1].start % BQ_F32 == 0), "t {t}: {parts:?}");
+        assert!(parts.iter().all(|r| !r.is_empty()), "t {t}: {parts:?}");
+        // Causal work of positions i0..i1 (each position attends to i + 1 keys), against the share.
+        let work = |r: &std::ops::Range<usize>| (r.start..r.end).map(|i| i + 1).sum::<usize>() as f64;
+        let share = work(&(0..t)) / parts.len() as f64;
+        let biggest_block = (BQ_F32 * t) as f64;
+        for r in &parts {
+            assert!((work(r) - share).abs() <= biggest_block, "t {t}: part {r:?} has {} of {share}", work(r));
         }
     }
 }
